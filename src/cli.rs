@@ -1,0 +1,379 @@
+//! The command line: subcommands map one-to-one onto library calls and hold no logic of their own
+//! beyond argument parsing and printing.
+
+use crate::generate::{self, Event, SamplingParams};
+use crate::model::chat::Message;
+use crate::model::checkpoint::{default_root, DEFAULT_CHECKPOINT};
+use crate::model::device::{device_name, parse_device};
+use crate::model::weights::LoadOptions;
+use crate::model::{Checkpoint, Error, Model};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "humanlm", version, about = "A terminal workbench for simulating human users with language models")]
+struct Cli {
+    /// Folder that holds checkpoints referred to by name.
+    #[arg(long, global = true, env = "HUMANLM_CHECKPOINTS")]
+    checkpoints_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List checkpoints with their architecture, size and quantization.
+    Checkpoints {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text from a prompt or a chat.
+    Generate(GenerateArgs),
+    /// Measure prefill and decode speed.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct RuntimeArgs {
+    /// Checkpoint name (a folder in checkpoints/) or path.
+    #[arg(long, default_value = DEFAULT_CHECKPOINT)]
+    checkpoint: String,
+    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CPU threads for matrix products (default: all physical cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    rt: RuntimeArgs,
+    /// Raw prompt text (no chat template; add --chat to send it as one user message).
+    #[arg(long, conflicts_with = "messages", required_unless_present = "messages")]
+    prompt: Option<String>,
+    /// Wrap --prompt as a user message and apply the chat template.
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    /// JSON file: an array of {"role": ..., "content": ...}, rendered by the chat template.
+    #[arg(long)]
+    messages: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Ban repeating any n-gram of prompt + output (0 = off).
+    #[arg(long, default_value_t = 0)]
+    no_repeat_ngram: usize,
+    /// Stop when this string appears (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep the stop string at the end of the output.
+    #[arg(long)]
+    keep_stop: bool,
+    /// Number of samples, decoded together as a batch.
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    rt: RuntimeArgs,
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Entry point: runs the CLI and returns the process exit code (2 on any error).
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) if is_broken_pipe(&e) => 0,
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " ");
+            eprintln!("humanlm: {msg}");
+            2
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = cli.checkpoints_dir.unwrap_or_else(default_root);
+    match cli.command {
+        None => demo(&root),
+        Some(Command::Checkpoints { json }) => list_checkpoints(&root, json),
+        Some(Command::Generate(args)) => generate_cmd(&root, args),
+        Some(Command::Bench(args)) => bench(&root, args),
+    }
+}
+
+fn set_threads(threads: Option<usize>) {
+    if let Some(t) = threads {
+        // Both pools read these once, on first use: candle's quantized matmul pool and rayon.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", t.to_string());
+    }
+}
+
+fn load(root: &std::path::Path, rt: &RuntimeArgs) -> anyhow::Result<Model> {
+    set_threads(rt.threads);
+    let device = parse_device(&rt.device)?;
+    let ckpt = Checkpoint::resolve(&rt.checkpoint, root)?;
+    Ok(ckpt.load(&LoadOptions { device, ..Default::default() })?)
+}
+
+/// Until the TUI lands, `humanlm` alone shows the default checkpoint answering one question.
+fn demo(root: &std::path::Path) -> anyhow::Result<()> {
+    let rt = RuntimeArgs { checkpoint: DEFAULT_CHECKPOINT.into(), device: "cpu".into(), threads: None };
+    let t0 = Instant::now();
+    let model = load(root, &rt)?;
+    let question = "In two sentences, what makes a reply on an online forum sound like a real person wrote it?";
+    println!("humanlm · {} ({}) loaded in {:.2}s", model.checkpoint.name, model.decoder.weight_kinds(), t0.elapsed().as_secs_f64());
+    println!("\nuser> {question}\n");
+    let prompt = model.chat.render(&[Message::new("user", question)], true, &serde_json::json!({}))?;
+    let ids = model.tokenizer.encode_rendered(&prompt)?;
+    let params = SamplingParams { max_new_tokens: 120, temperature: 0.0, ..Default::default() };
+    print!("assistant> ");
+    let out = stream(&model, &ids, &params)?;
+    println!(
+        "\n\n[{} tokens, stop: {}, time to first token {:.0} ms, {:.1} tokens/s]",
+        out.samples[0].tokens, out.samples[0].stop_reason, out.ttft_ms, out.tokens_per_s
+    );
+    Ok(())
+}
+
+fn stream(model: &Model, ids: &[u32], params: &SamplingParams) -> anyhow::Result<generate::Generation> {
+    let mut stdout = std::io::stdout().lock();
+    let mut io_err: Option<std::io::Error> = None;
+    let out = generate::generate(model, ids, params, None, &mut |ev| {
+        if let Event::Text { delta, .. } = ev {
+            if io_err.is_none() {
+                if let Err(e) = stdout.write_all(delta.as_bytes()).and_then(|_| stdout.flush()) {
+                    io_err = Some(e);
+                }
+            }
+        }
+    })?;
+    if let Some(e) = io_err {
+        return Err(e.into());
+    }
+    Ok(out)
+}
+
+fn list_checkpoints(root: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let mut infos = vec![];
+    let mut problems = vec![];
+    for entry in Checkpoint::list(root) {
+        match entry.and_then(|c| c.info()) {
+            Ok(i) => infos.push(i),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&infos)?)?;
+    } else if infos.is_empty() {
+        writeln!(out, "no checkpoints in {} (run scripts/fetch-checkpoints.sh)", root.display())?;
+    } else {
+        writeln!(out, "{:<26} {:<6} {:<8} {:>9} {:<22} {:>8} {:>9}  base", "NAME", "FORMAT", "ARCH", "PARAMS", "DTYPE", "CONTEXT", "SIZE")?;
+        for i in &infos {
+            writeln!(
+                out,
+                "{:<26} {:<6} {:<8} {:>9} {:<22} {:>8} {:>9}  {}",
+                i.name,
+                i.format,
+                i.architecture,
+                human_count(i.parameters),
+                i.dtype,
+                i.context_length,
+                human_bytes(i.size_bytes),
+                i.adapter_base.as_deref().unwrap_or("-")
+            )?;
+        }
+    }
+    for p in problems {
+        eprintln!("humanlm: warning: {p}");
+    }
+    Ok(())
+}
+
+fn human_count(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=9_999_999 => format!("{:.1}K", n as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.2}B", n as f64 / 1e9),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 30 {
+        format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    }
+}
+
+fn generate_cmd(root: &std::path::Path, a: GenerateArgs) -> anyhow::Result<()> {
+    let messages = match &a.messages {
+        Some(path) => Some(read_messages(path)?),
+        None => None,
+    };
+    let model = load(root, &a.rt)?;
+    let ids = match (&messages, &a.prompt) {
+        (Some(m), _) => model.tokenizer.encode_rendered(&model.chat.render(m, true, &serde_json::json!({}))?)?,
+        (None, Some(p)) if a.chat => {
+            model.tokenizer.encode_rendered(&model.chat.render(&[Message::new("user", p)], true, &serde_json::json!({}))?)?
+        }
+        (None, Some(p)) => model.tokenizer.encode_raw(p)?,
+        (None, None) => unreachable!("clap requires --prompt or --messages"),
+    };
+    let params = SamplingParams {
+        max_new_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        min_p: a.min_p,
+        seed: a.seed,
+        repetition_penalty: a.repetition_penalty,
+        no_repeat_ngram: a.no_repeat_ngram,
+        stop: a.stop.clone(),
+        keep_stop: a.keep_stop,
+        n: a.n,
+        ignore_eos: false,
+    };
+    if a.json || a.n > 1 {
+        let out = generate::generate(&model, &ids, &params, None, &mut |_| {})?;
+        let mut stdout = std::io::stdout().lock();
+        if a.json {
+            writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
+        } else {
+            for (i, s) in out.samples.iter().enumerate() {
+                writeln!(stdout, "--- sample {} ({} tokens, stop: {}) ---\n{}", i + 1, s.tokens, s.stop_reason, s.text)?;
+            }
+        }
+        return Ok(());
+    }
+    let out = stream(&model, &ids, &params)?;
+    let s = &out.samples[0];
+    println!();
+    eprintln!(
+        "[{} prompt tokens, {} new, stop: {}{}, ttft {:.0} ms, {:.1} tok/s]",
+        out.prompt_tokens,
+        s.tokens,
+        s.stop_reason,
+        s.stop_string.as_ref().map(|x| format!(" {x:?}")).unwrap_or_default(),
+        out.ttft_ms,
+        out.tokens_per_s
+    );
+    Ok(())
+}
+
+fn read_messages(path: &std::path::Path) -> anyhow::Result<Vec<Message>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let messages: Vec<Message> = serde_json::from_str(&text)
+        .map_err(|e| Error::file(path, format!("expected a JSON array of {{\"role\", \"content\"}} objects: {e}")))?;
+    if messages.is_empty() {
+        return Err(Error::file(path, "no messages").into());
+    }
+    Ok(messages)
+}
+
+/// Speed of prefill and decode, as `humanlm bench` reports it.
+#[derive(serde::Serialize)]
+struct BenchReport {
+    checkpoint: String,
+    weights: String,
+    device: String,
+    threads: usize,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    prefill_tok_s: f64,
+    decode_tok_s_b1: f64,
+    decode_tok_s_b4: f64,
+    peak_rss_mb: f64,
+}
+
+fn bench(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<()> {
+    let model = load(root, &a.rt)?;
+    let threads = a.rt.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let text = "The quick brown fox jumps over the lazy dog while the researchers argue about user simulators. ";
+    let mut ids = model.tokenizer.encode_raw(&text.repeat(a.prompt_tokens / 8 + 8))?;
+    ids.truncate(a.prompt_tokens);
+    let dec = &model.decoder;
+    // Prefill: best of three (the first run also pays for page faults on the weights).
+    let mut prefill = f64::MAX;
+    for _ in 0..3 {
+        let mut cache = dec.new_cache(1, ids.len() + 1)?;
+        let input = candle_core::Tensor::new(ids.as_slice(), &dec.device)?.unsqueeze(0)?;
+        let t = Instant::now();
+        let _ = dec.forward(&input, Some(&mut cache), crate::model::Ops::Fast, false)?;
+        prefill = prefill.min(t.elapsed().as_secs_f64());
+    }
+    let decode = |n: usize| -> anyhow::Result<f64> {
+        let params = SamplingParams { max_new_tokens: a.new_tokens, n, ignore_eos: true, ..Default::default() };
+        let out = generate::generate(&model, &ids, &params, None, &mut |_| {})?;
+        Ok(out.tokens_per_s)
+    };
+    let report = BenchReport {
+        checkpoint: model.checkpoint.name.clone(),
+        weights: dec.weight_kinds(),
+        device: device_name(&dec.device),
+        threads,
+        prompt_tokens: ids.len(),
+        new_tokens: a.new_tokens,
+        prefill_tok_s: ids.len() as f64 / prefill,
+        decode_tok_s_b1: decode(1)?,
+        decode_tok_s_b4: decode(4)?,
+        peak_rss_mb: peak_rss_mb(),
+    };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(out, "checkpoint   {} ({}) on {}, {} threads", report.checkpoint, report.weights, report.device, report.threads)?;
+        writeln!(out, "prefill      {:>8.1} tok/s  ({} tokens)", report.prefill_tok_s, report.prompt_tokens)?;
+        writeln!(out, "decode b=1   {:>8.1} tok/s  ({} tokens)", report.decode_tok_s_b1, report.new_tokens)?;
+        writeln!(out, "decode b=4   {:>8.1} tok/s  (total over the batch)", report.decode_tok_s_b4)?;
+        writeln!(out, "peak RSS     {:>8.1} MiB", report.peak_rss_mb)?;
+    }
+    Ok(())
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,217 @@
+//! Text generation: sampling, stop conditions, streaming, n samples decoded as one batch.
+//!
+//! Knows tokens and text, nothing about states or scenarios. Output streams through a callback
+//! (a channel sender fits), and a shared flag cancels between tokens.
+
+mod sampler;
+mod stop;
+
+pub use sampler::{Sampler, SamplingParams};
+pub use stop::StopMatcher;
+
+use crate::model::{Error, Model, Result};
+use candle_core::Tensor;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Why a sample ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model emitted an end-of-sequence token.
+    Eos,
+    /// A stop string appeared (which one is in `Sample::stop_string`).
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The context window is full.
+    Context,
+    Cancelled,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            StopReason::Eos => "eos",
+            StopReason::Stop => "stop",
+            StopReason::Length => "length",
+            StopReason::Context => "context",
+            StopReason::Cancelled => "cancelled",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One finished sample.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub text: String,
+    /// Generated token ids (the EOS token, if any, excluded).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub token_ids: Vec<u32>,
+    pub tokens: usize,
+    pub stop_reason: StopReason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_string: Option<String>,
+}
+
+/// The result of one `generate` call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub samples: Vec<Sample>,
+    pub prompt_tokens: usize,
+    /// Time from the call to the first sampled token (prefill included).
+    pub ttft_ms: f64,
+    /// Decode throughput over all samples, after the first token.
+    pub tokens_per_s: f64,
+    pub prefill_tokens_per_s: f64,
+}
+
+/// What streams out while generating.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<'a> {
+    /// New text of sample `sample` (already cleared of any stop string).
+    Text { sample: usize, delta: &'a str },
+    /// Sample `sample` ended.
+    Finished { sample: usize, reason: StopReason },
+}
+
+struct Row {
+    ids: Vec<u32>,
+    stop: StopMatcher,
+    sampler: Sampler,
+    done: Option<(StopReason, Option<String>)>,
+    text: String,
+}
+
+/// Generate `params.n` continuations of `prompt` (token ids). The prompt is prefilled once; its
+/// KV cache is copied into `n` rows that decode together, and finished rows leave the batch.
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    params: &SamplingParams,
+    cancel: Option<&AtomicBool>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Generation> {
+    let dec = &model.decoder;
+    let tok = &model.tokenizer;
+    params.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Msg("empty prompt".into()));
+    }
+    let ctx = dec.max_positions();
+    if prompt.len() >= ctx {
+        return Err(Error::Msg(format!(
+            "prompt of {} tokens does not fit the context of {ctx} tokens (it needs room for at least one new token)",
+            prompt.len()
+        )));
+    }
+    if let Some(bad) = prompt.iter().find(|&&t| t as usize >= dec.vocab_rows()) {
+        return Err(Error::Msg(format!("token id {bad} is outside the vocabulary of {} ids", dec.vocab_rows())));
+    }
+    let n = params.n.max(1);
+    let capacity = (prompt.len() + params.max_new_tokens).min(ctx);
+    let start = Instant::now();
+    let mut cache = dec.new_cache(1, capacity)?;
+    let input = Tensor::new(prompt, &dec.device)?.unsqueeze(0)?;
+    let logits = dec.forward(&input, Some(&mut cache), crate::model::Ops::Fast, false)?;
+    let prefill_s = start.elapsed().as_secs_f64();
+    let first: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+    if n > 1 {
+        cache = cache.repeat_batch(n)?;
+    }
+    let mut rows: Vec<Row> = (0..n)
+        .map(|i| Row {
+            ids: vec![],
+            stop: StopMatcher::new(&params.stop, params.keep_stop),
+            sampler: Sampler::new(params, params.seed.wrapping_add(i as u64)),
+            done: None,
+            text: String::new(),
+        })
+        .collect();
+    let mut row_logits: Vec<Vec<f32>> = vec![first; n];
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut ttft = None;
+    let mut first_token_at = None;
+    let mut generated = 0usize;
+    loop {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            for &i in &active {
+                rows[i].done = Some((StopReason::Cancelled, None));
+                on_event(Event::Finished { sample: i, reason: StopReason::Cancelled });
+            }
+            break;
+        }
+        let mut next_tokens = Vec::with_capacity(active.len());
+        let mut still = Vec::with_capacity(active.len());
+        for (slot, &i) in active.iter().enumerate() {
+            let row = &mut rows[i];
+            let token = row.sampler.sample(&mut row_logits[slot], prompt, &row.ids);
+            generated += 1;
+            if ttft.is_none() {
+                ttft = Some(start.elapsed().as_secs_f64());
+                first_token_at = Some(Instant::now());
+            }
+            if !params.ignore_eos && tok.eos_ids.contains(&token) {
+                row.done = Some((StopReason::Eos, None));
+            } else {
+                row.ids.push(token);
+                let full = tok.decode(&row.ids)?;
+                let (delta, hit) = row.stop.push(&full);
+                if !delta.is_empty() {
+                    row.text.push_str(&delta);
+                    on_event(Event::Text { sample: i, delta: &delta });
+                }
+                if let Some(s) = hit {
+                    row.done = Some((StopReason::Stop, Some(s)));
+                } else if row.ids.len() >= params.max_new_tokens {
+                    row.done = Some((StopReason::Length, None));
+                } else if prompt.len() + row.ids.len() >= capacity {
+                    row.done = Some((StopReason::Context, None));
+                }
+            }
+            match &row.done {
+                Some((reason, _)) => {
+                    // Text held back as a possible stop-string prefix is released at the end.
+                    let rest = row.stop.finish();
+                    if !rest.is_empty() {
+                        row.text.push_str(&rest);
+                        on_event(Event::Text { sample: i, delta: &rest });
+                    }
+                    on_event(Event::Finished { sample: i, reason: reason.clone() });
+                }
+                None => {
+                    still.push(slot);
+                    next_tokens.push(token);
+                }
+            }
+        }
+        if still.is_empty() {
+            break;
+        }
+        if still.len() != active.len() {
+            let keep: Vec<u32> = still.iter().map(|&s| s as u32).collect();
+            cache.keep_rows(&keep)?;
+            active = still.iter().map(|&s| active[s]).collect();
+        }
+        let input = Tensor::new(next_tokens.as_slice(), &dec.device)?.unsqueeze(1)?;
+        let logits = dec.forward(&input, Some(&mut cache), crate::model::Ops::Fast, false)?;
+        row_logits = logits.to_vec2()?;
+    }
+    let decode_s = first_token_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+    let samples = rows
+        .into_iter()
+        .map(|r| {
+            let (stop_reason, stop_string) = r.done.unwrap_or((StopReason::Cancelled, None));
+            Sample { text: r.text, tokens: r.ids.len(), token_ids: r.ids, stop_reason, stop_string }
+        })
+        .collect();
+    Ok(Generation {
+        samples,
+        prompt_tokens: prompt.len(),
+        ttft_ms: ttft.unwrap_or(0.0) * 1000.0,
+        tokens_per_s: if decode_s > 0.0 { generated.saturating_sub(n) as f64 / decode_s } else { 0.0 },
+        prefill_tokens_per_s: if prefill_s > 0.0 { prompt.len() as f64 / prefill_s } else { 0.0 },
+    })
+}

@@ -1,0 +1,8 @@
+//! humanlm: a terminal workbench for simulating human users with language models.
+//!
+//! Data flows one way: checkpoint → `model` → `generate` → (simulation, judging, evaluation,
+//! training); the CLI sits on top and only calls down.
+
+pub mod cli;
+pub mod generate;
+pub mod model;

@@ -1,0 +1,542 @@
+//! The decoder of the llama / qwen2 / qwen3 family: one definition, two op choices.
+//!
+//! `Ops::Fast` uses candle's fused kernels (rms_norm, softmax, rope) and a preallocated KV cache:
+//! the inference path. `Ops::Diff` uses composite ops that carry gradients, and returns logits for
+//! every position: the path training builds on. candle's fused ops silently detach their output
+//! from the graph, which is why the choice is explicit rather than automatic.
+
+use super::config::ModelConfig;
+use super::lora::{Adapter, LoraWeights};
+use super::weights::{LoadOptions, Store, Weight};
+use super::{Error, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ops {
+    /// Fused, gradient-free kernels; KV cache.
+    Fast,
+    /// Composite ops with backward; no cache.
+    Diff,
+}
+
+/// A linear layer with optional bias and any number of attached LoRA adapters, one active.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub name: String,
+    pub weight: Weight,
+    pub bias: Option<Tensor>,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    loras: Vec<(String, LoraWeights)>,
+    active: Option<usize>,
+}
+
+impl Linear {
+    pub fn new(name: &str, weight: Weight, bias: Option<Tensor>) -> Result<Linear> {
+        let (out_dim, in_dim) = weight.dims()?;
+        Ok(Linear { name: name.into(), weight, bias, in_dim, out_dim, loras: vec![], active: None })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = match &self.weight {
+            Weight::Quant(q) => q.forward(x)?,
+            Weight::Dense(w) => {
+                // Fold the leading dims so the matmul is one GEMM.
+                let dims = x.dims().to_vec();
+                let rows: usize = dims[..dims.len() - 1].iter().product();
+                let y = x.reshape((rows, self.in_dim))?.matmul(&w.t()?)?;
+                let mut out = dims;
+                *out.last_mut().expect("non-empty dims") = self.out_dim;
+                y.reshape(out)?
+            }
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(i) = self.active {
+            y = (y + self.loras[i].1.delta(x)?)?;
+        }
+        Ok(y)
+    }
+
+    /// The LoRA factors of the active adapter, if any (training reads and replaces these).
+    pub fn active_lora(&self) -> Option<&LoraWeights> {
+        self.active.map(|i| &self.loras[i].1)
+    }
+
+    fn attach(&mut self, adapter: &str, lora: LoraWeights) {
+        self.loras.retain(|(n, _)| n != adapter);
+        self.loras.push((adapter.to_string(), lora));
+    }
+
+    fn activate(&mut self, adapter: Option<&str>) {
+        self.active = adapter.and_then(|a| self.loras.iter().position(|(n, _)| n == a));
+    }
+
+    fn merge(&mut self, adapter: &str, device: &Device, dtype: DType) -> Result<()> {
+        if let Some(pos) = self.loras.iter().position(|(n, _)| n == adapter) {
+            let (_, lora) = self.loras.remove(pos);
+            let w = self.weight.to_dense(device, DType::F32)?;
+            let merged = (w + lora.merged_delta()?.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+            self.weight = Weight::Dense(merged);
+            self.active = None;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
+        Ok(match ops {
+            Ops::Fast => candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?,
+            Ops::Diff => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    attn_norm: RmsNorm,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    mlp_norm: RmsNorm,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Layer {
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
+    }
+    fn linears(&self) -> [&Linear; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+}
+
+/// Keys and values of every layer, preallocated to `capacity` positions so decoding writes in
+/// place instead of concatenating a growing tensor each step.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig, batch: usize, capacity: usize, device: &Device, dtype: DType) -> Result<KvCache> {
+        let shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim);
+        let layers = (0..cfg.num_layers)
+            .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { layers, len: 0, capacity })
+    }
+
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    pub fn batch(&self) -> usize {
+        self.layers.first().map(|(k, _)| k.dims()[0]).unwrap_or(0)
+    }
+
+    /// Copy a batch-1 cache into `n` rows (n samples continuing one prompt).
+    pub fn repeat_batch(&self, n: usize) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { layers, len: self.len, capacity: self.capacity })
+    }
+
+    /// Keep only the given batch rows (finished samples leave the batch).
+    pub fn keep_rows(&mut self, rows: &[u32]) -> Result<()> {
+        let device = self.layers[0].0.device().clone();
+        let idx = Tensor::new(rows, &device)?;
+        for (k, v) in self.layers.iter_mut() {
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let s = k.dim(2)?;
+        let (kb, vb) = &self.layers[layer];
+        kb.slice_set(k, 2, self.len)?;
+        vb.slice_set(v, 2, self.len)?;
+        Ok((kb.narrow(2, 0, self.len + s)?, vb.narrow(2, 0, self.len + s)?))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub config: ModelConfig,
+    embed: Tensor,
+    pub layers: Vec<Layer>,
+    norm: RmsNorm,
+    pub lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    /// llama.cpp permutes Q/K rows of llama GGUFs to pair adjacent dims: rotate interleaved.
+    rope_interleaved: bool,
+    pub device: Device,
+    pub dtype: DType,
+    adapters: Vec<String>,
+    active_adapter: Option<String>,
+}
+
+impl Decoder {
+    pub fn load(store: &Store, cfg: &ModelConfig, opts: &LoadOptions) -> Result<Decoder> {
+        let dtype = opts.activation_dtype();
+        let dev = &opts.device;
+        let hd = cfg.head_dim;
+        let check = |name: &str, want: &[usize]| -> Result<()> {
+            match store.shape(name) {
+                None => Err(Error::file(store.path_for(name), format!("missing tensor '{name}'"))),
+                Some(got) => {
+                    // GGUF lists dims innermost-first in its header but candle reports them
+                    // outermost-first, like safetensors.
+                    if got == want {
+                        Ok(())
+                    } else {
+                        Err(Error::file(
+                            store.path_for(name),
+                            format!("tensor '{name}' has shape {got:?}, config expects {want:?}"),
+                        ))
+                    }
+                }
+            }
+        };
+        let norm = |name: &str, size: usize| -> Result<RmsNorm> {
+            check(name, &[size])?;
+            Ok(RmsNorm { weight: store.dense(name, dev, dtype)?, eps: cfg.rms_norm_eps as f32 })
+        };
+        let linear = |module: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let wname = format!("{module}.weight");
+            check(&wname, &[out, inp])?;
+            let b = if bias {
+                let bname = format!("{module}.bias");
+                check(&bname, &[out])?;
+                Some(store.dense(&bname, dev, dtype)?)
+            } else {
+                None
+            };
+            Linear::new(module, store.matrix(&wname, opts)?, b)
+        };
+        let (h, q_out, kv_out) = (cfg.hidden_size, cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        check("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed = store.dense("model.embed_tokens.weight", dev, dtype)?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let bias = cfg.attention_bias;
+            layers.push(Layer {
+                attn_norm: norm(&format!("{p}.input_layernorm.weight"), h)?,
+                q: linear(&format!("{p}.self_attn.q_proj"), q_out, h, bias)?,
+                k: linear(&format!("{p}.self_attn.k_proj"), kv_out, h, bias)?,
+                v: linear(&format!("{p}.self_attn.v_proj"), kv_out, h, bias)?,
+                o: linear(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
+                q_norm: if cfg.qk_norm { Some(norm(&format!("{p}.self_attn.q_norm.weight"), hd)?) } else { None },
+                k_norm: if cfg.qk_norm { Some(norm(&format!("{p}.self_attn.k_norm.weight"), hd)?) } else { None },
+                mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                gate: linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false)?,
+                up: linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false)?,
+                down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false)?,
+            });
+        }
+        let norm_f = norm("model.norm.weight", h)?;
+        let lm_head = if !cfg.tie_word_embeddings && store.contains("lm_head.weight") {
+            linear("lm_head", cfg.vocab_size, h, false)?
+        } else if store.is_gguf() && !opts.dequantize {
+            // Tied: the quantized embedding matrix doubles as the output projection.
+            Linear::new("lm_head", store.matrix("model.embed_tokens.weight", opts)?, None)?
+        } else {
+            Linear::new("lm_head", Weight::Dense(embed.clone()), None)?
+        };
+        let (cos, sin) = rope_tables(cfg, dev)?;
+        Ok(Decoder {
+            config: cfg.clone(),
+            embed,
+            layers,
+            norm: norm_f,
+            lm_head,
+            cos,
+            sin,
+            rope_interleaved: store.is_gguf() && cfg.arch == super::Arch::Llama,
+            device: dev.clone(),
+            dtype,
+            adapters: vec![],
+            active_adapter: None,
+        })
+    }
+
+    /// Rows of the embedding matrix (the largest token id + 1 the model accepts).
+    pub fn vocab_rows(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    /// Positions the model can attend over.
+    pub fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        KvCache::new(&self.config, batch, capacity.min(self.max_positions()), &self.device, self.dtype)
+    }
+
+    /// Run `ids` (batch, seq) starting at position `cache.len()` (or 0 without a cache).
+    /// Returns logits (batch, vocab) for the last position, or (batch, seq, vocab) with `all`.
+    pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, ops: Ops, all: bool) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let pos = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let limit = cache.as_ref().map(|c| c.capacity()).unwrap_or(self.max_positions()).min(self.max_positions());
+        if pos + s > limit {
+            return Err(Error::Msg(format!(
+                "sequence of {} tokens exceeds the context of {limit} tokens",
+                pos + s
+            )));
+        }
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, self.config.hidden_size))?;
+        let mask = if s > 1 { Some(causal_mask(s, pos, &self.device, self.dtype)?) } else { None };
+        let cos = self.cos.narrow(0, pos, s)?.to_dtype(self.dtype)?;
+        let sin = self.sin.narrow(0, pos, s)?.to_dtype(self.dtype)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x, ops)?;
+            let a = self.attention(layer, li, &h, &cos, &sin, mask.as_ref(), cache.as_deref_mut(), ops)?;
+            x = (x + a)?;
+            let h = layer.mlp_norm.forward(&x, ops)?;
+            let m = layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+            x = (x + m)?;
+        }
+        if let Some(c) = cache {
+            c.len += s;
+        }
+        let x = if all { x } else { x.narrow(1, s - 1, 1)? };
+        let x = self.norm.forward(&x, ops)?;
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        if all {
+            Ok(logits)
+        } else {
+            Ok(logits.squeeze(1)?)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        li: usize,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        ops: Ops,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let mut q = layer.q.forward(x)?.reshape((b, s, nh, hd))?;
+        let mut k = layer.k.forward(x)?.reshape((b, s, nkv, hd))?;
+        let v = layer.v.forward(x)?.reshape((b, s, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = qn.forward(&q, ops)?;
+            k = kn.forward(&k, ops)?;
+        }
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let rope = |t: &Tensor| -> Result<Tensor> {
+            Ok(match (ops, self.rope_interleaved) {
+                (Ops::Fast, false) => candle_nn::rotary_emb::rope(t, cos, sin)?,
+                (Ops::Fast, true) => candle_nn::rotary_emb::rope_i(t, cos, sin)?,
+                (Ops::Diff, false) => candle_nn::rotary_emb::rope_slow(t, cos, sin)?,
+                (Ops::Diff, true) => candle_nn::rotary_emb::rope_i_slow(t, cos, sin)?,
+            })
+        };
+        let q = rope(&q)?;
+        let k = rope(&k)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(li, &k, &v)?,
+            None => (k, v),
+        };
+        let total = k.dim(2)?;
+        let groups = nh / nkv;
+        // Grouped-query attention without copying K/V per head: the query heads that share a
+        // KV head are folded into the row dimension.
+        let q = q.reshape((b, nkv, groups * s, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(m) = mask {
+            att = att.reshape((b, nkv, groups, s, total))?.broadcast_add(m)?.reshape((b, nkv, groups * s, total))?;
+        }
+        let att = match ops {
+            Ops::Fast => candle_nn::ops::softmax_last_dim(&att)?,
+            Ops::Diff => candle_nn::ops::softmax(&att, D::Minus1)?,
+        };
+        let y = att.matmul(&v)?.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        layer.o.forward(&y)
+    }
+
+    /// Attach a loaded adapter (unmerged). Shapes are checked against the base.
+    pub fn attach_adapter(&mut self, adapter: &Adapter) -> Result<()> {
+        let file = adapter.dir.join("adapter_model.safetensors");
+        let mut used = 0;
+        for layer in self.layers.iter_mut() {
+            for lin in layer.linears_mut() {
+                if let Some(l) = adapter.modules.get(&lin.name) {
+                    check_lora_shape(&file, lin, l)?;
+                    lin.attach(&adapter.name, l.clone());
+                    used += 1;
+                }
+            }
+        }
+        if let Some(l) = adapter.modules.get(&self.lm_head.name) {
+            check_lora_shape(&file, &self.lm_head, l)?;
+            self.lm_head.attach(&adapter.name, l.clone());
+            used += 1;
+        }
+        if used != adapter.modules.len() {
+            let known: std::collections::HashSet<&str> = self
+                .layers
+                .iter()
+                .flat_map(|l| l.linears().map(|x| x.name.as_str()))
+                .chain([self.lm_head.name.as_str()])
+                .collect();
+            let unknown = adapter.modules.keys().find(|m| !known.contains(m.as_str())).cloned().unwrap_or_default();
+            return Err(Error::file(&file, format!("adapter targets '{unknown}', which the base model does not have")));
+        }
+        self.adapters.retain(|n| n != &adapter.name);
+        self.adapters.push(adapter.name.clone());
+        Ok(())
+    }
+
+    /// Switch the live adapter (`None` = the bare base), without reloading anything.
+    pub fn set_active_adapter(&mut self, name: Option<&str>) -> Result<()> {
+        if let Some(n) = name {
+            if !self.adapters.iter().any(|a| a == n) {
+                return Err(Error::Msg(format!("adapter '{n}' is not attached")));
+            }
+        }
+        for layer in self.layers.iter_mut() {
+            for lin in layer.linears_mut() {
+                lin.activate(name);
+            }
+        }
+        self.lm_head.activate(name);
+        self.active_adapter = name.map(String::from);
+        Ok(())
+    }
+
+    pub fn active_adapter(&self) -> Option<&str> {
+        self.active_adapter.as_deref()
+    }
+
+    /// Fold an attached adapter into the base weights (W += s·B·A); it is detached afterwards.
+    pub fn merge_adapter(&mut self, name: &str) -> Result<()> {
+        if !self.adapters.iter().any(|a| a == name) {
+            return Err(Error::Msg(format!("adapter '{name}' is not attached")));
+        }
+        let (dev, dt) = (self.device.clone(), self.dtype);
+        for layer in self.layers.iter_mut() {
+            for lin in layer.linears_mut() {
+                lin.merge(name, &dev, dt)?;
+            }
+        }
+        self.lm_head.merge(name, &dev, dt)?;
+        self.adapters.retain(|a| a != name);
+        if self.active_adapter.as_deref() == Some(name) {
+            self.active_adapter = None;
+        }
+        Ok(())
+    }
+
+    /// Storage type of the projection matrices, most common first (e.g. "Q4_1, Q6K").
+    pub fn weight_kinds(&self) -> String {
+        let mut counts: Vec<(String, usize)> = vec![];
+        for l in &self.layers {
+            for lin in l.linears() {
+                let k = lin.weight.kind();
+                match counts.iter_mut().find(|(n, _)| *n == k) {
+                    Some((_, c)) => *c += 1,
+                    None => counts.push((k, 1)),
+                }
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.into_iter().map(|(k, _)| k).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn check_lora_shape(file: &std::path::Path, lin: &Linear, l: &LoraWeights) -> Result<()> {
+    let (_, a_in) = l.a.dims2()?;
+    let (b_out, _) = l.b.dims2()?;
+    if a_in != lin.in_dim || b_out != lin.out_dim {
+        return Err(Error::file(
+            file,
+            format!(
+                "'{}': adapter is {b_out}x{a_in} but the base layer is {}x{}",
+                lin.name, lin.out_dim, lin.in_dim
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// (s, pos + s) additive mask: query i (at absolute position pos + i) sees keys ≤ pos + i.
+fn causal_mask(s: usize, pos: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    let total = pos + s;
+    let mask: Vec<f32> = (0..s)
+        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (s, total), device)?.to_dtype(dtype)?)
+}
+
+/// cos/sin tables (positions, head_dim / 2) in f32, with Llama 3 frequency scaling if set.
+fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let hd = cfg.head_dim;
+    let mut inv: Vec<f64> = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)).collect();
+    if let Some(sc) = &cfg.rope_scaling {
+        let orig = sc.original_max_position_embeddings as f64;
+        let low_wavelen = orig / sc.low_freq_factor;
+        let high_wavelen = orig / sc.high_freq_factor;
+        for f in inv.iter_mut() {
+            let wavelen = 2.0 * std::f64::consts::PI / *f;
+            if wavelen > low_wavelen {
+                *f /= sc.factor;
+            } else if wavelen >= high_wavelen {
+                let smooth = (orig / wavelen - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor);
+                *f = (1.0 - smooth) * *f / sc.factor + smooth * *f;
+            }
+        }
+    }
+    let n = cfg.max_position_embeddings.min(1 << 17);
+    let mut cos = Vec::with_capacity(n * hd / 2);
+    let mut sin = Vec::with_capacity(n * hd / 2);
+    for p in 0..n {
+        for f in &inv {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    Ok((Tensor::from_vec(cos, (n, hd / 2), device)?, Tensor::from_vec(sin, (n, hd / 2), device)?))
+}

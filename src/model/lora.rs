@@ -1,0 +1,154 @@
+//! LoRA adapters in PEFT's on-disk layout.
+//!
+//! `y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ` with `s = α/r` (or `α/√r` for rsLoRA), A of shape (r, in) and B of
+//! shape (out, r). Only the low-rank term is added: the base output is never scaled.
+
+use super::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The low-rank factors of one adapted linear layer.
+#[derive(Debug, Clone)]
+pub struct LoraWeights {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+impl LoraWeights {
+    /// The delta this adapter adds to `x·Wᵀ`.
+    pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((x.broadcast_matmul(&self.a.t()?)?.broadcast_matmul(&self.b.t()?)? * self.scale)?)
+    }
+
+    /// `s·B·A`, the change to W when the adapter is merged.
+    pub fn merged_delta(&self) -> Result<Tensor> {
+        Ok((self.b.matmul(&self.a)? * self.scale)?)
+    }
+}
+
+/// `adapter_config.json`, the fields we use.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterConfig {
+    pub base_model_name_or_path: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub use_rslora: bool,
+    pub target_modules: Vec<String>,
+}
+
+impl AdapterConfig {
+    pub fn read(path: &Path) -> Result<AdapterConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
+        if let Some(t) = v.get("peft_type").and_then(Value::as_str) {
+            if t != "LORA" {
+                return Err(Error::file(path, format!("peft_type '{t}' is not supported (only LORA)")));
+            }
+        }
+        let r = v
+            .get("r")
+            .and_then(Value::as_u64)
+            .filter(|&r| r > 0)
+            .ok_or_else(|| Error::file(path, "field 'r' must be a positive integer"))? as usize;
+        let target_modules = match v.get("target_modules") {
+            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => vec![],
+        };
+        if v.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
+            return Err(Error::file(path, "fan_in_fan_out adapters (GPT-2 Conv1D layers) are not supported"));
+        }
+        Ok(AdapterConfig {
+            base_model_name_or_path: v.get("base_model_name_or_path").and_then(Value::as_str).map(String::from),
+            r,
+            lora_alpha: v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(r as f64),
+            use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+            target_modules,
+        })
+    }
+
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.lora_alpha / (self.r as f64).sqrt()
+        } else {
+            self.lora_alpha / self.r as f64
+        }
+    }
+}
+
+/// A loaded adapter: factors keyed by the HF module path (`model.layers.0.self_attn.q_proj`).
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: AdapterConfig,
+    pub modules: BTreeMap<String, LoraWeights>,
+}
+
+impl Adapter {
+    pub fn load(dir: &Path, name: &str, device: &Device, dtype: DType) -> Result<Adapter> {
+        let config = AdapterConfig::read(&dir.join("adapter_config.json"))?;
+        let file = dir.join("adapter_model.safetensors");
+        if !file.is_file() {
+            return Err(Error::file(&file, "missing adapter weights"));
+        }
+        let tensors = candle_core::safetensors::load(&file, device)
+            .map_err(|e| Error::file(&file, format!("not a valid safetensors file: {}", super::first_line(&e.to_string()))))?;
+        let mut a_parts: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut b_parts: BTreeMap<String, Tensor> = BTreeMap::new();
+        for (key, t) in tensors {
+            let Some((module, which)) = parse_peft_key(&key) else {
+                return Err(Error::file(&file, format!("unexpected tensor '{key}' (expected PEFT LoRA keys)")));
+            };
+            let t = t.to_dtype(dtype)?;
+            if which == 'A' {
+                a_parts.insert(module, t);
+            } else {
+                b_parts.insert(module, t);
+            }
+        }
+        let scale = config.scale();
+        let mut modules = BTreeMap::new();
+        for (module, a) in a_parts {
+            let b = b_parts
+                .remove(&module)
+                .ok_or_else(|| Error::file(&file, format!("'{module}' has lora_A but no lora_B")))?;
+            let (ra, _) = a.dims2()?;
+            let (_, rb) = b.dims2()?;
+            if ra != config.r || rb != config.r {
+                return Err(Error::file(&file, format!("'{module}': rank {ra}/{rb} does not match r = {} in adapter_config.json", config.r)));
+            }
+            modules.insert(module, LoraWeights { a, b, scale });
+        }
+        if let Some(module) = b_parts.keys().next() {
+            return Err(Error::file(&file, format!("'{module}' has lora_B but no lora_A")));
+        }
+        if modules.is_empty() {
+            return Err(Error::file(&file, "no LoRA tensors found"));
+        }
+        Ok(Adapter { name: name.to_string(), dir: dir.to_path_buf(), config, modules })
+    }
+}
+
+/// `base_model.model.<module>.lora_A[.<adapter>].weight` → (`<module>`, 'A').
+pub fn parse_peft_key(key: &str) -> Option<(String, char)> {
+    let rest = key.strip_prefix("base_model.model.").unwrap_or(key);
+    let rest = rest.strip_suffix(".weight")?;
+    for (tag, which) in [(".lora_A", 'A'), (".lora_B", 'B')] {
+        if let Some(pos) = rest.find(tag) {
+            let tail = &rest[pos + tag.len()..];
+            if tail.is_empty() || (tail.starts_with('.') && !tail[1..].contains('.')) {
+                return Some((rest[..pos].to_string(), which));
+            }
+        }
+    }
+    None
+}
+
+/// The PEFT key under which a module's factor is saved.
+pub fn peft_key(module: &str, which: char) -> String {
+    format!("base_model.model.{module}.lora_{which}.weight")
+}
