@@ -156,9 +156,13 @@ def run_llamacpp(args):
     ids = prompt_ids(llm, args.prompt_tokens)
     assert len(ids) == args.prompt_tokens
 
+    n_vocab = llm.n_vocab()
+
     def last_logits():
-        # llama-cpp-python keeps the logits of the last evaluated position in llm.scores.
-        return np.asarray(llm.scores[llm.n_tokens - 1])
+        # Llama.eval fills llm.scores only with logits_all=True (which would make llama.cpp compute
+        # every prompt row); read the last position's row straight from the context instead.
+        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
 
     def one_run():
         llm.reset()

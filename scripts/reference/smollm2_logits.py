@@ -20,8 +20,10 @@ seed PROBE_SEED, sorted), plus the max |logit| and logsumexp over the whole 4915
 greedy_ids: 32 tokens after the prompt, argmax each step with the KV cache; EOS does not stop it.
 
 input_ids come from the transformers GGUF tokenizer with add_special_tokens=False; the chat special
-tokens (<|im_start|>, <|im_end|>) are single ids. See smollm2_tokenizer.py for how these ids compare
-with llama.cpp's.
+tokens (<|im_start|>, <|im_end|>) are single ids. That tokenizer ignores the GGUF's "smollm"
+pre-tokeniser (digits split off before the byte-level regex) and so differs from llama.cpp on a run
+of whitespace before a digit ("\n\n1" -> "\n","\n","1" instead of "\n\n","1"); the prompts avoid
+that pattern so their ids are the same from both (smollm2_tokenizer.py checks this).
 
 Run from the repository root (takes about a minute on 2 cores):
 
@@ -108,7 +110,6 @@ Also, gummy at the bottom often means underbaked or cut too early. Are you waiti
 comment · u/brotzeit_bernd · 5h · 97 points
 
 Greetings from München! A few thoughts from someone who grew up eating Roggenbrot and Brötchen every day:
-
 1. Your water temperature matters more than people think. If your kitchen is cool, use water at about 27-28 °C so the final dough temperature lands around 25-26 °C.
 2. Whole wheat in the starter is great for flavour, but if your bread flour is weak (less than 12% protein), 70% hydration can feel slack. Try 65% for a few bakes and work your way back up.
 3. Über-proofing and under-proofing can both look dense. The poke test helps: flour a finger, press about 1 cm in. If it springs back instantly, wait. If it springs back slowly and leaves a small dent, bake. If it never springs back, you went too far.

@@ -383,8 +383,7 @@ impl Decoder {
         // Grouped-query attention without copying K/V per head: the query heads that share a
         // KV head are folded into the row dimension.
         let q = q.reshape((b, nkv, groups * s, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        let mut att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         if let Some(m) = mask {
             att = att.reshape((b, nkv, groups, s, total))?.broadcast_add(m)?.reshape((b, nkv, groups * s, total))?;
         }
@@ -510,33 +509,34 @@ fn causal_mask(s: usize, pos: usize, device: &Device, dtype: DType) -> Result<Te
     Ok(Tensor::from_vec(mask, (s, total), device)?.to_dtype(dtype)?)
 }
 
-/// cos/sin tables (positions, head_dim / 2) in f32, with Llama 3 frequency scaling if set.
+/// cos/sin tables (positions, head_dim / 2), with Llama 3 frequency scaling if set. Computed in
+/// f32 like the PyTorch reference: f64 tables are more exact but move logits by ~1e-6, enough to
+/// flip near-ties in greedy decoding relative to every other implementation.
 fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim;
-    let mut inv: Vec<f64> = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)).collect();
+    let theta = cfg.rope_theta as f32;
+    let mut inv: Vec<f32> = (0..hd).step_by(2).map(|i| 1.0 / theta.powf(i as f32 / hd as f32)).collect();
     if let Some(sc) = &cfg.rope_scaling {
-        let orig = sc.original_max_position_embeddings as f64;
-        let low_wavelen = orig / sc.low_freq_factor;
-        let high_wavelen = orig / sc.high_freq_factor;
+        let orig = sc.original_max_position_embeddings as f32;
+        let (factor, low, high) = (sc.factor as f32, sc.low_freq_factor as f32, sc.high_freq_factor as f32);
+        let low_wavelen = orig / low;
+        let high_wavelen = orig / high;
         for f in inv.iter_mut() {
-            let wavelen = 2.0 * std::f64::consts::PI / *f;
+            let wavelen = 2.0 * std::f32::consts::PI / *f;
             if wavelen > low_wavelen {
-                *f /= sc.factor;
+                *f /= factor;
             } else if wavelen >= high_wavelen {
-                let smooth = (orig / wavelen - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor);
-                *f = (1.0 - smooth) * *f / sc.factor + smooth * *f;
+                let smooth = (orig / wavelen - low) / (high - low);
+                *f = (1.0 - smooth) * *f / factor + smooth * *f;
             }
         }
     }
     let n = cfg.max_position_embeddings.min(1 << 17);
-    let mut cos = Vec::with_capacity(n * hd / 2);
-    let mut sin = Vec::with_capacity(n * hd / 2);
-    for p in 0..n {
-        for f in &inv {
-            let a = p as f64 * f;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
-    Ok((Tensor::from_vec(cos, (n, hd / 2), device)?, Tensor::from_vec(sin, (n, hd / 2), device)?))
+    // Angles as an outer product in f32, cos/sin by candle's kernels (as its own models do).
+    let inv = Tensor::new(inv.as_slice(), device)?;
+    let angles = Tensor::arange(0u32, n as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((n, 1))?
+        .matmul(&inv.reshape((1, hd / 2))?)?;
+    Ok((angles.cos()?, angles.sin()?))
 }
