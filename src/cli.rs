@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "humanlm", version, about = "A terminal workbench for simulating human users with language models")]
+#[command(
+    name = "humanlm",
+    version,
+    about = "A terminal workbench for simulating human users with language models"
+)]
 struct Cli {
     /// Folder that holds checkpoints referred to by name.
     #[arg(long, global = true, env = "HUMANLM_CHECKPOINTS")]
@@ -53,7 +57,11 @@ struct GenerateArgs {
     #[command(flatten)]
     rt: RuntimeArgs,
     /// Raw prompt text (no chat template; add --chat to send it as one user message).
-    #[arg(long, conflicts_with = "messages", required_unless_present = "messages")]
+    #[arg(
+        long,
+        conflicts_with = "messages",
+        required_unless_present = "messages"
+    )]
     prompt: Option<String>,
     /// Wrap --prompt as a user message and apply the chat template.
     #[arg(long, requires = "prompt")]
@@ -119,7 +127,8 @@ pub fn main() -> i32 {
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -144,20 +153,40 @@ fn load(root: &std::path::Path, rt: &RuntimeArgs) -> anyhow::Result<Model> {
     set_threads(rt.threads);
     let device = parse_device(&rt.device)?;
     let ckpt = Checkpoint::resolve(&rt.checkpoint, root)?;
-    Ok(ckpt.load(&LoadOptions { device, ..Default::default() })?)
+    Ok(ckpt.load(&LoadOptions {
+        device,
+        ..Default::default()
+    })?)
 }
 
 /// Until the TUI lands, `humanlm` alone shows the default checkpoint answering one question.
 fn demo(root: &std::path::Path) -> anyhow::Result<()> {
-    let rt = RuntimeArgs { checkpoint: DEFAULT_CHECKPOINT.into(), device: "cpu".into(), threads: None };
+    let rt = RuntimeArgs {
+        checkpoint: DEFAULT_CHECKPOINT.into(),
+        device: "cpu".into(),
+        threads: None,
+    };
     let t0 = Instant::now();
     let model = load(root, &rt)?;
     let question = "In two sentences, what makes a reply on an online forum sound like a real person wrote it?";
-    println!("humanlm · {} ({}) loaded in {:.2}s", model.checkpoint.name, model.decoder.weight_kinds(), t0.elapsed().as_secs_f64());
+    println!(
+        "humanlm · {} ({}) loaded in {:.2}s",
+        model.checkpoint.name,
+        model.decoder.weight_kinds(),
+        t0.elapsed().as_secs_f64()
+    );
     println!("\nuser> {question}\n");
-    let prompt = model.chat.render(&[Message::new("user", question)], true, &serde_json::json!({}))?;
+    let prompt = model.chat.render(
+        &[Message::new("user", question)],
+        true,
+        &serde_json::json!({}),
+    )?;
     let ids = model.tokenizer.encode_rendered(&prompt)?;
-    let params = SamplingParams { max_new_tokens: 120, temperature: 0.0, ..Default::default() };
+    let params = SamplingParams {
+        max_new_tokens: 120,
+        temperature: 0.0,
+        ..Default::default()
+    };
     print!("assistant> ");
     let out = stream(&model, &ids, &params)?;
     println!(
@@ -167,13 +196,20 @@ fn demo(root: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stream(model: &Model, ids: &[u32], params: &SamplingParams) -> anyhow::Result<generate::Generation> {
+fn stream(
+    model: &Model,
+    ids: &[u32],
+    params: &SamplingParams,
+) -> anyhow::Result<generate::Generation> {
     let mut stdout = std::io::stdout().lock();
     let mut io_err: Option<std::io::Error> = None;
     let out = generate::generate(model, ids, params, None, &mut |ev| {
         if let Event::Text { delta, .. } = ev {
             if io_err.is_none() {
-                if let Err(e) = stdout.write_all(delta.as_bytes()).and_then(|_| stdout.flush()) {
+                if let Err(e) = stdout
+                    .write_all(delta.as_bytes())
+                    .and_then(|_| stdout.flush())
+                {
                     io_err = Some(e);
                 }
             }
@@ -198,9 +234,17 @@ fn list_checkpoints(root: &std::path::Path, json: bool) -> anyhow::Result<()> {
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&infos)?)?;
     } else if infos.is_empty() {
-        writeln!(out, "no checkpoints in {} (run scripts/fetch-checkpoints.sh)", root.display())?;
+        writeln!(
+            out,
+            "no checkpoints in {} (run scripts/fetch-checkpoints.sh)",
+            root.display()
+        )?;
     } else {
-        writeln!(out, "{:<26} {:<6} {:<8} {:>9} {:<22} {:>8} {:>9}  base", "NAME", "FORMAT", "ARCH", "PARAMS", "DTYPE", "CONTEXT", "SIZE")?;
+        writeln!(
+            out,
+            "{:<26} {:<6} {:<8} {:>9} {:<22} {:>8} {:>9}  base",
+            "NAME", "FORMAT", "ARCH", "PARAMS", "DTYPE", "CONTEXT", "SIZE"
+        )?;
         for i in &infos {
             writeln!(
                 out,
@@ -246,10 +290,16 @@ fn generate_cmd(root: &std::path::Path, a: GenerateArgs) -> anyhow::Result<()> {
     };
     let model = load(root, &a.rt)?;
     let ids = match (&messages, &a.prompt) {
-        (Some(m), _) => model.tokenizer.encode_rendered(&model.chat.render(m, true, &serde_json::json!({}))?)?,
-        (None, Some(p)) if a.chat => {
-            model.tokenizer.encode_rendered(&model.chat.render(&[Message::new("user", p)], true, &serde_json::json!({}))?)?
-        }
+        (Some(m), _) => model.tokenizer.encode_rendered(&model.chat.render(
+            m,
+            true,
+            &serde_json::json!({}),
+        )?)?,
+        (None, Some(p)) if a.chat => model.tokenizer.encode_rendered(&model.chat.render(
+            &[Message::new("user", p)],
+            true,
+            &serde_json::json!({}),
+        )?)?,
         (None, Some(p)) => model.tokenizer.encode_raw(p)?,
         (None, None) => unreachable!("clap requires --prompt or --messages"),
     };
@@ -274,7 +324,14 @@ fn generate_cmd(root: &std::path::Path, a: GenerateArgs) -> anyhow::Result<()> {
             writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
         } else {
             for (i, s) in out.samples.iter().enumerate() {
-                writeln!(stdout, "--- sample {} ({} tokens, stop: {}) ---\n{}", i + 1, s.tokens, s.stop_reason, s.text)?;
+                writeln!(
+                    stdout,
+                    "--- sample {} ({} tokens, stop: {}) ---\n{}",
+                    i + 1,
+                    s.tokens,
+                    s.stop_reason,
+                    s.text
+                )?;
             }
         }
         return Ok(());
@@ -287,7 +344,10 @@ fn generate_cmd(root: &std::path::Path, a: GenerateArgs) -> anyhow::Result<()> {
         out.prompt_tokens,
         s.tokens,
         s.stop_reason,
-        s.stop_string.as_ref().map(|x| format!(" {x:?}")).unwrap_or_default(),
+        s.stop_string
+            .as_ref()
+            .map(|x| format!(" {x:?}"))
+            .unwrap_or_default(),
         out.ttft_ms,
         out.tokens_per_s
     );
@@ -295,9 +355,14 @@ fn generate_cmd(root: &std::path::Path, a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn read_messages(path: &std::path::Path) -> anyhow::Result<Vec<Message>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    let messages: Vec<Message> = serde_json::from_str(&text)
-        .map_err(|e| Error::file(path, format!("expected a JSON array of {{\"role\", \"content\"}} objects: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let messages: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
+        Error::file(
+            path,
+            format!("expected a JSON array of {{\"role\", \"content\"}} objects: {e}"),
+        )
+    })?;
     if messages.is_empty() {
         return Err(Error::file(path, "no messages").into());
     }
@@ -321,9 +386,15 @@ struct BenchReport {
 
 fn bench(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<()> {
     let model = load(root, &a.rt)?;
-    let threads = a.rt.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = a.rt.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let text = "The quick brown fox jumps over the lazy dog while the researchers argue about user simulators. ";
-    let mut ids = model.tokenizer.encode_raw(&text.repeat(a.prompt_tokens / 8 + 8))?;
+    let mut ids = model
+        .tokenizer
+        .encode_raw(&text.repeat(a.prompt_tokens / 8 + 8))?;
     ids.truncate(a.prompt_tokens);
     let dec = &model.decoder;
     // Prefill: best of three (the first run also pays for page faults on the weights).
@@ -336,7 +407,12 @@ fn bench(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<()> {
         prefill = prefill.min(t.elapsed().as_secs_f64());
     }
     let decode = |n: usize| -> anyhow::Result<f64> {
-        let params = SamplingParams { max_new_tokens: a.new_tokens, n, ignore_eos: true, ..Default::default() };
+        let params = SamplingParams {
+            max_new_tokens: a.new_tokens,
+            n,
+            ignore_eos: true,
+            ..Default::default()
+        };
         let out = generate::generate(&model, &ids, &params, None, &mut |_| {})?;
         Ok(out.tokens_per_s)
     };
@@ -356,10 +432,26 @@ fn bench(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<()> {
     if a.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
-        writeln!(out, "checkpoint   {} ({}) on {}, {} threads", report.checkpoint, report.weights, report.device, report.threads)?;
-        writeln!(out, "prefill      {:>8.1} tok/s  ({} tokens)", report.prefill_tok_s, report.prompt_tokens)?;
-        writeln!(out, "decode b=1   {:>8.1} tok/s  ({} tokens)", report.decode_tok_s_b1, report.new_tokens)?;
-        writeln!(out, "decode b=4   {:>8.1} tok/s  (total over the batch)", report.decode_tok_s_b4)?;
+        writeln!(
+            out,
+            "checkpoint   {} ({}) on {}, {} threads",
+            report.checkpoint, report.weights, report.device, report.threads
+        )?;
+        writeln!(
+            out,
+            "prefill      {:>8.1} tok/s  ({} tokens)",
+            report.prefill_tok_s, report.prompt_tokens
+        )?;
+        writeln!(
+            out,
+            "decode b=1   {:>8.1} tok/s  ({} tokens)",
+            report.decode_tok_s_b1, report.new_tokens
+        )?;
+        writeln!(
+            out,
+            "decode b=4   {:>8.1} tok/s  (total over the batch)",
+            report.decode_tok_s_b4
+        )?;
         writeln!(out, "peak RSS     {:>8.1} MiB", report.peak_rss_mb)?;
     }
     Ok(())

@@ -23,7 +23,10 @@ fn reference_greedy(ids: &[u32], steps: usize) -> Vec<(u32, f32)> {
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     let mut model = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
     let mut out = vec![];
-    let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mut logits = model.forward(&input, 0).unwrap();
     for i in 0..steps {
         let row: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
@@ -31,7 +34,10 @@ fn reference_greedy(ids: &[u32], steps: usize) -> Vec<(u32, f32)> {
         order.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
         let next = order[0] as u32;
         out.push((next, row[order[0]] - row[order[1]]));
-        let input = Tensor::new(&[next], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let input = Tensor::new(&[next], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         logits = model.forward(&input, ids.len() + i).unwrap();
     }
     out
@@ -41,15 +47,37 @@ fn reference_greedy(ids: &[u32], steps: usize) -> Vec<(u32, f32)> {
 fn greedy_tokens_match_candle_quantized_llama() {
     let model = common::default_model();
     let prompts = [
-        model.chat.render(&[Message::new("user", "What is the capital of France?")], true, &serde_json::json!({})).unwrap(),
-        model.chat.render(&[Message::new("user", "Write a haiku about rain.")], true, &serde_json::json!({})).unwrap(),
+        model
+            .chat
+            .render(
+                &[Message::new("user", "What is the capital of France?")],
+                true,
+                &serde_json::json!({}),
+            )
+            .unwrap(),
+        model
+            .chat
+            .render(
+                &[Message::new("user", "Write a haiku about rain.")],
+                true,
+                &serde_json::json!({}),
+            )
+            .unwrap(),
         "Once upon a time, in a small village by the sea,".to_string(),
     ];
     let mut compared_total = 0;
     for text in prompts {
         let ids = model.tokenizer.encode_rendered(&text).unwrap();
-        let params = SamplingParams { max_new_tokens: 32, ignore_eos: true, ..Default::default() };
-        let ours = generate(model, &ids, &params, None, &mut |_| {}).unwrap().samples.remove(0).token_ids;
+        let params = SamplingParams {
+            max_new_tokens: 32,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let ours = generate(model, &ids, &params, None, &mut |_| {})
+            .unwrap()
+            .samples
+            .remove(0)
+            .token_ids;
         let theirs = reference_greedy(&ids, 32);
         let mut compared = 0;
         for (step, (&o, &(t, margin))) in ours.iter().zip(&theirs).enumerate() {
@@ -62,8 +90,14 @@ fn greedy_tokens_match_candle_quantized_llama() {
                 break;
             }
         }
-        assert!(compared >= 8, "prompt {text:?}: only {compared} tokens before a near-tie");
+        assert!(
+            compared >= 8,
+            "prompt {text:?}: only {compared} tokens before a near-tie"
+        );
         compared_total += compared;
     }
-    assert!(compared_total >= 24, "only {compared_total} tokens compared in all");
+    assert!(
+        compared_total >= 24,
+        "only {compared_total} tokens compared in all"
+    );
 }

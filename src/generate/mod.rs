@@ -108,7 +108,10 @@ pub fn generate(
         )));
     }
     if let Some(bad) = prompt.iter().find(|&&t| t as usize >= dec.vocab_rows()) {
-        return Err(Error::Msg(format!("token id {bad} is outside the vocabulary of {} ids", dec.vocab_rows())));
+        return Err(Error::Msg(format!(
+            "token id {bad} is outside the vocabulary of {} ids",
+            dec.vocab_rows()
+        )));
     }
     let n = params.n.max(1);
     let capacity = (prompt.len() + params.max_new_tokens).min(ctx);
@@ -139,7 +142,10 @@ pub fn generate(
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             for &i in &active {
                 rows[i].done = Some((StopReason::Cancelled, None));
-                on_event(Event::Finished { sample: i, reason: StopReason::Cancelled });
+                on_event(Event::Finished {
+                    sample: i,
+                    reason: StopReason::Cancelled,
+                });
             }
             break;
         }
@@ -161,7 +167,10 @@ pub fn generate(
                 let (delta, hit) = row.stop.push(&full);
                 if !delta.is_empty() {
                     row.text.push_str(&delta);
-                    on_event(Event::Text { sample: i, delta: &delta });
+                    on_event(Event::Text {
+                        sample: i,
+                        delta: &delta,
+                    });
                 }
                 if let Some(s) = hit {
                     row.done = Some((StopReason::Stop, Some(s)));
@@ -177,9 +186,15 @@ pub fn generate(
                     let rest = row.stop.finish();
                     if !rest.is_empty() {
                         row.text.push_str(&rest);
-                        on_event(Event::Text { sample: i, delta: &rest });
+                        on_event(Event::Text {
+                            sample: i,
+                            delta: &rest,
+                        });
                     }
-                    on_event(Event::Finished { sample: i, reason: reason.clone() });
+                    on_event(Event::Finished {
+                        sample: i,
+                        reason: reason.clone(),
+                    });
                 }
                 None => {
                     still.push(slot);
@@ -199,19 +214,35 @@ pub fn generate(
         let logits = dec.forward(&input, Some(&mut cache), crate::model::Ops::Fast, false)?;
         row_logits = logits.to_vec2()?;
     }
-    let decode_s = first_token_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+    let decode_s = first_token_at
+        .map(|t| t.elapsed().as_secs_f64())
+        .unwrap_or(0.0);
     let samples = rows
         .into_iter()
         .map(|r| {
             let (stop_reason, stop_string) = r.done.unwrap_or((StopReason::Cancelled, None));
-            Sample { text: r.text, tokens: r.ids.len(), token_ids: r.ids, stop_reason, stop_string }
+            Sample {
+                text: r.text,
+                tokens: r.ids.len(),
+                token_ids: r.ids,
+                stop_reason,
+                stop_string,
+            }
         })
         .collect();
     Ok(Generation {
         samples,
         prompt_tokens: prompt.len(),
         ttft_ms: ttft.unwrap_or(0.0) * 1000.0,
-        tokens_per_s: if decode_s > 0.0 { generated.saturating_sub(n) as f64 / decode_s } else { 0.0 },
-        prefill_tokens_per_s: if prefill_s > 0.0 { prompt.len() as f64 / prefill_s } else { 0.0 },
+        tokens_per_s: if decode_s > 0.0 {
+            generated.saturating_sub(n) as f64 / decode_s
+        } else {
+            0.0
+        },
+        prefill_tokens_per_s: if prefill_s > 0.0 {
+            prompt.len() as f64 / prefill_s
+        } else {
+            0.0
+        },
     })
 }

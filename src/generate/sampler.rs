@@ -90,7 +90,11 @@ const NEGLIGIBLE: f32 = 1e-9;
 
 impl Sampler {
     pub fn new(params: &SamplingParams, seed: u64) -> Sampler {
-        Sampler { params: params.clone(), rng: rand::rngs::StdRng::seed_from_u64(seed), scratch: vec![] }
+        Sampler {
+            params: params.clone(),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            scratch: vec![],
+        }
     }
 
     /// Choose the next token. `logits` is modified in place.
@@ -101,7 +105,11 @@ impl Sampler {
             for &t in prompt.iter().chain(generated) {
                 if seen.insert(t) {
                     if let Some(l) = logits.get_mut(t as usize) {
-                        *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                        *l = if *l > 0.0 {
+                            *l / p.repetition_penalty
+                        } else {
+                            *l * p.repetition_penalty
+                        };
                     }
                 }
             }
@@ -206,11 +214,16 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens() {
-        let params = SamplingParams { temperature: 1.0, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
         let draw = |seed| {
             let mut s = Sampler::new(&params, seed);
-            (0..20).map(|_| s.sample(&mut logits.clone(), &[], &[])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&mut logits.clone(), &[], &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
@@ -218,7 +231,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let params = SamplingParams { temperature: 1.5, top_k: 1, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.5,
+            top_k: 1,
+            ..Default::default()
+        };
         let mut s = Sampler::new(&params, 1);
         let logits = vec![0.1, 2.0, 1.9, -1.0];
         for _ in 0..10 {
@@ -228,11 +245,15 @@ mod tests {
 
     #[test]
     fn min_p_excludes_unlikely() {
-        let params = SamplingParams { temperature: 1.0, min_p: 0.5, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            min_p: 0.5,
+            ..Default::default()
+        };
         let mut s = Sampler::new(&params, 3);
         // exp(-1) ≈ 0.37 < 0.5: only token 0 survives.
         for _ in 0..20 {
-            assert_eq!(s.sample(&mut vec![1.0, 0.0, -3.0], &[], &[]), 0);
+            assert_eq!(s.sample(&mut [1.0, 0.0, -3.0], &[], &[]), 0);
         }
     }
 }

@@ -12,7 +12,12 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: &[String], keep: bool) -> StopMatcher {
-        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), keep, emitted: 0, full: String::new() }
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            keep,
+            emitted: 0,
+            full: String::new(),
+        }
     }
 
     /// Feed the full decoded text so far; returns the newly releasable text and the stop string
@@ -33,20 +38,32 @@ impl StopMatcher {
             .min_by_key(|(p, _)| *p);
         if let Some((pos, s)) = hit {
             let end = if self.keep { pos + s.len() } else { pos };
-            let delta = if end > self.emitted { full[self.emitted..end].to_string() } else { String::new() };
+            let delta = if end > self.emitted {
+                full[self.emitted..end].to_string()
+            } else {
+                String::new()
+            };
             self.emitted = self.emitted.max(end);
             self.full.truncate(self.emitted);
             return (delta, Some(s.clone()));
         }
         let safe = self.safe_end(full);
-        let delta = if safe > self.emitted { full[self.emitted..safe].to_string() } else { String::new() };
+        let delta = if safe > self.emitted {
+            full[self.emitted..safe].to_string()
+        } else {
+            String::new()
+        };
         self.emitted = self.emitted.max(safe);
         (delta, None)
     }
 
     /// Release whatever was held back (generation ended for another reason).
     pub fn finish(&mut self) -> String {
-        let rest = if self.full.len() > self.emitted { self.full[self.emitted..].to_string() } else { String::new() };
+        let rest = if self.full.len() > self.emitted {
+            self.full[self.emitted..].to_string()
+        } else {
+            String::new()
+        };
         self.emitted = self.full.len();
         rest
     }

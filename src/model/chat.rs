@@ -17,7 +17,11 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into(), name: None }
+        Message {
+            role: role.into(),
+            content: content.into(),
+            name: None,
+        }
     }
 }
 
@@ -35,19 +39,34 @@ pub struct ChatTemplate {
 const NAME: &str = "chat";
 
 impl ChatTemplate {
-    pub fn new(source: &str, origin: &Path, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
+    pub fn new(
+        source: &str,
+        origin: &Path,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<ChatTemplate> {
         let mut env = minijinja::Environment::new();
         // Hugging Face renders with trim_blocks and lstrip_blocks; so must we, or whitespace
         // (and thus token ids) drift.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| -> String {
             // Templates use it for "today's date" lines; a fixed date keeps prompts reproducible.
-            fmt.replace("%d", "01").replace("%b", "Jan").replace("%B", "January").replace("%Y", "2026").replace("%m", "01")
+            fmt.replace("%d", "01")
+                .replace("%b", "Jan")
+                .replace("%B", "January")
+                .replace("%Y", "2026")
+                .replace("%m", "01")
         });
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| Error::file(origin, format!("invalid chat template: {}", describe(&e))))?;
@@ -62,13 +81,22 @@ impl ChatTemplate {
 
     /// Load a template file (e.g. `prompts/humanlm/chat_template.jinja`).
     pub fn from_file(path: &Path, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
         Self::new(&text, path, bos_token, eos_token)
     }
 
     /// Render `messages`; `extra` adds template variables (e.g. `enable_thinking`).
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool, extra: &serde_json::Value) -> Result<String> {
-        let tmpl = self.env.get_template(NAME).map_err(|e| Error::file(&self.origin, describe(&e)))?;
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| Error::file(&self.origin, describe(&e)))?;
         let mut ctx = serde_json::json!({
             "messages": messages,
             "add_generation_prompt": add_generation_prompt,
@@ -81,14 +109,22 @@ impl ChatTemplate {
             }
         }
         tmpl.render(minijinja::Value::from_serialize(&ctx))
-            .map_err(|e| Error::file(&self.origin, format!("chat template failed: {}", describe(&e))))
+            .map_err(|e| {
+                Error::file(
+                    &self.origin,
+                    format!("chat template failed: {}", describe(&e)),
+                )
+            })
     }
 }
 
 fn describe(e: &minijinja::Error) -> String {
     match e.line() {
         Some(line) => format!("line {line}: {}", e.detail().unwrap_or(&e.to_string())),
-        None => e.detail().map(str::to_string).unwrap_or_else(|| e.to_string()),
+        None => e
+            .detail()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.to_string()),
     }
 }
 

@@ -10,13 +10,15 @@ use super::decoder::Decoder;
 use super::lora::{Adapter, AdapterConfig};
 use super::tokenizer::{SpecialTokens, Tokenizer};
 use super::weights::{LoadOptions, Store};
-use super::{Error, Result};
+use super::{dominant, Error, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Where checkpoints live unless a path is given.
 pub fn default_root() -> PathBuf {
-    std::env::var_os("HUMANLM_CHECKPOINTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("checkpoints"))
+    std::env::var_os("HUMANLM_CHECKPOINTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("checkpoints"))
 }
 
 /// The checkpoint `make run` and the demo use.
@@ -62,7 +64,10 @@ impl Checkpoint {
         } else {
             return Err(Error::file(
                 &direct,
-                format!("checkpoint not found (no such path, and no folder '{spec}' in {})", root.display()),
+                format!(
+                    "checkpoint not found (no such path, and no folder '{spec}' in {})",
+                    root.display()
+                ),
             ));
         };
         Self::open(&path, root)
@@ -76,9 +81,16 @@ impl Checkpoint {
             .unwrap_or_else(|| path.display().to_string());
         if path.is_file() {
             if path.extension().is_some_and(|e| e == "gguf") {
-                return Ok(Checkpoint { name, path: path.into(), kind: CheckpointKind::Gguf { file: path.into() } });
+                return Ok(Checkpoint {
+                    name,
+                    path: path.into(),
+                    kind: CheckpointKind::Gguf { file: path.into() },
+                });
             }
-            return Err(Error::file(path, "not a checkpoint (expected a .gguf file or a folder)"));
+            return Err(Error::file(
+                path,
+                "not a checkpoint (expected a .gguf file or a folder)",
+            ));
         }
         if !path.is_dir() {
             return Err(Error::file(path, "checkpoint not found"));
@@ -89,12 +101,22 @@ impl Checkpoint {
             return Ok(Checkpoint {
                 name,
                 path: path.into(),
-                kind: CheckpointKind::Adapter { dir: path.into(), base: Box::new(base) },
+                kind: CheckpointKind::Adapter {
+                    dir: path.into(),
+                    base: Box::new(base),
+                },
             });
         }
         if path.join("config.json").is_file() {
             let shards = safetensors_files(path)?;
-            return Ok(Checkpoint { name, path: path.into(), kind: CheckpointKind::Hf { dir: path.into(), shards } });
+            return Ok(Checkpoint {
+                name,
+                path: path.into(),
+                kind: CheckpointKind::Hf {
+                    dir: path.into(),
+                    shards,
+                },
+            });
         }
         let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| Error::file(path, format!("cannot list: {e}")))?
@@ -103,17 +125,33 @@ impl Checkpoint {
             .collect();
         ggufs.sort();
         match ggufs.len() {
-            0 => Err(Error::file(path, "not a checkpoint: no config.json, adapter_config.json or .gguf file")),
-            1 => Ok(Checkpoint { name, path: path.into(), kind: CheckpointKind::Gguf { file: ggufs.remove(0) } }),
-            n => Err(Error::file(path, format!("{n} .gguf files; name the file to use"))),
+            0 => Err(Error::file(
+                path,
+                "not a checkpoint: no config.json, adapter_config.json or .gguf file",
+            )),
+            1 => Ok(Checkpoint {
+                name,
+                path: path.into(),
+                kind: CheckpointKind::Gguf {
+                    file: ggufs.remove(0),
+                },
+            }),
+            n => Err(Error::file(
+                path,
+                format!("{n} .gguf files; name the file to use"),
+            )),
         }
     }
 
     /// All checkpoints under `root`; entries that fail to open are reported, not hidden.
     pub fn list(root: &Path) -> Vec<Result<Checkpoint>> {
-        let Ok(rd) = std::fs::read_dir(root) else { return vec![] };
-        let mut paths: Vec<PathBuf> =
-            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir() && !is_hidden(p)).collect();
+        let Ok(rd) = std::fs::read_dir(root) else {
+            return vec![];
+        };
+        let mut paths: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir() && !is_hidden(p))
+            .collect();
         paths.sort();
         paths.iter().map(|p| Self::open(p, root)).collect()
     }
@@ -134,7 +172,9 @@ impl Checkpoint {
         match &self.kind {
             CheckpointKind::Gguf { file } => {
                 let store = Store::open_gguf(file)?;
-                let Store::Gguf { content, .. } = &store else { unreachable!() };
+                let Store::Gguf { content, .. } = &store else {
+                    unreachable!()
+                };
                 info.format = "gguf".into();
                 info.architecture = content
                     .metadata
@@ -142,8 +182,17 @@ impl Checkpoint {
                     .and_then(|v| v.to_string().ok())
                     .cloned()
                     .unwrap_or_default();
-                info.parameters = content.tensor_infos.values().map(|t| t.shape.elem_count() as u64).sum();
-                info.dtype = dominant(content.tensor_infos.values().map(|t| format!("{:?}", t.ggml_dtype)));
+                info.parameters = content
+                    .tensor_infos
+                    .values()
+                    .map(|t| t.shape.elem_count() as u64)
+                    .sum();
+                info.dtype = dominant(
+                    content
+                        .tensor_infos
+                        .values()
+                        .map(|t| format!("{:?}", t.ggml_dtype)),
+                );
                 if let Ok(cfg) = ModelConfig::from_gguf(content, file) {
                     info.context_length = cfg.max_position_embeddings;
                 }
@@ -155,9 +204,15 @@ impl Checkpoint {
                 let cfg_path = dir.join("config.json");
                 let v = read_json(&cfg_path)?;
                 info.format = "hf".into();
-                info.architecture = v.get("model_type").and_then(Value::as_str).unwrap_or("?").to_string();
-                info.context_length =
-                    v.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(0) as usize;
+                info.architecture = v
+                    .get("model_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string();
+                info.context_length = v
+                    .get("max_position_embeddings")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0) as usize;
                 let mut dtypes = vec![];
                 for s in shards {
                     for (_, (dtype, n)) in safetensors_header(s)? {
@@ -179,7 +234,12 @@ impl Checkpoint {
                     info.parameters += n;
                     dtypes.push(dtype);
                 }
-                info.dtype = format!("{} (r={}, alpha={})", dominant(dtypes.into_iter()), cfg.r, cfg.lora_alpha);
+                info.dtype = format!(
+                    "{} (r={}, alpha={})",
+                    dominant(dtypes.into_iter()),
+                    cfg.r,
+                    cfg.lora_alpha
+                );
                 info.adapter_base = Some(base.name.clone());
             }
         }
@@ -192,7 +252,9 @@ impl Checkpoint {
         match &self.kind {
             CheckpointKind::Gguf { file } => {
                 let store = Store::open_gguf(file)?;
-                let Store::Gguf { content, .. } = &store else { unreachable!() };
+                let Store::Gguf { content, .. } = &store else {
+                    unreachable!()
+                };
                 let config = ModelConfig::from_gguf(content, file)?;
                 let tokenizer = Tokenizer::from_gguf(content, file)?;
                 let template = content
@@ -214,7 +276,10 @@ impl Checkpoint {
                 let config = ModelConfig::from_hf_json(&cfg_path)?;
                 let (tokenizer, chat) = hf_tokenizer(dir)?;
                 if shards.is_empty() {
-                    return Err(Error::file(dir, "no model.safetensors (or sharded model-*-of-*.safetensors) found"));
+                    return Err(Error::file(
+                        dir,
+                        "no model.safetensors (or sharded model-*-of-*.safetensors) found",
+                    ));
                 }
                 let store = Store::open_safetensors(shards.clone())?;
                 let decoder = Decoder::load(&store, &config, opts)?;
@@ -222,7 +287,8 @@ impl Checkpoint {
             }
             CheckpointKind::Adapter { dir, base } => {
                 let mut model = base.load(opts)?;
-                let adapter = Adapter::load(dir, &self.name, &opts.device, opts.activation_dtype())?;
+                let adapter =
+                    Adapter::load(dir, &self.name, &opts.device, opts.activation_dtype())?;
                 model.decoder.attach_adapter(&adapter)?;
                 model.decoder.set_active_adapter(Some(&self.name))?;
                 model.checkpoint = self.clone();
@@ -241,7 +307,12 @@ pub struct Model {
 }
 
 impl Model {
-    fn new(checkpoint: Checkpoint, decoder: Decoder, tokenizer: Tokenizer, chat: ChatTemplate) -> Result<Model> {
+    fn new(
+        checkpoint: Checkpoint,
+        decoder: Decoder,
+        tokenizer: Tokenizer,
+        chat: ChatTemplate,
+    ) -> Result<Model> {
         let bound = tokenizer.id_bound();
         if bound > decoder.vocab_rows() {
             return Err(Error::file(
@@ -253,7 +324,12 @@ impl Model {
                 ),
             ));
         }
-        Ok(Model { checkpoint, decoder, tokenizer, chat })
+        Ok(Model {
+            checkpoint,
+            decoder,
+            tokenizer,
+            chat,
+        })
     }
 }
 
@@ -262,11 +338,13 @@ fn token_text(tok: &Tokenizer, id: Option<u32>) -> String {
 }
 
 fn is_hidden(p: &Path) -> bool {
-    p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))
 }
 
@@ -283,7 +361,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(Value::as_object)
             .ok_or_else(|| Error::file(&index, "missing field 'weight_map'"))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -298,7 +379,11 @@ fn hf_tokenizer(dir: &Path) -> Result<(Tokenizer, ChatTemplate)> {
         return Err(Error::file(&tok_path, "missing tokenizer.json"));
     }
     let cfg_path = dir.join("tokenizer_config.json");
-    let tcfg = if cfg_path.is_file() { read_json(&cfg_path)? } else { Value::Null };
+    let tcfg = if cfg_path.is_file() {
+        read_json(&cfg_path)?
+    } else {
+        Value::Null
+    };
     let token_str = |v: Option<&Value>| -> Option<String> {
         match v? {
             Value::String(s) => Some(s.clone()),
@@ -317,7 +402,9 @@ fn hf_tokenizer(dir: &Path) -> Result<(Tokenizer, ChatTemplate)> {
         let g = read_json(&gen_path)?;
         match g.get("eos_token_id") {
             Some(Value::Number(n)) => special.eos_ids.extend(n.as_u64().map(|x| x as u32)),
-            Some(Value::Array(a)) => special.eos_ids.extend(a.iter().filter_map(|x| x.as_u64().map(|x| x as u32))),
+            Some(Value::Array(a)) => special
+                .eos_ids
+                .extend(a.iter().filter_map(|x| x.as_u64().map(|x| x as u32))),
             _ => {}
         }
     }
@@ -325,7 +412,8 @@ fn hf_tokenizer(dir: &Path) -> Result<(Tokenizer, ChatTemplate)> {
     // transformers 5 writes the template to chat_template.jinja; older versions embed it.
     let jinja = dir.join("chat_template.jinja");
     let (source, origin) = if jinja.is_file() {
-        let t = std::fs::read_to_string(&jinja).map_err(|e| Error::file(&jinja, format!("cannot read: {e}")))?;
+        let t = std::fs::read_to_string(&jinja)
+            .map_err(|e| Error::file(&jinja, format!("cannot read: {e}")))?;
         (t, jinja)
     } else {
         match tcfg.get("chat_template") {
@@ -369,7 +457,10 @@ fn resolve_base(adapter_dir: &Path, base: Option<&str>, root: &Path) -> Result<C
     }
     Err(Error::file(
         &cfg,
-        format!("base model '{base}' not found (looked next to the adapter and in {})", root.display()),
+        format!(
+            "base model '{base}' not found (looked next to the adapter and in {})",
+            root.display()
+        ),
     ))
 }
 
@@ -382,48 +473,40 @@ fn dir_size(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The most common value, with the others after it: "Q4_1 (also Q8_0, F32)".
-fn dominant(items: impl Iterator<Item = String>) -> String {
-    let mut counts: Vec<(String, usize)> = vec![];
-    for it in items {
-        match counts.iter_mut().find(|(n, _)| *n == it) {
-            Some((_, c)) => *c += 1,
-            None => counts.push((it, 1)),
-        }
-    }
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    match counts.len() {
-        0 => String::new(),
-        1 => counts.remove(0).0,
-        _ => {
-            let first = counts.remove(0).0;
-            format!("{first} (also {})", counts.into_iter().map(|(n, _)| n).collect::<Vec<_>>().join(", "))
-        }
-    }
-}
-
 /// Tensor name → (dtype, element count), from a safetensors header alone.
 fn safetensors_header(path: &Path) -> Result<Vec<(String, (String, u64))>> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|_| Error::file(path, "not a valid safetensors file: too short"))?;
+    f.read_exact(&mut len)
+        .map_err(|_| Error::file(path, "not a valid safetensors file: too short"))?;
     let n = u64::from_le_bytes(len);
     let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if n > 100_000_000 || n + 8 > file_len {
-        return Err(Error::file(path, "not a valid safetensors file: bad header length"));
+        return Err(Error::file(
+            path,
+            "not a valid safetensors file: bad header length",
+        ));
     }
     let mut buf = vec![0u8; n as usize];
-    f.read_exact(&mut buf).map_err(|_| Error::file(path, "not a valid safetensors file: truncated header"))?;
-    let v: Value =
-        serde_json::from_slice(&buf).map_err(|e| Error::file(path, format!("not a valid safetensors header: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| Error::file(path, "not a valid safetensors header"))?;
+    f.read_exact(&mut buf)
+        .map_err(|_| Error::file(path, "not a valid safetensors file: truncated header"))?;
+    let v: Value = serde_json::from_slice(&buf)
+        .map_err(|e| Error::file(path, format!("not a valid safetensors header: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::file(path, "not a valid safetensors header"))?;
     let mut out = vec![];
     for (name, t) in obj {
         if name == "__metadata__" {
             continue;
         }
-        let dtype = t.get("dtype").and_then(Value::as_str).unwrap_or("?").to_string();
+        let dtype = t
+            .get("dtype")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
         let count = t
             .get("shape")
             .and_then(Value::as_array)

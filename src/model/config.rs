@@ -63,39 +63,52 @@ pub struct ModelConfig {
 }
 
 fn field<'a>(v: &'a Value, key: &str, path: &Path) -> Result<&'a Value> {
-    v.get(key).filter(|x| !x.is_null()).ok_or_else(|| Error::file(path, format!("missing field '{key}'")))
+    v.get(key)
+        .filter(|x| !x.is_null())
+        .ok_or_else(|| Error::file(path, format!("missing field '{key}'")))
 }
 
 fn usize_field(v: &Value, key: &str, path: &Path) -> Result<usize> {
     field(v, key, path)?
         .as_u64()
         .map(|x| x as usize)
-        .ok_or_else(|| Error::file(path, format!("field '{key}' must be a non-negative integer")))
+        .ok_or_else(|| {
+            Error::file(
+                path,
+                format!("field '{key}' must be a non-negative integer"),
+            )
+        })
 }
 
 fn opt_usize(v: &Value, key: &str, path: &Path) -> Result<Option<usize>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_u64()
-            .map(|x| Some(x as usize))
-            .ok_or_else(|| Error::file(path, format!("field '{key}' must be a non-negative integer"))),
+        Some(x) => x.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("field '{key}' must be a non-negative integer"),
+            )
+        }),
     }
 }
 
 fn opt_f64(v: &Value, key: &str, path: &Path) -> Result<Option<f64>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x.as_f64().map(Some).ok_or_else(|| Error::file(path, format!("field '{key}' must be a number"))),
+        Some(x) => x
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| Error::file(path, format!("field '{key}' must be a number"))),
     }
 }
 
 impl ModelConfig {
     /// Read an HF `config.json`. Unknown architectures and missing fields are refused by name.
     pub fn from_hf_json(path: &Path) -> Result<ModelConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
         Self::from_hf_value(&v, path)
     }
 
@@ -104,7 +117,10 @@ impl ModelConfig {
             .as_str()
             .ok_or_else(|| Error::file(path, "field 'model_type' must be a string"))?;
         let arch = Arch::parse(model_type).ok_or_else(|| {
-            Error::file(path, format!("unknown architecture '{model_type}' (supported: llama, qwen2, qwen3)"))
+            Error::file(
+                path,
+                format!("unknown architecture '{model_type}' (supported: llama, qwen2, qwen3)"),
+            )
         })?;
         let hidden_size = usize_field(v, "hidden_size", path)?;
         let num_heads = usize_field(v, "num_attention_heads", path)?;
@@ -118,14 +134,23 @@ impl ModelConfig {
         let head_dim = opt_usize(v, "head_dim", path)?.unwrap_or(hidden_size / num_heads);
         // transformers 5 keeps rope settings in `rope_parameters`; older files use
         // `rope_theta` and `rope_scaling` at the top level.
-        let rope = v.get("rope_parameters").filter(|r| r.is_object()).or(v.get("rope_scaling").filter(|r| r.is_object()));
+        let rope = v
+            .get("rope_parameters")
+            .filter(|r| r.is_object())
+            .or(v.get("rope_scaling").filter(|r| r.is_object()));
         let rope_theta = opt_f64(v, "rope_theta", path)?
-            .or(rope.and_then(|r| r.get("rope_theta")).and_then(Value::as_f64))
+            .or(rope
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(Value::as_f64))
             .unwrap_or(10_000.0);
         let rope_scaling = match rope {
             None => None,
             Some(r) => {
-                let kind = r.get("rope_type").or(r.get("type")).and_then(Value::as_str).unwrap_or("default");
+                let kind = r
+                    .get("rope_type")
+                    .or(r.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
                 match kind {
                     "default" => None,
                     "llama3" => Some(Llama3RopeScaling {
@@ -146,7 +171,10 @@ impl ModelConfig {
         };
         let attention_bias = match arch {
             Arch::Qwen2 => true,
-            _ => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+            _ => v
+                .get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         };
         let cfg = ModelConfig {
             arch,
@@ -161,7 +189,10 @@ impl ModelConfig {
             rope_scaling,
             rms_norm_eps: opt_f64(v, "rms_norm_eps", path)?.unwrap_or(1e-6),
             max_position_embeddings: opt_usize(v, "max_position_embeddings", path)?.unwrap_or(4096),
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             attention_bias,
             qk_norm: arch == Arch::Qwen3,
         };
@@ -170,25 +201,37 @@ impl ModelConfig {
     }
 
     /// Read the hyper-parameters a GGUF file stores under `<arch>.*`.
-    pub fn from_gguf(content: &candle_core::quantized::gguf_file::Content, path: &Path) -> Result<ModelConfig> {
+    pub fn from_gguf(
+        content: &candle_core::quantized::gguf_file::Content,
+        path: &Path,
+    ) -> Result<ModelConfig> {
         let md = &content.metadata;
         let arch_name = md
             .get("general.architecture")
             .and_then(|v| v.to_string().ok())
             .ok_or_else(|| Error::file(path, "missing metadata 'general.architecture'"))?;
         let arch = Arch::parse(arch_name).ok_or_else(|| {
-            Error::file(path, format!("unknown architecture '{arch_name}' (supported: llama, qwen2, qwen3)"))
+            Error::file(
+                path,
+                format!("unknown architecture '{arch_name}' (supported: llama, qwen2, qwen3)"),
+            )
         })?;
         let get = |k: &str| -> Result<&candle_core::quantized::gguf_file::Value> {
             let key = format!("{arch_name}.{k}");
-            md.get(&key).ok_or_else(|| Error::file(path, format!("missing metadata '{key}'")))
+            md.get(&key)
+                .ok_or_else(|| Error::file(path, format!("missing metadata '{key}'")))
         };
         let get_u = |k: &str| -> Result<usize> {
             let v = get(k)?;
             v.to_u64()
                 .or_else(|_| v.to_u32().map(u64::from))
                 .map(|x| x as usize)
-                .map_err(|_| Error::file(path, format!("metadata '{arch_name}.{k}' must be an integer")))
+                .map_err(|_| {
+                    Error::file(
+                        path,
+                        format!("metadata '{arch_name}.{k}' must be an integer"),
+                    )
+                })
         };
         let get_f = |k: &str| -> Result<Option<f64>> {
             match md.get(&format!("{arch_name}.{k}")) {
@@ -198,7 +241,9 @@ impl ModelConfig {
                     .map(f64::from)
                     .or_else(|_| v.to_f64())
                     .map(Some)
-                    .map_err(|_| Error::file(path, format!("metadata '{arch_name}.{k}' must be a float"))),
+                    .map_err(|_| {
+                        Error::file(path, format!("metadata '{arch_name}.{k}' must be a float"))
+                    }),
             }
         };
         let hidden_size = get_u("embedding_length")?;
@@ -227,7 +272,11 @@ impl ModelConfig {
         let emb_rows = emb.shape.dims().first().copied().unwrap_or(0);
         let cfg = ModelConfig {
             arch,
-            vocab_size: if vocab_size == 0 { emb_rows } else { emb_rows.max(vocab_size) },
+            vocab_size: if vocab_size == 0 {
+                emb_rows
+            } else {
+                emb_rows.max(vocab_size)
+            },
             hidden_size,
             intermediate_size: get_u("feed_forward_length")?,
             num_layers: get_u("block_count")?,
@@ -240,7 +289,9 @@ impl ModelConfig {
             max_position_embeddings: get_u("context_length").unwrap_or(4096),
             tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
             attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-            qk_norm: content.tensor_infos.contains_key("blk.0.attn_q_norm.weight"),
+            qk_norm: content
+                .tensor_infos
+                .contains_key("blk.0.attn_q_norm.weight"),
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -260,14 +311,24 @@ impl ModelConfig {
             }
         }
         if self.head_dim % 2 != 0 {
-            return Err(Error::file(path, format!("head_dim {} must be even for rotary embeddings", self.head_dim)));
+            return Err(Error::file(
+                path,
+                format!(
+                    "head_dim {} must be even for rotary embeddings",
+                    self.head_dim
+                ),
+            ));
         }
         Ok(())
     }
 
     /// Number of parameters implied by the shapes (embedding counted once when tied).
     pub fn parameter_count(&self) -> u64 {
-        let (h, i, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        let (h, i, v) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+        );
         let q = (self.num_heads * self.head_dim) as u64;
         let kv = (self.num_kv_heads * self.head_dim) as u64;
         let mut attn = h * q + 2 * h * kv + q * h;

@@ -34,7 +34,15 @@ pub struct Linear {
 impl Linear {
     pub fn new(name: &str, weight: Weight, bias: Option<Tensor>) -> Result<Linear> {
         let (out_dim, in_dim) = weight.dims()?;
-        Ok(Linear { name: name.into(), weight, bias, in_dim, out_dim, loras: vec![], active: None })
+        Ok(Linear {
+            name: name.into(),
+            weight,
+            bias,
+            in_dim,
+            out_dim,
+            loras: vec![],
+            active: None,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -117,10 +125,20 @@ pub struct Layer {
 
 impl Layer {
     fn linears_mut(&mut self) -> [&mut Linear; 7] {
-        [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
     }
     fn linears(&self) -> [&Linear; 7] {
-        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
     }
 }
 
@@ -134,12 +152,27 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(cfg: &ModelConfig, batch: usize, capacity: usize, device: &Device, dtype: DType) -> Result<KvCache> {
+    pub fn new(
+        cfg: &ModelConfig,
+        batch: usize,
+        capacity: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<KvCache> {
         let shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim);
         let layers = (0..cfg.num_layers)
-            .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
+            .map(|_| {
+                Ok((
+                    Tensor::zeros(shape, dtype, device)?,
+                    Tensor::zeros(shape, dtype, device)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { layers, len: 0, capacity })
+        Ok(KvCache {
+            layers,
+            len: 0,
+            capacity,
+        })
     }
 
     /// Positions filled so far.
@@ -163,7 +196,11 @@ impl KvCache {
             .iter()
             .map(|(k, v)| Ok((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { layers, len: self.len, capacity: self.capacity })
+        Ok(KvCache {
+            layers,
+            len: self.len,
+            capacity: self.capacity,
+        })
     }
 
     /// Keep only the given batch rows (finished samples leave the batch).
@@ -182,7 +219,10 @@ impl KvCache {
         let (kb, vb) = &self.layers[layer];
         kb.slice_set(k, 2, self.len)?;
         vb.slice_set(v, 2, self.len)?;
-        Ok((kb.narrow(2, 0, self.len + s)?, vb.narrow(2, 0, self.len + s)?))
+        Ok((
+            kb.narrow(2, 0, self.len + s)?,
+            vb.narrow(2, 0, self.len + s)?,
+        ))
     }
 }
 
@@ -210,7 +250,10 @@ impl Decoder {
         let hd = cfg.head_dim;
         let check = |name: &str, want: &[usize]| -> Result<()> {
             match store.shape(name) {
-                None => Err(Error::file(store.path_for(name), format!("missing tensor '{name}'"))),
+                None => Err(Error::file(
+                    store.path_for(name),
+                    format!("missing tensor '{name}'"),
+                )),
                 Some(got) => {
                     // GGUF lists dims innermost-first in its header but candle reports them
                     // outermost-first, like safetensors.
@@ -227,7 +270,10 @@ impl Decoder {
         };
         let norm = |name: &str, size: usize| -> Result<RmsNorm> {
             check(name, &[size])?;
-            Ok(RmsNorm { weight: store.dense(name, dev, dtype)?, eps: cfg.rms_norm_eps as f32 })
+            Ok(RmsNorm {
+                weight: store.dense(name, dev, dtype)?,
+                eps: cfg.rms_norm_eps as f32,
+            })
         };
         let linear = |module: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             let wname = format!("{module}.weight");
@@ -254,12 +300,30 @@ impl Decoder {
                 k: linear(&format!("{p}.self_attn.k_proj"), kv_out, h, bias)?,
                 v: linear(&format!("{p}.self_attn.v_proj"), kv_out, h, bias)?,
                 o: linear(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
-                q_norm: if cfg.qk_norm { Some(norm(&format!("{p}.self_attn.q_norm.weight"), hd)?) } else { None },
-                k_norm: if cfg.qk_norm { Some(norm(&format!("{p}.self_attn.k_norm.weight"), hd)?) } else { None },
+                q_norm: if cfg.qk_norm {
+                    Some(norm(&format!("{p}.self_attn.q_norm.weight"), hd)?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(norm(&format!("{p}.self_attn.k_norm.weight"), hd)?)
+                } else {
+                    None
+                },
                 mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false)?,
+                gate: linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    cfg.intermediate_size,
+                    h,
+                    false,
+                )?,
                 up: linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false)?,
-                down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false)?,
+                down: linear(
+                    &format!("{p}.mlp.down_proj"),
+                    h,
+                    cfg.intermediate_size,
+                    false,
+                )?,
             });
         }
         let norm_f = norm("model.norm.weight", h)?;
@@ -267,7 +331,11 @@ impl Decoder {
             linear("lm_head", cfg.vocab_size, h, false)?
         } else if store.is_gguf() && !opts.dequantize {
             // Tied: the quantized embedding matrix doubles as the output projection.
-            Linear::new("lm_head", store.matrix("model.embed_tokens.weight", opts)?, None)?
+            Linear::new(
+                "lm_head",
+                store.matrix("model.embed_tokens.weight", opts)?,
+                None,
+            )?
         } else {
             Linear::new("lm_head", Weight::Dense(embed.clone()), None)?
         };
@@ -299,31 +367,66 @@ impl Decoder {
     }
 
     pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
-        KvCache::new(&self.config, batch, capacity.min(self.max_positions()), &self.device, self.dtype)
+        KvCache::new(
+            &self.config,
+            batch,
+            capacity.min(self.max_positions()),
+            &self.device,
+            self.dtype,
+        )
     }
 
     /// Run `ids` (batch, seq) starting at position `cache.len()` (or 0 without a cache).
     /// Returns logits (batch, vocab) for the last position, or (batch, seq, vocab) with `all`.
-    pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, ops: Ops, all: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        ops: Ops,
+        all: bool,
+    ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let pos = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let limit = cache.as_ref().map(|c| c.capacity()).unwrap_or(self.max_positions()).min(self.max_positions());
+        let limit = cache
+            .as_ref()
+            .map(|c| c.capacity())
+            .unwrap_or(self.max_positions())
+            .min(self.max_positions());
         if pos + s > limit {
             return Err(Error::Msg(format!(
                 "sequence of {} tokens exceeds the context of {limit} tokens",
                 pos + s
             )));
         }
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, self.config.hidden_size))?;
-        let mask = if s > 1 { Some(causal_mask(s, pos, &self.device, self.dtype)?) } else { None };
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            s,
+            self.config.hidden_size,
+        ))?;
+        let mask = if s > 1 {
+            Some(causal_mask(s, pos, &self.device, self.dtype)?)
+        } else {
+            None
+        };
         let cos = self.cos.narrow(0, pos, s)?.to_dtype(self.dtype)?;
         let sin = self.sin.narrow(0, pos, s)?.to_dtype(self.dtype)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x, ops)?;
-            let a = self.attention(layer, li, &h, &cos, &sin, mask.as_ref(), cache.as_deref_mut(), ops)?;
+            let a = self.attention(
+                layer,
+                li,
+                &h,
+                &cos,
+                &sin,
+                mask.as_ref(),
+                cache.as_deref_mut(),
+                ops,
+            )?;
             x = (x + a)?;
             let h = layer.mlp_norm.forward(&x, ops)?;
-            let m = layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+            let m = layer.down.forward(
+                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
+            )?;
             x = (x + m)?;
         }
         if let Some(c) = cache {
@@ -385,13 +488,20 @@ impl Decoder {
         let q = q.reshape((b, nkv, groups * s, hd))?;
         let mut att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         if let Some(m) = mask {
-            att = att.reshape((b, nkv, groups, s, total))?.broadcast_add(m)?.reshape((b, nkv, groups * s, total))?;
+            att = att
+                .reshape((b, nkv, groups, s, total))?
+                .broadcast_add(m)?
+                .reshape((b, nkv, groups * s, total))?;
         }
         let att = match ops {
             Ops::Fast => candle_nn::ops::softmax_last_dim(&att)?,
             Ops::Diff => candle_nn::ops::softmax(&att, D::Minus1)?,
         };
-        let y = att.matmul(&v)?.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        let y = att
+            .matmul(&v)?
+            .reshape((b, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b, s, nh * hd))?;
         layer.o.forward(&y)
     }
 
@@ -420,8 +530,16 @@ impl Decoder {
                 .flat_map(|l| l.linears().map(|x| x.name.as_str()))
                 .chain([self.lm_head.name.as_str()])
                 .collect();
-            let unknown = adapter.modules.keys().find(|m| !known.contains(m.as_str())).cloned().unwrap_or_default();
-            return Err(Error::file(&file, format!("adapter targets '{unknown}', which the base model does not have")));
+            let unknown = adapter
+                .modules
+                .keys()
+                .find(|m| !known.contains(m.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            return Err(Error::file(
+                &file,
+                format!("adapter targets '{unknown}', which the base model does not have"),
+            ));
         }
         self.adapters.retain(|n| n != &adapter.name);
         self.adapters.push(adapter.name.clone());
@@ -468,20 +586,13 @@ impl Decoder {
         Ok(())
     }
 
-    /// Storage type of the projection matrices, most common first (e.g. "Q4_1, Q6K").
+    /// Storage type of the projection matrices, most common first ("Q4_1 (also Q8_0)").
     pub fn weight_kinds(&self) -> String {
-        let mut counts: Vec<(String, usize)> = vec![];
-        for l in &self.layers {
-            for lin in l.linears() {
-                let k = lin.weight.kind();
-                match counts.iter_mut().find(|(n, _)| *n == k) {
-                    Some((_, c)) => *c += 1,
-                    None => counts.push((k, 1)),
-                }
-            }
-        }
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
-        counts.into_iter().map(|(k, _)| k).collect::<Vec<_>>().join(", ")
+        super::dominant(
+            self.layers
+                .iter()
+                .flat_map(|l| l.linears().map(|x| x.weight.kind())),
+        )
     }
 }
 
@@ -515,10 +626,17 @@ fn causal_mask(s: usize, pos: usize, device: &Device, dtype: DType) -> Result<Te
 fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim;
     let theta = cfg.rope_theta as f32;
-    let mut inv: Vec<f32> = (0..hd).step_by(2).map(|i| 1.0 / theta.powf(i as f32 / hd as f32)).collect();
+    let mut inv: Vec<f32> = (0..hd)
+        .step_by(2)
+        .map(|i| 1.0 / theta.powf(i as f32 / hd as f32))
+        .collect();
     if let Some(sc) = &cfg.rope_scaling {
         let orig = sc.original_max_position_embeddings as f32;
-        let (factor, low, high) = (sc.factor as f32, sc.low_freq_factor as f32, sc.high_freq_factor as f32);
+        let (factor, low, high) = (
+            sc.factor as f32,
+            sc.low_freq_factor as f32,
+            sc.high_freq_factor as f32,
+        );
         let low_wavelen = orig / low;
         let high_wavelen = orig / high;
         for f in inv.iter_mut() {

@@ -14,15 +14,26 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         Some(rest) => rest
             .strip_prefix(':')
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| Error::Msg(format!("--device '{spec}': expected cpu, cuda or cuda:N")))?,
-        None => return Err(Error::Msg(format!("--device '{spec}': expected cpu, cuda or cuda:N"))),
+            .ok_or_else(|| {
+                Error::Msg(format!("--device '{spec}': expected cpu, cuda or cuda:N"))
+            })?,
+        None => {
+            return Err(Error::Msg(format!(
+                "--device '{spec}': expected cpu, cuda or cuda:N"
+            )))
+        }
     };
     if !cfg!(feature = "cuda") {
         return Err(Error::Msg(format!(
             "--device '{spec}': this build has no GPU support; rebuild with `--features cuda`"
         )));
     }
-    Device::new_cuda(ordinal).map_err(|e| Error::Msg(format!("--device '{spec}': {}", super::first_line(&e.to_string()))))
+    Device::new_cuda(ordinal).map_err(|e| {
+        Error::Msg(format!(
+            "--device '{spec}': {}",
+            super::first_line(&e.to_string())
+        ))
+    })
 }
 
 /// A short human name for a device, for status lines and JSON.

@@ -20,7 +20,10 @@ pub struct LoraWeights {
 impl LoraWeights {
     /// The delta this adapter adds to `x·Wᵀ`.
     pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
-        Ok((x.broadcast_matmul(&self.a.t()?)?.broadcast_matmul(&self.b.t()?)? * self.scale)?)
+        Ok((x
+            .broadcast_matmul(&self.a.t()?)?
+            .broadcast_matmul(&self.b.t()?)?
+            * self.scale)?)
     }
 
     /// `s·B·A`, the change to W when the adapter is merged.
@@ -41,31 +44,52 @@ pub struct AdapterConfig {
 
 impl AdapterConfig {
     pub fn read(path: &Path) -> Result<AdapterConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
         if let Some(t) = v.get("peft_type").and_then(Value::as_str) {
             if t != "LORA" {
-                return Err(Error::file(path, format!("peft_type '{t}' is not supported (only LORA)")));
+                return Err(Error::file(
+                    path,
+                    format!("peft_type '{t}' is not supported (only LORA)"),
+                ));
             }
         }
         let r = v
             .get("r")
             .and_then(Value::as_u64)
             .filter(|&r| r > 0)
-            .ok_or_else(|| Error::file(path, "field 'r' must be a positive integer"))? as usize;
+            .ok_or_else(|| Error::file(path, "field 'r' must be a positive integer"))?
+            as usize;
         let target_modules = match v.get("target_modules") {
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
             Some(Value::String(s)) => vec![s.clone()],
             _ => vec![],
         };
         if v.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
-            return Err(Error::file(path, "fan_in_fan_out adapters (GPT-2 Conv1D layers) are not supported"));
+            return Err(Error::file(
+                path,
+                "fan_in_fan_out adapters (GPT-2 Conv1D layers) are not supported",
+            ));
         }
         Ok(AdapterConfig {
-            base_model_name_or_path: v.get("base_model_name_or_path").and_then(Value::as_str).map(String::from),
+            base_model_name_or_path: v
+                .get("base_model_name_or_path")
+                .and_then(Value::as_str)
+                .map(String::from),
             r,
-            lora_alpha: v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(r as f64),
-            use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+            lora_alpha: v
+                .get("lora_alpha")
+                .and_then(Value::as_f64)
+                .unwrap_or(r as f64),
+            use_rslora: v
+                .get("use_rslora")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             target_modules,
         })
     }
@@ -95,13 +119,23 @@ impl Adapter {
         if !file.is_file() {
             return Err(Error::file(&file, "missing adapter weights"));
         }
-        let tensors = candle_core::safetensors::load(&file, device)
-            .map_err(|e| Error::file(&file, format!("not a valid safetensors file: {}", super::first_line(&e.to_string()))))?;
+        let tensors = candle_core::safetensors::load(&file, device).map_err(|e| {
+            Error::file(
+                &file,
+                format!(
+                    "not a valid safetensors file: {}",
+                    super::first_line(&e.to_string())
+                ),
+            )
+        })?;
         let mut a_parts: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut b_parts: BTreeMap<String, Tensor> = BTreeMap::new();
         for (key, t) in tensors {
             let Some((module, which)) = parse_peft_key(&key) else {
-                return Err(Error::file(&file, format!("unexpected tensor '{key}' (expected PEFT LoRA keys)")));
+                return Err(Error::file(
+                    &file,
+                    format!("unexpected tensor '{key}' (expected PEFT LoRA keys)"),
+                ));
             };
             let t = t.to_dtype(dtype)?;
             if which == 'A' {
@@ -113,23 +147,37 @@ impl Adapter {
         let scale = config.scale();
         let mut modules = BTreeMap::new();
         for (module, a) in a_parts {
-            let b = b_parts
-                .remove(&module)
-                .ok_or_else(|| Error::file(&file, format!("'{module}' has lora_A but no lora_B")))?;
+            let b = b_parts.remove(&module).ok_or_else(|| {
+                Error::file(&file, format!("'{module}' has lora_A but no lora_B"))
+            })?;
             let (ra, _) = a.dims2()?;
             let (_, rb) = b.dims2()?;
             if ra != config.r || rb != config.r {
-                return Err(Error::file(&file, format!("'{module}': rank {ra}/{rb} does not match r = {} in adapter_config.json", config.r)));
+                return Err(Error::file(
+                    &file,
+                    format!(
+                        "'{module}': rank {ra}/{rb} does not match r = {} in adapter_config.json",
+                        config.r
+                    ),
+                ));
             }
             modules.insert(module, LoraWeights { a, b, scale });
         }
         if let Some(module) = b_parts.keys().next() {
-            return Err(Error::file(&file, format!("'{module}' has lora_B but no lora_A")));
+            return Err(Error::file(
+                &file,
+                format!("'{module}' has lora_B but no lora_A"),
+            ));
         }
         if modules.is_empty() {
             return Err(Error::file(&file, "no LoRA tensors found"));
         }
-        Ok(Adapter { name: name.to_string(), dir: dir.to_path_buf(), config, modules })
+        Ok(Adapter {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            config,
+            modules,
+        })
     }
 }
 

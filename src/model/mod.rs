@@ -35,7 +35,10 @@ pub enum Error {
 
 impl Error {
     pub fn file(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::File { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::File {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
 }
 
@@ -44,4 +47,28 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// candle errors can carry multi-line context or backtraces; a user needs the first line.
 pub(crate) fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// The most common value, with the others after it: "Q4_1 (also Q8_0, F32)".
+pub(crate) fn dominant(items: impl Iterator<Item = String>) -> String {
+    let mut counts: Vec<(String, usize)> = vec![];
+    for it in items {
+        match counts.iter_mut().find(|(n, _)| *n == it) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((it, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut names = counts.into_iter().map(|(n, _)| n);
+    match names.next() {
+        None => String::new(),
+        Some(first) => {
+            let rest: Vec<String> = names.collect();
+            if rest.is_empty() {
+                first
+            } else {
+                format!("{first} (also {})", rest.join(", "))
+            }
+        }
+    }
 }

@@ -11,7 +11,13 @@ use std::path::{Path, PathBuf};
 
 /// The text that ends a turn in the chat formats we know; generation stops on these even when a
 /// checkpoint's config lists only its document-level EOS.
-const END_OF_TURN_TOKENS: &[&str] = &["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "</s>"];
+const END_OF_TURN_TOKENS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "</s>",
+];
 
 /// Digits split as Llama 3 / Qwen2 do: letters, 1-3 digit runs (llama-bpe) or single digits (qwen2).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -32,7 +38,10 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("source", &self.source).field("vocab", &self.vocab_size()).finish()
+        f.debug_struct("Tokenizer")
+            .field("source", &self.source)
+            .field("vocab", &self.vocab_size())
+            .finish()
     }
 }
 
@@ -40,14 +49,23 @@ impl Tokenizer {
     /// Load an HF `tokenizer.json`. `bos`/`eos` come from tokenizer_config.json and
     /// generation_config.json, which the caller has read.
     pub fn from_hf_file(path: &Path, special: &SpecialTokens) -> Result<Tokenizer> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
         let post_processor_adds_bos = v
             .get("post_processor")
             .map(|p| !p.is_null() && p.to_string().contains("\"SpecialToken\""))
             .unwrap_or(false);
-        let inner = <tokenizers::Tokenizer as std::str::FromStr>::from_str(&text)
-            .map_err(|e| Error::file(path, format!("not a valid tokenizer: {}", super::first_line(&e.to_string()))))?;
+        let inner = <tokenizers::Tokenizer as std::str::FromStr>::from_str(&text).map_err(|e| {
+            Error::file(
+                path,
+                format!(
+                    "not a valid tokenizer: {}",
+                    super::first_line(&e.to_string())
+                ),
+            )
+        })?;
         let mut tok = Tokenizer {
             inner,
             source: path.to_path_buf(),
@@ -65,7 +83,8 @@ impl Tokenizer {
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer> {
         let md = &content.metadata;
         let get_str = |k: &str| md.get(k).and_then(|v| v.to_string().ok()).cloned();
-        let model = get_str("tokenizer.ggml.model").ok_or_else(|| Error::file(path, "missing metadata 'tokenizer.ggml.model'"))?;
+        let model = get_str("tokenizer.ggml.model")
+            .ok_or_else(|| Error::file(path, "missing metadata 'tokenizer.ggml.model'"))?;
         if model != "gpt2" {
             return Err(Error::file(
                 path,
@@ -101,20 +120,28 @@ impl Tokenizer {
         let merges: Vec<String> = md
             .get("tokenizer.ggml.merges")
             .and_then(|v| v.to_vec().ok())
-            .map(|v| v.iter().filter_map(|m| m.to_string().ok().cloned()).collect())
+            .map(|v| {
+                v.iter()
+                    .filter_map(|m| m.to_string().ok().cloned())
+                    .collect()
+            })
             .ok_or_else(|| Error::file(path, "missing metadata 'tokenizer.ggml.merges'"))?;
         let mut vocab = serde_json::Map::with_capacity(tokens.len());
         let mut added = Vec::new();
         for (id, t) in tokens.iter().enumerate() {
-            let s = t.to_string().map_err(|_| Error::file(path, format!("token {id} is not a string")))?;
+            let s = t
+                .to_string()
+                .map_err(|_| Error::file(path, format!("token {id} is not a string")))?;
             if !vocab.contains_key(s) {
                 vocab.insert(s.clone(), json!(id));
             }
             // 3 = control, 4 = user-defined: matched whole in the input, never split by BPE.
             let kind = types.get(id).copied().unwrap_or(1);
             if kind == 3 || kind == 4 {
-                added.push(json!({"id": id, "content": s, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": kind == 3}));
+                added.push(
+                    json!({"id": id, "content": s, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": kind == 3}),
+                );
             }
         }
         let doc = json!({
@@ -131,13 +158,24 @@ impl Tokenizer {
                 "vocab": vocab, "merges": merges},
         });
         let inner = <tokenizers::Tokenizer as std::str::FromStr>::from_str(&doc.to_string())
-            .map_err(|e| Error::file(path, format!("cannot build tokenizer from metadata: {}", super::first_line(&e.to_string()))))?;
+            .map_err(|e| {
+                Error::file(
+                    path,
+                    format!(
+                        "cannot build tokenizer from metadata: {}",
+                        super::first_line(&e.to_string())
+                    ),
+                )
+            })?;
         let get_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
         let mut tok = Tokenizer {
             inner,
             source: path.to_path_buf(),
             bos_id: get_u32("tokenizer.ggml.bos_token_id"),
-            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
+            add_bos: md
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(false),
             eos_ids: vec![],
             post_processor_adds_bos: false,
         };
@@ -206,7 +244,14 @@ impl Tokenizer {
 
     /// The largest id the tokenizer can produce, plus one.
     pub fn id_bound(&self) -> usize {
-        let base = self.inner.get_vocab(true).values().copied().max().map(|m| m as usize + 1).unwrap_or(0);
+        let base = self
+            .inner
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .map(|m| m as usize + 1)
+            .unwrap_or(0);
         base.max(self.vocab_size())
     }
 }

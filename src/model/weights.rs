@@ -17,7 +17,9 @@ impl Weight {
     pub fn dims(&self) -> Result<(usize, usize)> {
         Ok(match self {
             Weight::Quant(QMatMul::QTensor(q)) => q.shape().dims2()?,
-            Weight::Quant(QMatMul::Tensor(t)) | Weight::Quant(QMatMul::TensorF16(t)) | Weight::Dense(t) => t.dims2()?,
+            Weight::Quant(QMatMul::Tensor(t))
+            | Weight::Quant(QMatMul::TensorF16(t))
+            | Weight::Dense(t) => t.dims2()?,
         })
     }
 
@@ -25,9 +27,9 @@ impl Weight {
     pub fn to_dense(&self, device: &Device, dtype: DType) -> Result<Tensor> {
         Ok(match self {
             Weight::Quant(QMatMul::QTensor(q)) => q.dequantize(device)?.to_dtype(dtype)?,
-            Weight::Quant(QMatMul::Tensor(t)) | Weight::Quant(QMatMul::TensorF16(t)) | Weight::Dense(t) => {
-                t.to_dtype(dtype)?
-            }
+            Weight::Quant(QMatMul::Tensor(t))
+            | Weight::Quant(QMatMul::TensorF16(t))
+            | Weight::Dense(t) => t.to_dtype(dtype)?,
         })
     }
 
@@ -35,9 +37,9 @@ impl Weight {
     pub fn kind(&self) -> String {
         match self {
             Weight::Quant(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
-            Weight::Quant(QMatMul::Tensor(t)) | Weight::Quant(QMatMul::TensorF16(t)) | Weight::Dense(t) => {
-                format!("{:?}", t.dtype()).to_uppercase()
-            }
+            Weight::Quant(QMatMul::Tensor(t))
+            | Weight::Quant(QMatMul::TensorF16(t))
+            | Weight::Dense(t) => format!("{:?}", t.dtype()).to_uppercase(),
         }
     }
 }
@@ -55,20 +57,35 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Cpu, dtype: None, dequantize: false }
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: None,
+            dequantize: false,
+        }
     }
 }
 
 impl LoadOptions {
     pub fn activation_dtype(&self) -> DType {
-        self.dtype.unwrap_or(if self.device.is_cpu() { DType::F32 } else { DType::BF16 })
+        self.dtype.unwrap_or(if self.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        })
     }
 }
 
 /// The tensors of a checkpoint.
 pub enum Store {
-    Gguf { path: PathBuf, content: gguf_file::Content, file: std::cell::RefCell<std::fs::File> },
-    Safetensors { paths: Vec<PathBuf>, st: candle_core::safetensors::MmapedSafetensors },
+    Gguf {
+        path: PathBuf,
+        content: gguf_file::Content,
+        file: std::cell::RefCell<std::fs::File>,
+    },
+    Safetensors {
+        paths: Vec<PathBuf>,
+        st: candle_core::safetensors::MmapedSafetensors,
+    },
 }
 
 /// HF tensor name → the name llama.cpp's converter gives it in a GGUF.
@@ -104,9 +121,17 @@ pub fn gguf_name(hf: &str) -> String {
 
 impl Store {
     pub fn open_gguf(path: &Path) -> Result<Store> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| Error::file(path, format!("not a valid GGUF file: {}", super::first_line(&e.to_string()))))?;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| {
+            Error::file(
+                path,
+                format!(
+                    "not a valid GGUF file: {}",
+                    super::first_line(&e.to_string())
+                ),
+            )
+        })?;
         // A truncated file still has a readable header; check that every tensor lies inside it.
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         for (name, info) in &content.tensor_infos {
@@ -117,7 +142,11 @@ impl Store {
                 return Err(Error::file(path, format!("truncated: tensor '{name}' ends at byte {end} but the file has {len} bytes")));
             }
         }
-        Ok(Store::Gguf { path: path.to_path_buf(), content, file: std::cell::RefCell::new(file) })
+        Ok(Store::Gguf {
+            path: path.to_path_buf(),
+            content,
+            file: std::cell::RefCell::new(file),
+        })
     }
 
     pub fn open_safetensors(paths: Vec<PathBuf>) -> Result<Store> {
@@ -127,8 +156,15 @@ impl Store {
             }
             // Validate each file separately so the error names the one at fault.
             // SAFETY: the file is only read; a concurrent writer would be the user's mistake.
-            unsafe { candle_core::safetensors::MmapedSafetensors::new(p) }
-                .map_err(|e| Error::file(p, format!("not a valid safetensors file: {}", super::first_line(&e.to_string()))))?;
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(p) }.map_err(|e| {
+                Error::file(
+                    p,
+                    format!(
+                        "not a valid safetensors file: {}",
+                        super::first_line(&e.to_string())
+                    ),
+                )
+            })?;
         }
         // SAFETY: as above.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&paths) }
@@ -148,7 +184,9 @@ impl Store {
                 if paths.len() > 1 {
                     for p in paths {
                         // SAFETY: read-only map; used only to find the owning shard for a message.
-                        if let Ok(one) = unsafe { candle_core::safetensors::MmapedSafetensors::new(p) } {
+                        if let Ok(one) =
+                            unsafe { candle_core::safetensors::MmapedSafetensors::new(p) }
+                        {
                             if one.get(name).is_ok() {
                                 return p.clone();
                             }
@@ -178,25 +216,44 @@ impl Store {
     }
 
     fn missing(&self, hf: &str) -> Error {
-        Error::file(self.path_for(hf), format!("missing tensor '{}'", self.store_name(hf)))
+        Error::file(
+            self.path_for(hf),
+            format!("missing tensor '{}'", self.store_name(hf)),
+        )
     }
 
     fn qtensor(&self, hf: &str, device: &Device) -> Result<QTensor> {
-        let Store::Gguf { path, content, file } = self else { unreachable!("qtensor on a non-GGUF store") };
+        let Store::Gguf {
+            path,
+            content,
+            file,
+        } = self
+        else {
+            unreachable!("qtensor on a non-GGUF store")
+        };
         let name = gguf_name(hf);
         if !content.tensor_infos.contains_key(&name) {
             return Err(self.missing(hf));
         }
         let mut f = file.borrow_mut();
-        content
-            .tensor(&mut *f, &name, device)
-            .map_err(|e| Error::file(path, format!("cannot read tensor '{name}': {}", super::first_line(&e.to_string()))))
+        content.tensor(&mut *f, &name, device).map_err(|e| {
+            Error::file(
+                path,
+                format!(
+                    "cannot read tensor '{name}': {}",
+                    super::first_line(&e.to_string())
+                ),
+            )
+        })
     }
 
     /// A dense tensor in `dtype` (vectors, norms, biases, embeddings).
     pub fn dense(&self, hf: &str, device: &Device, dtype: DType) -> Result<Tensor> {
         match self {
-            Store::Gguf { .. } => Ok(self.qtensor(hf, device)?.dequantize(device)?.to_dtype(dtype)?),
+            Store::Gguf { .. } => Ok(self
+                .qtensor(hf, device)?
+                .dequantize(device)?
+                .to_dtype(dtype)?),
             Store::Safetensors { st, .. } => {
                 let t = st.load(hf, device).map_err(|_| self.missing(hf))?;
                 Ok(t.to_dtype(dtype)?)
@@ -227,7 +284,10 @@ impl Store {
     pub fn shape(&self, hf: &str) -> Option<Vec<usize>> {
         let name = self.store_name(hf);
         match self {
-            Store::Gguf { content, .. } => content.tensor_infos.get(&name).map(|i| i.shape.dims().to_vec()),
+            Store::Gguf { content, .. } => content
+                .tensor_infos
+                .get(&name)
+                .map(|i| i.shape.dims().to_vec()),
             Store::Safetensors { st, .. } => st.get(&name).ok().map(|v| v.shape().to_vec()),
         }
     }
