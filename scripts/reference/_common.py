@@ -33,7 +33,7 @@ def generator(script_file, packages, **extra):
     """The "generator" object every fixture carries: which script made it, with which versions."""
     info = {
         "script": rel(script_file),
-        "command": f"python {rel(script_file)}",
+        "command": f"{sys.executable.replace(os.path.expanduser('~'), '~', 1)} {rel(script_file)}",
         "python": platform.python_version(),
         "platform": f"{platform.system()}-{platform.machine()}",
     }
