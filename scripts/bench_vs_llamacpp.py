@@ -66,6 +66,13 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def load_average():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def version_of(name):
     try:
         return metadata.version(name)
@@ -236,6 +243,10 @@ def main():
         print("bench_vs_llamacpp: --repeats, --prompt-tokens and --new-tokens must be >= 1", file=sys.stderr)
         return 1
 
+    load_before = load_average()
+    if load_before is not None and load_before > 0.5 * (os.cpu_count() or 1):
+        print(f"bench_vs_llamacpp: WARNING: 1-minute load average is {load_before:.2f} on "
+              f"{os.cpu_count()} CPUs; other work will skew the timings", file=sys.stderr)
     hl = None if args.skip_humanlm else run_humanlm(args)  # first, so a missing binary fails fast
     print(f"llama.cpp: {args.prompt_tokens} prompt tokens, {args.new_tokens} new tokens, "
           f"{args.threads} threads, {args.repeats} repeats", file=sys.stderr)
@@ -252,7 +263,7 @@ def main():
     print()
     print(f"{os.path.basename(args.checkpoint_file)}  threads={args.threads}  "
           f"prompt={args.prompt_tokens}  new={args.new_tokens}  repeats={args.repeats}")
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu_model()}  (load average before/after: {fmt(load_before, 2)}/{fmt(load_average(), 2)})")
     print(f"{'':18}{'humanlm':>12}{'llama.cpp':>12}{'ratio':>10}")
     for name, h, l in rows:
         r = h / l if (h is not None and l) else None
@@ -269,6 +280,7 @@ def main():
         "repeats": args.repeats,
         "cpu": cpu_model(),
         "nproc": os.cpu_count(),
+        "load_average_1m": {"before": load_before, "after": load_average()},
         "python": platform.python_version(),
         "llama_cpp_python": version_of("llama_cpp_python") or lc["llama_cpp"],
         "numpy": version_of("numpy"),

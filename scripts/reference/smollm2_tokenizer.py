@@ -12,7 +12,10 @@ Makes tests/fixtures/smollm2_tokenizer.json:
 
 "transformers_ids" come from the tokenizer transformers builds out of the same GGUF
 (add_special_tokens=False), kept for comparison; a warning lists the cases where the two differ
-(it does not fail). The cases are tricky strings (digits, emoji with skin tones and ZWJ sequences,
+(it does not fail). They do differ on whitespace runs before a digit: transformers builds a plain
+ByteLevel pre-tokeniser and ignores "smollm", which splits every digit off first. The script also
+checks that the same vocabulary behind Sequence[Digits(individual_digits=True), ByteLevel] (the
+layout of SmolLM2's own tokenizer.json) gives llama.cpp's ids, and records the count in "notes". The cases are tricky strings (digits, emoji with skin tones and ZWJ sequences,
 CJK, Arabic, accents, whitespace runs, contractions, code, a URL, the ChatML special tokens, the
 empty string) plus the three prompts of smollm2_logits.py.
 
@@ -116,10 +119,22 @@ def transformers_half(texts):
     """Runs under the ref venv: transformers GGUF tokenizer ids of each text."""
     from transformers import AutoTokenizer
 
+    from tokenizers import pre_tokenizers
+
     tok = AutoTokenizer.from_pretrained(SMOLLM_DIR, gguf_file=SMOLLM_FILE)
     special = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}
+    ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    # The same vocabulary and merges with the pre-tokeniser SmolLM2's own tokenizer.json has
+    # (every digit split off, then the byte-level regex): this is what "smollm" means to llama.cpp.
+    backend = tok.backend_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+    digits_ids = [backend.encode(t, add_special_tokens=False).ids for t in texts]
     return {
-        "ids": [tok(t, add_special_tokens=False).input_ids for t in texts],
+        "ids": ids,
+        "digits_bytelevel_ids": digits_ids,
         "special_token_ids": special,
         "vocab_size": len(tok),
     }
@@ -173,6 +188,10 @@ def main():
     else:
         print("llama.cpp and transformers agree on every case", file=sys.stderr)
 
+    same = [i for i in range(len(texts)) if ref["digits_bytelevel_ids"][i] == lcpp["ids"][i]]
+    print(f"tokenizers with Digits(individual_digits=True) + ByteLevel pre-tokeniser matches "
+          f"llama.cpp on {len(same)}/{len(texts)} cases", file=sys.stderr)
+
     gen = generator(__file__, ["transformers", "tokenizers", "gguf"], llama_cpp=lcpp["llama_cpp"],
                     llamacpp_python=LLAMACPP_PY.replace(os.path.expanduser("~"), "~"),
                     ref_python=REF_PY.replace(os.path.expanduser("~"), "~"))
@@ -183,6 +202,13 @@ def main():
         "vocab_size": ref["vocab_size"],
         "special_token_ids": ref["special_token_ids"],
         "reference": "ids = llama.cpp tokenize(add_bos=False, special=True); transformers_ids for comparison",
+        "notes": (
+            "transformers' GGUF tokenizer uses a plain ByteLevel pre-tokeniser and ignores "
+            "tokenizer.ggml.pre=smollm, so it differs from llama.cpp on whitespace runs before a "
+            "digit. The same vocab/merges behind Sequence[Digits(individual_digits=True), "
+            "ByteLevel(add_prefix_space=False, use_regex=True)] reproduce llama.cpp on "
+            f"{len(same)}/{len(texts)} cases."
+        ),
         "cases": cases,
     }
     write_json(OUT, fixture, indent=1)

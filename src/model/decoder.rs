@@ -47,6 +47,7 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = match &self.weight {
+            Weight::Packed(p) => p.forward(x)?,
             Weight::Quant(q) => q.forward(x)?,
             Weight::Dense(w) => {
                 // Fold the leading dims so the matmul is one GEMM.
@@ -478,7 +479,17 @@ impl Decoder {
         let q = rope(&q)?;
         let k = rope(&k)?;
         let (k, v) = match cache {
-            Some(c) => c.append(li, &k, &v)?,
+            Some(c) => {
+                let (kv_k, kv_v) = c.append(li, &k, &v)?;
+                if s == 1 && ops == Ops::Fast && super::attention::supported(&q, &c.layers[li].0) {
+                    let (kb, vb) = &c.layers[li];
+                    let y = super::attention::decode_attention(&q, kb, vb, kv_k.dim(2)?)?;
+                    return layer
+                        .o
+                        .forward(&y.transpose(1, 2)?.reshape((b, s, nh * hd))?);
+                }
+                (kv_k, kv_v)
+            }
             None => (k, v),
         };
         let total = k.dim(2)?;

@@ -3,12 +3,14 @@
 //! The one place that knows how weights are stored (GGUF, HF safetensors, PEFT adapters) and how
 //! the llama / qwen2 / qwen3 family computes. Nothing here knows about scenarios or prompts.
 
+pub mod attention;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod lora;
+pub mod packed;
 pub mod tokenizer;
 pub mod weights;
 

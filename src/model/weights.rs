@@ -9,6 +9,9 @@ use std::sync::Arc;
 /// A projection matrix stored as (out, in): quantized blocks or a dense tensor.
 #[derive(Debug, Clone)]
 pub enum Weight {
+    /// Repacked for this crate's SIMD kernels (CPU; Q4_0, Q4_1, Q8_0).
+    Packed(Arc<super::packed::Packed>),
+    /// candle's quantized matmul (other types, and GPUs).
     Quant(QMatMul),
     Dense(Tensor),
 }
@@ -16,6 +19,7 @@ pub enum Weight {
 impl Weight {
     pub fn dims(&self) -> Result<(usize, usize)> {
         Ok(match self {
+            Weight::Packed(p) => (p.n, p.k),
             Weight::Quant(QMatMul::QTensor(q)) => q.shape().dims2()?,
             Weight::Quant(QMatMul::Tensor(t))
             | Weight::Quant(QMatMul::TensorF16(t))
@@ -26,6 +30,7 @@ impl Weight {
     /// The matrix as a dense tensor (dequantized if needed).
     pub fn to_dense(&self, device: &Device, dtype: DType) -> Result<Tensor> {
         Ok(match self {
+            Weight::Packed(p) => p.dequantize(device)?.to_dtype(dtype)?,
             Weight::Quant(QMatMul::QTensor(q)) => q.dequantize(device)?.to_dtype(dtype)?,
             Weight::Quant(QMatMul::Tensor(t))
             | Weight::Quant(QMatMul::TensorF16(t))
@@ -36,6 +41,7 @@ impl Weight {
     /// A short name of the storage type (`Q4_1`, `F32`...).
     pub fn kind(&self) -> String {
         match self {
+            Weight::Packed(p) => format!("{:?}", p.dtype),
             Weight::Quant(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
             Weight::Quant(QMatMul::Tensor(t))
             | Weight::Quant(QMatMul::TensorF16(t))
@@ -269,6 +275,11 @@ impl Store {
                 let q = self.qtensor(hf, &opts.device)?;
                 if opts.dequantize {
                     Ok(Weight::Dense(q.dequantize(&opts.device)?.to_dtype(dtype)?))
+                } else if let (true, Some(p)) = (
+                    opts.device.is_cpu() && dtype == DType::F32,
+                    super::packed::Packed::from_qtensor(&q)?,
+                ) {
+                    Ok(Weight::Packed(Arc::new(p)))
                 } else {
                     match QMatMul::from_arc(Arc::new(q))? {
                         QMatMul::Tensor(t) => Ok(Weight::Dense(t.to_dtype(dtype)?)),

@@ -1,0 +1,472 @@
+//! CPU matrix products on quantized weights, repacked at load for SIMD.
+//!
+//! candle 0.11's CPU `Q4_1` dot product is scalar (most of decode time on the default model), and
+//! its quantized matmuls pay a thread-pool hand-off per call. This module repacks Q4_0, Q4_1 and
+//! Q8_0 weights into separate scale / offset / nibble arrays and computes `x·Wᵀ` with AVX2 integer
+//! dot products, the way llama.cpp does: activations are quantized per 32-block to 8 bits
+//! (ggml's Q8_1 for 4-bit weights, Q8_0 for 8-bit ones) and every block contributes
+//! `d_w·d_x·Σ q_w·q_x + m_w·s_x`. Q4_0 is stored as Q4_1 with `m = −8·d`, which is the same
+//! function. Other types stay with candle.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+const QK: usize = 32;
+
+/// Weights of one matrix (n rows of k), blocks of 32 along k.
+#[derive(Debug)]
+pub struct Packed {
+    pub n: usize,
+    pub k: usize,
+    pub dtype: GgmlDType,
+    /// Per block: weight scale.
+    d: Vec<f32>,
+    /// Per block: offset (Q4 kinds) — empty for Q8_0.
+    m: Vec<f32>,
+    /// Q4 kinds: 16 bytes per block; byte j holds element j (low nibble) and j + 16 (high).
+    /// Q8_0: 32 signed bytes per block.
+    qs: Vec<u8>,
+}
+
+impl Packed {
+    /// Repack a CPU QTensor of a supported type and shape (n, k) with k a multiple of 32.
+    pub fn from_qtensor(q: &QTensor) -> candle_core::Result<Option<Packed>> {
+        let (n, k) = q.shape().dims2()?;
+        let dtype = q.dtype();
+        if !matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) || k % QK != 0 {
+            return Ok(None);
+        }
+        let raw = q.data()?;
+        let blocks = n * k / QK;
+        let mut d = Vec::with_capacity(blocks);
+        let mut m = Vec::with_capacity(blocks);
+        let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+        let qs = match dtype {
+            GgmlDType::Q4_1 => {
+                let mut qs = Vec::with_capacity(blocks * 16);
+                for b in raw.chunks_exact(20) {
+                    d.push(f16_at(b, 0));
+                    m.push(f16_at(b, 2));
+                    qs.extend_from_slice(&b[4..20]);
+                }
+                qs
+            }
+            GgmlDType::Q4_0 => {
+                let mut qs = Vec::with_capacity(blocks * 16);
+                for b in raw.chunks_exact(18) {
+                    let scale = f16_at(b, 0);
+                    d.push(scale);
+                    m.push(-8.0 * scale);
+                    qs.extend_from_slice(&b[2..18]);
+                }
+                qs
+            }
+            _ => {
+                let mut qs = Vec::with_capacity(blocks * 32);
+                for b in raw.chunks_exact(34) {
+                    d.push(f16_at(b, 0));
+                    qs.extend_from_slice(&b[2..34]);
+                }
+                qs
+            }
+        };
+        if d.len() != blocks {
+            return Ok(None);
+        }
+        Ok(Some(Packed {
+            n,
+            k,
+            dtype,
+            d,
+            m,
+            qs,
+        }))
+    }
+
+    fn is_q8(&self) -> bool {
+        self.dtype == GgmlDType::Q8_0
+    }
+
+    /// How the per-block activation sum is formed: Q4_1 pairs with ggml's Q8_1, whose sum is
+    /// rounded through f16; Q4_0 pairs with Q8_0, where the −8 offset is exact integer math.
+    fn sum_mode(&self) -> SumMode {
+        match self.dtype {
+            GgmlDType::Q8_0 => SumMode::None,
+            GgmlDType::Q4_0 => SumMode::Exact,
+            _ => SumMode::F16,
+        }
+    }
+
+    /// The matrix as dense f32 (n, k).
+    pub fn dequantize(&self, device: &Device) -> candle_core::Result<Tensor> {
+        let bpr = self.k / QK;
+        let mut out = vec![0f32; self.n * self.k];
+        out.par_chunks_mut(QK).enumerate().for_each(|(b, dst)| {
+            let d = self.d[b];
+            if self.is_q8() {
+                for (o, &q) in dst.iter_mut().zip(&self.qs[b * 32..b * 32 + 32]) {
+                    *o = d * (q as i8) as f32;
+                }
+            } else {
+                let m = self.m[b];
+                let qs = &self.qs[b * 16..b * 16 + 16];
+                for j in 0..16 {
+                    dst[j] = d * (qs[j] & 0x0F) as f32 + m;
+                    dst[j + 16] = d * (qs[j] >> 4) as f32 + m;
+                }
+            }
+        });
+        let _ = bpr;
+        Tensor::from_vec(out, (self.n, self.k), device)
+    }
+
+    /// `x·Wᵀ` for x of shape (..., k), f32 on the CPU.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let act = Activations::quantize(&xs, rows, self.k, self.sum_mode());
+        let mut out = vec![0f32; rows * self.n];
+        // Each task owns a range of weight rows; all activation rows are processed against a
+        // weight row while it is in cache.
+        let chunk = (self.n / (rayon::current_num_threads() * 4)).clamp(16, 256);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        (0..self.n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let p = &out_ptr;
+            let lo = c * chunk;
+            let hi = (lo + chunk).min(self.n);
+            for r in lo..hi {
+                let mut i = 0;
+                while i < rows {
+                    let take = (rows - i).min(4);
+                    let mut res = [0f32; 4];
+                    self.dot_rows(r, &act, i, take, &mut res);
+                    for (j, v) in res.iter().take(take).enumerate() {
+                        // SAFETY: (i + j, r) is written by exactly one task (weight row r).
+                        unsafe { *p.0.add((i + j) * self.n + r) = *v };
+                    }
+                    i += take;
+                }
+            }
+        });
+        let mut shape = dims;
+        *shape.last_mut().expect("non-empty dims") = self.n;
+        Tensor::from_vec(out, shape, x.device())
+    }
+
+    /// Dot products of weight row `r` with activation rows `first..first + count` (count ≤ 4).
+    fn dot_rows(
+        &self,
+        r: usize,
+        act: &Activations,
+        first: usize,
+        count: usize,
+        out: &mut [f32; 4],
+    ) {
+        let bpr = self.k / QK;
+        let b0 = r * bpr;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if *HAS_AVX2 {
+                // SAFETY: AVX2 and FMA are present (checked at run time); slices are in bounds
+                // by construction (bpr blocks per row, 16 or 32 bytes per block).
+                unsafe {
+                    if self.is_q8() {
+                        avx2::q8_0_rows(
+                            bpr,
+                            &self.d[b0..b0 + bpr],
+                            &self.qs[b0 * 32..(b0 + bpr) * 32],
+                            act,
+                            first,
+                            count,
+                            out,
+                        )
+                    } else {
+                        avx2::q4_rows(
+                            bpr,
+                            &self.d[b0..b0 + bpr],
+                            &self.m[b0..b0 + bpr],
+                            &self.qs[b0 * 16..(b0 + bpr) * 16],
+                            act,
+                            first,
+                            count,
+                            out,
+                        )
+                    }
+                }
+                return;
+            }
+        }
+        for (j, o) in out.iter_mut().enumerate().take(count) {
+            let row = first + j;
+            let mut sum = 0f32;
+            for b in 0..bpr {
+                let xb = row * bpr + b;
+                let xq = &act.q[xb * 32..xb * 32 + 32];
+                let mut si = 0i32;
+                if self.is_q8() {
+                    let wq = &self.qs[(b0 + b) * 32..(b0 + b) * 32 + 32];
+                    for t in 0..32 {
+                        si += (wq[t] as i8) as i32 * xq[t] as i32;
+                    }
+                    sum += si as f32 * self.d[b0 + b] * act.d[xb];
+                } else {
+                    let wq = &self.qs[(b0 + b) * 16..(b0 + b) * 16 + 16];
+                    for t in 0..16 {
+                        si += (wq[t] & 0x0F) as i32 * xq[t] as i32
+                            + (wq[t] >> 4) as i32 * xq[t + 16] as i32;
+                    }
+                    sum += si as f32 * self.d[b0 + b] * act.d[xb] + self.m[b0 + b] * act.s[xb];
+                }
+            }
+            *o = sum;
+        }
+    }
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: used only for disjoint writes from parallel tasks (see `forward`).
+unsafe impl Sync for SyncPtr {}
+
+#[cfg(target_arch = "x86_64")]
+static HAS_AVX2: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+});
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SumMode {
+    None,
+    Exact,
+    F16,
+}
+
+/// Activations quantized to 8 bits per 32-block, exactly as ggml / candle do (scales rounded
+/// through f16), so results agree with their kernels up to summation order.
+struct Activations {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    /// d · Σq per block (Q8_1), for the offset term of Q4 weights.
+    s: Vec<f32>,
+}
+
+impl Activations {
+    fn quantize(xs: &[f32], rows: usize, k: usize, mode: SumMode) -> Activations {
+        let blocks = rows * k / QK;
+        let mut q = vec![0i8; rows * k];
+        let mut d = vec![0f32; blocks];
+        let mut s = vec![0f32; if mode == SumMode::None { 0 } else { blocks }];
+        for b in 0..blocks {
+            let x = &xs[b * QK..b * QK + QK];
+            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            let d16 = f16::from_f32(scale);
+            let mut sum = 0i32;
+            for (o, v) in q[b * QK..b * QK + QK].iter_mut().zip(x) {
+                *o = (v * inv).round() as i8;
+                sum += *o as i32;
+            }
+            d[b] = d16.to_f32();
+            match mode {
+                SumMode::None => {}
+                SumMode::Exact => s[b] = d[b] * sum as f32,
+                SumMode::F16 => s[b] = (f16::from_f32(sum as f32) * d16).to_f32(),
+            }
+        }
+        Activations { q, d, s }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // lanes of fixed-size accumulator arrays
+mod avx2 {
+    use super::Activations;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps(v, 1);
+        let lo = _mm256_castps256_ps128(v);
+        let s = _mm_add_ps(hi, lo);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Q4_0 / Q4_1 weight row against up to 4 activation rows.
+    ///
+    /// Two accumulators per row (even and odd blocks) break the FMA latency chain; the offset
+    /// term Σ m_w·s_x is a plain dot product over blocks, done after the loop.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q4_rows(
+        bpr: usize,
+        wd: &[f32],
+        wm: &[f32],
+        wq: &[u8],
+        act: &Activations,
+        first: usize,
+        count: usize,
+        out: &mut [f32; 4],
+    ) {
+        let low = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc0 = [_mm256_setzero_ps(); 4];
+        let mut acc1 = [_mm256_setzero_ps(); 4];
+        let expand = |b: usize| {
+            let q = _mm_loadu_si128(wq.as_ptr().add(b * 16) as *const __m128i);
+            let lo = _mm_and_si128(q, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+            _mm256_set_m128i(hi, lo)
+        };
+        let term = |w: __m256i, b: usize, xb: usize| {
+            let x = _mm256_loadu_si256(act.q.as_ptr().add(xb * 32) as *const __m256i);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+            (
+                _mm256_cvtepi32_ps(p),
+                _mm256_set1_ps(*wd.get_unchecked(b) * *act.d.get_unchecked(xb)),
+            )
+        };
+        let mut b = 0;
+        while b + 1 < bpr {
+            let w0 = expand(b);
+            let w1 = expand(b + 1);
+            for j in 0..count {
+                let xb = (first + j) * bpr + b;
+                let (p0, s0) = term(w0, b, xb);
+                let (p1, s1) = term(w1, b + 1, xb + 1);
+                acc0[j] = _mm256_fmadd_ps(p0, s0, acc0[j]);
+                acc1[j] = _mm256_fmadd_ps(p1, s1, acc1[j]);
+            }
+            b += 2;
+        }
+        if b < bpr {
+            let w0 = expand(b);
+            for j in 0..count {
+                let xb = (first + j) * bpr + b;
+                let (p0, s0) = term(w0, b, xb);
+                acc0[j] = _mm256_fmadd_ps(p0, s0, acc0[j]);
+            }
+        }
+        for j in 0..count {
+            let xs = &act.s[(first + j) * bpr..(first + j + 1) * bpr];
+            out[j] = hsum(_mm256_add_ps(acc0[j], acc1[j])) + dot8(wm, xs);
+        }
+    }
+
+    /// Σ a·b with 8-lane FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot8(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                acc,
+            );
+            i += 8;
+        }
+        let mut s = hsum(acc);
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    /// Q8_0 weight row against up to 4 activation rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q8_0_rows(
+        bpr: usize,
+        wd: &[f32],
+        wq: &[u8],
+        act: &Activations,
+        first: usize,
+        count: usize,
+        out: &mut [f32; 4],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..bpr {
+            let w = _mm256_loadu_si256(wq.as_ptr().add(b * 32) as *const __m256i);
+            // maddubs needs an unsigned operand: |w| against x with w's sign moved onto it.
+            let wabs = _mm256_sign_epi8(w, w);
+            for j in 0..count {
+                let xb = (first + j) * bpr + b;
+                let x = _mm256_loadu_si256(act.q.as_ptr().add(xb * 32) as *const __m256i);
+                let xs = _mm256_sign_epi8(x, w);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, xs), ones);
+                let scale = _mm256_set1_ps(*wd.get_unchecked(b) * *act.d.get_unchecked(xb));
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[j]);
+            }
+        }
+        for j in 0..count {
+            out[j] = hsum(acc[j]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::Module;
+
+    /// Against candle's own quantized matmul on the same blocks (same activation quantization,
+    /// different summation order).
+    #[test]
+    fn matches_candle_quantized_matmul() {
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            // k = 288: not a multiple of 256, so candle takes its classic (non-repacked) path.
+            let w = Tensor::randn(0f32, 0.5, (96, 288), &dev).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let packed = Packed::from_qtensor(&q).unwrap().unwrap();
+            let reference = QMatMul::from_qtensor(q).unwrap();
+            for rows in [1usize, 3, 7] {
+                let x = Tensor::randn(0f32, 1.0, (rows, 288), &dev).unwrap();
+                let ours = packed.forward(&x).unwrap();
+                let theirs = reference.forward(&x).unwrap();
+                let diff = (ours - &theirs)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let scale = theirs
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff <= 1e-5 * scale.max(1.0),
+                    "{dtype:?} rows {rows}: Δ {diff} (max {scale})"
+                );
+            }
+            let dq = packed.dequantize(&dev).unwrap();
+            let want = QTensor::quantize(&w, dtype)
+                .unwrap()
+                .dequantize(&dev)
+                .unwrap();
+            let diff = (dq - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{dtype:?} dequantize");
+        }
+    }
+}
