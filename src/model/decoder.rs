@@ -7,9 +7,11 @@
 
 use super::config::ModelConfig;
 use super::lora::{Adapter, LoraWeights};
+use super::packed::Packed;
 use super::weights::{LoadOptions, Store, Weight};
 use super::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ops {
@@ -47,7 +49,7 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = match &self.weight {
-            Weight::Packed(p) => p.forward(x)?,
+            Weight::Packed(p, rows) => p.forward_rows(x, rows.clone())?,
             Weight::Quant(q) => q.forward(x)?,
             Weight::Dense(w) => {
                 // Fold the leading dims so the matmul is one GEMM.
@@ -122,9 +124,82 @@ pub struct Layer {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    /// q/k/v stacked into one matrix (and gate/up), so decode runs one parallel matmul and one
+    /// activation quantization instead of three (two). The Linears keep row views of it.
+    fused_qkv: Option<Arc<Packed>>,
+    fused_gate_up: Option<Arc<Packed>>,
+}
+
+/// Stack the packed weights of `parts` into one matrix and point each part at its rows.
+fn fuse(parts: &mut [&mut Linear]) -> Option<Arc<Packed>> {
+    let mut packs = vec![];
+    for l in parts.iter() {
+        match &l.weight {
+            Weight::Packed(p, rows) if rows.start == 0 && rows.end == p.n => packs.push(p.clone()),
+            _ => return None,
+        }
+    }
+    let fused = Arc::new(Packed::concat(
+        &packs.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
+    )?);
+    let mut start = 0;
+    for (l, p) in parts.iter_mut().zip(&packs) {
+        l.weight = Weight::Packed(fused.clone(), start..start + p.n);
+        start += p.n;
+    }
+    Some(fused)
+}
+
+/// Outputs of `parts` computed with one matmul on their fused matrix, when they still share it
+/// and no adapter is live on them (otherwise None: run them one by one).
+fn fused_forward(
+    fused: &Option<Arc<Packed>>,
+    parts: &[&Linear],
+    x: &Tensor,
+) -> Result<Option<Vec<Tensor>>> {
+    let Some(f) = fused else { return Ok(None) };
+    let shares = parts.iter().all(|l| {
+        matches!(&l.weight, Weight::Packed(p, _) if Arc::ptr_eq(p, f)) && l.active.is_none()
+    });
+    if !shares {
+        return Ok(None);
+    }
+    let y = f.forward(x)?;
+    let mut outs = Vec::with_capacity(parts.len());
+    let mut start = 0;
+    for l in parts {
+        let mut part = y.narrow(D::Minus1, start, l.out_dim)?;
+        if let Some(b) = &l.bias {
+            part = part.broadcast_add(b)?;
+        }
+        outs.push(part);
+        start += l.out_dim;
+    }
+    Ok(Some(outs))
 }
 
 impl Layer {
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        if let Some(mut o) = fused_forward(&self.fused_qkv, &[&self.q, &self.k, &self.v], x)? {
+            let v = o.pop().expect("three parts");
+            let k = o.pop().expect("three parts");
+            let q = o.pop().expect("three parts");
+            return Ok((q, k, v));
+        }
+        Ok((self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?))
+    }
+
+    fn mlp(&self, x: &Tensor) -> Result<Tensor> {
+        let (g, u) = match fused_forward(&self.fused_gate_up, &[&self.gate, &self.up], x)? {
+            Some(mut o) => {
+                let u = o.pop().expect("two parts");
+                (o.pop().expect("two parts"), u)
+            }
+            None => (self.gate.forward(x)?, self.up.forward(x)?),
+        };
+        self.down.forward(&(candle_nn::ops::silu(&g)? * u)?)
+    }
+
     fn linears_mut(&mut self) -> [&mut Linear; 7] {
         [
             &mut self.q,
@@ -215,14 +290,20 @@ impl KvCache {
         Ok(())
     }
 
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let s = k.dim(2)?;
+    /// Store k, v (batch, kv_heads, s, hd) at the current position.
+    fn store(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
         let (kb, vb) = &self.layers[layer];
-        kb.slice_set(k, 2, self.len)?;
-        vb.slice_set(v, 2, self.len)?;
+        kb.slice_set(&k.to_dtype(kb.dtype())?, 2, self.len)?;
+        vb.slice_set(&v.to_dtype(vb.dtype())?, 2, self.len)?;
+        Ok(())
+    }
+
+    /// Keys and values of every position up to `upto`, in `dtype`.
+    fn view(&self, layer: usize, upto: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let (kb, vb) = &self.layers[layer];
         Ok((
-            kb.narrow(2, 0, self.len + s)?,
-            vb.narrow(2, 0, self.len + s)?,
+            kb.narrow(2, 0, upto)?.to_dtype(dtype)?,
+            vb.narrow(2, 0, upto)?.to_dtype(dtype)?,
         ))
     }
 }
@@ -325,7 +406,12 @@ impl Decoder {
                     cfg.intermediate_size,
                     false,
                 )?,
+                fused_qkv: None,
+                fused_gate_up: None,
             });
+            let l = layers.last_mut().expect("just pushed");
+            l.fused_qkv = fuse(&mut [&mut l.q, &mut l.k, &mut l.v]);
+            l.fused_gate_up = fuse(&mut [&mut l.gate, &mut l.up]);
         }
         let norm_f = norm("model.norm.weight", h)?;
         let lm_head = if !cfg.tie_word_embeddings && store.contains("lm_head.weight") {
@@ -373,8 +459,23 @@ impl Decoder {
             batch,
             capacity.min(self.max_positions()),
             &self.device,
-            self.dtype,
+            self.kv_dtype(),
         )
+    }
+
+    /// Keys and values are cached in f16 when the weights are quantized on the CPU: decode then
+    /// reads half the bytes per position (as llama.cpp does), and the weights' own rounding
+    /// dwarfs f16's. Dense models keep the activation dtype, so f32 stays exact.
+    pub fn kv_dtype(&self) -> DType {
+        let quantized = self
+            .layers
+            .iter()
+            .any(|l| matches!(l.q.weight, Weight::Packed(..) | Weight::Quant(_)));
+        if quantized && self.device.is_cpu() && self.dtype == DType::F32 {
+            DType::F16
+        } else {
+            self.dtype
+        }
     }
 
     /// Run `ids` (batch, seq) starting at position `cache.len()` (or 0 without a cache).
@@ -425,10 +526,7 @@ impl Decoder {
             )?;
             x = (x + a)?;
             let h = layer.mlp_norm.forward(&x, ops)?;
-            let m = layer.down.forward(
-                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
-            )?;
-            x = (x + m)?;
+            x = (x + layer.mlp(&h)?)?;
         }
         if let Some(c) = cache {
             c.len += s;
@@ -458,9 +556,10 @@ impl Decoder {
         let cfg = &self.config;
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let mut q = layer.q.forward(x)?.reshape((b, s, nh, hd))?;
-        let mut k = layer.k.forward(x)?.reshape((b, s, nkv, hd))?;
-        let v = layer.v.forward(x)?.reshape((b, s, nkv, hd))?;
+        let (q, k, v) = layer.qkv(x)?;
+        let mut q = q.reshape((b, s, nh, hd))?;
+        let mut k = k.reshape((b, s, nkv, hd))?;
+        let v = v.reshape((b, s, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             q = qn.forward(&q, ops)?;
             k = kn.forward(&k, ops)?;
@@ -480,15 +579,22 @@ impl Decoder {
         let k = rope(&k)?;
         let (k, v) = match cache {
             Some(c) => {
-                let (kv_k, kv_v) = c.append(li, &k, &v)?;
+                c.store(li, &k, &v)?;
+                let upto = c.len() + s;
                 if s == 1 && ops == Ops::Fast && super::attention::supported(&q, &c.layers[li].0) {
                     let (kb, vb) = &c.layers[li];
-                    let y = super::attention::decode_attention(&q, kb, vb, kv_k.dim(2)?)?;
+                    let y = super::attention::decode_attention(&q, kb, vb, upto)?;
                     return layer
                         .o
                         .forward(&y.transpose(1, 2)?.reshape((b, s, nh * hd))?);
                 }
-                (kv_k, kv_v)
+                if c.is_empty() {
+                    // First chunk: attend over the exact values just computed (the cache may
+                    // hold them rounded to f16).
+                    (k, v)
+                } else {
+                    c.view(li, upto, k.dtype())?
+                }
             }
             None => (k, v),
         };

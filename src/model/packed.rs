@@ -12,6 +12,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
+use std::ops::Range;
 
 const QK: usize = 32;
 
@@ -99,11 +100,35 @@ impl Packed {
         }
     }
 
-    /// The matrix as dense f32 (n, k).
-    pub fn dequantize(&self, device: &Device) -> candle_core::Result<Tensor> {
+    /// Stack matrices with the same type and width into one (fused projections).
+    pub fn concat(parts: &[&Packed]) -> Option<Packed> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.dtype != first.dtype || p.k != first.k)
+        {
+            return None;
+        }
+        Some(Packed {
+            n: parts.iter().map(|p| p.n).sum(),
+            k: first.k,
+            dtype: first.dtype,
+            d: parts.iter().flat_map(|p| p.d.iter().copied()).collect(),
+            m: parts.iter().flat_map(|p| p.m.iter().copied()).collect(),
+            qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
+        })
+    }
+
+    /// Rows `rows` of the matrix as dense f32.
+    pub fn dequantize_rows(
+        &self,
+        rows: Range<usize>,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let bpr = self.k / QK;
-        let mut out = vec![0f32; self.n * self.k];
-        out.par_chunks_mut(QK).enumerate().for_each(|(b, dst)| {
+        let mut out = vec![0f32; rows.len() * self.k];
+        out.par_chunks_mut(QK).enumerate().for_each(|(i, dst)| {
+            let b = rows.start * bpr + i;
             let d = self.d[b];
             if self.is_q8() {
                 for (o, &q) in dst.iter_mut().zip(&self.qs[b * 32..b * 32 + 32]) {
@@ -118,42 +143,47 @@ impl Packed {
                 }
             }
         });
-        let _ = bpr;
-        Tensor::from_vec(out, (self.n, self.k), device)
+        Tensor::from_vec(out, (rows.len(), self.k), device)
     }
 
     /// `x·Wᵀ` for x of shape (..., k), f32 on the CPU.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_rows(x, 0..self.n)
+    }
+
+    /// `x·W[rows]ᵀ`: only the given weight rows.
+    pub fn forward_rows(&self, x: &Tensor, wrows: Range<usize>) -> candle_core::Result<Tensor> {
+        let n = wrows.len();
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let act = Activations::quantize(&xs, rows, self.k, self.sum_mode());
-        let mut out = vec![0f32; rows * self.n];
+        let mut out = vec![0f32; rows * n];
         // Each task owns a range of weight rows; all activation rows are processed against a
         // weight row while it is in cache.
-        let chunk = (self.n / (rayon::current_num_threads() * 4)).clamp(16, 256);
+        let chunk = (n / (rayon::current_num_threads() * 4)).clamp(16, 256);
         let out_ptr = SyncPtr(out.as_mut_ptr());
-        (0..self.n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
             let p = &out_ptr;
             let lo = c * chunk;
-            let hi = (lo + chunk).min(self.n);
+            let hi = (lo + chunk).min(n);
             for r in lo..hi {
                 let mut i = 0;
                 while i < rows {
                     let take = (rows - i).min(4);
                     let mut res = [0f32; 4];
-                    self.dot_rows(r, &act, i, take, &mut res);
+                    self.dot_rows(wrows.start + r, &act, i, take, &mut res);
                     for (j, v) in res.iter().take(take).enumerate() {
                         // SAFETY: (i + j, r) is written by exactly one task (weight row r).
-                        unsafe { *p.0.add((i + j) * self.n + r) = *v };
+                        unsafe { *p.0.add((i + j) * n + r) = *v };
                     }
                     i += take;
                 }
             }
         });
         let mut shape = dims;
-        *shape.last_mut().expect("non-empty dims") = self.n;
+        *shape.last_mut().expect("non-empty dims") = n;
         Tensor::from_vec(out, shape, x.device())
     }
 
@@ -453,7 +483,7 @@ mod tests {
                     "{dtype:?} rows {rows}: Δ {diff} (max {scale})"
                 );
             }
-            let dq = packed.dequantize(&dev).unwrap();
+            let dq = packed.dequantize_rows(0..96, &dev).unwrap();
             let want = QTensor::quantize(&w, dtype)
                 .unwrap()
                 .dequantize(&dev)

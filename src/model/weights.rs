@@ -9,8 +9,9 @@ use std::sync::Arc;
 /// A projection matrix stored as (out, in): quantized blocks or a dense tensor.
 #[derive(Debug, Clone)]
 pub enum Weight {
-    /// Repacked for this crate's SIMD kernels (CPU; Q4_0, Q4_1, Q8_0).
-    Packed(Arc<super::packed::Packed>),
+    /// Rows of a matrix repacked for this crate's SIMD kernels (CPU; Q4_0, Q4_1, Q8_0). The
+    /// matrix may be shared: q/k/v and gate/up projections are fused into one at load.
+    Packed(Arc<super::packed::Packed>, std::ops::Range<usize>),
     /// candle's quantized matmul (other types, and GPUs).
     Quant(QMatMul),
     Dense(Tensor),
@@ -19,7 +20,7 @@ pub enum Weight {
 impl Weight {
     pub fn dims(&self) -> Result<(usize, usize)> {
         Ok(match self {
-            Weight::Packed(p) => (p.n, p.k),
+            Weight::Packed(p, rows) => (rows.len(), p.k),
             Weight::Quant(QMatMul::QTensor(q)) => q.shape().dims2()?,
             Weight::Quant(QMatMul::Tensor(t))
             | Weight::Quant(QMatMul::TensorF16(t))
@@ -30,7 +31,7 @@ impl Weight {
     /// The matrix as a dense tensor (dequantized if needed).
     pub fn to_dense(&self, device: &Device, dtype: DType) -> Result<Tensor> {
         Ok(match self {
-            Weight::Packed(p) => p.dequantize(device)?.to_dtype(dtype)?,
+            Weight::Packed(p, rows) => p.dequantize_rows(rows.clone(), device)?.to_dtype(dtype)?,
             Weight::Quant(QMatMul::QTensor(q)) => q.dequantize(device)?.to_dtype(dtype)?,
             Weight::Quant(QMatMul::Tensor(t))
             | Weight::Quant(QMatMul::TensorF16(t))
@@ -41,7 +42,7 @@ impl Weight {
     /// A short name of the storage type (`Q4_1`, `F32`...).
     pub fn kind(&self) -> String {
         match self {
-            Weight::Packed(p) => format!("{:?}", p.dtype),
+            Weight::Packed(p, _) => format!("{:?}", p.dtype),
             Weight::Quant(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
             Weight::Quant(QMatMul::Tensor(t))
             | Weight::Quant(QMatMul::TensorF16(t))
@@ -279,7 +280,8 @@ impl Store {
                     opts.device.is_cpu() && dtype == DType::F32,
                     super::packed::Packed::from_qtensor(&q)?,
                 ) {
-                    Ok(Weight::Packed(Arc::new(p)))
+                    let n = p.n;
+                    Ok(Weight::Packed(Arc::new(p), 0..n))
                 } else {
                     match QMatMul::from_arc(Arc::new(q))? {
                         QMatMul::Tensor(t) => Ok(Weight::Dense(t.to_dtype(dtype)?)),
