@@ -12,7 +12,7 @@ humanlm is measured by its own `bench` subcommand:
     <humanlm> bench --checkpoint <dir of the GGUF> --prompt-tokens N --new-tokens M --threads T --json
 
 whose stdout is one JSON object ({"prefill_tok_s", "decode_tok_s_b1", "decode_tok_s_b4",
-"peak_rss_mb", ...}). llama.cpp is measured here through llama_cpp.Llama(n_threads=T,
+"peak_rss_mb", ...}); it runs --repeats times and each numeric field is the median over them. llama.cpp is measured here through llama_cpp.Llama(n_threads=T,
 n_threads_batch=T, n_ctx=2048, n_batch=512): the prompt is a long repeated English text tokenised
 and cut to exactly N ids; prefill times llm.eval(ids) after llm.reset(); decode evaluates one token
 at a time and takes the argmax itself. Each figure is the median over --repeats runs (after one
@@ -103,31 +103,40 @@ def run_humanlm(args):
         "--threads", str(args.threads),
         "--json",
     ]
-    print(f"humanlm: {shlex.join(cmd)}", file=sys.stderr)
-    t0 = time.perf_counter()
+    print(f"humanlm: {shlex.join(cmd)}  (x{args.repeats})", file=sys.stderr)
+    runs, walls = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        runs.append(run_humanlm_once(cmd))
+        walls.append(time.perf_counter() - t0)
+    # Median of every numeric field over the runs; other fields from the first run.
+    result = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+            result[key] = median(vals)
+    return {"command": shlex.join(cmd), "wall_s": walls, "result": result, "runs": runs}
+
+
+def run_humanlm_once(cmd):
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         print(f"bench_vs_llamacpp: humanlm bench exited with status {proc.returncode}", file=sys.stderr)
         sys.exit(2)
-    result = None
     for line in reversed(proc.stdout.strip().splitlines()):  # the JSON object is the last line
         line = line.strip()
         if line.startswith("{"):
             try:
-                result = json.loads(line)
-                break
+                return json.loads(line)
             except json.JSONDecodeError:
                 pass
-    if result is None:
-        try:
-            result = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            sys.stderr.write(proc.stdout[-4000:])
-            print("bench_vs_llamacpp: humanlm bench did not print a JSON object", file=sys.stderr)
-            sys.exit(2)
-    return {"command": shlex.join(cmd), "wall_s": wall, "result": result}
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        sys.stderr.write(proc.stdout[-4000:])
+        print("bench_vs_llamacpp: humanlm bench did not print a JSON object", file=sys.stderr)
+        sys.exit(2)
 
 
 # -------------------------------------------------------------------------------------- llama.cpp

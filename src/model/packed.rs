@@ -16,6 +16,9 @@ use std::ops::Range;
 
 const QK: usize = 32;
 
+/// From this many input rows on, `forward` dequantizes and uses a dense GEMM.
+const GEMM_ROWS: usize = 32;
+
 /// Weights of one matrix (n rows of k), blocks of 32 along k.
 #[derive(Debug)]
 pub struct Packed {
@@ -157,6 +160,14 @@ impl Packed {
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x = x.to_dtype(DType::F32)?.contiguous()?;
+        if rows >= GEMM_ROWS {
+            // Long inputs (prefill): dequantizing the rows once and running a dense GEMM beats
+            // integer dot products, whose weight decoding is repeated for every few inputs.
+            let w = self.dequantize_rows(wrows, x.device())?;
+            let mut shape = dims;
+            *shape.last_mut().expect("non-empty dims") = n;
+            return x.reshape((rows, self.k))?.matmul(&w.t()?)?.reshape(shape);
+        }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let act = Activations::quantize(&xs, rows, self.k, self.sum_mode());
         let mut out = vec![0f32; rows * n];
@@ -483,6 +494,38 @@ mod tests {
                     "{dtype:?} rows {rows}: Δ {diff} (max {scale})"
                 );
             }
+            // Long inputs take the dense path: x · dequantized(W)ᵀ.
+            let x = Tensor::randn(0f32, 1.0, (40, 288), &dev).unwrap();
+            let dense = x
+                .matmul(&packed.dequantize_rows(0..96, &dev).unwrap().t().unwrap())
+                .unwrap();
+            let diff = (packed.forward(&x).unwrap() - &dense)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "{dtype:?} gemm path: Δ {diff}");
+            // Row views compute only their rows.
+            let part = packed
+                .forward_rows(&x.narrow(0, 0, 2).unwrap(), 10..20)
+                .unwrap();
+            let want = packed
+                .forward(&x.narrow(0, 0, 2).unwrap())
+                .unwrap()
+                .narrow(1, 10, 10)
+                .unwrap();
+            let diff = (part - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{dtype:?} row view");
             let dq = packed.dequantize_rows(0..96, &dev).unwrap();
             let want = QTensor::quantize(&w, dtype)
                 .unwrap()
