@@ -308,10 +308,27 @@ impl KvCache {
     }
 }
 
+/// Token embeddings: a dense matrix, or packed rows decoded on lookup.
+#[derive(Debug, Clone)]
+enum Embedding {
+    Dense(Tensor),
+    Packed(Arc<Packed>),
+}
+
+impl Embedding {
+    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        let flat = ids.flatten_all()?;
+        match self {
+            Embedding::Dense(t) => Ok(t.index_select(&flat, 0)?),
+            Embedding::Packed(p) => Ok(p.rows(&flat.to_vec1::<u32>()?, ids.device())?),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Decoder {
     pub config: ModelConfig,
-    embed: Tensor,
+    embed: Embedding,
     pub layers: Vec<Layer>,
     norm: RmsNorm,
     pub lm_head: Linear,
@@ -371,7 +388,12 @@ impl Decoder {
         };
         let (h, q_out, kv_out) = (cfg.hidden_size, cfg.num_heads * hd, cfg.num_kv_heads * hd);
         check("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let embed = store.dense("model.embed_tokens.weight", dev, dtype)?;
+        // A packed (quantized) embedding stays packed: rows are decoded per token, and a tied
+        // output projection shares the same matrix instead of a dense f32 copy.
+        let embed = match store.matrix("model.embed_tokens.weight", opts)? {
+            Weight::Packed(p, _) => Embedding::Packed(p),
+            _ => Embedding::Dense(store.dense("model.embed_tokens.weight", dev, dtype)?),
+        };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
@@ -416,15 +438,17 @@ impl Decoder {
         let norm_f = norm("model.norm.weight", h)?;
         let lm_head = if !cfg.tie_word_embeddings && store.contains("lm_head.weight") {
             linear("lm_head", cfg.vocab_size, h, false)?
-        } else if store.is_gguf() && !opts.dequantize {
-            // Tied: the quantized embedding matrix doubles as the output projection.
-            Linear::new(
-                "lm_head",
-                store.matrix("model.embed_tokens.weight", opts)?,
-                None,
-            )?
         } else {
-            Linear::new("lm_head", Weight::Dense(embed.clone()), None)?
+            // Tied: the embedding matrix doubles as the output projection.
+            let w = match &embed {
+                Embedding::Packed(p) => Weight::Packed(p.clone(), 0..p.n),
+                // A GGUF type without our kernels: candle's quantized matmul.
+                Embedding::Dense(_) if store.is_gguf() && !opts.dequantize => {
+                    store.matrix("model.embed_tokens.weight", opts)?
+                }
+                Embedding::Dense(t) => Weight::Dense(t.clone()),
+            };
+            Linear::new("lm_head", w, None)?
         };
         let (cos, sin) = rope_tables(cfg, dev)?;
         Ok(Decoder {
@@ -500,11 +524,7 @@ impl Decoder {
                 pos + s
             )));
         }
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            s,
-            self.config.hidden_size,
-        ))?;
+        let mut x = self.embed.lookup(ids)?.reshape((b, s, self.config.hidden_size))?;
         let mask = if s > 1 {
             Some(causal_mask(s, pos, &self.device, self.dtype)?)
         } else {

@@ -123,31 +123,44 @@ impl Packed {
         })
     }
 
-    /// Rows `rows` of the matrix as dense f32.
-    pub fn dequantize_rows(
-        &self,
-        rows: Range<usize>,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let bpr = self.k / QK;
-        let mut out = vec![0f32; rows.len() * self.k];
-        out.par_chunks_mut(QK).enumerate().for_each(|(i, dst)| {
-            let b = rows.start * bpr + i;
-            let d = self.d[b].to_f32();
-            if self.is_q8() {
-                for (o, &q) in dst.iter_mut().zip(&self.qs[b * 32..b * 32 + 32]) {
-                    *o = d * (q as i8) as f32;
-                }
-            } else {
-                let m = self.m[b].to_f32();
-                let qs = &self.qs[b * 16..b * 16 + 16];
-                for j in 0..16 {
-                    dst[j] = d * (qs[j] & 0x0F) as f32 + m;
-                    dst[j + 16] = d * (qs[j] >> 4) as f32 + m;
-                }
+    /// The given rows (e.g. token ids of an embedding) as dense f32, (ids.len(), k).
+    pub fn rows(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+        let mut out = vec![0f32; ids.len() * self.k];
+        for (dst, &id) in out.chunks_exact_mut(self.k).zip(ids) {
+            if id as usize >= self.n {
+                candle_core::bail!("row {id} out of range for a matrix of {} rows", self.n);
             }
-        });
+            let first = id as usize * self.k / QK;
+            for (i, blk) in dst.chunks_exact_mut(QK).enumerate() {
+                self.decode_block(first + i, blk);
+            }
+        }
+        Tensor::from_vec(out, (ids.len(), self.k), device)
+    }
+
+    /// Rows `rows` of the matrix as dense f32.
+    pub fn dequantize_rows(&self, rows: Range<usize>, device: &Device) -> candle_core::Result<Tensor> {
+        let first = rows.start * self.k / QK;
+        let mut out = vec![0f32; rows.len() * self.k];
+        out.par_chunks_mut(QK).enumerate().for_each(|(i, dst)| self.decode_block(first + i, dst));
         Tensor::from_vec(out, (rows.len(), self.k), device)
+    }
+
+    /// Block `b` (32 values) as f32.
+    fn decode_block(&self, b: usize, dst: &mut [f32]) {
+        let d = self.d[b].to_f32();
+        if self.is_q8() {
+            for (o, &q) in dst.iter_mut().zip(&self.qs[b * 32..b * 32 + 32]) {
+                *o = d * (q as i8) as f32;
+            }
+        } else {
+            let m = self.m[b].to_f32();
+            let qs = &self.qs[b * 16..b * 16 + 16];
+            for j in 0..16 {
+                dst[j] = d * (qs[j] & 0x0F) as f32 + m;
+                dst[j + 16] = d * (qs[j] >> 4) as f32 + m;
+            }
+        }
     }
 
     /// `x·Wᵀ` for x of shape (..., k), f32 on the CPU.
