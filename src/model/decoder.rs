@@ -524,7 +524,10 @@ impl Decoder {
                 pos + s
             )));
         }
-        let mut x = self.embed.lookup(ids)?.reshape((b, s, self.config.hidden_size))?;
+        let mut x = self
+            .embed
+            .lookup(ids)?
+            .reshape((b, s, self.config.hidden_size))?;
         let mask = if s > 1 {
             Some(causal_mask(s, pos, &self.device, self.dtype)?)
         } else {

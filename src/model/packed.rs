@@ -139,10 +139,16 @@ impl Packed {
     }
 
     /// Rows `rows` of the matrix as dense f32.
-    pub fn dequantize_rows(&self, rows: Range<usize>, device: &Device) -> candle_core::Result<Tensor> {
+    pub fn dequantize_rows(
+        &self,
+        rows: Range<usize>,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let first = rows.start * self.k / QK;
         let mut out = vec![0f32; rows.len() * self.k];
-        out.par_chunks_mut(QK).enumerate().for_each(|(i, dst)| self.decode_block(first + i, dst));
+        out.par_chunks_mut(QK)
+            .enumerate()
+            .for_each(|(i, dst)| self.decode_block(first + i, dst));
         Tensor::from_vec(out, (rows.len(), self.k), device)
     }
 
