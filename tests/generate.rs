@@ -231,10 +231,9 @@ fn no_repeat_ngram_ban_holds() {
 
 #[test]
 fn cli_json_outputs() {
-    let bin = env!("CARGO_BIN_EXE_humanlm");
     let ck = common::checkpoints();
-    let out = std::process::Command::new(bin)
-        .args([
+    let v = common::run_json(
+        &[
             "generate",
             "--prompt",
             "Hi there!",
@@ -246,16 +245,9 @@ fn cli_json_outputs() {
             "--temperature",
             "0.7",
             "--json",
-        ])
-        .env("HUMANLM_CHECKPOINTS", &ck)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &ck,
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["samples"].as_array().unwrap().len(), 2);
     for s in v["samples"].as_array().unwrap() {
         assert!(
@@ -266,12 +258,7 @@ fn cli_json_outputs() {
     }
     assert!(v["ttft_ms"].as_f64().unwrap() > 0.0 && v["tokens_per_s"].is_number());
 
-    let out = std::process::Command::new(bin)
-        .args(["checkpoints", "--json"])
-        .env("HUMANLM_CHECKPOINTS", &ck)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::run_json(&["checkpoints", "--json"], &ck);
     let smol = v
         .as_array()
         .unwrap()
@@ -283,8 +270,8 @@ fn cli_json_outputs() {
     assert_eq!(smol["context_length"], 8192);
     assert!(smol["dtype"].as_str().unwrap().starts_with("Q4_1"));
 
-    let out = std::process::Command::new(bin)
-        .args([
+    let v = common::run_json(
+        &[
             "bench",
             "--prompt-tokens",
             "32",
@@ -293,16 +280,9 @@ fn cli_json_outputs() {
             "--threads",
             "2",
             "--json",
-        ])
-        .env("HUMANLM_CHECKPOINTS", &ck)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &ck,
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for k in [
         "prefill_tok_s",
         "decode_tok_s_b1",
@@ -315,13 +295,7 @@ fn cli_json_outputs() {
 
 #[test]
 fn adapters_listed_under_their_base() {
-    let bin = env!("CARGO_BIN_EXE_humanlm");
-    let out = std::process::Command::new(bin)
-        .args(["checkpoints", "--json"])
-        .env("HUMANLM_CHECKPOINTS", common::fixture("tiny"))
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::run_json(&["checkpoints", "--json"], &common::fixture("tiny"));
     let lora = v
         .as_array()
         .unwrap()

@@ -79,7 +79,7 @@ fn write_model(path: &std::path::Path, dtype: GgmlDType) {
 #[test]
 fn every_supported_gguf_type_loads_and_computes() {
     let tmp = tempfile::tempdir().unwrap();
-    let ids: Vec<u32> = (0..24u32).map(|i| (i * 1543 + 7) % 40000).collect();
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 1543 + 7) % 40000).collect();
     let input = Tensor::new(ids.as_slice(), &Device::Cpu)
         .unwrap()
         .unsqueeze(0)
@@ -110,25 +110,20 @@ fn every_supported_gguf_type_loads_and_computes() {
                 ..Default::default()
             })
             .unwrap();
-        for (step, s) in [(0usize, 24usize), (1, 1)] {
-            // Prefill (dense GEMM path for packed types) and a single-row decode step.
+        for (step, s) in [(0usize, 40usize), (1, 12), (2, 1)] {
+            // Long prefill (the dense GEMM path for packed types), short prefill (integer
+            // kernels, 4 rows at a time) and one row.
             let x = input.narrow(1, 0, s).unwrap();
-            let q: Vec<Vec<f32>> = quant
-                .decoder
-                .forward(&x, None, Ops::Fast, true)
-                .unwrap()
-                .squeeze(0)
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            let d: Vec<Vec<f32>> = dense
-                .decoder
-                .forward(&x, None, Ops::Fast, true)
-                .unwrap()
-                .squeeze(0)
-                .unwrap()
-                .to_vec2()
-                .unwrap();
+            let logits = |m: &humanlm::model::Model| -> Vec<Vec<f32>> {
+                m.decoder
+                    .forward(&x, None, Ops::Fast, true)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap()
+            };
+            let (q, d) = (logits(&quant), logits(&dense));
             let max = d.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
             let diff = q
                 .iter()

@@ -487,6 +487,19 @@ mod tests {
     use candle_core::quantized::QMatMul;
     use candle_core::Module;
 
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs(&(a - b).unwrap())
+    }
+
     /// Against candle's own quantized matmul on the same blocks (same activation quantization,
     /// different summation order).
     #[test]
@@ -502,21 +515,8 @@ mod tests {
                 let x = Tensor::randn(0f32, 1.0, (rows, 288), &dev).unwrap();
                 let ours = packed.forward(&x).unwrap();
                 let theirs = reference.forward(&x).unwrap();
-                let diff = (ours - &theirs)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let scale = theirs
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_diff(&ours, &theirs);
+                let scale = max_abs(&theirs);
                 assert!(
                     diff <= 1e-5 * scale.max(1.0),
                     "{dtype:?} rows {rows}: Δ {diff} (max {scale})"
@@ -527,14 +527,7 @@ mod tests {
             let dense = x
                 .matmul(&packed.dequantize_rows(0..96, &dev).unwrap().t().unwrap())
                 .unwrap();
-            let diff = (packed.forward(&x).unwrap() - &dense)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_diff(&packed.forward(&x).unwrap(), &dense);
             assert!(diff < 1e-4, "{dtype:?} gemm path: Δ {diff}");
             // Row views compute only their rows.
             let part = packed
@@ -545,28 +538,14 @@ mod tests {
                 .unwrap()
                 .narrow(1, 10, 10)
                 .unwrap();
-            let diff = (part - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_diff(&part, &want);
             assert_eq!(diff, 0.0, "{dtype:?} row view");
             let dq = packed.dequantize_rows(0..96, &dev).unwrap();
             let want = QTensor::quantize(&w, dtype)
                 .unwrap()
                 .dequantize(&dev)
                 .unwrap();
-            let diff = (dq - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_diff(&dq, &want);
             assert_eq!(diff, 0.0, "{dtype:?} dequantize");
         }
     }

@@ -32,3 +32,19 @@ pub fn load(spec: &str, opts: LoadOptions) -> Model {
     let ck = Checkpoint::resolve(spec, &checkpoints()).unwrap_or_else(|e| panic!("{e}"));
     ck.load(&opts).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Run the binary with `HUMANLM_CHECKPOINTS` set; panics with its stderr unless it succeeds, and
+/// returns its stdout parsed as JSON.
+pub fn run_json(args: &[&str], checkpoints: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_humanlm"))
+        .args(args)
+        .env("HUMANLM_CHECKPOINTS", checkpoints)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "humanlm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
