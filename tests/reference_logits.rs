@@ -213,3 +213,49 @@ fn peft_adapter_matches_peft() {
         &read(&path.join("reference.json")),
     );
 }
+
+/// bf16 and f16 safetensors load (computed in f32 on the CPU) and stay within their rounding of
+/// the f32 reference.
+#[test]
+fn half_precision_safetensors() {
+    use candle_core::DType;
+    let src = common::fixture("tiny/qwen3");
+    let fx = read(&src.join("reference.json"));
+    for dtype in [DType::BF16, DType::F16] {
+        let tmp = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+        let st = tmp.path().join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+        let half: std::collections::HashMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&half, &st).unwrap();
+        let model = common::load(tmp.path().to_str().unwrap(), LoadOptions::default());
+        let ids = ids_of(&fx["input_ids"][1]);
+        let want: Vec<Vec<f32>> = fx["logits"][1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect();
+        let ours = all_logits(&model, &ids, Ops::Fast);
+        let max_abs = want.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = ours
+            .iter()
+            .flatten()
+            .zip(want.iter().flatten())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff > 0.0,
+            "{dtype:?}: the weights should have been rounded"
+        );
+        assert!(
+            diff <= 0.05 * max_abs,
+            "{dtype:?}: Δ {diff} vs max |logit| {max_abs}"
+        );
+    }
+}
