@@ -37,6 +37,26 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure prefill and decode speed.
     Bench(BenchArgs),
+    /// List thread scenarios (or `check` them).
+    #[command(args_conflicts_with_subcommands = true)]
+    Scenarios {
+        #[command(subcommand)]
+        action: Option<ScenarioAction>,
+        /// A scenario file or a folder of them.
+        #[arg(default_value = "scenarios")]
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScenarioAction {
+    /// Validate scenario files; one line per problem, exit code 2 if any.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -138,6 +158,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Checkpoints { json }) => list_checkpoints(&root, json),
         Some(Command::Generate(args)) => generate_cmd(&root, args),
         Some(Command::Bench(args)) => bench(&root, args),
+        Some(Command::Scenarios {
+            action: None,
+            path,
+            json,
+        }) => list_scenarios(&path, json),
+        Some(Command::Scenarios {
+            action: Some(ScenarioAction::Check { paths }),
+            ..
+        }) => check_scenarios(&paths),
     }
 }
 
@@ -468,4 +497,98 @@ fn peak_rss_mb() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// One row of `humanlm scenarios --json`.
+#[derive(serde::Serialize)]
+struct ScenarioRow<'a> {
+    id: &'a str,
+    domain: crate::scenario::Domain,
+    title: &'a str,
+    path: String,
+    turns: usize,
+    words: usize,
+    target: &'a str,
+    target_in_thread: bool,
+    has_persona: bool,
+    has_response: bool,
+}
+
+fn list_scenarios(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let mut rows = vec![];
+    let mut problems = vec![];
+    let loaded: Vec<_> = crate::scenario::load_all(path)
+        .into_iter()
+        .filter_map(|r| r.map_err(|e| problems.push(e)).ok())
+        .collect();
+    for l in &loaded {
+        let s = &l.scenario;
+        rows.push(ScenarioRow {
+            id: &s.id,
+            domain: s.domain,
+            title: &s.title,
+            path: l.path.display().to_string(),
+            turns: s.turns.len(),
+            words: s.words(),
+            target: &s.target.author,
+            target_in_thread: s.target_in_thread(),
+            has_persona: s.persona.is_some(),
+            has_response: s.target.response.is_some(),
+        });
+    }
+    rows.sort_by(|a, b| (a.domain, a.id).cmp(&(b.domain, b.id)));
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    } else {
+        writeln!(
+            out,
+            "{:<34} {:<9} {:>5} {:>6}  {:<18} {}",
+            "ID", "DOMAIN", "TURNS", "WORDS", "TARGET", "TITLE"
+        )?;
+        for r in &rows {
+            let title: String = r.title.chars().take(48).collect();
+            writeln!(
+                out,
+                "{:<34} {:<9} {:>5} {:>6}  {:<18} {}",
+                r.id,
+                r.domain.name(),
+                r.turns,
+                r.words,
+                r.target,
+                title
+            )?;
+        }
+    }
+    for p in &problems {
+        eprintln!("humanlm: {p}");
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{} of {} scenario files have problems",
+            problems.len(),
+            problems.len() + rows.len()
+        );
+    }
+    Ok(())
+}
+
+fn check_scenarios(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let (mut ok, mut bad) = (0, 0);
+    for p in paths {
+        for r in crate::scenario::load_all(p) {
+            match r {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("{e}");
+                }
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} of {} scenario files have problems", ok + bad);
+    }
+    println!("{ok} scenarios ok");
+    Ok(())
 }

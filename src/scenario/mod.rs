@@ -1,0 +1,324 @@
+//! Thread scenarios: the schema of a scenario file, loading and validation.
+//!
+//! One TOML file per scenario. The field names are a contract shared with other tools (and the
+//! HUMANUAL importer), so unknown fields are refused rather than ignored: a typo in a hand-written
+//! file would otherwise silently drop a persona or a reference reply.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A problem in one file, with the position when the parser knows it.
+    #[error("{}{}: {msg}", path.display(), pos.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    File {
+        path: PathBuf,
+        pos: Option<(usize, usize)>,
+        msg: String,
+    },
+}
+
+impl Error {
+    fn at(path: &Path, msg: impl Into<String>) -> Error {
+        Error::File {
+            path: path.to_path_buf(),
+            pos: None,
+            msg: msg.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The kinds of thread the workbench knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Domain {
+    Opinion,
+    Politics,
+    News,
+    Book,
+    Chat,
+    Email,
+}
+
+impl Domain {
+    pub const ALL: [Domain; 6] = [
+        Domain::Opinion,
+        Domain::Politics,
+        Domain::News,
+        Domain::Book,
+        Domain::Chat,
+        Domain::Email,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Domain::Opinion => "opinion",
+            Domain::Politics => "politics",
+            Domain::News => "news",
+            Domain::Book => "book",
+            Domain::Chat => "chat",
+            Domain::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Domain> {
+        Domain::ALL.into_iter().find(|d| d.name() == s)
+    }
+}
+
+impl std::fmt::Display for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Who a turn belongs to in the chat format: people are `user`, an AI assistant is `assistant`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Demographics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occupation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nationality: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other: Option<String>,
+}
+
+/// Who the simulated person is: free text, or structured sections (not both).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persona {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demographics: Option<Demographics>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interests: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communication: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statistics: Vec<String>,
+}
+
+impl Persona {
+    fn is_structured(&self) -> bool {
+        self.demographics.is_some()
+            || !self.interests.is_empty()
+            || !self.values.is_empty()
+            || !self.communication.is_empty()
+            || !self.statistics.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    pub author: String,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "is_user")]
+    pub role: Role,
+}
+
+fn is_user(r: &Role) -> bool {
+    *r == Role::User
+}
+
+/// Whose next reply is simulated, and what they really wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub author: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// One scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub id: String,
+    pub domain: Domain,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persona: Option<Persona>,
+    #[serde(default)]
+    pub turns: Vec<Turn>,
+    pub target: Target,
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+impl Scenario {
+    /// Parse and validate scenario TOML; `path` names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Scenario> {
+        let sc: Scenario = toml::from_str(text).map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            pos: e.span().map(|s| line_col(text, s.start)),
+            msg: e.message().trim().replace('\n', " "),
+        })?;
+        sc.validate(path)?;
+        Ok(sc)
+    }
+
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::at(path, format!("cannot read: {e}")))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// The checks serde cannot express.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |m: String| Err(Error::at(path, m));
+        if self.id.trim().is_empty() || self.id.chars().any(char::is_whitespace) {
+            return bad(format!(
+                "id '{}' must be non-empty and without spaces",
+                self.id
+            ));
+        }
+        if self.title.trim().is_empty() {
+            return bad("title is empty".into());
+        }
+        if self.turns.is_empty() {
+            return bad("the thread is empty: add at least one [[turns]]".into());
+        }
+        for (i, t) in self.turns.iter().enumerate() {
+            if t.author.trim().is_empty() {
+                return bad(format!("turn {}: author is empty", i + 1));
+            }
+            if t.text.trim().is_empty() {
+                return bad(format!("turn {} by '{}': text is empty", i + 1, t.author));
+            }
+        }
+        if self.target.author.trim().is_empty() {
+            return bad("target.author is empty".into());
+        }
+        if let Some(p) = &self.persona {
+            if p.text.is_some() && p.is_structured() {
+                return bad(
+                    "persona: give either `text` or the structured sections, not both".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the target wrote earlier turns of the thread.
+    pub fn target_in_thread(&self) -> bool {
+        self.turns.iter().any(|t| t.author == self.target.author)
+    }
+
+    /// Rough size of the thread in words (for listings; token counts need a tokenizer).
+    pub fn words(&self) -> usize {
+        self.turns
+            .iter()
+            .map(|t| t.text.split_whitespace().count())
+            .sum()
+    }
+}
+
+/// A scenario and the file it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub scenario: Scenario,
+}
+
+/// Every `*.toml` below `path` (or `path` itself), sorted; each file loaded or its error.
+/// Duplicate ids are reported as errors on the later file.
+pub fn load_all(path: &Path) -> Vec<Result<Loaded>> {
+    let mut files = vec![];
+    if path.is_file() {
+        files.push(path.to_path_buf());
+    } else if path.is_dir() {
+        collect(path, &mut files);
+    } else {
+        return vec![Err(Error::at(path, "no such file or folder"))];
+    }
+    files.sort();
+    let mut seen: std::collections::HashMap<String, PathBuf> = Default::default();
+    files
+        .into_iter()
+        .map(|f| {
+            let sc = Scenario::load(&f)?;
+            if let Some(first) = seen.get(&sc.id) {
+                return Err(Error::at(
+                    &f,
+                    format!("duplicate id '{}' (also in {})", sc.id, first.display()),
+                ));
+            }
+            seen.insert(sc.id.clone(), f.clone());
+            Ok(Loaded {
+                path: f,
+                scenario: sc,
+            })
+        })
+        .collect()
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(&p, out);
+        } else if p.extension().is_some_and(|x| x == "toml") {
+            out.push(p);
+        }
+    }
+}
+
+/// Find a scenario by id under `root`, or load it from a path.
+pub fn find(spec: &str, root: &Path) -> Result<Loaded> {
+    let p = Path::new(spec);
+    if p.is_file() {
+        return Ok(Loaded {
+            path: p.to_path_buf(),
+            scenario: Scenario::load(p)?,
+        });
+    }
+    for l in load_all(root).into_iter().flatten() {
+        if l.scenario.id == spec {
+            return Ok(l);
+        }
+    }
+    Err(Error::at(
+        p,
+        format!(
+            "no scenario file and no scenario with this id under {}",
+            root.display()
+        ),
+    ))
+}
