@@ -543,8 +543,8 @@ fn list_scenarios(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     } else {
         writeln!(
             out,
-            "{:<34} {:<9} {:>5} {:>6}  {:<18} {}",
-            "ID", "DOMAIN", "TURNS", "WORDS", "TARGET", "TITLE"
+            "{:<34} {:<9} {:>5} {:>6}  {:<18} TITLE",
+            "ID", "DOMAIN", "TURNS", "WORDS", "TARGET"
         )?;
         for r in &rows {
             let title: String = r.title.chars().take(48).collect();
