@@ -6,4 +6,6 @@
 pub mod cli;
 pub mod generate;
 pub mod model;
+pub mod prompts;
 pub mod scenario;
+pub mod sim;

@@ -1,0 +1,232 @@
+//! Parsing a simulator's output into its tagged fields, exactly as the HumanLM method defines.
+//!
+//! - flexible: any `<tag>…</tag>` pairs, tag names case-insensitive, contents trimmed;
+//! - strict: the required tags exactly once, in order, separated only by spaces and newlines,
+//!   nothing else (anything else makes the output invalid);
+//! - strict-thinking: everything up to the first `</think>` dropped, then strict;
+//! - response extraction: think blocks stripped, then `<response>…</response>`, else the text
+//!   after `<response>`, else the text before `</response>`, else everything.
+
+/// Every `<tag>content</tag>` pair, in order of appearance; tag names lowercased.
+pub fn flexible(text: &str) -> Vec<(String, String)> {
+    let lower = text.to_ascii_lowercase();
+    let mut out = vec![];
+    let mut at = 0;
+    while let Some(open) = lower[at..].find('<').map(|i| at + i) {
+        let Some(close) = lower[open..].find('>').map(|i| open + i) else {
+            break;
+        };
+        let name = &lower[open + 1..close];
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            at = open + 1;
+            continue;
+        }
+        let end_tag = format!("</{name}>");
+        match lower[close + 1..].find(&end_tag).map(|i| close + 1 + i) {
+            Some(end) => {
+                out.push((name.to_string(), text[close + 1..end].trim().to_string()));
+                at = end + end_tag.len();
+            }
+            None => at = close + 1,
+        }
+    }
+    out
+}
+
+/// The contents of `tags`, if `text` is exactly those tags in order (whitespace between).
+pub fn strict(text: &str, tags: &[&str]) -> Option<Vec<String>> {
+    let mut rest = text;
+    let mut out = Vec::with_capacity(tags.len());
+    for tag in tags {
+        rest = rest.trim_start_matches([' ', '\n', '\r', '\t']);
+        let open = format!("<{tag}>");
+        let close = format!("</{tag}>");
+        rest = rest.strip_prefix(open.as_str())?;
+        let end = rest.find(close.as_str())?;
+        let content = &rest[..end];
+        // A field must not contain another field's tags (a repeated or nested tag).
+        if tags
+            .iter()
+            .any(|t| content.contains(&format!("<{t}>")) || content.contains(&format!("</{t}>")))
+        {
+            return None;
+        }
+        out.push(content.trim().to_string());
+        rest = &rest[end + close.len()..];
+    }
+    if rest.trim_matches([' ', '\n', '\r', '\t']).is_empty() {
+        Some(out)
+    } else {
+        None
+    }
+}
+
+/// Strict parsing of a thinking-on output: the part up to the first `</think>` is dropped.
+pub fn strict_thinking(text: &str, tags: &[&str]) -> Option<Vec<String>> {
+    let end = text.find("</think>")?;
+    strict(&text[end + "</think>".len()..], tags)
+}
+
+/// The inner monologue of a thinking-on output (the prompt already opened `<think>`).
+pub fn think(text: &str) -> Option<String> {
+    let end = text.find("</think>")?;
+    let inner = &text[..end];
+    let inner = inner
+        .rfind("<think>")
+        .map(|i| &inner[i + "<think>".len()..])
+        .unwrap_or(inner);
+    Some(inner.trim().to_string())
+}
+
+/// Remove `<think>…</think>` blocks, and an unopened leading block ending in `</think>`.
+fn strip_think(text: &str) -> String {
+    let mut s = text.to_string();
+    if let Some(end) = s.find("</think>") {
+        if s[..end].find("<think>").is_none() {
+            s = s[end + "</think>".len()..].to_string();
+        }
+    }
+    while let Some(start) = s.find("<think>") {
+        match s[start..].find("</think>") {
+            Some(len) => s.replace_range(start..start + len + "</think>".len(), ""),
+            None => s.truncate(start),
+        }
+    }
+    s
+}
+
+/// The reply text, by the method's fallback chain.
+pub fn extract_response(text: &str) -> String {
+    let s = strip_think(text);
+    let (open, close) = ("<response>", "</response>");
+    if let Some(a) = s.find(open) {
+        let after = &s[a + open.len()..];
+        return match after.find(close) {
+            Some(b) => after[..b].trim().to_string(),
+            None => after.trim().to_string(),
+        };
+    }
+    if let Some(b) = s.find(close) {
+        return s[..b].trim().to_string();
+    }
+    s.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TAGS: [&str; 7] = [
+        "stance",
+        "emotion",
+        "belief",
+        "value",
+        "goal",
+        "communication",
+        "response",
+    ];
+
+    fn render(fields: &[String], seps: &[String]) -> String {
+        TAGS.iter()
+            .zip(fields)
+            .zip(seps)
+            .map(|((t, f), sep)| format!("{sep}<{t}>{f}</{t}>"))
+            .collect()
+    }
+
+    /// Field text: anything without angle brackets (they would be tags).
+    fn field() -> impl Strategy<Value = String> {
+        "[^<>]{0,40}"
+    }
+
+    fn sep() -> impl Strategy<Value = String> {
+        "[ \n]{0,3}"
+    }
+
+    proptest! {
+        #[test]
+        fn strict_reads_back_what_was_written(fields in proptest::collection::vec(field(), 7), seps in proptest::collection::vec(sep(), 7)) {
+            let text = render(&fields, &seps);
+            let got = strict(&text, &TAGS).expect("valid");
+            let want: Vec<String> = fields.iter().map(|f| f.trim().to_string()).collect();
+            prop_assert_eq!(&got, &want);
+            let flex: Vec<String> = flexible(&text).into_iter().map(|(_, c)| c).collect();
+            prop_assert_eq!(flex, want.clone());
+            prop_assert_eq!(extract_response(&text), want[6].clone());
+        }
+
+        #[test]
+        fn strict_rejects_text_outside_tags(fields in proptest::collection::vec(field(), 7), junk in "[a-zA-Z]{1,10}", at in 0usize..8) {
+            let seps: Vec<String> = (0..7).map(|i| if i == at { junk.clone() } else { String::new() }).collect();
+            let mut text = render(&fields, &seps);
+            if at == 7 {
+                text.push_str(&junk);
+            }
+            prop_assert!(strict(&text, &TAGS).is_none());
+        }
+
+        #[test]
+        fn strict_rejects_wrong_order(fields in proptest::collection::vec(field(), 7)) {
+            let seps = vec![String::new(); 7];
+            let text = render(&fields, &seps);
+            let mut swapped = TAGS;
+            swapped.swap(0, 1);
+            prop_assert!(strict(&text, &swapped).is_none());
+        }
+
+        #[test]
+        fn thinking_is_dropped(thought in field(), reply in field()) {
+            let text = format!("{thought}</think>\n\n<response>{reply}</response>");
+            prop_assert_eq!(strict_thinking(&text, &["response"]), Some(vec![reply.trim().to_string()]));
+            prop_assert_eq!(think(&text), Some(thought.trim().to_string()));
+            prop_assert_eq!(extract_response(&text), reply.trim().to_string());
+        }
+    }
+
+    #[test]
+    fn flexible_is_case_insensitive_and_skips_unclosed() {
+        let got = flexible("x <Stance> yes </STANCE> <goal>unclosed <emotion>calm</emotion>");
+        assert_eq!(
+            got,
+            vec![
+                ("stance".into(), "yes".into()),
+                ("emotion".into(), "calm".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn response_fallbacks() {
+        assert_eq!(
+            extract_response("<think>hmm</think><response> hi </response> tail"),
+            "hi"
+        );
+        assert_eq!(
+            extract_response("intro <response> open ended"),
+            "open ended"
+        );
+        assert_eq!(extract_response("just text </response> more"), "just text");
+        assert_eq!(extract_response("  plain  "), "plain");
+        assert_eq!(extract_response("thought only</think> after"), "after");
+    }
+
+    #[test]
+    fn strict_needs_each_tag_once() {
+        assert!(strict(
+            "<response>a</response><response>b</response>",
+            &["response"]
+        )
+        .is_none());
+        assert!(strict("<response>a <response> b</response>", &["response"]).is_none());
+        assert!(strict("<response>a</response>", &["response"]).is_some());
+        assert!(
+            strict_thinking("<response>a</response>", &["response"]).is_none(),
+            "no </think>"
+        );
+    }
+}
