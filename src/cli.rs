@@ -37,6 +37,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure prefill and decode speed.
     Bench(BenchArgs),
+    /// Simulate a person's states and reply on a scenario.
+    Simulate(SimulateArgs),
     /// List thread scenarios (or `check` them).
     #[command(args_conflicts_with_subcommands = true)]
     Scenarios {
@@ -121,6 +123,42 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct SimulateArgs {
+    #[command(flatten)]
+    rt: RuntimeArgs,
+    /// Scenario id (under scenarios/) or file.
+    #[arg(long)]
+    scenario: String,
+    #[arg(long, value_enum, default_value = "humanlm")]
+    mode: crate::sim::Mode,
+    /// Prompt set: a folder under prompts/ or a path.
+    #[arg(long, default_value = crate::prompts::DEFAULT_SET)]
+    prompts: String,
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The method's evaluation temperature.
+    #[arg(long, default_value_t = 0.4)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// The method bans repeating any 4-gram of prompt + output (0 = off).
+    #[arg(long, default_value_t = 4)]
+    no_repeat_ngram: usize,
+    /// Cap every call's new tokens below its state's limit.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Print the exact rendered prompts (special tokens included).
+    #[arg(long)]
+    show_prompt: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
     rt: RuntimeArgs,
@@ -158,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Checkpoints { json }) => list_checkpoints(&root, json),
         Some(Command::Generate(args)) => generate_cmd(&root, args),
         Some(Command::Bench(args)) => bench(&root, args),
+        Some(Command::Simulate(args)) => simulate_cmd(&root, args),
         Some(Command::Scenarios {
             action: None,
             path,
@@ -590,5 +629,89 @@ fn check_scenarios(paths: &[PathBuf]) -> anyhow::Result<()> {
         anyhow::bail!("{bad} of {} scenario files have problems", ok + bad);
     }
     println!("{ok} scenarios ok");
+    Ok(())
+}
+
+fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
+    use crate::sim::{simulate, SimEvent};
+    let scenario = crate::scenario::find(&a.scenario, std::path::Path::new("scenarios"))?.scenario;
+    let set = crate::prompts::PromptSet::load(&a.prompts, &crate::prompts::default_root())?;
+    let model = load(root, &a.rt)?;
+    let params = SamplingParams {
+        max_new_tokens: a.max_tokens.unwrap_or(usize::MAX),
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        repetition_penalty: a.repetition_penalty,
+        no_repeat_ngram: a.no_repeat_ngram,
+        n: a.n,
+        ..Default::default()
+    };
+    let stream = !a.json;
+    let mut stdout = std::io::stdout().lock();
+    let mut io_err: Option<std::io::Error> = None;
+    let (calls, samples) = simulate(&model, &set, &scenario, a.mode, &params, None, &mut |e| {
+        if !stream || io_err.is_some() {
+            return;
+        }
+        let r = match e {
+            SimEvent::CallStarted { call } if a.show_prompt => {
+                write!(
+                    stdout,
+                    "\n\x1b[2m── prompt: {} ({} tokens) ──\n{}\x1b[0m",
+                    call.name, call.prompt_tokens, call.prompt
+                )
+            }
+            SimEvent::CallStarted { call } => write!(stdout, "\n\x1b[1m{}\x1b[0m: ", call.name),
+            SimEvent::Text {
+                sample: 0, delta, ..
+            } => write!(stdout, "{delta}"),
+            SimEvent::CallFinished { .. } => writeln!(stdout),
+            _ => Ok(()),
+        };
+        if let Err(e) = r.and_then(|_| stdout.flush()) {
+            io_err = Some(e);
+        }
+    })?;
+    if let Some(e) = io_err {
+        return Err(e.into());
+    }
+    if a.json {
+        let mut v = serde_json::json!({
+            "scenario": scenario.id,
+            "checkpoint": model.checkpoint.name,
+            "mode": a.mode,
+            "prompt_set": set.name,
+            "prompt_hash": set.hash,
+            "samples": samples,
+        });
+        if a.show_prompt {
+            v["calls"] = serde_json::to_value(&calls)?;
+        }
+        writeln!(stdout, "{v}")?;
+    } else {
+        for (i, s) in samples.iter().enumerate() {
+            if samples.len() > 1 {
+                writeln!(stdout, "\n── sample {} ──", i + 1)?;
+                for (k, v) in &s.states {
+                    writeln!(stdout, "{k}: {v}")?;
+                }
+                writeln!(stdout, "response: {}", s.response)?;
+            }
+            writeln!(
+                stdout,
+                "\n[{}; {} tokens, {} ms; prompt set {} ({})]",
+                if s.valid {
+                    "valid format"
+                } else {
+                    "INVALID format (the model broke the tag format)"
+                },
+                s.tokens,
+                s.ms,
+                set.name,
+                set.hash
+            )?;
+        }
+    }
     Ok(())
 }

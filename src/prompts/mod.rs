@@ -194,7 +194,23 @@ impl PromptSet {
 
     /// The persona block of the system prompt ("Missing" when there is none).
     pub fn persona(&self, persona: Option<&Persona>) -> Result<String> {
-        self.render("persona.jinja", serde_json::json!({ "persona": persona }))
+        // Every field present (null or empty when unset), so templates can test any of them
+        // under strict undefined-variable checking.
+        let value = persona.map(|p| {
+            let d = p.demographics.clone().unwrap_or_default();
+            serde_json::json!({
+                "text": p.text,
+                "demographics": {
+                    "age_group": d.age_group, "gender": d.gender, "location": d.location,
+                    "occupation": d.occupation, "nationality": d.nationality, "other": d.other,
+                },
+                "interests": p.interests,
+                "values": p.values,
+                "communication": p.communication,
+                "statistics": p.statistics,
+            })
+        });
+        self.render("persona.jinja", serde_json::json!({ "persona": value }))
     }
 
     /// The system prompt asking for `states` (in order) for the given rendered persona.
