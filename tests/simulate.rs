@@ -91,3 +91,39 @@ fn every_scenario_in_every_mode() {
         }
     }
 }
+
+/// A scenario longer than the model's context is refused with the token counts, never cut
+/// silently.
+#[test]
+fn scenario_longer_than_context_is_refused() {
+    use humanlm::model::weights::LoadOptions;
+    let tiny = common::load(
+        common::fixture("tiny/llama").to_str().unwrap(),
+        LoadOptions::default(),
+    );
+    let sc = find(
+        "opinion-tipping-culture-long",
+        &common::root().join("scenarios"),
+    )
+    .unwrap()
+    .scenario;
+    let params = SamplingParams {
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    let err = simulate(
+        &tiny,
+        &set(),
+        &sc,
+        Mode::Response,
+        &params,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("opinion-tipping-culture-long") && err.contains("context of 256 tokens"),
+        "{err}"
+    );
+}

@@ -77,6 +77,9 @@ pub enum Event<'a> {
     Finished { sample: usize, reason: StopReason },
 }
 
+/// Prompt tokens per prefill step.
+const PREFILL_CHUNK: usize = 512;
+
 struct Row {
     ids: Vec<u32>,
     stop: StopMatcher,
@@ -117,8 +120,14 @@ pub fn generate(
     let capacity = (prompt.len() + params.max_new_tokens).min(ctx);
     let start = Instant::now();
     let mut cache = dec.new_cache(1, capacity)?;
-    let input = Tensor::new(prompt, &dec.device)?.unsqueeze(0)?;
-    let logits = dec.forward(&input, Some(&mut cache), crate::model::Ops::Fast, false)?;
+    // Long prompts are prefilled in chunks: attention then works on (chunk × context) score
+    // matrices instead of one (prompt × prompt) matrix, half of it masked, that no cache holds.
+    let mut logits = None;
+    for chunk in prompt.chunks(PREFILL_CHUNK) {
+        let input = Tensor::new(chunk, &dec.device)?.unsqueeze(0)?;
+        logits = Some(dec.forward(&input, Some(&mut cache), crate::model::Ops::Fast, false)?);
+    }
+    let logits = logits.expect("non-empty prompt");
     let prefill_s = start.elapsed().as_secs_f64();
     let first: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
     if n > 1 {
