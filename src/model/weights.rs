@@ -187,7 +187,7 @@ impl Store {
     pub fn path_for(&self, name: &str) -> PathBuf {
         match self {
             Store::Gguf { path, .. } => path.clone(),
-            Store::Safetensors { paths, st } => {
+            Store::Safetensors { paths, .. } => {
                 if paths.len() > 1 {
                     for p in paths {
                         // SAFETY: read-only map; used only to find the owning shard for a message.
@@ -200,7 +200,6 @@ impl Store {
                         }
                     }
                 }
-                let _ = st;
                 paths[0].clone()
             }
         }

@@ -53,6 +53,9 @@ pub struct Call {
     /// The exact prompt text, special tokens included.
     pub prompt: String,
     pub prompt_tokens: usize,
+    /// The prompt's token ids (tokenized once, when the plan is made).
+    #[serde(skip)]
+    pub ids: Vec<u32>,
     pub thinking: bool,
     pub stop: String,
 }
@@ -89,11 +92,12 @@ pub fn plan(set: &PromptSet, scenario: &Scenario, mode: Mode, model: &Model) -> 
     let mut add = |name: &str, specs: &[&StateSpec], thinking: bool, stop: &str| -> Result<()> {
         let system = set.system(&persona, specs)?;
         let prompt = render(set, scenario, &system, thinking)?;
-        let prompt_tokens = model.tokenizer.encode_rendered(&prompt)?.len();
+        let ids = model.tokenizer.encode_rendered(&prompt)?;
         calls.push(Call {
             name: name.into(),
             prompt,
-            prompt_tokens,
+            prompt_tokens: ids.len(),
+            ids,
             thinking,
             stop: stop.into(),
         });
@@ -204,7 +208,6 @@ pub fn simulate(
             });
         }
         on_event(SimEvent::CallStarted { call });
-        let ids = model.tokenizer.encode_rendered(&call.prompt)?;
         let p = SamplingParams {
             max_new_tokens: budget.min(params.max_new_tokens),
             stop: vec![call.stop.clone()],
@@ -212,7 +215,7 @@ pub fn simulate(
             ..params.clone()
         };
         let started = std::time::Instant::now();
-        let g = generate::generate(model, &ids, &p, cancel, &mut |e| {
+        let g = generate::generate(model, &call.ids, &p, cancel, &mut |e| {
             if let Event::Text { sample, delta } = e {
                 on_event(SimEvent::Text {
                     call: &call.name,
