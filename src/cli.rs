@@ -39,6 +39,8 @@ enum Command {
     Bench(BenchArgs),
     /// Simulate a person's states and reply on a scenario.
     Simulate(SimulateArgs),
+    /// Serve the checkpoint as an OpenAI-compatible endpoint (one generation at a time).
+    Serve(ServeArgs),
     /// List thread scenarios (or `check` them).
     #[command(args_conflicts_with_subcommands = true)]
     Scenarios {
@@ -131,31 +133,91 @@ struct SimulateArgs {
     scenario: String,
     #[arg(long, value_enum, default_value = "humanlm")]
     mode: crate::sim::Mode,
-    /// Prompt set: a folder under prompts/ or a path.
-    #[arg(long, default_value = crate::prompts::DEFAULT_SET)]
-    prompts: String,
-    #[arg(long, default_value_t = 1)]
-    n: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// The method's evaluation temperature.
-    #[arg(long, default_value_t = 0.4)]
-    temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    #[arg(long, default_value_t = 1.0)]
-    repetition_penalty: f32,
-    /// The method bans repeating any 4-gram of prompt + output (0 = off).
-    #[arg(long, default_value_t = 4)]
-    no_repeat_ngram: usize,
-    /// Cap every call's new tokens below its state's limit.
+    /// Prompt set: a folder under prompts/ or a path (default: the checkpoint's, else humanlm).
     #[arg(long)]
-    max_tokens: Option<usize>,
+    prompts: Option<String>,
+    #[command(flatten)]
+    sampling: SimSamplingArgs,
+    /// What to do when a thread does not fit the context: refuse, or drop the oldest turns.
+    #[arg(long, value_enum, default_value = "none")]
+    truncate: crate::sim::Truncate,
     /// Print the exact rendered prompts (special tokens included).
     #[arg(long)]
     show_prompt: bool,
     #[arg(long)]
     json: bool,
+}
+
+/// Sampling for simulations; unset values come from the prompt set, then the method's defaults.
+#[derive(Args, Clone)]
+struct SimSamplingArgs {
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Default: the set's, else 0.4 (the method's evaluation temperature).
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Default: the set's, else 1.0 (off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Ban repeating any n-gram of prompt + output (0 = off). Default: the set's, else 4 (the
+    /// method's).
+    #[arg(long)]
+    no_repeat_ngram: Option<usize>,
+    /// Cap every call's new tokens below its state's limit.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+}
+
+impl SimSamplingArgs {
+    fn params(&self, set: &crate::prompts::PromptSet) -> SamplingParams {
+        let d = &set.sampling;
+        SamplingParams {
+            max_new_tokens: self.max_tokens.unwrap_or(usize::MAX),
+            temperature: self.temperature.or(d.temperature).unwrap_or(0.4),
+            top_p: self.top_p,
+            seed: self.seed,
+            repetition_penalty: self
+                .repetition_penalty
+                .or(d.repetition_penalty)
+                .unwrap_or(1.0),
+            no_repeat_ngram: self.no_repeat_ngram.or(d.no_repeat_ngram).unwrap_or(4),
+            n: self.n,
+            ..Default::default()
+        }
+    }
+}
+
+/// The prompt set a command uses: the one named, else the checkpoint's, else the default.
+fn prompt_set(
+    named: Option<&str>,
+    ckpt: &Checkpoint,
+) -> anyhow::Result<crate::prompts::PromptSet> {
+    let name = match named {
+        Some(n) => n.to_string(),
+        None => ckpt
+            .default_prompt_set()?
+            .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string()),
+    };
+    Ok(crate::prompts::PromptSet::load(
+        &name,
+        &crate::prompts::default_root(),
+    )?)
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    rt: RuntimeArgs,
+    /// Port to listen on (0: any free port; the bound one is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Address to listen on; anything but loopback exposes the model without authentication.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
 }
 
 #[derive(Args)]
@@ -197,6 +259,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Generate(args)) => generate_cmd(&root, args),
         Some(Command::Bench(args)) => bench(&root, args),
         Some(Command::Simulate(args)) => simulate_cmd(&root, args),
+        Some(Command::Serve(args)) => {
+            crate::serve::run(load(&root, &args.rt)?, &args.host, args.port)
+        }
         Some(Command::Scenarios {
             action: None,
             path,
@@ -633,24 +698,31 @@ fn check_scenarios(paths: &[PathBuf]) -> anyhow::Result<()> {
 }
 
 fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
-    use crate::sim::{simulate, SimEvent};
+    use crate::sim::{simulate, Options, SimEvent};
     let scenario = crate::scenario::find(&a.scenario, std::path::Path::new("scenarios"))?.scenario;
-    let set = crate::prompts::PromptSet::load(&a.prompts, &crate::prompts::default_root())?;
+    let ckpt = Checkpoint::resolve(&a.rt.checkpoint, root)?;
+    let set = prompt_set(a.prompts.as_deref(), &ckpt)?;
     let model = load(root, &a.rt)?;
-    let params = SamplingParams {
-        max_new_tokens: a.max_tokens.unwrap_or(usize::MAX),
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-        repetition_penalty: a.repetition_penalty,
-        no_repeat_ngram: a.no_repeat_ngram,
-        n: a.n,
-        ..Default::default()
+    let opts = Options {
+        mode: a.mode,
+        params: a.sampling.params(&set),
+        truncate: a.truncate,
     };
     let stream = !a.json;
     let mut stdout = std::io::stdout().lock();
     let mut io_err: Option<std::io::Error> = None;
-    let (calls, samples) = simulate(&model, &set, &scenario, a.mode, &params, None, &mut |e| {
+    if stream {
+        writeln!(
+            stdout,
+            "\x1b[2m{} · {} · prompt set {} ({}) · {} mode\x1b[0m",
+            scenario.id,
+            model.checkpoint.name,
+            set.name,
+            set.hash,
+            serde_json::to_value(a.mode)?.as_str().unwrap_or_default()
+        )?;
+    }
+    let (plan, samples) = simulate(&model, &set, &scenario, &opts, None, &mut |e| {
         if !stream || io_err.is_some() {
             return;
         }
@@ -662,7 +734,11 @@ fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
                     call.name, call.prompt_tokens, call.prompt
                 )
             }
-            SimEvent::CallStarted { call } => write!(stdout, "\n\x1b[1m{}\x1b[0m: ", call.name),
+            SimEvent::CallStarted { call } => write!(
+                stdout,
+                "\n\x1b[1m{}\x1b[0m: {}",
+                call.name, call.prefill
+            ),
             SimEvent::Text {
                 sample: 0, delta, ..
             } => write!(stdout, "{delta}"),
@@ -683,13 +759,22 @@ fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
             "mode": a.mode,
             "prompt_set": set.name,
             "prompt_hash": set.hash,
+            "truncate": a.truncate,
+            "dropped_turns": plan.dropped_turns,
             "samples": samples,
         });
         if a.show_prompt {
-            v["calls"] = serde_json::to_value(&calls)?;
+            v["calls"] = serde_json::to_value(&plan.calls)?;
         }
         writeln!(stdout, "{v}")?;
     } else {
+        if plan.dropped_turns > 0 {
+            writeln!(
+                stdout,
+                "\n[--truncate oldest: dropped the {} oldest turns after the post to fit the context]",
+                plan.dropped_turns
+            )?;
+        }
         for (i, s) in samples.iter().enumerate() {
             if samples.len() > 1 {
                 writeln!(stdout, "\n── sample {} ──", i + 1)?;

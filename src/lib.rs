@@ -5,7 +5,10 @@
 
 pub mod cli;
 pub mod generate;
+pub mod judge;
 pub mod model;
 pub mod prompts;
+pub mod remote;
 pub mod scenario;
+pub mod serve;
 pub mod sim;

@@ -5,11 +5,19 @@ mod common;
 use humanlm::generate::SamplingParams;
 use humanlm::prompts::PromptSet;
 use humanlm::scenario::{find, Scenario};
-use humanlm::sim::{plan, simulate, Mode};
+use humanlm::sim::{plan, simulate, Mode, Options, Truncate};
 use std::path::Path;
 
 fn set() -> PromptSet {
-    PromptSet::load("humanlm", &common::root().join("prompts")).unwrap()
+    load_set("humanlm")
+}
+
+fn load_set(name: &str) -> PromptSet {
+    PromptSet::load(name, &common::root().join("prompts")).unwrap()
+}
+
+fn opts(mode: Mode) -> Options {
+    Options::new(mode, SamplingParams::default())
 }
 
 /// Compare with a committed file; `UPDATE_GOLDEN=1` rewrites it (review the diff!).
@@ -49,7 +57,7 @@ fn golden_prompts() {
         .unwrap()
         .scenario;
     for (name, sc) in [("rich", rich), ("no-persona", persona_less())] {
-        let calls = plan(&set, &sc, Mode::Humanlm, model).unwrap();
+        let calls = plan(&set, &sc, &opts(Mode::Humanlm), model).unwrap().calls;
         assert_eq!(calls.len(), 7);
         golden(&format!("{name}-stance.txt"), &calls[0].prompt);
         golden(&format!("{name}-response.txt"), &calls[6].prompt);
@@ -58,8 +66,35 @@ fn golden_prompts() {
             .prompt
             .contains(&format!("<name>{}</name>", sc.target.author)));
     }
-    let joint = plan(&set, &persona_less(), Mode::Joint, model).unwrap();
+    let joint = plan(&set, &persona_less(), &opts(Mode::Joint), model)
+        .unwrap()
+        .calls;
     golden("no-persona-joint.txt", &joint[0].prompt);
+}
+
+/// The instruct set: the whole thread in one user message, the model answering as the
+/// assistant with the opening tag pre-filled, through the checkpoint's own chat template.
+#[test]
+fn golden_prompts_instruct_set() {
+    let set = load_set("instruct");
+    let model = common::default_model();
+    let rich = find("book-middlemarch-01", &common::root().join("scenarios"))
+        .unwrap()
+        .scenario;
+    let calls = plan(&set, &rich, &opts(Mode::Humanlm), model)
+        .unwrap()
+        .calls;
+    assert_eq!(calls.len(), 7);
+    golden("instruct-rich-stance.txt", &calls[0].prompt);
+    golden("instruct-rich-response.txt", &calls[6].prompt);
+    assert!(calls[0].prompt.ends_with("<|im_start|>assistant\n<stance>"));
+    assert_eq!(calls[0].prefill, "<stance>");
+    // The reply of an instruct model is not generated with thinking on.
+    assert!(!calls[6].thinking);
+    let joint = plan(&set, &persona_less(), &opts(Mode::Joint), model)
+        .unwrap()
+        .calls;
+    golden("instruct-no-persona-joint.txt", &joint[0].prompt);
 }
 
 /// Every shipped scenario runs in every mode on the default checkpoint (calls capped at a few
@@ -79,8 +114,10 @@ fn every_scenario_in_every_mode() {
     for l in all {
         let sc = l.unwrap().scenario;
         for mode in [Mode::Humanlm, Mode::Response, Mode::Joint] {
-            let (calls, samples) = simulate(model, &set, &sc, mode, &params, None, &mut |_| {})
+            let o = Options::new(mode, params.clone());
+            let (plan, samples) = simulate(model, &set, &sc, &o, None, &mut |_| {})
                 .unwrap_or_else(|e| panic!("{} {mode:?}: {e}", sc.id));
+            let calls = plan.calls;
             assert_eq!(samples.len(), 1);
             let s = &samples[0];
             assert_eq!(s.stop_reasons.len(), calls.len(), "{} {mode:?}", sc.id);
@@ -90,6 +127,51 @@ fn every_scenario_in_every_mode() {
             assert!(s.tokens > 0);
         }
     }
+}
+
+/// The instruct set on one scenario per domain in every mode: pre-filled tags are put back
+/// before parsing, so a state that closes its tag parses.
+#[test]
+fn instruct_set_runs_one_scenario_per_domain() {
+    let set = load_set("instruct");
+    let model = common::default_model();
+    let params = SamplingParams {
+        max_new_tokens: 6,
+        temperature: 0.4,
+        repetition_penalty: 1.2,
+        no_repeat_ngram: 4,
+        seed: 1,
+        ..Default::default()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for l in humanlm::scenario::load_all(&common::root().join("scenarios")) {
+        let sc = l.unwrap().scenario;
+        if !seen.insert(sc.domain) {
+            continue;
+        }
+        for mode in [Mode::Humanlm, Mode::Response, Mode::Joint] {
+            let o = Options::new(mode, params.clone());
+            let (plan, samples) = simulate(model, &set, &sc, &o, None, &mut |_| {})
+                .unwrap_or_else(|e| panic!("{} {mode:?}: {e}", sc.id));
+            let s = &samples[0];
+            assert_eq!(s.outputs.len(), plan.calls.len());
+            for (call, out) in plan
+                .calls
+                .iter()
+                .zip(plan.calls.iter().map(|c| &s.outputs[&c.name]))
+            {
+                // Six tokens never reach a closing tag here, so each call stops on length and
+                // is invalid; what it wrote is kept raw, without the pre-filled tag.
+                assert!(
+                    !out.raw.starts_with(&call.prefill),
+                    "{}: {:?}",
+                    call.name,
+                    out.raw
+                );
+            }
+        }
+    }
+    assert_eq!(seen.len(), 6);
 }
 
 /// A scenario longer than the model's context is refused with the token counts, never cut
@@ -115,15 +197,76 @@ fn scenario_longer_than_context_is_refused() {
         &tiny,
         &set(),
         &sc,
-        Mode::Response,
-        &params,
+        &Options::new(Mode::Response, params),
         None,
         &mut |_| {},
     )
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("opinion-tipping-culture-long") && err.contains("context of 256 tokens"),
+        err.contains("opinion-tipping-culture-long")
+            && err.contains("context of 256 tokens")
+            && err.contains("--truncate oldest"),
         "{err}"
     );
+}
+
+/// `Truncate::Oldest` drops the oldest turns after the post until the prompt fits, and says
+/// how many it dropped; when even the post and one reply do not fit, it refuses.
+#[test]
+fn truncation_drops_oldest_turns_and_says_so() {
+    use humanlm::model::weights::LoadOptions;
+    let tiny = common::load(
+        common::fixture("tiny/llama").to_str().unwrap(),
+        LoadOptions::default(),
+    );
+    // A set with a one-line system prompt, so a short thread fits the tiny model's 256 tokens.
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::create_dir(&short).unwrap();
+    for entry in std::fs::read_dir(common::root().join("prompts/humanlm")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, short.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(short.join("system.jinja"), "Reply as HUMAN.").unwrap();
+    let set = PromptSet::load(short.to_str().unwrap(), dir.path()).unwrap();
+    let mut text = String::from(
+        "id = \"long-thread\"\ndomain = \"opinion\"\ntitle = \"t\"\n[[turns]]\nauthor = \"op\"\ntext = \"Is this a good idea?\"\n",
+    );
+    for i in 0..12 {
+        text.push_str(&format!(
+            "[[turns]]\nauthor = \"user{i}\"\ntext = \"{}\"\n",
+            "I have thoughts about this and they are long. ".repeat(3)
+        ));
+    }
+    text.push_str("[target]\nauthor = \"op\"\n");
+    let sc = Scenario::from_toml(&text, Path::new("long.toml")).unwrap();
+    let params = SamplingParams {
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    let mut o = Options::new(Mode::Response, params);
+    let refused = plan(&set, &sc, &o, &tiny).unwrap_err().to_string();
+    assert!(
+        refused.contains("beyond the context of 256 tokens"),
+        "{refused}"
+    );
+    o.truncate = Truncate::Oldest;
+    let p = plan(&set, &sc, &o, &tiny).unwrap();
+    assert!(
+        p.dropped_turns > 0 && p.dropped_turns < 12,
+        "{}",
+        p.dropped_turns
+    );
+    let call = &p.calls[0];
+    assert!(call.prompt_tokens + call.budget <= 256);
+    // The post stays; the newest turns stay; the oldest replies went.
+    assert!(call.prompt.contains("Is this a good idea?"));
+    assert!(call.prompt.contains("<name>user11</name>"));
+    assert!(!call.prompt.contains("<name>user0</name>"));
+    // One turn fewer dropped would not have fitted: the policy drops no more than it must.
+    let mut fewer = sc.clone();
+    fewer.turns.drain(1..p.dropped_turns);
+    o.truncate = Truncate::None;
+    assert!(plan(&set, &fewer, &o, &tiny).is_err());
 }

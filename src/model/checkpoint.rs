@@ -21,6 +21,9 @@ pub fn default_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("checkpoints"))
 }
 
+/// Per-checkpoint workbench settings, beside the weights.
+pub const SETTINGS_FILE: &str = "humanlm.toml";
+
 /// The checkpoint `make run` and the demo use.
 pub const DEFAULT_CHECKPOINT: &str = "smollm2-135m-instruct";
 
@@ -140,6 +143,30 @@ impl Checkpoint {
                 path,
                 format!("{n} .gguf files; name the file to use"),
             )),
+        }
+    }
+
+    /// The prompt set this checkpoint is meant to be used with, from `humanlm.toml` in its
+    /// folder (`prompts = "instruct"`); an adapter without one takes its base's.
+    pub fn default_prompt_set(&self) -> Result<Option<String>> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Settings {
+            prompts: Option<String>,
+        }
+        let file = self.path.join(SETTINGS_FILE);
+        if self.path.is_dir() && file.is_file() {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Error::file(&file, format!("cannot read: {e}")))?;
+            let s: Settings = toml::from_str(&text)
+                .map_err(|e| Error::file(&file, e.message().trim().replace('\n', " ")))?;
+            if s.prompts.is_some() {
+                return Ok(s.prompts);
+            }
+        }
+        match &self.kind {
+            CheckpointKind::Adapter { base, .. } => base.default_prompt_set(),
+            _ => Ok(None),
         }
     }
 

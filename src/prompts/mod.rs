@@ -53,11 +53,68 @@ struct StatesFile {
 #[serde(deny_unknown_fields)]
 struct SetFile {
     description: String,
-    chat_template: String,
+    /// A set whose files fill in whatever this folder lacks (a sibling folder's name).
+    #[serde(default)]
+    inherits: Option<String>,
+    /// The chat template file; absent means the checkpoint's own template.
+    #[serde(default)]
+    chat_template: Option<String>,
+    #[serde(default)]
+    layout: Layout,
+    #[serde(default)]
+    prefill_tag: bool,
+    #[serde(default = "yes")]
+    response_thinking: bool,
+    #[serde(default)]
+    sampling: SamplingDefaults,
 }
 
-/// The files every set provides, besides `set.toml` and `states.toml`.
-const TEMPLATES: [&str; 2] = ["persona.jinja", "system.jinja"];
+fn yes() -> bool {
+    true
+}
+
+/// How a thread becomes chat messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// HumanLM: every turn is its own named message and the model speaks as HUMAN in the user
+    /// role (for simulators trained on it).
+    #[default]
+    Thread,
+    /// One system message and one user message holding the whole thread (`task.jinja`); the
+    /// model answers as the assistant (for general instruct models).
+    Transcript,
+}
+
+/// Sampling settings a set recommends; command-line flags override them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub no_repeat_ngram: Option<usize>,
+}
+
+/// One turn of a thread as templates see it (the target already relabelled HUMAN).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThreadTurn {
+    pub author: String,
+    /// `user` or `assistant`.
+    pub role: String,
+    pub text: String,
+}
+
+/// The templates every set provides (itself or through `inherits`), besides the state file.
+const TEMPLATES: [&str; 6] = [
+    "persona.jinja",
+    "system.jinja",
+    "thread.jinja",
+    "judge.jinja",
+    "judge_aspects.jinja",
+    "trace.jinja",
+];
+/// Only the transcript layout renders the thread into one user message.
+const TRANSCRIPT_TEMPLATE: &str = "task.jinja";
 
 /// Where prompt sets live unless a path is given.
 pub fn default_root() -> PathBuf {
@@ -76,7 +133,16 @@ pub struct PromptSet {
     pub description: String,
     /// The six states then `response`, in generation order.
     pub states: Vec<StateSpec>,
-    pub chat: ChatTemplate,
+    /// The set's own chat template; `None` means the checkpoint's.
+    pub chat: Option<ChatTemplate>,
+    pub layout: Layout,
+    /// Whether the generation prompt already opens the tag the model must fill.
+    pub prefill_tag: bool,
+    /// Whether the reply of `humanlm` mode is generated with thinking on.
+    pub response_thinking: bool,
+    pub sampling: SamplingDefaults,
+    /// The files the set is made of (file name → where it was found, after inheritance).
+    pub files: Vec<(String, PathBuf)>,
     /// First 12 hex digits of the sha256 over the set's files (names and contents).
     pub hash: String,
     env: minijinja::Environment<'static>,
@@ -91,47 +157,98 @@ impl PromptSet {
             root.join(spec)
         };
         if !dir.is_dir() {
-            return Err(err(&dir, format!("prompt set '{spec}' not found")));
+            let known = list(root).join(", ");
+            return Err(err(
+                &dir,
+                format!(
+                    "prompt set '{spec}' not found (sets in {}: {known})",
+                    root.display()
+                ),
+            ));
         }
-        let read = |name: &str| -> Result<(PathBuf, String)> {
-            let p = dir.join(name);
-            let text =
-                std::fs::read_to_string(&p).map_err(|e| err(&p, format!("cannot read: {e}")))?;
-            Ok((p, text))
-        };
         let toml_err = |p: &Path, text: &str, e: toml::de::Error| Error::File {
             path: p.to_path_buf(),
             line: e.span().map(|s| text[..s.start].matches('\n').count() + 1),
             msg: e.message().trim().replace('\n', " "),
         };
-        let (set_path, set_text) = read("set.toml")?;
+        let read_at = |p: &Path| -> Result<String> {
+            std::fs::read_to_string(p).map_err(|e| err(p, format!("cannot read: {e}")))
+        };
+        let set_path = dir.join("set.toml");
+        let set_text = read_at(&set_path)?;
         let set: SetFile =
             toml::from_str(&set_text).map_err(|e| toml_err(&set_path, &set_text, e))?;
-        let (states_path, states_text) = read("states.toml")?;
+        // The folders a file is looked up in: this set's, then its ancestors'.
+        let mut chain = vec![dir.clone()];
+        let mut parent = set.inherits.clone();
+        while let Some(p) = parent {
+            let pdir = dir.parent().unwrap_or(Path::new(".")).join(&p);
+            if chain.contains(&pdir) || chain.len() > 8 {
+                return Err(err(
+                    &set_path,
+                    format!("`inherits` forms a cycle through '{p}'"),
+                ));
+            }
+            let ptext = read_at(&pdir.join("set.toml")).map_err(|_| {
+                err(
+                    &set_path,
+                    format!("inherits '{p}', but {} has no set.toml", pdir.display()),
+                )
+            })?;
+            let pset: SetFile =
+                toml::from_str(&ptext).map_err(|e| toml_err(&pdir.join("set.toml"), &ptext, e))?;
+            chain.push(pdir);
+            parent = pset.inherits;
+        }
+        let find = |name: &str| -> Result<(PathBuf, String)> {
+            for d in &chain {
+                let p = d.join(name);
+                if p.is_file() {
+                    return Ok((p.clone(), read_at(&p)?));
+                }
+            }
+            Err(err(
+                &dir.join(name),
+                "missing (not in this set nor in the sets it inherits)",
+            ))
+        };
+        let (states_path, states_text) = find("states.toml")?;
         let states: StatesFile =
             toml::from_str(&states_text).map_err(|e| toml_err(&states_path, &states_text, e))?;
         let states = states.state;
         if states.last().map(|s| s.key.as_str()) != Some("response") {
             return Err(err(&states_path, "the last [[state]] must be `response`"));
         }
-        let mut hasher = Sha256::new();
         let mut files = vec![
-            ("set.toml".to_string(), set_text.clone()),
-            ("states.toml".to_string(), states_text.clone()),
+            ("set.toml".to_string(), set_path.clone(), set_text.clone()),
+            ("states.toml".to_string(), states_path, states_text),
         ];
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_trim_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        for name in TEMPLATES {
-            let (p, text) = read(name)?;
+        let mut names: Vec<&str> = TEMPLATES.to_vec();
+        if set.layout == Layout::Transcript {
+            names.push(TRANSCRIPT_TEMPLATE);
+        }
+        for name in names {
+            let (p, text) = find(name)?;
             env.add_template_owned(name.to_string(), text.clone())
                 .map_err(|e| jinja_err(&p, &e))?;
-            files.push((name.to_string(), text));
+            files.push((name.to_string(), p, text));
         }
-        let (chat_path, chat_text) = read(&set.chat_template)?;
-        files.push((set.chat_template.clone(), chat_text.clone()));
-        for (name, text) in &files {
+        let chat = match &set.chat_template {
+            Some(file) => {
+                let (p, text) = find(file)?;
+                let chat = ChatTemplate::new(&text, &p, "", "<|im_end|>")
+                    .map_err(|e| err(&p, e.to_string()))?;
+                files.push((file.clone(), p, text));
+                Some(chat)
+            }
+            None => None,
+        };
+        let mut hasher = Sha256::new();
+        for (name, _, text) in &files {
             hasher.update(name.as_bytes());
             hasher.update([0]);
             hasher.update(text.as_bytes());
@@ -143,8 +260,6 @@ impl PromptSet {
             .take(6)
             .map(|b| format!("{b:02x}"))
             .collect();
-        let chat = ChatTemplate::new(&chat_text, &chat_path, "", "<|im_end|>")
-            .map_err(|e| err(&chat_path, e.to_string()))?;
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -155,6 +270,11 @@ impl PromptSet {
             description: set.description,
             states,
             chat,
+            layout: set.layout,
+            prefill_tag: set.prefill_tag,
+            response_thinking: set.response_thinking,
+            sampling: set.sampling,
+            files: files.into_iter().map(|(n, p, _)| (n, p)).collect(),
             hash,
             env,
         };
@@ -178,7 +298,31 @@ impl PromptSet {
             ..Default::default()
         }))?;
         self.persona(None)?;
-        self.system("x", &self.states.iter().collect::<Vec<_>>())?;
+        let all: Vec<&StateSpec> = self.states.iter().collect();
+        self.system("x", &all)?;
+        let turns = [
+            ThreadTurn {
+                author: "a".into(),
+                role: "user".into(),
+                text: "x".into(),
+            },
+            ThreadTurn {
+                author: "b".into(),
+                role: "assistant".into(),
+                text: "x".into(),
+            },
+        ];
+        self.thread(&turns)?;
+        self.thread(&[])?;
+        if self.layout == Layout::Transcript {
+            self.task("x", "x", &all)?;
+            self.task("x", "x", &all[..1])?;
+        }
+        for d in &self.states {
+            self.judge(d, "x", "x", &["x", "y"])?;
+        }
+        self.judge_aspects("x", "x", "x")?;
+        self.trace("x", "x", "x")?;
         Ok(())
     }
 
@@ -218,6 +362,57 @@ impl PromptSet {
         self.render(
             "system.jinja",
             serde_json::json!({ "persona": persona, "states": states }),
+        )
+    }
+
+    /// The thread as plain text (`thread.jinja`).
+    pub fn thread(&self, turns: &[ThreadTurn]) -> Result<String> {
+        self.render("thread.jinja", serde_json::json!({ "turns": turns }))
+    }
+
+    /// The single user message of the transcript layout (`task.jinja`).
+    pub fn task(&self, persona: &str, context: &str, states: &[&StateSpec]) -> Result<String> {
+        self.render(
+            TRANSCRIPT_TEMPLATE,
+            serde_json::json!({ "persona": persona, "context": context, "states": states }),
+        )
+    }
+
+    /// The rubric judge prompt: every item of a group scored against the real reply on one
+    /// dimension (`judge.jinja`).
+    pub fn judge(
+        &self,
+        dimension: &StateSpec,
+        context: &str,
+        reference: &str,
+        items: &[&str],
+    ) -> Result<String> {
+        self.render(
+            "judge.jinja",
+            serde_json::json!({
+                "dimension": dimension, "context": context, "reference": reference, "items": items,
+            }),
+        )
+    }
+
+    /// The six-aspect judge prompt: one reply scored on every state dimension
+    /// (`judge_aspects.jinja`).
+    pub fn judge_aspects(&self, context: &str, reference: &str, response: &str) -> Result<String> {
+        let dimensions: Vec<&StateSpec> = self.dimensions().collect();
+        self.render(
+            "judge_aspects.jinja",
+            serde_json::json!({
+                "dimensions": dimensions, "context": context, "reference": reference,
+                "response": response,
+            }),
+        )
+    }
+
+    /// The prompt that asks a judge model for an SFT-think trace (`trace.jinja`).
+    pub fn trace(&self, persona: &str, context: &str, response: &str) -> Result<String> {
+        self.render(
+            "trace.jinja",
+            serde_json::json!({ "persona": persona, "context": context, "response": response }),
         )
     }
 
