@@ -4,6 +4,8 @@
 //! HUMANUAL importer), so unknown fields are refused rather than ignored: a typo in a hand-written
 //! file would otherwise silently drop a persona or a reference reply.
 
+pub mod import;
+
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

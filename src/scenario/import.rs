@@ -1,0 +1,407 @@
+//! HUMANUAL rows → scenario files.
+//!
+//! A HUMANUAL row (the benchmark's Hugging Face datasets, JSONL or Parquet) holds `prompt` (the
+//! thread: a list of `{role, content, metadata}`, turn 0 the post), `completion` (the person's
+//! real reply), `post_id`, `user_id`, `timestamp`, `metadata`, `persona` and `turn_id`. Dumps
+//! differ in whether `prompt`, `metadata` and `persona` are nested values or JSON strings, so
+//! both are accepted.
+
+use super::{Demographics, Domain, Error, Persona, Result, Role, Scenario, Target, Turn};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// One row as read from the file, with where it came from (for error messages).
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// 1-based line (JSONL) or row number (Parquet, JSON array).
+    pub number: usize,
+    pub value: Value,
+}
+
+/// Read every row of a `.jsonl`, `.json` (an array) or `.parquet` file.
+pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "parquet" => read_parquet(path),
+        "jsonl" | "ndjson" => {
+            let text = read_text(path)?;
+            let mut rows = vec![];
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value = serde_json::from_str(line).map_err(|e| Error::File {
+                    path: path.to_path_buf(),
+                    pos: Some((i + 1, e.column())),
+                    msg: format!("not a JSON object: {e}"),
+                })?;
+                rows.push(Row {
+                    number: i + 1,
+                    value,
+                });
+            }
+            Ok(rows)
+        }
+        "json" => {
+            let text = read_text(path)?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| Error::File {
+                path: path.to_path_buf(),
+                pos: Some((e.line(), e.column())),
+                msg: format!("invalid JSON: {e}"),
+            })?;
+            match v {
+                Value::Array(items) => Ok(items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, value)| Row {
+                        number: i + 1,
+                        value,
+                    })
+                    .collect()),
+                _ => Err(Error::at(path, "expected a JSON array of rows")),
+            }
+        }
+        _ => Err(Error::at(
+            path,
+            "unknown format (expected .jsonl, .json or .parquet)",
+        )),
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::at(path, format!("cannot read: {e}")))
+}
+
+fn read_parquet(path: &Path) -> Result<Vec<Row>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::at(path, format!("cannot read: {e}")))?;
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| Error::at(path, format!("not a readable Parquet file: {e}")))?;
+    let iter = reader
+        .get_row_iter(None)
+        .map_err(|e| Error::at(path, format!("cannot read rows: {e}")))?;
+    let mut rows = vec![];
+    for (i, r) in iter.enumerate() {
+        let r = r.map_err(|e| Error::at(path, format!("row {}: {e}", i + 1)))?;
+        rows.push(Row {
+            number: i + 1,
+            value: r.to_json_value(),
+        });
+    }
+    Ok(rows)
+}
+
+/// A value that may arrive as a JSON string holding JSON.
+fn unstring(v: &Value) -> Value {
+    match v {
+        Value::String(s) => {
+            let t = s.trim();
+            if t.starts_with('{') || t.starts_with('[') {
+                serde_json::from_str(t).unwrap_or_else(|_| v.clone())
+            } else {
+                v.clone()
+            }
+        }
+        _ => v.clone(),
+    }
+}
+
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => None,
+        // A completion given as a message (or a list of them).
+        Value::Object(o) => o.get("content").and_then(text_of),
+        Value::Array(a) => a.first().and_then(text_of),
+        Value::Bool(b) => Some(b.to_string()),
+    }
+}
+
+/// A list of strings from a list, a single string, or a newline-separated string.
+fn strings(v: Option<&Value>) -> Vec<String> {
+    match v.map(unstring) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(text_of)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Some(Value::String(s)) => s
+            .lines()
+            .map(|l| l.trim().trim_start_matches("- ").to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// Who wrote a thread message: the first author-like field of its metadata (or of itself).
+fn author_of(msg: &Value) -> Option<String> {
+    const KEYS: [&str; 9] = [
+        "author",
+        "user_id",
+        "username",
+        "user",
+        "name",
+        "commenter",
+        "reviewer",
+        "from",
+        "sender",
+    ];
+    let meta = msg.get("metadata").map(unstring).unwrap_or(Value::Null);
+    for k in KEYS {
+        for src in [&meta, msg] {
+            if let Some(s) = src.get(k).and_then(text_of) {
+                let s = s.trim().to_string();
+                if !s.is_empty() {
+                    return Some(s);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn persona_of(v: Option<&Value>) -> Option<Persona> {
+    let v = unstring(v?);
+    match &v {
+        Value::String(s) if !s.trim().is_empty() => Some(Persona {
+            text: Some(s.trim().to_string()),
+            ..Default::default()
+        }),
+        Value::Object(o) => {
+            let demographics = o.get("demographics").map(unstring).and_then(|d| {
+                let f = |k: &str| {
+                    d.get(k)
+                        .and_then(text_of)
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                };
+                let demo = Demographics {
+                    age_group: f("age_group").or_else(|| f("age")),
+                    gender: f("gender"),
+                    location: f("location"),
+                    occupation: f("occupation"),
+                    nationality: f("nationality"),
+                    other: f("other"),
+                };
+                (demo != Demographics::default()).then_some(demo)
+            });
+            let p = Persona {
+                text: None,
+                demographics,
+                interests: strings(o.get("interests")),
+                values: strings(o.get("values")),
+                communication: strings(o.get("communication")),
+                statistics: strings(o.get("statistics")),
+            };
+            (p != Persona::default()).then_some(p)
+        }
+        _ => None,
+    }
+}
+
+/// Lowercase ASCII letters, digits and dashes, for ids and file names.
+fn slug(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+/// Convert one row; `Err` says why the row cannot become a scenario.
+pub fn row_to_scenario(row: &Row, domain: Domain) -> std::result::Result<Scenario, String> {
+    let v = &row.value;
+    if !v.is_object() {
+        return Err("not a JSON object".into());
+    }
+    let messages = match v.get("prompt").map(unstring) {
+        Some(Value::Array(m)) => m,
+        Some(Value::String(s)) => vec![serde_json::json!({"role": "user", "content": s})],
+        _ => return Err("no `prompt` list".into()),
+    };
+    let user_id = v
+        .get("user_id")
+        .and_then(text_of)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let target_author = user_id.clone().unwrap_or_else(|| "HUMAN".to_string());
+    let mut turns = vec![];
+    for (i, m) in messages.iter().enumerate() {
+        let m = unstring(m);
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        let Some(text) = m.get("content").and_then(text_of) else {
+            return Err(format!("prompt[{i}] has no `content`"));
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        let turn = match role {
+            "assistant" => Turn {
+                author: author_of(&m).unwrap_or_else(|| "assistant".into()),
+                text,
+                role: Role::Assistant,
+            },
+            "user" => Turn {
+                author: author_of(&m).unwrap_or_else(|| {
+                    // Chat rows (WildChat) have unnamed user turns: the person themself.
+                    if domain == Domain::Chat {
+                        target_author.clone()
+                    } else if i == 0 {
+                        "original_poster".into()
+                    } else {
+                        format!("commenter_{i}")
+                    }
+                }),
+                text,
+                role: Role::User,
+            },
+            // A system message is not a thread turn.
+            "system" => continue,
+            other => return Err(format!("prompt[{i}] has unknown role '{other}'")),
+        };
+        turns.push(turn);
+    }
+    if turns.is_empty() {
+        return Err("empty thread".into());
+    }
+    let response = v
+        .get("completion")
+        .and_then(text_of)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let metadata = v.get("metadata").map(unstring).unwrap_or(Value::Null);
+    let title = metadata
+        .get("title")
+        .or_else(|| metadata.get("subject"))
+        .and_then(text_of)
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or_else(|| {
+            let first = turns[0].text.lines().next().unwrap_or_default().trim();
+            let mut t: String = first.chars().take(80).collect();
+            if first.chars().count() > 80 {
+                t.push('…');
+            }
+            t
+        });
+    let post = v.get("post_id").and_then(text_of).unwrap_or_default();
+    let turn_id = v.get("turn_id").and_then(text_of);
+    let key = match (&post, &turn_id) {
+        (p, Some(t)) if !p.is_empty() => format!("{p}-{t}"),
+        (p, None) if !p.is_empty() => format!("{p}-{}", user_id.as_deref().unwrap_or("")),
+        _ => format!("row-{}", row.number),
+    };
+    let id = format!("{}-{}", domain.name(), slug(&key, 48));
+    let mut source = format!("HUMANUAL {}", domain.name());
+    for (label, field) in [
+        ("post", "post_id"),
+        ("user", "user_id"),
+        ("turn", "turn_id"),
+        ("time", "timestamp"),
+    ] {
+        if let Some(x) = v.get(field).and_then(text_of) {
+            source.push_str(&format!(", {label} {x}"));
+        }
+    }
+    let sc = Scenario {
+        id,
+        domain,
+        title: title.trim().to_string(),
+        source: Some(source),
+        persona: persona_of(v.get("persona")),
+        turns,
+        target: Target {
+            author: target_author,
+            response,
+        },
+    };
+    sc.validate(Path::new("<row>")).map_err(|e| {
+        let s = e.to_string();
+        s.split_once(": ").map(|x| x.1.to_string()).unwrap_or(s)
+    })?;
+    Ok(sc)
+}
+
+/// What an import did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub written: Vec<PathBuf>,
+    /// Rows that could not become scenarios: (row number, reason).
+    pub skipped: Vec<(usize, String)>,
+    /// Scenario ids whose file already existed (left alone without `overwrite`).
+    pub existing: Vec<String>,
+}
+
+/// Convert up to `limit` usable rows of `input` into scenario files under `out`. Each file is
+/// written whole (a temporary file renamed into place); existing files are kept unless
+/// `overwrite`.
+pub fn import(
+    input: &Path,
+    domain: Domain,
+    limit: Option<usize>,
+    out: &Path,
+    overwrite: bool,
+) -> Result<Report> {
+    let rows = read_rows(input)?;
+    if rows.is_empty() {
+        return Err(Error::at(input, "no rows"));
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::at(out, format!("cannot create folder: {e}")))?;
+    let mut report = Report::default();
+    let mut ids = std::collections::HashSet::new();
+    for row in &rows {
+        if limit.is_some_and(|l| report.written.len() + report.existing.len() >= l) {
+            break;
+        }
+        let mut sc = match row_to_scenario(row, domain) {
+            Ok(sc) => sc,
+            Err(why) => {
+                report.skipped.push((row.number, why));
+                continue;
+            }
+        };
+        // Two rows of one post and turn (a dump with repeated rows) get distinct ids.
+        if !ids.insert(sc.id.clone()) {
+            sc.id = format!("{}-r{}", sc.id, row.number);
+            ids.insert(sc.id.clone());
+        }
+        let path = out.join(format!("{}.toml", sc.id));
+        if path.exists() && !overwrite {
+            report.existing.push(sc.id);
+            continue;
+        }
+        let text =
+            toml::to_string(&sc).map_err(|e| Error::at(&path, format!("cannot serialise: {e}")))?;
+        let header = format!(
+            "# Imported from {} (row {}) by `humanlm scenarios import`.\n",
+            input.file_name().unwrap_or_default().to_string_lossy(),
+            row.number
+        );
+        // What we write must load back as the same scenario.
+        let back = Scenario::from_toml(&text, &path)?;
+        debug_assert_eq!(back, sc);
+        let tmp = out.join(format!(".{}.toml.tmp", sc.id));
+        std::fs::write(&tmp, format!("{header}{text}"))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::at(&path, format!("cannot write: {e}"))
+            })?;
+        report.written.push(path);
+    }
+    Ok(report)
+}
