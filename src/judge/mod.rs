@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// One group to judge: `items` (n rollouts of one dimension, or n replies) against the real reply.
 #[derive(Debug, Clone, Serialize)]
@@ -124,15 +124,22 @@ impl JudgeConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| {
+            let msg = e.message().trim().replace('\n', " ");
+            // An internally tagged enum loses the span of a field error; find the line of the
+            // field (or value) the message names instead.
             let line = e
                 .span()
-                .map(|s| format!(":{}", text[..s.start].matches('\n').count() + 1))
+                .map(|s| text[..s.start].matches('\n').count() + 1)
+                .or_else(|| {
+                    let name = msg.split('`').nth(1)?;
+                    text.lines().position(|l| {
+                        let l = l.trim_start();
+                        l.starts_with(name) || l.contains(&format!("\"{name}\""))
+                    })
+                })
+                .map(|l| format!(":{}", l + usize::from(e.span().is_none())))
                 .unwrap_or_default();
-            anyhow::anyhow!(
-                "{}{line}: {}",
-                path.display(),
-                e.message().trim().replace('\n', " ")
-            )
+            anyhow::anyhow!("{}{line}: {msg}", path.display())
         })
     }
 
@@ -148,7 +155,7 @@ impl JudgeConfig {
                 let e = embedding::Embedder::load(&dir, &candle_core::Device::Cpu)?;
                 Box::new(EmbeddingJudge {
                     model: model.clone(),
-                    embedder: Mutex::new(e),
+                    embedder: e,
                 })
             }
             JudgeConfig::Lexical { metric } => Box::new(LexicalJudge { metric: *metric }),
@@ -174,7 +181,7 @@ fn resolve_dir(spec: &str, root: &Path) -> PathBuf {
 /// Cosine similarity of each item with the real reply (all-MiniLM-L6-v2 by default).
 pub struct EmbeddingJudge {
     model: String,
-    embedder: Mutex<embedding::Embedder>,
+    embedder: embedding::Embedder,
 }
 
 impl EmbeddingJudge {
@@ -184,7 +191,7 @@ impl EmbeddingJudge {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            embedder: Mutex::new(embedding::Embedder::load(dir, &candle_core::Device::Cpu)?),
+            embedder: embedding::Embedder::load(dir, &candle_core::Device::Cpu)?,
         })
     }
 
@@ -192,11 +199,7 @@ impl EmbeddingJudge {
     pub fn similarities(&self, reference: &str, texts: &[&str]) -> anyhow::Result<Vec<f64>> {
         let mut all = vec![reference];
         all.extend_from_slice(texts);
-        let e = self
-            .embedder
-            .lock()
-            .map_err(|_| anyhow::anyhow!("embedder lock poisoned"))?;
-        let v = e.embed(&all)?;
+        let v = self.embedder.embed(&all)?;
         Ok(v[1..]
             .iter()
             .map(|x| embedding::cosine(&v[0], x) as f64)

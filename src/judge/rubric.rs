@@ -74,7 +74,7 @@ impl RubricJudge {
     }
 
     /// Ask until the reply has a score for each of `n` items, or the attempts run out.
-    fn ask(&self, prompt: &str, n: usize) -> (Option<Vec<(f64, Option<String>)>>, String, String) {
+    fn ask(&self, prompt: &str, n: usize) -> (Option<Vec<ItemScore>>, String, String) {
         let mut last_raw = String::new();
         let mut last_err = String::new();
         for attempt in 0..=self.cfg.retries {
@@ -135,7 +135,7 @@ impl Judge for RubricJudge {
             });
             slot.push(Some(at));
         }
-        let mut judged: Vec<(f64, Option<String>)> = vec![];
+        let mut judged: Vec<ItemScore> = vec![];
         let (mut raw, mut error) = (None, None);
         if !unique.is_empty() {
             let items: Vec<&str> = unique.iter().map(String::as_str).collect();
@@ -200,14 +200,17 @@ impl Judge for RubricJudge {
     }
 }
 
+/// A judged score and the judge's thought about it.
+pub type ItemScore = (f64, Option<String>);
+
 /// Scores (and thoughts) for items 1..=n from a judge reply, or `None` if any is missing.
-pub fn parse_scores(raw: &str, n: usize) -> Option<Vec<(f64, Option<String>)>> {
+pub fn parse_scores(raw: &str, n: usize) -> Option<Vec<ItemScore>> {
     let number = |v: &serde_json::Value| -> Option<f64> {
         v.as_f64()
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
             .filter(|x: &f64| x.is_finite())
     };
-    let mut found: BTreeMap<usize, (f64, Option<String>)> = BTreeMap::new();
+    let mut found: BTreeMap<usize, ItemScore> = BTreeMap::new();
     if let (Some(a), Some(b)) = (raw.find('{'), raw.rfind('}')) {
         if a < b {
             if let Ok(serde_json::Value::Object(o)) = serde_json::from_str(&raw[a..=b]) {
@@ -379,10 +382,7 @@ impl Judge for AspectsJudge {
 }
 
 /// `{"stance": {"score": x, "thought": ...}, ...}` leniently, or `None` if an aspect is missing.
-pub fn parse_aspects(
-    raw: &str,
-    keys: &[String],
-) -> Option<BTreeMap<String, (f64, Option<String>)>> {
+pub fn parse_aspects(raw: &str, keys: &[String]) -> Option<BTreeMap<String, ItemScore>> {
     let mut found = BTreeMap::new();
     if let (Some(a), Some(b)) = (raw.find('{'), raw.rfind('}')) {
         if a < b {
