@@ -1,0 +1,857 @@
+//! `humanlm serve`: an OpenAI-compatible endpoint on loopback, so agent-evaluation harnesses that
+//! speak the OpenAI API can talk to a simulated user.
+//!
+//! Routes: `GET /v1/models` (and `/v1/models/{id}`), `POST /v1/chat/completions`,
+//! `POST /v1/completions`, `GET /health`. Requests and replies are the types of
+//! [`crate::remote::wire`], the same ones our client sends and reads. Beyond OpenAI's parameters
+//! the vLLM extras `top_k`, `min_p`, `repetition_penalty`, `no_repeat_ngram`,
+//! `chat_template_kwargs` and `add_generation_prompt` are accepted; any other parameter with a
+//! non-trivial value is refused with a 400 rather than silently ignored.
+//!
+//! One generation runs at a time: requests are validated and tokenized on the async runtime,
+//! then queued (first come, first served) for a single worker thread that owns the model and
+//! uses every core for one batch; `n` choices of one request do decode together as a batch. A
+//! client that disconnects cancels its generation (or its place in the queue). Ctrl-C or SIGTERM
+//! cancels what runs, refuses what waits, and exits once the open replies are finished.
+
+use crate::generate::{self, Event as GenEvent, Generation, SamplingParams, StopReason};
+use crate::model::chat::Message;
+use crate::model::Model;
+use crate::remote::wire::{
+    ChatChoice, ChatChunk, ChatRequest, ChatResponse, ChunkChoice, CompletionChoice,
+    CompletionRequest, CompletionResponse, Delta, ErrorBody, GenParams, ModelCard, ModelList,
+    Usage,
+};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Most choices one request may ask for (they decode as one batch).
+pub const MAX_N: usize = 16;
+
+/// Serve `model` on `host:port` (port 0: any free port) until Ctrl-C or SIGTERM. Prints
+/// `listening on http://HOST:PORT` on stdout once bound.
+pub fn run(model: Model, host: &str, port: u16) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("serve-io")
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(model, host, port))
+}
+
+async fn serve(model: Model, host: &str, port: u16) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "humanlm: warning: serving on {addr}, reachable from other machines, without authentication"
+        );
+    }
+    let model = Arc::new(model);
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+    let state = Arc::new(Server {
+        id: model.checkpoint.name.clone(),
+        created: now(),
+        model: model.clone(),
+        jobs: jobs_tx,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        current: Arc::new(Mutex::new(None)),
+        counter: AtomicU64::new(0),
+    });
+    let worker = {
+        let shutdown = state.shutdown.clone();
+        let current = state.current.clone();
+        std::thread::Builder::new()
+            .name("serve-generate".into())
+            .spawn(move || worker(&model, jobs_rx, &shutdown, &current))?
+    };
+    let app = Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/health", get(|| async { "ok" }))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route (try /v1/models, /v1/chat/completions or /v1/completions)",
+                "invalid_request_error",
+                None,
+            )
+        })
+        .with_state(state.clone());
+    let signal = shutdown_signal()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+    }
+    eprintln!(
+        "humanlm: serving {} ({} tokens of context); one generation at a time, Ctrl-C stops",
+        state.id,
+        state.model.decoder.max_positions()
+    );
+    let stopping = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            signal.await;
+            eprintln!("humanlm: shutting down");
+            stopping.shutdown.store(true, Ordering::SeqCst);
+            if let Some(c) = stopping
+                .current
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                c.store(true, Ordering::SeqCst);
+            }
+        })
+        .await?;
+    // The router (and its senders) are gone once `serve` returns; dropping ours ends the worker.
+    drop(state);
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the generation worker panicked"))?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal sent right after the "listening" line is not missed.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+struct Server {
+    /// The model id clients must name: the checkpoint's name.
+    id: String,
+    created: u64,
+    model: Arc<Model>,
+    /// The queue to the worker (unbounded: sending never blocks).
+    jobs: std::sync::mpsc::Sender<Job>,
+    shutdown: Arc<AtomicBool>,
+    /// The cancel flag of the generation running now.
+    current: Arc<Mutex<Option<Arc<AtomicBool>>>>,
+    counter: AtomicU64,
+}
+
+type Shared = State<Arc<Server>>;
+
+impl Server {
+    fn request_id(&self, prefix: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:012x}{n:04x}", rand::random::<u64>() >> 16)
+    }
+
+    fn card(&self) -> ModelCard {
+        ModelCard {
+            id: self.id.clone(),
+            object: "model".into(),
+            created: self.created,
+            owned_by: "humanlm".into(),
+        }
+    }
+
+    fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if model.is_empty() {
+            return Err(ApiError::bad("you must provide a model parameter"));
+        }
+        if model != self.id {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "The model `{model}` does not exist; this server serves `{}`",
+                    self.id
+                ),
+                "invalid_request_error",
+                Some("model_not_found"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Queue a generation; its events arrive on the returned receiver, ending with `Done`.
+    fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<(mpsc::UnboundedReceiver<WorkEvent>, CancelOnDrop), ApiError> {
+        if self.shutdown.load(Ordering::SeqCst) {
+            return Err(shutting_down());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            prompt,
+            params,
+            events: tx,
+            cancel: cancel.clone(),
+        };
+        self.jobs.send(job).map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the generation worker has stopped",
+                "server_error",
+                None,
+            )
+        })?;
+        Ok((rx, CancelOnDrop(cancel)))
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server is shutting down",
+        "server_error",
+        None,
+    )
+}
+
+/// An OpenAI-style error reply.
+struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>, kind: &str, code: Option<&str>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody::new(msg, kind, code),
+        }
+    }
+
+    fn bad(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, msg, "invalid_request_error", None)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// A generation for the worker.
+struct Job {
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    events: mpsc::UnboundedSender<WorkEvent>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// What the worker reports about a job.
+enum WorkEvent {
+    Text { sample: usize, delta: String },
+    Finished { sample: usize, reason: StopReason },
+    Done(Result<Generation, String>),
+}
+
+/// Cancels the job when the request goes away (client disconnected, reply finished).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The one thread that generates: jobs run in arrival order, each with all cores.
+fn worker(
+    model: &Model,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    shutdown: &AtomicBool,
+    current: &Mutex<Option<Arc<AtomicBool>>>,
+) {
+    for job in jobs {
+        if job.cancel.load(Ordering::SeqCst) || job.events.is_closed() {
+            continue; // the client left while waiting
+        }
+        if shutdown.load(Ordering::SeqCst) {
+            let _ = job
+                .events
+                .send(WorkEvent::Done(Err("the server is shutting down".into())));
+            continue;
+        }
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(job.cancel.clone());
+        let t0 = Instant::now();
+        let cancel = &job.cancel;
+        let events = &job.events;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            generate::generate(model, &job.prompt, &job.params, Some(cancel), &mut |ev| {
+                let msg = match ev {
+                    GenEvent::Text { sample, delta } => WorkEvent::Text {
+                        sample,
+                        delta: delta.to_string(),
+                    },
+                    GenEvent::Finished { sample, reason } => WorkEvent::Finished { sample, reason },
+                };
+                if events.send(msg).is_err() {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            })
+        }));
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let result = match result {
+            Ok(Ok(g)) => {
+                let new: usize = g.samples.iter().map(|s| s.tokens).sum();
+                eprintln!(
+                    "humanlm: {} prompt + {new} new tokens, {} choice(s), {:.2} s{}",
+                    g.prompt_tokens,
+                    g.samples.len(),
+                    t0.elapsed().as_secs_f64(),
+                    if cancel.load(Ordering::SeqCst) {
+                        " (cancelled)"
+                    } else {
+                        ""
+                    }
+                );
+                Ok(g)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("generation panicked".to_string()),
+        };
+        let _ = job.events.send(WorkEvent::Done(result));
+    }
+}
+
+async fn list_models(State(s): Shared) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![s.card()],
+    })
+}
+
+async fn get_model(State(s): Shared, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
+    s.check_model(&id)?;
+    Ok(Json(s.card()))
+}
+
+/// Parse a JSON body into `T`, as a 400 on failure.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad(
+            "the request body is empty (expected a JSON object)",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
+}
+
+/// Refuse parameters we do not implement, unless their value asks for nothing (null, false, 0,
+/// "", [], {}); a few that only label a request are accepted as they are.
+fn check_extra(extra: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    use serde_json::Value;
+    const LABELS: &[&str] = &[
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "parallel_tool_calls",
+    ];
+    for (k, v) in extra {
+        let trivial = match v {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::Number(n) => n.as_f64() == Some(0.0),
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+        };
+        let harmless = LABELS.contains(&k.as_str())
+            || (k == "response_format" && v.get("type") == Some(&Value::from("text")))
+            || (k == "best_of" && v.as_u64() == Some(1));
+        if !(trivial || harmless) {
+            return Err(ApiError::bad(format!(
+                "parameter `{k}` is not supported by humanlm serve"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// OpenAI's parameters as our sampling parameters, checked against the prompt and context.
+fn sampling(
+    p: &GenParams,
+    prompt_tokens: usize,
+    context: usize,
+) -> Result<SamplingParams, ApiError> {
+    if prompt_tokens == 0 {
+        return Err(ApiError::bad("the prompt is empty"));
+    }
+    if prompt_tokens >= context {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the prompt is {prompt_tokens} tokens long, but the model's context is {context} tokens (and at least one new token must fit)"
+            ),
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+        ));
+    }
+    let room = context - prompt_tokens;
+    // Past the context, generation stops there with finish_reason `length`.
+    let max_new_tokens = p.max_new_tokens().unwrap_or(room);
+    if max_new_tokens == 0 {
+        return Err(ApiError::bad("max_tokens must be at least 1"));
+    }
+    let n = p.n.unwrap_or(1);
+    if n == 0 || n > MAX_N {
+        return Err(ApiError::bad(format!("n must be between 1 and {MAX_N}")));
+    }
+    let params = SamplingParams {
+        max_new_tokens,
+        temperature: p.temperature.unwrap_or(1.0),
+        top_p: p.top_p.unwrap_or(1.0),
+        top_k: p.top_k.unwrap_or(0),
+        min_p: p.min_p.unwrap_or(0.0),
+        seed: p.seed.unwrap_or_else(rand::random),
+        repetition_penalty: p.repetition_penalty.unwrap_or(1.0),
+        no_repeat_ngram: p.no_repeat_ngram.unwrap_or(0),
+        stop: p.stop.clone().unwrap_or_default(),
+        keep_stop: false,
+        n,
+        ignore_eos: false,
+    };
+    params
+        .validate()
+        .map_err(|e| ApiError::bad(format!("invalid sampling parameters: {e}")))?;
+    Ok(params)
+}
+
+/// OpenAI knows `stop` and `length`: end of sequence and stop strings are `stop`; the token
+/// limit, the context's end and a cancellation (client gone, server stopping) are `length`.
+fn finish_reason(r: &StopReason) -> &'static str {
+    match r {
+        StopReason::Eos | StopReason::Stop => "stop",
+        StopReason::Length | StopReason::Context | StopReason::Cancelled => "length",
+    }
+}
+
+fn usage(g: &Generation) -> Usage {
+    let completion: usize = g.samples.iter().map(|s| s.tokens).sum();
+    Usage {
+        prompt_tokens: g.prompt_tokens,
+        completion_tokens: completion,
+        total_tokens: g.prompt_tokens + completion,
+    }
+}
+
+fn server_error(msg: String) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("generation failed: {msg}"),
+        "server_error",
+        None,
+    )
+}
+
+/// Wait for a queued job to finish (non-streaming replies).
+async fn finish(mut rx: mpsc::UnboundedReceiver<WorkEvent>) -> Result<Generation, ApiError> {
+    while let Some(ev) = rx.recv().await {
+        if let WorkEvent::Done(r) = ev {
+            return r.map_err(|e| {
+                if e.contains("shutting down") {
+                    shutting_down()
+                } else {
+                    server_error(e)
+                }
+            });
+        }
+    }
+    Err(server_error("the worker stopped".into()))
+}
+
+async fn chat_completions(State(s): Shared, body: Bytes) -> Response {
+    match chat_inner(s, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn chat_inner(s: Arc<Server>, body: &[u8]) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(body)?;
+    s.check_model(&req.model)?;
+    check_extra(&req.extra)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::bad("messages must hold at least one message"));
+    }
+    let messages: Vec<Message> = req
+        .messages
+        .iter()
+        .map(|m| Message {
+            // OpenAI's newer name for the system role; chat templates know `system`.
+            role: if m.role == "developer" {
+                "system".into()
+            } else {
+                m.role.clone()
+            },
+            content: m.content.clone(),
+            name: m.name.clone(),
+        })
+        .collect();
+    let kwargs = serde_json::Value::Object(req.chat_template_kwargs.clone().unwrap_or_default());
+    let text = s
+        .model
+        .chat
+        .render(
+            &messages,
+            req.add_generation_prompt.unwrap_or(true),
+            &kwargs,
+        )
+        .map_err(|e| ApiError::bad(format!("cannot apply the chat template: {e}")))?;
+    let ids = s
+        .model
+        .tokenizer
+        .encode_rendered(&text)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let params = sampling(&req.params, ids.len(), s.model.decoder.max_positions())?;
+    let n = params.n;
+    let (rx, guard) = s.submit(ids, params)?;
+    let id = s.request_id("chatcmpl");
+    let created = now();
+    if req.stream {
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let st = StreamState {
+            rx,
+            _guard: guard,
+            kind: StreamKind::Chat,
+            id,
+            created,
+            model: s.id.clone(),
+            n,
+            include_usage,
+            pending: VecDeque::new(),
+            started: false,
+            ended: false,
+        };
+        return Ok(sse(st));
+    }
+    let g = finish(rx).await?;
+    drop(guard);
+    let resp = ChatResponse {
+        id,
+        object: "chat.completion".into(),
+        created,
+        model: s.id.clone(),
+        usage: Some(usage(&g)),
+        choices: g
+            .samples
+            .into_iter()
+            .enumerate()
+            .map(|(index, sm)| ChatChoice {
+                index,
+                message: Message::new("assistant", &sm.text),
+                finish_reason: Some(finish_reason(&sm.stop_reason).into()),
+            })
+            .collect(),
+    };
+    Ok(Json(resp).into_response())
+}
+
+async fn completions(State(s): Shared, body: Bytes) -> Response {
+    match completions_inner(s, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions_inner(s: Arc<Server>, body: &[u8]) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(body)?;
+    s.check_model(&req.model)?;
+    check_extra(&req.extra)?;
+    let ids = s
+        .model
+        .tokenizer
+        .encode_raw(&req.prompt)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let params = sampling(&req.params, ids.len(), s.model.decoder.max_positions())?;
+    let n = params.n;
+    let (rx, guard) = s.submit(ids, params)?;
+    let id = s.request_id("cmpl");
+    let created = now();
+    if req.stream {
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let st = StreamState {
+            rx,
+            _guard: guard,
+            kind: StreamKind::Completion,
+            id,
+            created,
+            model: s.id.clone(),
+            n,
+            include_usage,
+            pending: VecDeque::new(),
+            started: false,
+            ended: false,
+        };
+        return Ok(sse(st));
+    }
+    let g = finish(rx).await?;
+    drop(guard);
+    let resp = CompletionResponse {
+        id,
+        object: "text_completion".into(),
+        created,
+        model: s.id.clone(),
+        usage: Some(usage(&g)),
+        choices: g
+            .samples
+            .into_iter()
+            .enumerate()
+            .map(|(index, sm)| CompletionChoice {
+                index,
+                text: sm.text,
+                finish_reason: Some(finish_reason(&sm.stop_reason).into()),
+                logprobs: None,
+            })
+            .collect(),
+    };
+    Ok(Json(resp).into_response())
+}
+
+#[derive(Clone, Copy)]
+enum StreamKind {
+    Chat,
+    Completion,
+}
+
+/// A streamed reply being written: turns worker events into server-sent events.
+struct StreamState {
+    rx: mpsc::UnboundedReceiver<WorkEvent>,
+    /// Dropped with the stream: a client that hangs up cancels the generation.
+    _guard: CancelOnDrop,
+    kind: StreamKind,
+    id: String,
+    created: u64,
+    model: String,
+    n: usize,
+    include_usage: bool,
+    pending: VecDeque<SseEvent>,
+    started: bool,
+    ended: bool,
+}
+
+fn sse(st: StreamState) -> Response {
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        let ev = st.next_event().await?;
+        Some((Ok::<_, std::convert::Infallible>(ev), st))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+impl StreamState {
+    fn data<T: serde::Serialize>(v: &T) -> SseEvent {
+        SseEvent::default().data(serde_json::to_string(v).unwrap_or_else(|e| {
+            format!(r#"{{"error": {{"message": "cannot serialize a chunk: {e}"}}}}"#)
+        }))
+    }
+
+    fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> SseEvent {
+        Self::data(&ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        })
+    }
+
+    fn text_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> SseEvent {
+        Self::data(&CompletionResponse {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        })
+    }
+
+    /// A chunk for one choice: new text, or (with `finish`) its end.
+    fn choice_chunk(&self, index: usize, text: Option<String>, finish: Option<&str>) -> SseEvent {
+        match self.kind {
+            StreamKind::Chat => self.chat_chunk(
+                vec![ChunkChoice {
+                    index,
+                    delta: Delta {
+                        role: None,
+                        content: text,
+                    },
+                    finish_reason: finish.map(str::to_string),
+                }],
+                None,
+            ),
+            StreamKind::Completion => self.text_chunk(
+                vec![CompletionChoice {
+                    index,
+                    text: text.unwrap_or_default(),
+                    finish_reason: finish.map(str::to_string),
+                    logprobs: None,
+                }],
+                None,
+            ),
+        }
+    }
+
+    fn end(&mut self, last: Option<SseEvent>) {
+        self.pending.extend(last);
+        self.pending.push_back(SseEvent::default().data("[DONE]"));
+        self.ended = true;
+    }
+
+    async fn next_event(&mut self) -> Option<SseEvent> {
+        if !self.started {
+            self.started = true;
+            if let StreamKind::Chat = self.kind {
+                // The first chunk names the role of every choice, as OpenAI's does.
+                let choices = (0..self.n)
+                    .map(|index| ChunkChoice {
+                        index,
+                        delta: Delta {
+                            role: Some("assistant".into()),
+                            content: Some(String::new()),
+                        },
+                        finish_reason: None,
+                    })
+                    .collect();
+                return Some(self.chat_chunk(choices, None));
+            }
+        }
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(ev);
+            }
+            if self.ended {
+                return None;
+            }
+            match self.rx.recv().await {
+                Some(WorkEvent::Text { sample, delta }) => {
+                    return Some(self.choice_chunk(sample, Some(delta), None));
+                }
+                Some(WorkEvent::Finished { sample, reason }) => {
+                    let text = match self.kind {
+                        StreamKind::Chat => None,
+                        StreamKind::Completion => Some(String::new()),
+                    };
+                    return Some(self.choice_chunk(sample, text, Some(finish_reason(&reason))));
+                }
+                Some(WorkEvent::Done(Ok(g))) => {
+                    let last = self.include_usage.then(|| {
+                        let u = Some(usage(&g));
+                        match self.kind {
+                            StreamKind::Chat => self.chat_chunk(vec![], u),
+                            StreamKind::Completion => self.text_chunk(vec![], u),
+                        }
+                    });
+                    self.end(last);
+                }
+                Some(WorkEvent::Done(Err(e))) => {
+                    let err =
+                        ErrorBody::new(format!("generation failed: {e}"), "server_error", None);
+                    self.end(Some(Self::data(&err)));
+                }
+                None => {
+                    let err = ErrorBody::new("the generation worker stopped", "server_error", None);
+                    self.end(Some(Self::data(&err)));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_defaults_and_bounds() {
+        let p = sampling(&GenParams::default(), 10, 100).ok().unwrap();
+        assert_eq!(p.max_new_tokens, 90, "default: the rest of the context");
+        assert_eq!(p.temperature, 1.0, "OpenAI's default temperature");
+        assert!(sampling(&GenParams::default(), 100, 100).is_err());
+        let bad = |g: GenParams| sampling(&g, 10, 100).err().unwrap().body.error.message;
+        assert!(bad(GenParams {
+            temperature: Some(-1.0),
+            ..Default::default()
+        })
+        .contains("temperature"));
+        assert!(bad(GenParams {
+            n: Some(MAX_N + 1),
+            ..Default::default()
+        })
+        .contains("n must be"));
+        assert!(bad(GenParams {
+            max_tokens: Some(0),
+            ..Default::default()
+        })
+        .contains("max_tokens"));
+        let p = sampling(
+            &GenParams {
+                max_tokens: Some(5),
+                max_completion_tokens: Some(7),
+                seed: Some(3),
+                ..Default::default()
+            },
+            10,
+            100,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!((p.max_new_tokens, p.seed), (7, 3));
+    }
+
+    #[test]
+    fn extra_parameters() {
+        let m = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert!(check_extra(&m(serde_json::json!({
+            "user": "x", "frequency_penalty": 0, "logprobs": false, "tools": [],
+            "response_format": {"type": "text"}
+        })))
+        .is_ok());
+        let e = check_extra(&m(serde_json::json!({"presence_penalty": 0.5})))
+            .err()
+            .unwrap();
+        assert!(e.body.error.message.contains("presence_penalty"));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+}
