@@ -41,6 +41,23 @@ enum Command {
     Simulate(SimulateArgs),
     /// Serve the checkpoint as an OpenAI-compatible endpoint (one generation at a time).
     Serve(ServeArgs),
+    /// Simulate and judge every scenario with a reference reply; write a run folder.
+    Eval(EvalArgs),
+    /// List evaluation runs.
+    Runs {
+        /// The folder runs are written to.
+        #[arg(long, default_value = "runs")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Paired per-metric differences (B − A) between two runs, with 95% intervals and win rates.
+    Compare {
+        run_a: PathBuf,
+        run_b: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// List thread scenarios (or `check` them).
     #[command(args_conflicts_with_subcommands = true)]
     Scenarios {
@@ -60,6 +77,25 @@ enum ScenarioAction {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Convert HUMANUAL rows (JSONL, JSON array or Parquet) into scenario files.
+    Import {
+        /// The rows: .jsonl, .json or .parquet.
+        file: PathBuf,
+        /// opinion, politics, news, book, chat or email.
+        #[arg(long)]
+        domain: String,
+        /// Convert at most this many rows.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Folder for the scenario files (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace scenario files that already exist.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -174,34 +210,28 @@ struct SimSamplingArgs {
 
 impl SimSamplingArgs {
     fn params(&self, set: &crate::prompts::PromptSet) -> SamplingParams {
-        let d = &set.sampling;
-        SamplingParams {
-            max_new_tokens: self.max_tokens.unwrap_or(usize::MAX),
-            temperature: self.temperature.or(d.temperature).unwrap_or(0.4),
-            top_p: self.top_p,
-            seed: self.seed,
-            repetition_penalty: self
-                .repetition_penalty
-                .or(d.repetition_penalty)
-                .unwrap_or(1.0),
-            no_repeat_ngram: self.no_repeat_ngram.or(d.no_repeat_ngram).unwrap_or(4),
+        crate::sim::SamplingChoice {
             n: self.n,
-            ..Default::default()
+            seed: self.seed,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram: self.no_repeat_ngram,
+            max_tokens: self.max_tokens,
         }
+        .params(set)
     }
 }
 
 /// The prompt set a command uses: the one named, else the checkpoint's, else the default.
 fn prompt_set(
     named: Option<&str>,
-    ckpt: &Checkpoint,
+    default: Option<String>,
 ) -> anyhow::Result<crate::prompts::PromptSet> {
-    let name = match named {
-        Some(n) => n.to_string(),
-        None => ckpt
-            .default_prompt_set()?
-            .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string()),
-    };
+    let name = named
+        .map(str::to_string)
+        .or(default)
+        .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
     Ok(crate::prompts::PromptSet::load(
         &name,
         &crate::prompts::default_root(),
@@ -218,6 +248,41 @@ struct ServeArgs {
     /// Address to listen on; anything but loopback exposes the model without authentication.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Checkpoint name or path (repeat to evaluate several on the same scenarios).
+    #[arg(long, required = true)]
+    checkpoint: Vec<String>,
+    /// A scenario file or a folder of them.
+    #[arg(long, default_value = "scenarios")]
+    scenarios: PathBuf,
+    #[arg(long, value_enum, default_value = "humanlm")]
+    mode: crate::sim::Mode,
+    /// Prompt set for every checkpoint (default: each checkpoint's own).
+    #[arg(long)]
+    prompts: Option<String>,
+    /// Judge configuration file (default: embedding similarity, which needs no key).
+    #[arg(long)]
+    judge: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The method's evaluation temperature.
+    #[arg(long, default_value_t = 0.4)]
+    temperature: f32,
+    /// Cap every call's new tokens below its state's limit.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    #[arg(long, value_enum, default_value = "none")]
+    truncate: crate::sim::Truncate,
+    /// Folder the run folder is created in.
+    #[arg(long, default_value = "runs")]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -262,6 +327,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => {
             crate::serve::run(load(&root, &args.rt)?, &args.host, args.port)
         }
+        Some(Command::Eval(args)) => eval_cmd(&root, args),
+        Some(Command::Runs { dir, json }) => runs_cmd(&dir, json),
+        Some(Command::Compare { run_a, run_b, json }) => compare_cmd(&run_a, &run_b, json),
         Some(Command::Scenarios {
             action: None,
             path,
@@ -271,6 +339,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             action: Some(ScenarioAction::Check { paths }),
             ..
         }) => check_scenarios(&paths),
+        Some(Command::Scenarios {
+            action:
+                Some(ScenarioAction::Import {
+                    file,
+                    domain,
+                    limit,
+                    out,
+                    force,
+                    json,
+                }),
+            ..
+        }) => import_scenarios(&file, &domain, limit, &out, force, json),
     }
 }
 
@@ -697,12 +777,73 @@ fn check_scenarios(paths: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn import_scenarios(
+    file: &std::path::Path,
+    domain: &str,
+    limit: Option<usize>,
+    out: &std::path::Path,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::scenario::Domain;
+    let Some(domain) = Domain::parse(domain) else {
+        anyhow::bail!(
+            "unknown domain '{domain}' (expected one of: {})",
+            Domain::ALL.map(|d| d.name()).join(", ")
+        );
+    };
+    let report = crate::scenario::import::import(file, domain, limit, out, force)?;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        for (row, why) in &report.skipped {
+            writeln!(stdout, "{}: row {row} skipped: {why}", file.display())?;
+        }
+        writeln!(
+            stdout,
+            "wrote {} scenarios to {}{}{}",
+            report.written.len(),
+            out.display(),
+            if report.skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped {} rows", report.skipped.len())
+            },
+            if report.existing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; kept {} existing files (--force replaces them)",
+                    report.existing.len()
+                )
+            }
+        )?;
+    }
+    if report.written.is_empty() && report.existing.is_empty() {
+        anyhow::bail!("{}: no row could be converted", file.display());
+    }
+    Ok(())
+}
+
 fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
-    use crate::sim::{simulate, Options, SimEvent};
+    use crate::sim::{simulate_with, Options, SimEvent, Simulator};
     let scenario = crate::scenario::find(&a.scenario, std::path::Path::new("scenarios"))?.scenario;
-    let ckpt = Checkpoint::resolve(&a.rt.checkpoint, root)?;
-    let set = prompt_set(a.prompts.as_deref(), &ckpt)?;
-    let model = load(root, &a.rt)?;
+    // Resolve the checkpoint (cheap) before loading weights, so a bad set fails fast.
+    let default_set = match crate::remote::Endpoint::parse_spec(&a.rt.checkpoint) {
+        Some(_) => None,
+        None => Checkpoint::resolve(&a.rt.checkpoint, root)?.default_prompt_set()?,
+    };
+    let set = prompt_set(a.prompts.as_deref(), default_set)?;
+    set_threads(a.rt.threads);
+    let sim = Simulator::open(
+        &a.rt.checkpoint,
+        root,
+        &LoadOptions {
+            device: parse_device(&a.rt.device)?,
+            ..Default::default()
+        },
+    )?;
     let opts = Options {
         mode: a.mode,
         params: a.sampling.params(&set),
@@ -716,13 +857,13 @@ fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
             stdout,
             "\x1b[2m{} · {} · prompt set {} ({}) · {} mode\x1b[0m",
             scenario.id,
-            model.checkpoint.name,
+            sim.name(),
             set.name,
             set.hash,
             serde_json::to_value(a.mode)?.as_str().unwrap_or_default()
         )?;
     }
-    let (plan, samples) = simulate(&model, &set, &scenario, &opts, None, &mut |e| {
+    let (plan, samples) = simulate_with(sim.engine(), &set, &scenario, &opts, None, &mut |e| {
         if !stream || io_err.is_some() {
             return;
         }
@@ -734,11 +875,9 @@ fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
                     call.name, call.prompt_tokens, call.prompt
                 )
             }
-            SimEvent::CallStarted { call } => write!(
-                stdout,
-                "\n\x1b[1m{}\x1b[0m: {}",
-                call.name, call.prefill
-            ),
+            SimEvent::CallStarted { call } => {
+                write!(stdout, "\n\x1b[1m{}\x1b[0m: {}", call.name, call.prefill)
+            }
             SimEvent::Text {
                 sample: 0, delta, ..
             } => write!(stdout, "{delta}"),
@@ -755,7 +894,7 @@ fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
     if a.json {
         let mut v = serde_json::json!({
             "scenario": scenario.id,
-            "checkpoint": model.checkpoint.name,
+            "checkpoint": sim.name(),
             "mode": a.mode,
             "prompt_set": set.name,
             "prompt_hash": set.hash,
@@ -797,6 +936,167 @@ fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
                 set.hash
             )?;
         }
+    }
+    Ok(())
+}
+
+fn eval_cmd(root: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
+    use crate::eval::{self, EvalSpec, Progress};
+    let judge = match &a.judge {
+        Some(p) => crate::judge::JudgeConfig::read(p)?,
+        None => crate::judge::JudgeConfig::default_config(),
+    };
+    let spec = EvalSpec {
+        checkpoints: a.checkpoint.clone(),
+        scenarios: a.scenarios.clone(),
+        mode: a.mode,
+        prompts: a.prompts.clone(),
+        judge,
+        n: a.n,
+        seed: a.seed,
+        temperature: a.temperature,
+        max_tokens: a.max_tokens,
+        truncate: a.truncate,
+        out: a.out.clone(),
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} scenarios · ETA {eta} · {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut skipped = vec![];
+    let dir = eval::run(&spec, root, None, &mut |p| match p {
+        Progress::Started { total, resumed } => {
+            bar.set_length(total as u64);
+            bar.set_position(resumed as u64);
+            // ETA from this session's pace, not from the resumed part.
+            bar.reset_eta();
+            if resumed > 0 {
+                bar.println(format!("resuming: {resumed} of {total} already done"));
+            }
+        }
+        Progress::Loading { checkpoint } => bar.set_message(format!("loading {checkpoint}")),
+        Progress::Scenario {
+            checkpoint,
+            scenario,
+        } => bar.set_message(format!("{checkpoint} · {scenario}")),
+        Progress::Done { .. } => bar.inc(1),
+        Progress::Skipped { scenario, why } => skipped.push(format!("{scenario} ({why})")),
+    });
+    bar.finish_and_clear();
+    let dir = dir?;
+    let summary: crate::eval::Summary =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        return Ok(());
+    }
+    if !skipped.is_empty() {
+        writeln!(
+            out,
+            "skipped {} scenarios without a reference reply: {}",
+            skipped.len(),
+            skipped.join(", ")
+        )?;
+    }
+    writeln!(out, "run {}", dir.display())?;
+    for c in &summary.checkpoints {
+        writeln!(out, "\n{} · {} scenarios", c.checkpoint, c.n_scenarios)?;
+        let mut keys: Vec<&String> = c.metrics.keys().collect();
+        keys.sort_by_key(|k| crate::eval::metric_order(k));
+        for k in keys {
+            let m = &c.metrics[k];
+            writeln!(
+                out,
+                "  {:<22} {:>6.1}  [{:>5.1}, {:>5.1}]",
+                k, m.mean, m.ci95[0], m.ci95[1]
+            )?;
+        }
+        let d = &c.diagnostics;
+        writeln!(
+            out,
+            "  format valid {:.0}% · length ×{:.2} of the real reply · distinct-2 {:.2} · assistant-speak {:.0}% · context copy {:.0}% · judge failures {}",
+            d.valid_rate * 100.0,
+            d.length_ratio,
+            d.distinct_2,
+            d.assistant_speak_rate * 100.0,
+            d.context_copy_rate * 100.0,
+            d.judge_failures
+        )?;
+    }
+    Ok(())
+}
+
+fn runs_cmd(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let runs = crate::eval::list_runs(dir);
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&runs)?)?;
+        return Ok(());
+    }
+    if runs.is_empty() {
+        writeln!(out, "no runs in {}", dir.display())?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<48} {:<20} {:<8} {:<22} {:>7}  RESPONSE",
+        "RUN", "CREATED", "MODE", "JUDGE", "SAMPLES"
+    )?;
+    for r in runs {
+        let resp: Vec<String> = r
+            .response
+            .iter()
+            .map(|(c, v)| format!("{c} {v:.1}"))
+            .collect();
+        writeln!(
+            out,
+            "{:<48} {:<20} {:<8} {:<22} {:>7}  {}{}",
+            r.id,
+            r.created,
+            r.mode,
+            r.judge,
+            r.samples,
+            resp.join(", "),
+            if r.complete { "" } else { " (incomplete)" }
+        )?;
+    }
+    Ok(())
+}
+
+fn compare_cmd(a: &std::path::Path, b: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let c = crate::eval::compare(a, b, 0)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&c)?)?;
+        return Ok(());
+    }
+    writeln!(out, "A: {} ({})", c.a, c.checkpoint_a)?;
+    writeln!(out, "B: {} ({})", c.b, c.checkpoint_b)?;
+    writeln!(
+        out,
+        "{:<22} {:>7} {:>7} {:>8}  {:<16} {:>6}  {:>5}",
+        "METRIC", "A", "B", "B−A", "95% CI", "B WINS", "N"
+    )?;
+    let mut keys: Vec<&String> = c.metrics.keys().collect();
+    keys.sort_by_key(|k| crate::eval::metric_order(k));
+    for k in keys {
+        let m = &c.metrics[k];
+        writeln!(
+            out,
+            "{:<22} {:>7.1} {:>7.1} {:>+8.1}  [{:>+6.1}, {:>+6.1}] {:>5.0}%  {:>5}",
+            k,
+            m.a,
+            m.b,
+            m.diff.mean,
+            m.diff.ci95[0],
+            m.diff.ci95[1],
+            m.win_rate_b * 100.0,
+            m.diff.n
+        )?;
     }
     Ok(())
 }

@@ -228,19 +228,30 @@ pub fn run(
         );
     }
     let prompts_root = crate::prompts::default_root();
+    // Each checkpoint: a local one (resolved now, loaded when its turn comes) or an endpoint.
     let mut resolved = vec![];
     for name in &spec.checkpoints {
-        let ckpt = Checkpoint::resolve(name, checkpoints_root)?;
-        let set_name = match &spec.prompts {
-            Some(p) => p.clone(),
-            None => ckpt
-                .default_prompt_set()?
-                .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string()),
+        let ckpt = match crate::remote::Endpoint::parse_spec(name) {
+            Some(_) => None,
+            None => Some(Checkpoint::resolve(name, checkpoints_root)?),
         };
+        let own = match &ckpt {
+            Some(c) => c.default_prompt_set()?,
+            None => None,
+        };
+        let set_name = spec
+            .prompts
+            .clone()
+            .or(own)
+            .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
         let set = Arc::new(PromptSet::load(&set_name, &prompts_root)?);
-        resolved.push((ckpt, set));
+        let label = ckpt
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or(name.clone());
+        resolved.push((name.clone(), label, ckpt, set));
     }
-    let judge = spec.judge.build(checkpoints_root, resolved[0].1.clone())?;
+    let judge = spec.judge.build(checkpoints_root, resolved[0].3.clone())?;
     // Embedding similarity of the reply is always reported when the embedder is present.
     let embedder_dir = checkpoints_root.join(crate::judge::embedding::DEFAULT_EMBEDDER);
     let embedder = crate::judge::EmbeddingJudge::load(&embedder_dir).ok();
@@ -259,12 +270,13 @@ pub fn run(
             "hash": scenario_hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect::<String>(),
         },
         "judge": {"name": judge.name(), "config": spec.judge, "resolved": judge.config()},
-        "checkpoints": resolved.iter().map(|(c, set)| serde_json::json!({
-            "name": c.name,
-            "path": c.path,
-            "fingerprint": fingerprint(&c.path),
-            "adapter": match &c.kind {
-                crate::model::checkpoint::CheckpointKind::Adapter { base, .. } =>
+        "checkpoints": resolved.iter().map(|(spec, label, c, set)| serde_json::json!({
+            "name": label,
+            "spec": spec,
+            "path": c.as_ref().map(|c| c.path.clone()),
+            "fingerprint": c.as_ref().map(|c| fingerprint(&c.path)).unwrap_or_else(|| spec.clone()),
+            "adapter": match c.as_ref().map(|c| &c.kind) {
+                Some(crate::model::checkpoint::CheckpointKind::Adapter { base, .. }) =>
                     serde_json::json!({"base": base.name, "base_fingerprint": fingerprint(&base.path)}),
                 _ => serde_json::Value::Null,
             },
@@ -341,18 +353,18 @@ pub fn run(
         .append(true)
         .open(&samples_path)
         .map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", samples_path.display()))?;
-    for (ckpt, set) in &resolved {
+    for (spec_name, name, _, set) in &resolved {
         let todo: Vec<&Scenario> = scenarios
             .iter()
-            .filter(|s| !complete.contains(&(ckpt.name.clone(), s.id.clone())))
+            .filter(|s| !complete.contains(&(name.clone(), s.id.clone())))
             .collect();
         if todo.is_empty() {
             continue;
         }
         progress(Progress::Loading {
-            checkpoint: ckpt.name.clone(),
+            checkpoint: name.clone(),
         });
-        let model = ckpt.load(&LoadOptions::default())?;
+        let simulator = sim::Simulator::open(spec_name, checkpoints_root, &LoadOptions::default())?;
         let d = &set.sampling;
         let params = SamplingParams {
             max_new_tokens: spec.max_tokens.unwrap_or(usize::MAX),
@@ -373,12 +385,13 @@ pub fn run(
                 anyhow::bail!("cancelled; run the same command again to resume");
             }
             progress(Progress::Scenario {
-                checkpoint: ckpt.name.clone(),
+                checkpoint: name.clone(),
                 scenario: sc.id.clone(),
             });
-            let (_, samples) = sim::simulate(&model, set, sc, &opts, cancel, &mut |_| {})?;
+            let (_, samples) =
+                sim::simulate_with(simulator.engine(), set, sc, &opts, cancel, &mut |_| {})?;
             let records = judge_samples(
-                &ckpt.name,
+                name,
                 set,
                 sc,
                 &samples,
@@ -395,30 +408,19 @@ pub fn run(
                 .and_then(|_| file.flush())
                 .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", samples_path.display()))?;
             progress(Progress::Done {
-                checkpoint: ckpt.name.clone(),
+                checkpoint: name.clone(),
                 scenario: sc.id.clone(),
             });
         }
     }
     let records = read_samples(&samples_path);
-    let summary = summarise(
-        &dir,
-        &spec.checkpoints_names(&resolved),
-        &records,
-        skipped,
-        spec.seed,
-    );
+    let names: Vec<String> = resolved.iter().map(|r| r.1.clone()).collect();
+    let summary = summarise(&dir, &names, &records, skipped, spec.seed);
     write_atomic(
         &dir.join("summary.json"),
         &serde_json::to_string_pretty(&summary)?,
     )?;
     Ok(dir)
-}
-
-impl EvalSpec {
-    fn checkpoints_names(&self, resolved: &[(Checkpoint, Arc<PromptSet>)]) -> Vec<String> {
-        resolved.iter().map(|(c, _)| c.name.clone()).collect()
-    }
 }
 
 /// Judge one scenario's samples: the reply as one group, and each state as one group.

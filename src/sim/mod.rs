@@ -8,7 +8,6 @@
 pub mod parse;
 
 use crate::generate::{self, Event, SamplingParams, StopReason};
-use crate::model::chat::ChatTemplate;
 use crate::model::chat::Message;
 use crate::model::Model;
 use crate::prompts::{Layout, PromptSet, StateSpec, ThreadTurn};
@@ -16,6 +15,66 @@ use crate::scenario::{Role, Scenario};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
+
+/// What runs a simulation's calls: a local model, or a model behind an OpenAI-compatible
+/// endpoint (`endpoint:URL#MODEL`).
+#[derive(Clone, Copy)]
+pub enum Engine<'a> {
+    Local(&'a Model),
+    Remote(&'a crate::remote::Endpoint),
+}
+
+/// An engine that owns what it runs on: a loaded checkpoint or an endpoint client.
+pub enum Simulator {
+    Local(Box<Model>),
+    Remote {
+        spec: String,
+        endpoint: crate::remote::Endpoint,
+    },
+}
+
+impl Simulator {
+    /// `endpoint:URL#MODEL`, or a checkpoint name or path (loaded with `opts`).
+    pub fn open(
+        spec: &str,
+        checkpoints: &std::path::Path,
+        opts: &crate::model::weights::LoadOptions,
+    ) -> anyhow::Result<Simulator> {
+        use crate::remote::{Endpoint, EndpointConfig};
+        if let Some((url, model)) = Endpoint::parse_spec(spec) {
+            let endpoint = Endpoint::new(EndpointConfig::new(&url, &model))?;
+            return Ok(Simulator::Remote {
+                spec: spec.to_string(),
+                endpoint,
+            });
+        }
+        let ckpt = crate::model::Checkpoint::resolve(spec, checkpoints)?;
+        Ok(Simulator::Local(Box::new(ckpt.load(opts)?)))
+    }
+
+    pub fn engine(&self) -> Engine<'_> {
+        match self {
+            Simulator::Local(m) => Engine::Local(m),
+            Simulator::Remote { endpoint, .. } => Engine::Remote(endpoint),
+        }
+    }
+
+    /// The checkpoint's name, or the endpoint spec.
+    pub fn name(&self) -> String {
+        match self {
+            Simulator::Local(m) => m.checkpoint.name.clone(),
+            Simulator::Remote { spec, .. } => spec.clone(),
+        }
+    }
+
+    /// The prompt set the checkpoint names; endpoints serve trained simulators, so none.
+    pub fn default_prompt_set(&self) -> crate::model::Result<Option<String>> {
+        match self {
+            Simulator::Local(m) => m.checkpoint.default_prompt_set(),
+            Simulator::Remote { .. } => Ok(None),
+        }
+    }
+}
 
 /// The name the simulated person always has in prompts.
 pub const HUMAN: &str = "HUMAN";
@@ -34,6 +93,10 @@ pub enum Error {
     Prompt(#[from] crate::prompts::Error),
     #[error(transparent)]
     Model(#[from] crate::model::Error),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::Error),
+    #[error("prompt set '{0}' has no chat template of its own and the endpoint's is unknown: this layout needs the chat API, which cannot pre-fill tags; use a set with `chat_template` or `prefill_tag = false`")]
+    NeedsTemplate(String),
     #[error("scenario '{id}': the prompt for {call} has {prompt} tokens and may generate {budget} more, beyond the context of {context} tokens{}", if *dropped > 0 { format!(" (even after dropping {dropped} turns)") } else { " (--truncate oldest drops old turns to fit)".to_string() })]
     TooLong {
         id: String,
@@ -77,6 +140,55 @@ impl Options {
     }
 }
 
+/// The sampling a user asked for. What is left unset comes from the prompt set, then the
+/// method's defaults (temperature 0.4, a 4-gram ban); the CLI and the workbench both resolve
+/// their settings through `params`, so they cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SamplingChoice {
+    pub n: usize,
+    pub seed: u64,
+    pub temperature: Option<f32>,
+    pub top_p: f32,
+    pub repetition_penalty: Option<f32>,
+    pub no_repeat_ngram: Option<usize>,
+    /// Cap on every call's new tokens (below its state's limit).
+    pub max_tokens: Option<usize>,
+}
+
+impl Default for SamplingChoice {
+    fn default() -> Self {
+        SamplingChoice {
+            n: 1,
+            seed: 0,
+            temperature: None,
+            top_p: 1.0,
+            repetition_penalty: None,
+            no_repeat_ngram: None,
+            max_tokens: None,
+        }
+    }
+}
+
+impl SamplingChoice {
+    /// The generation parameters for `set`.
+    pub fn params(&self, set: &PromptSet) -> SamplingParams {
+        let d = &set.sampling;
+        SamplingParams {
+            max_new_tokens: self.max_tokens.unwrap_or(usize::MAX),
+            temperature: self.temperature.or(d.temperature).unwrap_or(0.4),
+            top_p: self.top_p,
+            seed: self.seed,
+            repetition_penalty: self
+                .repetition_penalty
+                .or(d.repetition_penalty)
+                .unwrap_or(1.0),
+            no_repeat_ngram: self.no_repeat_ngram.or(d.no_repeat_ngram).unwrap_or(4),
+            n: self.n,
+            ..Default::default()
+        }
+    }
+}
+
 /// One generation call of a simulation: a state, the reply, or the joint output.
 #[derive(Debug, Clone, Serialize)]
 pub struct Call {
@@ -85,9 +197,14 @@ pub struct Call {
     /// The exact prompt text, special tokens included (ending with `prefill`, if any).
     pub prompt: String,
     pub prompt_tokens: usize,
-    /// The prompt's token ids (tokenized once, when the plan is made).
+    /// The prompt's token ids (tokenized once, when the plan is made; empty for an endpoint,
+    /// whose tokenizer is the server's, and `prompt_tokens` is then 0).
     #[serde(skip)]
     pub ids: Vec<u32>,
+    /// For an endpoint without a chat template here: the messages sent to its chat API
+    /// (`prompt` then shows them as JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<Message>>,
     pub thinking: bool,
     /// The opening tag already written at the end of the prompt (sets with `prefill_tag`).
     pub prefill: String,
@@ -149,11 +266,24 @@ pub fn thread_turns(scenario: &Scenario) -> Vec<ThreadTurn> {
 
 /// The calls a simulation makes, rendered, with the truncation policy applied.
 pub fn plan(set: &PromptSet, scenario: &Scenario, opts: &Options, model: &Model) -> Result<Plan> {
-    let context = model.decoder.max_positions();
+    plan_with(set, scenario, opts, Engine::Local(model))
+}
+
+/// [`plan`] for any engine. An endpoint's context is the server's to check.
+pub fn plan_with(
+    set: &PromptSet,
+    scenario: &Scenario,
+    opts: &Options,
+    engine: Engine,
+) -> Result<Plan> {
+    let context = match engine {
+        Engine::Local(model) => model.decoder.max_positions(),
+        Engine::Remote(_) => usize::MAX,
+    };
     let mut sc = scenario.clone();
     let mut dropped = 0;
     loop {
-        let calls = plan_calls(set, &sc, opts, model)?;
+        let calls = plan_calls(set, &sc, opts, engine)?;
         let Some(long) = calls.iter().find(|c| c.prompt_tokens + c.budget > context) else {
             return Ok(Plan {
                 calls,
@@ -180,25 +310,37 @@ fn plan_calls(
     set: &PromptSet,
     scenario: &Scenario,
     opts: &Options,
-    model: &Model,
+    engine: Engine,
 ) -> Result<Vec<Call>> {
     let persona = set.persona(scenario.persona.as_ref())?;
     let response = set.state("response").expect("checked at load");
     let turns = thread_turns(scenario);
+    let template = match engine {
+        Engine::Local(model) => Some(set.chat.as_ref().unwrap_or(&model.chat)),
+        Engine::Remote(_) => set.chat.as_ref(),
+    };
     let mut calls = vec![];
     let mut add = |name: &str, specs: &[&StateSpec], thinking: bool, stop: &str| -> Result<()> {
         let system = set.system(&persona, specs)?;
-        let mut prompt = match set.layout {
-            Layout::Thread => render_thread(set, model, scenario, &system, thinking)?,
+        let extra = serde_json::json!({ "enable_thinking": thinking });
+        let messages = match set.layout {
+            Layout::Thread => thread_messages(scenario, &system),
             Layout::Transcript => {
                 let task = set.task(&persona, &set.thread(&turns)?, specs)?;
-                let messages = [Message::new("system", &system), Message::new("user", &task)];
-                chat_template(set, model).render(
-                    &messages,
-                    true,
-                    &serde_json::json!({ "enable_thinking": thinking }),
-                )?
+                vec![Message::new("system", &system), Message::new("user", &task)]
             }
+        };
+        let (mut prompt, chat) = match template {
+            Some(t) => (t.render(&messages, true, &extra)?, None),
+            // No template here: the endpoint's chat API applies its own, and cannot continue
+            // a pre-filled assistant turn.
+            None if set.prefill_tag || set.layout == Layout::Thread => {
+                return Err(Error::NeedsTemplate(set.name.clone()))
+            }
+            None => (
+                serde_json::to_string_pretty(&messages).unwrap_or_default(),
+                Some(messages),
+            ),
         };
         let prefill = if set.prefill_tag {
             format!("<{}>", specs[0].key)
@@ -206,7 +348,10 @@ fn plan_calls(
             String::new()
         };
         prompt.push_str(&prefill);
-        let ids = model.tokenizer.encode_rendered(&prompt)?;
+        let ids = match engine {
+            Engine::Local(model) => model.tokenizer.encode_rendered(&prompt)?,
+            Engine::Remote(_) => vec![],
+        };
         let budget = match name {
             "joint" => specs.iter().map(|x| x.max_tokens).sum(),
             _ if thinking => specs[0].max_tokens_thinking.unwrap_or(specs[0].max_tokens),
@@ -217,6 +362,7 @@ fn plan_calls(
             prompt,
             prompt_tokens: ids.len(),
             ids,
+            messages: chat,
             thinking,
             prefill,
             stop: stop.into(),
@@ -247,20 +393,9 @@ fn plan_calls(
     Ok(calls)
 }
 
-/// The set's chat template, or the checkpoint's own when the set has none.
-fn chat_template<'a>(set: &'a PromptSet, model: &'a Model) -> &'a ChatTemplate {
-    set.chat.as_ref().unwrap_or(&model.chat)
-}
-
-/// The HumanLM prompt: system message, the thread as named user turns (the target relabelled
-/// HUMAN), assistant turns as they are, and the generation prompt that opens HUMAN's turn.
-pub fn render_thread(
-    set: &PromptSet,
-    model: &Model,
-    scenario: &Scenario,
-    system: &str,
-    thinking: bool,
-) -> Result<String> {
+/// The HumanLM thread as messages: the system prompt, turns written by people as named user
+/// messages (the target relabelled HUMAN), assistant turns as they are.
+fn thread_messages(scenario: &Scenario, system: &str) -> Vec<Message> {
     let mut messages = vec![Message::new("system", system)];
     for t in thread_turns(scenario) {
         messages.push(match t.role.as_str() {
@@ -272,11 +407,7 @@ pub fn render_thread(
             },
         });
     }
-    Ok(chat_template(set, model).render(
-        &messages,
-        true,
-        &serde_json::json!({ "enable_thinking": thinking }),
-    )?)
+    messages
 }
 
 /// What streams out of `simulate`.
@@ -304,7 +435,19 @@ pub fn simulate(
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(SimEvent),
 ) -> Result<(Plan, Vec<SimSample>)> {
-    let plan = plan(set, scenario, opts, model)?;
+    simulate_with(Engine::Local(model), set, scenario, opts, cancel, on_event)
+}
+
+/// [`simulate`] on any engine.
+pub fn simulate_with(
+    engine: Engine,
+    set: &PromptSet,
+    scenario: &Scenario,
+    opts: &Options,
+    cancel: Option<&AtomicBool>,
+    on_event: &mut dyn FnMut(SimEvent),
+) -> Result<(Plan, Vec<SimSample>)> {
+    let plan = plan_with(set, scenario, opts, engine)?;
     let n = opts.params.n.max(1);
     let mut samples: Vec<SimSample> = (0..n)
         .map(|_| SimSample {
@@ -319,6 +462,16 @@ pub fn simulate(
         })
         .collect();
     for call in &plan.calls {
+        // Once cancelled, the remaining calls are skipped rather than each prefilling its prompt
+        // only to stop before its first token.
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            for s in samples.iter_mut() {
+                s.valid = false;
+                s.stop_reasons
+                    .insert(call.name.clone(), StopReason::Cancelled);
+            }
+            continue;
+        }
         on_event(SimEvent::CallStarted { call });
         let p = SamplingParams {
             max_new_tokens: call.budget,
@@ -327,44 +480,121 @@ pub fn simulate(
             ..opts.params.clone()
         };
         let started = std::time::Instant::now();
-        let g = generate::generate(model, &call.ids, &p, cancel, &mut |e| {
-            if let Event::Text { sample, delta } = e {
-                on_event(SimEvent::Text {
-                    call: &call.name,
-                    sample,
-                    delta,
-                });
-            }
-        })?;
+        let mut emit = |sample: usize, delta: &str| {
+            on_event(SimEvent::Text {
+                call: &call.name,
+                sample,
+                delta,
+            })
+        };
+        let g = match engine {
+            Engine::Local(model) => generate::generate(model, &call.ids, &p, cancel, &mut |e| {
+                if let Event::Text { sample, delta } = e {
+                    emit(sample, delta);
+                }
+            })?
+            .samples
+            .into_iter()
+            .map(|s| (s.text, s.tokens, s.stop_reason))
+            .collect(),
+            Engine::Remote(endpoint) => remote_call(endpoint, call, &p, &mut emit)?,
+        };
         let ms = started.elapsed().as_millis() as u64;
         on_event(SimEvent::CallFinished { call: &call.name });
-        for (s, out) in samples.iter_mut().zip(g.samples) {
+        for (s, (text, tokens, stop_reason)) in samples.iter_mut().zip(g) {
             // The pre-filled opening tag and a stripped stop string are put back before strict
             // parsing.
-            let stop = if out.stop_reason == StopReason::Stop {
+            let stop = if stop_reason == StopReason::Stop {
                 call.stop.as_str()
             } else {
                 ""
             };
-            let full = format!("{}{}{stop}", call.prefill, out.text);
+            let full = format!("{}{}{stop}", call.prefill, text);
             let valid = absorb(s, set, call, &full);
             s.valid &= valid;
-            s.tokens += out.tokens;
+            s.tokens += tokens;
             s.ms += ms;
             s.stop_reasons
-                .insert(call.name.clone(), out.stop_reason.clone());
+                .insert(call.name.clone(), stop_reason.clone());
             s.outputs.insert(
                 call.name.clone(),
                 Output {
-                    raw: out.text,
-                    tokens: out.tokens,
-                    stop_reason: out.stop_reason,
+                    raw: text,
+                    tokens,
+                    stop_reason,
                     valid,
                 },
             );
         }
     }
     Ok((plan, samples))
+}
+
+/// One call on an endpoint: the rendered prompt through the completions API, or the messages
+/// through the chat API; `n` choices, streamed. Returns (text, tokens, stop reason) per choice.
+///
+/// The OpenAI API reports `stop` both for a stop string and for the end-of-sequence token; both
+/// count as a stop here, so an endpoint sample whose model ended without the closing tag is
+/// counted valid if the rest of its format holds.
+fn remote_call(
+    endpoint: &crate::remote::Endpoint,
+    call: &Call,
+    p: &SamplingParams,
+    emit: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<(String, usize, StopReason)>> {
+    use crate::remote::{ChatRequest, GenParams};
+    let params = GenParams {
+        max_tokens: Some(p.max_new_tokens),
+        temperature: Some(p.temperature),
+        top_p: (p.top_p < 1.0).then_some(p.top_p),
+        seed: Some(p.seed),
+        stop: Some(vec![call.stop.clone()]),
+        n: Some(p.n.max(1)),
+        repetition_penalty: (p.repetition_penalty != 1.0).then_some(p.repetition_penalty),
+        no_repeat_ngram: (p.no_repeat_ngram > 0).then_some(p.no_repeat_ngram),
+        ..Default::default()
+    };
+    let n = p.n.max(1);
+    let (choices, completion_tokens): (Vec<(String, Option<String>)>, usize) = match &call.messages
+    {
+        Some(messages) => {
+            let mut req = ChatRequest::new(messages.clone(), params);
+            let mut kwargs = serde_json::Map::new();
+            kwargs.insert("enable_thinking".into(), call.thinking.into());
+            req.chat_template_kwargs = Some(kwargs);
+            let r = endpoint.chat_stream(&req, emit)?;
+            (
+                r.choices
+                    .into_iter()
+                    .map(|c| (c.message.content, c.finish_reason))
+                    .collect(),
+                r.usage.map(|u| u.completion_tokens).unwrap_or(0),
+            )
+        }
+        None => {
+            let r = endpoint.complete_stream(&call.prompt, &params, emit)?;
+            (
+                r.choices
+                    .into_iter()
+                    .map(|c| (c.text, c.finish_reason))
+                    .collect(),
+                r.usage.map(|u| u.completion_tokens).unwrap_or(0),
+            )
+        }
+    };
+    let mut out: Vec<(String, usize, StopReason)> = choices
+        .into_iter()
+        .map(|(text, finish)| {
+            let reason = match finish.as_deref() {
+                Some("length") => StopReason::Length,
+                _ => StopReason::Stop,
+            };
+            // Usage counts all choices together; share it out evenly.
+            (text, completion_tokens / n, reason)
+        })
+        .collect();
+    out.resize(n, (String::new(), 0, StopReason::Length));
+    Ok(out)
 }
 
 /// Parse one call's output into the sample; returns strict validity.
