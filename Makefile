@@ -14,6 +14,8 @@ run: fetch build
 # Every test, formatting and lints. Tests run in the release profile: they drive the real default
 # model, and one optimised build serves `make run`, the tests and the benchmarks.
 test: fetch
+	./scripts/test-venv.sh >/dev/null
+	command -v tmux >/dev/null || ./scripts/install-test-tools.sh
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 	cargo test --release
