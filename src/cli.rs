@@ -43,6 +43,9 @@ enum Command {
     Serve(ServeArgs),
     /// Simulate and judge every scenario with a reference reply; write a run folder.
     Eval(EvalArgs),
+    /// Fine-tune a checkpoint on scenarios (LoRA); writes a PEFT adapter loadable by name.
+    #[command(subcommand)]
+    Train(TrainCommand),
     /// List evaluation runs.
     Runs {
         /// The folder runs are written to.
@@ -250,6 +253,61 @@ struct ServeArgs {
     host: String,
 }
 
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Supervised fine-tuning: the real reply as the target, loss on its tokens only.
+    Sft(SftArgs),
+}
+
+#[derive(Args)]
+struct SftArgs {
+    /// The base checkpoint (name or path; quantized weights are dequantized for training).
+    #[arg(long)]
+    checkpoint: String,
+    /// Scenarios with reference replies: a file or a folder.
+    #[arg(long)]
+    scenarios: PathBuf,
+    /// Output folder, e.g. checkpoints/my-adapter (then usable as --checkpoint my-adapter).
+    #[arg(long)]
+    out: PathBuf,
+    /// Prompt set framing the target (default: the base's own).
+    #[arg(long)]
+    prompts: Option<String>,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f64,
+    /// Comma-separated module names to adapt.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    targets: Vec<String>,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 1024)]
+    max_seq: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save a checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    save_every: usize,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
 #[derive(Args)]
 struct EvalArgs {
     /// Checkpoint name or path (repeat to evaluate several on the same scenarios).
@@ -319,7 +377,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let root = cli.checkpoints_dir.unwrap_or_else(default_root);
     match cli.command {
-        None => demo(&root),
+        None => workbench(&root),
         Some(Command::Checkpoints { json }) => list_checkpoints(&root, json),
         Some(Command::Generate(args)) => generate_cmd(&root, args),
         Some(Command::Bench(args)) => bench(&root, args),
@@ -328,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             crate::serve::run(load(&root, &args.rt)?, &args.host, args.port)
         }
         Some(Command::Eval(args)) => eval_cmd(&root, args),
+        Some(Command::Train(TrainCommand::Sft(args))) => train_sft_cmd(&root, args),
         Some(Command::Runs { dir, json }) => runs_cmd(&dir, json),
         Some(Command::Compare { run_a, run_b, json }) => compare_cmd(&run_a, &run_b, json),
         Some(Command::Scenarios {
@@ -372,41 +431,16 @@ fn load(root: &std::path::Path, rt: &RuntimeArgs) -> anyhow::Result<Model> {
     })?)
 }
 
-/// Until the TUI lands, `humanlm` alone shows the default checkpoint answering one question.
-fn demo(root: &std::path::Path) -> anyhow::Result<()> {
-    let rt = RuntimeArgs {
-        checkpoint: DEFAULT_CHECKPOINT.into(),
-        device: "cpu".into(),
-        threads: None,
-    };
-    let t0 = Instant::now();
-    let model = load(root, &rt)?;
-    let question = "In two sentences, what makes a reply on an online forum sound like a real person wrote it?";
-    println!(
-        "humanlm · {} ({}) loaded in {:.2}s",
-        model.checkpoint.name,
-        model.decoder.weight_kinds(),
-        t0.elapsed().as_secs_f64()
-    );
-    println!("\nuser> {question}\n");
-    let prompt = model.chat.render(
-        &[Message::new("user", question)],
-        true,
-        &serde_json::json!({}),
-    )?;
-    let ids = model.tokenizer.encode_rendered(&prompt)?;
-    let params = SamplingParams {
-        max_new_tokens: 120,
-        temperature: 0.0,
-        ..Default::default()
-    };
-    print!("assistant> ");
-    let out = stream(&model, &ids, &params)?;
-    println!(
-        "\n\n[{} tokens, stop: {}, time to first token {:.0} ms, {:.1} tokens/s]",
-        out.samples[0].tokens, out.samples[0].stop_reason, out.ttft_ms, out.tokens_per_s
-    );
-    Ok(())
+/// `humanlm` alone opens the workbench on the default checkpoint. It needs a terminal: with
+/// stdout redirected it says so and exits 2 instead of writing escape codes into a file.
+fn workbench(root: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "the workbench needs a terminal (stdout is not one); the subcommands work without one (humanlm --help)"
+        );
+    }
+    crate::tui::run(root)
 }
 
 fn stream(
@@ -1099,4 +1133,94 @@ fn compare_cmd(a: &std::path::Path, b: &std::path::Path, json: bool) -> anyhow::
         )?;
     }
     Ok(())
+}
+
+fn train_sft_cmd(root: &std::path::Path, a: SftArgs) -> anyhow::Result<()> {
+    use crate::train::{train_sft, SftConfig, TrainEvent};
+    let mut cfg = SftConfig::new(&a.checkpoint, &a.scenarios);
+    cfg.prompts = a.prompts.clone();
+    cfg.rank = a.rank;
+    cfg.alpha = a.alpha;
+    cfg.targets = a.targets.clone();
+    cfg.lr = a.lr;
+    cfg.warmup = a.warmup;
+    cfg.steps = a.steps;
+    cfg.batch = a.batch;
+    cfg.grad_accum = a.grad_accum;
+    cfg.max_grad_norm = a.max_grad_norm;
+    cfg.max_seq = a.max_seq;
+    cfg.seed = a.seed;
+    cfg.save_every = a.save_every;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    on_ctrl_c(cancel.clone());
+    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} step {pos}/{len} · ETA {eta} · {msg}",
+        )
+        .expect("valid template"),
+    );
+    let out = train_sft(
+        &cfg,
+        &a.out,
+        root,
+        a.resume,
+        Some(&cancel),
+        &mut |e| match e {
+            TrainEvent::Data { examples, skipped } => {
+                bar.println(format!(
+                    "{examples} training examples{}",
+                    if skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; skipped {}: {}", skipped.len(), skipped.join("; "))
+                    }
+                ));
+            }
+            TrainEvent::Step(ev) => {
+                bar.set_position(ev.step as u64);
+                bar.set_message(format!(
+                    "loss {:.4} · lr {:.2e} · |g| {:.3} · {:.0} tok/s",
+                    ev.loss, ev.lr, ev.grad_norm, ev.tokens_per_s
+                ));
+                if !bar.is_hidden() {
+                    return;
+                }
+                println!(
+                    "step {}/{} loss {:.4} lr {:.2e} grad_norm {:.3} {:.0} tok/s",
+                    ev.step, ev.steps, ev.loss, ev.lr, ev.grad_norm, ev.tokens_per_s
+                );
+            }
+            TrainEvent::Saved(dir) => bar.println(format!("saved {}", dir.display())),
+        },
+    );
+    bar.finish_and_clear();
+    let out = out?;
+    println!(
+        "adapter written to {} (use it as --checkpoint {})",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Set `flag` on Ctrl-C (so long runs save and stop cleanly) instead of dying mid-write.
+fn on_ctrl_c(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nhumanlm: stopping after this step (Ctrl-C again to abort)");
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    });
 }

@@ -13,3 +13,5 @@ pub mod remote;
 pub mod scenario;
 pub mod serve;
 pub mod sim;
+pub mod train;
+pub mod tui;

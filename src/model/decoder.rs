@@ -556,7 +556,14 @@ impl Decoder {
         }
         let x = if all { x } else { x.narrow(1, s - 1, 1)? };
         let x = self.norm.forward(&x, ops)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        // Logits leave in f32 (half-precision models are upcast); float64 stays float64, so
+        // gradient checks against finite differences keep their precision.
+        let logits = self.lm_head.forward(&x)?;
+        let logits = if logits.dtype() == DType::F64 {
+            logits
+        } else {
+            logits.to_dtype(DType::F32)?
+        };
         if all {
             Ok(logits)
         } else {
@@ -643,6 +650,16 @@ impl Decoder {
             .transpose(1, 2)?
             .reshape((b, s, nh * hd))?;
         layer.o.forward(&y)
+    }
+
+    /// Every linear layer an adapter can target: (HF module name, in, out).
+    pub fn linear_shapes(&self) -> Vec<(String, usize, usize)> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.linears())
+            .chain([&self.lm_head])
+            .map(|l| (l.name.clone(), l.in_dim, l.out_dim))
+            .collect()
     }
 
     /// Attach a loaded adapter (unmerged). Shapes are checked against the base.

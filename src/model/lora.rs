@@ -94,6 +94,25 @@ impl AdapterConfig {
         })
     }
 
+    /// `adapter_config.json` as PEFT writes it (the fields PEFT needs to load the adapter).
+    pub fn to_peft_json(&self) -> Value {
+        serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "r": self.r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": 0.0,
+            "use_rslora": self.use_rslora,
+            "target_modules": self.target_modules,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+        })
+    }
+
     pub fn scale(&self) -> f64 {
         if self.use_rslora {
             self.lora_alpha / (self.r as f64).sqrt()

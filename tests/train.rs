@@ -1,0 +1,338 @@
+//! Training: LoRA gradients against finite differences, SFT that overfits, exact resume, and
+//! refusals of bad input.
+
+mod common;
+
+use candle_core::{DType, Tensor, Var};
+use humanlm::model::weights::LoadOptions;
+use humanlm::model::Checkpoint;
+use humanlm::train::{sft_loss, train_sft, Example, LoraParams, SftConfig, TrainEvent};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The analytic gradient of the SFT loss with respect to LoRA factors matches central finite
+/// differences (float64, tiny random llama) within 1e-3 relative error.
+#[test]
+fn lora_gradients_match_finite_differences() {
+    let mut model = common::load(
+        common::fixture("tiny/llama").to_str().unwrap(),
+        LoadOptions {
+            dtype: Some(DType::F64),
+            ..Default::default()
+        },
+    );
+    let mut cfg = SftConfig::new("tiny", Path::new("."));
+    cfg.rank = 2;
+    cfg.alpha = 4.0;
+    let lora = LoraParams::init(&model, &cfg).unwrap();
+    // B starts at zero, which would make every gradient of A zero: give B values too.
+    let mut rng = 7u64;
+    let mut next = || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((rng >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 0.2
+    };
+    let mut vars: Vec<Var> = vec![];
+    for (_, a, b) in &lora.vars {
+        for v in [a, b] {
+            let n = v.elem_count();
+            let vals: Vec<f64> = (0..n).map(|_| next()).collect();
+            let t = Tensor::from_vec(vals, v.dims(), &candle_core::Device::Cpu).unwrap();
+            let v64 = Var::from_tensor(&t).unwrap();
+            vars.push(v64);
+        }
+    }
+    // Re-attach float64 factors (the init made float32 ones).
+    let f64_lora = LoraParams {
+        vars: lora
+            .vars
+            .iter()
+            .zip(vars.chunks(2))
+            .map(|((n, _, _), ab)| (n.clone(), ab[0].clone(), ab[1].clone()))
+            .collect(),
+        config: lora.config.clone(),
+    };
+    f64_lora.attach(&mut model, Path::new("tiny")).unwrap();
+    let ex = Example {
+        scenario: "x".into(),
+        prompt: vec![5, 17, 42, 9, 100, 3],
+        target: vec![77, 8, 150, 2],
+    };
+    let loss = |m: &humanlm::model::Model| -> f64 {
+        sft_loss(m, &[&ex])
+            .unwrap()
+            .0
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let (l, _) = sft_loss(&model, &[&ex]).unwrap();
+    let grads = l.backward().unwrap();
+    let h = 1e-5;
+    let mut checked = 0;
+    let mut worst = 0.0f64;
+    for (vi, v) in vars.iter().enumerate().step_by(3) {
+        let g: Vec<f64> = grads
+            .get(v.as_tensor())
+            .expect("every factor gets a gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for k in [0, base.len() / 2, base.len() - 1] {
+            let mut set = |delta: f64| {
+                let mut x = base.clone();
+                x[k] += delta;
+                v.set(&Tensor::from_vec(x, v.dims(), &candle_core::Device::Cpu).unwrap())
+                    .unwrap();
+            };
+            set(h);
+            let up = loss(&model);
+            set(-h);
+            let down = loss(&model);
+            set(0.0);
+            let numeric = (up - down) / (2.0 * h);
+            let rel = (numeric - g[k]).abs() / numeric.abs().max(g[k].abs()).max(1e-6);
+            assert!(
+                rel <= 1e-3,
+                "var {vi} elem {k}: analytic {} numeric {numeric} (rel {rel})",
+                g[k]
+            );
+            worst = worst.max(rel);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked}");
+    eprintln!("checked {checked} LoRA parameters, worst relative error {worst:.2e}");
+}
+
+/// Four short scenarios written for the test (short threads keep each step fast on 2 cores).
+fn tiny_dataset(dir: &Path) {
+    let rows = [
+        (
+            "gym",
+            "Should gyms put up signs asking people to wipe benches?",
+            "Signs won't fix people who never read anything.",
+        ),
+        (
+            "bins",
+            "The council wants fortnightly bin collections. Thoughts?",
+            "Fortnightly? My bin is full in four days, mate.",
+        ),
+        (
+            "tea",
+            "Is it rude to bring your own tea bags to a cafe?",
+            "Only if you ask them for free hot water.",
+        ),
+        (
+            "bikes",
+            "Should cyclists pay road tax?",
+            "There is no road tax, it's vehicle excise duty. Next.",
+        ),
+    ];
+    for (id, post, reply) in rows {
+        std::fs::write(
+            dir.join(format!("{id}.toml")),
+            format!(
+                "id = \"{id}\"\ndomain = \"opinion\"\ntitle = \"t\"\n[[turns]]\nauthor = \"op\"\ntext = \"{post}\"\n[target]\nauthor = \"grumpy\"\nresponse = \"{reply}\"\n"
+            ),
+        )
+        .unwrap();
+    }
+}
+
+fn sft_config(scenarios: &Path) -> SftConfig {
+    let mut cfg = SftConfig::new("smollm2-135m-instruct", scenarios);
+    cfg.lr = 3e-3;
+    cfg.warmup = 2;
+    cfg.seed = 1;
+    cfg
+}
+
+#[test]
+fn sft_overfits_four_scenarios_and_saves_a_loadable_adapter() {
+    let data = tempfile::tempdir().unwrap();
+    tiny_dataset(data.path());
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path().join("adapter");
+    let cfg = sft_config(data.path());
+    let mut losses = vec![];
+    train_sft(&cfg, &out, &common::checkpoints(), false, None, &mut |e| {
+        if let TrainEvent::Step(s) = e {
+            losses.push(s.loss)
+        }
+    })
+    .unwrap();
+    assert_eq!(losses.len(), 30);
+    let first = losses[0];
+    let last = losses[25..].iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        last <= first / 2.0,
+        "loss {first:.3} → {last:.3}: {losses:?}"
+    );
+    let events = std::fs::read_to_string(out.join("events.jsonl")).unwrap();
+    assert_eq!(events.lines().count(), 30);
+    // The adapter is a checkpoint: PEFT files, its base resolved by name.
+    let ckpt = Checkpoint::resolve(out.to_str().unwrap(), &common::checkpoints()).unwrap();
+    assert!(matches!(
+        ckpt.kind,
+        humanlm::model::checkpoint::CheckpointKind::Adapter { .. }
+    ));
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg_json["peft_type"], "LORA");
+    assert_eq!(cfg_json["r"], 8);
+    let keys = candle_core::safetensors::load(
+        out.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(keys.contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
+    assert_eq!(keys.len(), 30 * 7 * 2);
+}
+
+/// Interrupted after two steps and resumed, a run ends bit-identical to an uninterrupted one.
+#[test]
+fn resume_continues_exactly() {
+    let data = tempfile::tempdir().unwrap();
+    tiny_dataset(data.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = sft_config(data.path());
+    cfg.steps = 4;
+    cfg.targets = vec!["q_proj".into(), "v_proj".into()];
+    let straight = tmp.path().join("straight");
+    train_sft(
+        &cfg,
+        &straight,
+        &common::checkpoints(),
+        false,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+
+    let resumed = tmp.path().join("resumed");
+    let stop = AtomicBool::new(false);
+    let e = train_sft(
+        &cfg,
+        &resumed,
+        &common::checkpoints(),
+        false,
+        Some(&stop),
+        &mut |e| {
+            if let TrainEvent::Step(s) = e {
+                if s.step == 2 {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("interrupted at step 2"), "{e}");
+    // Without --resume the folder is not overwritten.
+    let e = train_sft(
+        &cfg,
+        &resumed,
+        &common::checkpoints(),
+        false,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--resume"), "{e}");
+    let mut steps = vec![];
+    train_sft(
+        &cfg,
+        &resumed,
+        &common::checkpoints(),
+        true,
+        None,
+        &mut |e| {
+            if let TrainEvent::Step(s) = e {
+                steps.push(s.step)
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(steps, [3, 4]);
+    let load = |p: &Path| {
+        candle_core::safetensors::load(
+            p.join("adapter_model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (a, b) = (load(&straight), load(&resumed));
+    assert_eq!(a.len(), b.len());
+    for (k, x) in &a {
+        let y = &b[k];
+        let d = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{k} differs by {d}");
+    }
+    // A different configuration does not resume silently.
+    let mut other = cfg.clone();
+    other.lr = 1e-4;
+    let e = train_sft(
+        &other,
+        &resumed,
+        &common::checkpoints(),
+        true,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("different configuration"), "{e}");
+}
+
+#[test]
+fn no_usable_rows_and_adapter_bases_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("x.toml"),
+        "id = \"x\"\ndomain = \"news\"\ntitle = \"t\"\n[[turns]]\nauthor = \"a\"\ntext = \"Hi\"\n[target]\nauthor = \"b\"\n",
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = sft_config(data.path());
+    let e = train_sft(
+        &cfg,
+        &out.path().join("a"),
+        &common::checkpoints(),
+        false,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("no usable training example") && e.contains("no reference reply"),
+        "{e}"
+    );
+    let mut cfg = sft_config(data.path());
+    cfg.base = common::fixture("tiny/qwen3-lora").display().to_string();
+    let e = train_sft(
+        &cfg,
+        &out.path().join("b"),
+        &common::checkpoints(),
+        false,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("adapter"), "{e}");
+}
