@@ -662,10 +662,48 @@ impl Decoder {
             .collect()
     }
 
+    /// A LoRA B matrix of `module` moved between PEFT's row order and the decoder's.
+    ///
+    /// llama.cpp's converter permutes the rows of q_proj and k_proj in llama GGUFs (each head's
+    /// two rotary halves interleaved), and this decoder runs those weights as they are with
+    /// interleaved RoPE. An adapter's B (out × r) must follow the same permutation; PEFT files
+    /// always hold the Hugging Face order. Other modules and other checkpoints are unchanged.
+    pub fn lora_b_layout(&self, module: &str, b: &Tensor, to_peft: bool) -> Result<Tensor> {
+        let heads = if module.ends_with("q_proj") {
+            self.config.num_heads
+        } else if module.ends_with("k_proj") {
+            self.config.num_kv_heads
+        } else {
+            return Ok(b.clone());
+        };
+        if !self.rope_interleaved {
+            return Ok(b.clone());
+        }
+        let (out, r) = b.dims2()?;
+        let half = out / heads / 2;
+        // HF rows (head, half-index j ∈ {0,1}, i) ↔ GGUF rows (head, i, j).
+        let moved = if to_peft {
+            b.reshape((heads, half, 2, r))?.transpose(1, 2)?
+        } else {
+            b.reshape((heads, 2, half, r))?.transpose(1, 2)?
+        };
+        Ok(moved.contiguous()?.reshape((out, r))?)
+    }
+
     /// Attach a loaded adapter (unmerged). Shapes are checked against the base.
     pub fn attach_adapter(&mut self, adapter: &Adapter) -> Result<()> {
         let file = adapter.dir.join("adapter_model.safetensors");
         let mut used = 0;
+        let mut modules = adapter.modules.clone();
+        if adapter.peft_layout {
+            for (name, l) in modules.iter_mut() {
+                l.b = self.lora_b_layout(name, &l.b, false)?;
+            }
+        }
+        let adapter = &Adapter {
+            modules,
+            ..adapter.clone()
+        };
         for layer in self.layers.iter_mut() {
             for lin in layer.linears_mut() {
                 if let Some(l) = adapter.modules.get(&lin.name) {

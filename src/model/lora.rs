@@ -129,6 +129,9 @@ pub struct Adapter {
     pub dir: PathBuf,
     pub config: AdapterConfig,
     pub modules: BTreeMap<String, LoraWeights>,
+    /// Whether B's rows are in PEFT's (Hugging Face) order, as on disk, rather than already in
+    /// the order the decoder runs (see `Decoder::lora_b_layout`).
+    pub peft_layout: bool,
 }
 
 impl Adapter {
@@ -196,6 +199,7 @@ impl Adapter {
             dir: dir.to_path_buf(),
             config,
             modules,
+            peft_layout: true,
         })
     }
 }

@@ -233,6 +233,8 @@ impl LoraParams {
                     )
                 })
                 .collect(),
+            // The factors train in the decoder's own row order; `save` converts.
+            peft_layout: false,
         };
         model.decoder.attach_adapter(&adapter)?;
         model.decoder.set_active_adapter(Some(TRAINING))?;
@@ -248,12 +250,15 @@ impl LoraParams {
     }
 
     /// Write the adapter in PEFT's layout into `dir` (which must exist).
-    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        let tensors: HashMap<String, Tensor> = self
-            .named()
-            .into_iter()
-            .map(|(k, v)| (k, v.as_tensor().clone()))
-            .collect();
+    pub fn save(&self, dir: &Path, decoder: &crate::model::Decoder) -> anyhow::Result<()> {
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (n, a, b) in &self.vars {
+            tensors.insert(peft_key(n, 'A'), a.as_tensor().clone());
+            tensors.insert(
+                peft_key(n, 'B'),
+                decoder.lora_b_layout(n, b.as_tensor(), true)?,
+            );
+        }
         candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
         std::fs::write(
             dir.join("adapter_config.json"),
@@ -263,18 +268,26 @@ impl LoraParams {
     }
 
     /// Load factors saved by [`LoraParams::save`] (resume).
-    pub fn load_into(&self, dir: &Path) -> anyhow::Result<()> {
+    pub fn load_into(&self, dir: &Path, decoder: &crate::model::Decoder) -> anyhow::Result<()> {
         let file = dir.join("adapter_model.safetensors");
         let t = candle_core::safetensors::load(&file, &Device::Cpu)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        for (k, v) in self.named() {
-            let x = t
-                .get(&k)
-                .ok_or_else(|| anyhow::anyhow!("{}: lacks '{k}'", file.display()))?;
-            if x.dims() != v.dims() {
-                anyhow::bail!("{}: '{k}' has the wrong shape", file.display());
+        for (n, a, b) in &self.vars {
+            for (which, v) in [('A', a), ('B', b)] {
+                let k = peft_key(n, which);
+                let x = t
+                    .get(&k)
+                    .ok_or_else(|| anyhow::anyhow!("{}: lacks '{k}'", file.display()))?;
+                if x.dims() != v.dims() {
+                    anyhow::bail!("{}: '{k}' has the wrong shape", file.display());
+                }
+                let x = if which == 'B' {
+                    decoder.lora_b_layout(n, x, false)?
+                } else {
+                    x.clone()
+                };
+                v.set(&x)?;
             }
-            v.set(x)?;
         }
         Ok(())
     }
@@ -381,7 +394,7 @@ pub fn train_sft(
                 dir.display()
             );
         }
-        lora.load_into(&dir)?;
+        lora.load_into(&dir, &model.decoder)?;
         let moments =
             candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
         opt.restore(&moments, state.optimizer_t)
@@ -404,7 +417,7 @@ pub fn train_sft(
     let mut last_good = start;
     for step in start..cfg.steps {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            save(&lora, &opt, cfg, out, step)?;
+            save(&lora, &opt, cfg, out, step, &model.decoder)?;
             anyhow::bail!("interrupted at step {step}; checkpoint saved, --resume continues");
         }
         let lr = optim::learning_rate(step, cfg.lr, cfg.warmup, cfg.steps);
@@ -465,12 +478,12 @@ pub fn train_sft(
         on_event(TrainEvent::Step(&ev));
         let _ = tokens_done;
         if cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps {
-            let dir = save(&lora, &opt, cfg, out, step + 1)?;
+            let dir = save(&lora, &opt, cfg, out, step + 1, &model.decoder)?;
             last_good = step + 1;
             on_event(TrainEvent::Saved(&dir));
         }
     }
-    let dir = save(&lora, &opt, cfg, out, cfg.steps)?;
+    let dir = save(&lora, &opt, cfg, out, cfg.steps, &model.decoder)?;
     on_event(TrainEvent::Saved(&dir));
     Ok(out.to_path_buf())
 }
@@ -503,13 +516,14 @@ fn save(
     cfg: &SftConfig,
     out: &Path,
     step: usize,
+    decoder: &crate::model::Decoder,
 ) -> anyhow::Result<PathBuf> {
     let final_dir = out.join(format!("checkpoint-{step}"));
     let tmp = out.join(format!(".checkpoint-{step}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> anyhow::Result<()> {
         std::fs::create_dir_all(&tmp)?;
-        lora.save(&tmp)?;
+        lora.save(&tmp, decoder)?;
         candle_core::safetensors::save(&opt.state(), tmp.join("optimizer.safetensors"))?;
         let state = TrainerState {
             step,
