@@ -1,0 +1,123 @@
+//! What changes the state (`Action`: keys, mouse, worker messages) and what the state asks the
+//! runtime to do (`Effect`: start work on a thread, touch files, run the editor).
+
+use super::app::{
+    CkptRow, EvalMsg, ModelInfo, PlanView, RunDetail, ScenarioEntry, Session, SetInfo, Side, SimMsg,
+};
+use crate::eval::{EvalSpec, RunListing};
+use crate::scenario::Scenario;
+use crate::sim::{Mode, SamplingChoice};
+use ratatui::crossterm::event::{KeyEvent, MouseEvent};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Key(KeyEvent),
+    Mouse(MouseEvent),
+    Resize(u16, u16),
+    /// A quarter of a second passed (spinners, elapsed times, message expiry).
+    Tick,
+    Scenarios {
+        entries: Vec<ScenarioEntry>,
+        problems: Vec<String>,
+    },
+    ModelLoaded(ModelInfo),
+    ModelFailed {
+        name: String,
+        error: String,
+    },
+    /// The embedding judge loaded (its name), or why there is none.
+    Embedder(Result<String, String>),
+    Checkpoints(Vec<CkptRow>),
+    PromptSets(Vec<SetInfo>),
+    /// Files under prompts/ changed on disk.
+    PromptsChanged(Vec<String>),
+    Sim {
+        job: u64,
+        msg: SimMsg,
+    },
+    /// One side of a comparison.
+    Cmp {
+        job: u64,
+        side: usize,
+        msg: SimMsg,
+    },
+    Plan {
+        job: u64,
+        result: Result<PlanView, String>,
+    },
+    /// Similarities of one call's outputs (one per sample) with the real reply.
+    Scores {
+        job: u64,
+        call: String,
+        texts: Vec<String>,
+        result: Result<Vec<f64>, String>,
+    },
+    Eval {
+        job: u64,
+        msg: EvalMsg,
+    },
+    Runs(Vec<RunListing>),
+    RunDetail(RunDetail),
+    EditorDone {
+        path: PathBuf,
+        result: Result<(), String>,
+    },
+    SessionOpened(Session),
+    /// A worker finished something worth a line in the status bar.
+    Info(String),
+    /// A worker failed (or panicked); `job` is cleared if given.
+    Failed {
+        job: Option<u64>,
+        error: String,
+    },
+}
+
+/// A simulation to run on the loaded checkpoint.
+#[derive(Debug, Clone)]
+pub struct SimRequest {
+    pub job: u64,
+    pub scenario: Scenario,
+    pub set: String,
+    pub mode: Mode,
+    pub sampling: SamplingChoice,
+    pub cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Effect {
+    LoadCheckpoint(String),
+    ScanScenarios,
+    ScanCheckpoints,
+    ScanPrompts,
+    ScanRuns,
+    Simulate(SimRequest),
+    /// Render the prompts of a simulation (needs the tokenizer).
+    Plan(SimRequest),
+    Score {
+        job: u64,
+        call: String,
+        reference: String,
+        texts: Vec<String>,
+    },
+    Compare {
+        req: SimRequest,
+        sides: Vec<Side>,
+    },
+    Eval {
+        job: u64,
+        spec: Box<EvalSpec>,
+        cancel: Arc<AtomicBool>,
+    },
+    LoadRun {
+        path: PathBuf,
+        prev: Option<PathBuf>,
+    },
+    Edit(PathBuf),
+    /// One JSON line for `runs/ratings.jsonl`.
+    AppendRating(serde_json::Value),
+    SaveSession(Box<Session>),
+    OpenLatestSession,
+}

@@ -1,0 +1,778 @@
+//! The workbench's state: everything a frame is drawn from. It holds no model, thread or file
+//! handle, so tests build it directly and drive it with actions.
+
+use crate::eval::{RunListing, SampleRecord, Summary};
+use crate::model::CheckpointInfo;
+use crate::scenario::{Domain, Scenario};
+use crate::sim::{Mode, SamplingChoice};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// The six state dimensions of the method, used until a prompt set says otherwise.
+pub const DIMENSIONS: [&str; 6] = [
+    "stance",
+    "emotion",
+    "belief",
+    "value",
+    "goal",
+    "communication",
+];
+
+/// Ticks per second (the runtime sends `Action::Tick` this often).
+pub const TICKS_PER_S: u64 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    Simulate,
+    /// The exact prompts of the selected scenario (`v`), opened from Simulate.
+    PromptView,
+    Checkpoints,
+    Prompts,
+    Compare,
+    Eval,
+}
+
+impl Screen {
+    /// The screens with a tab in the header, in order (a Train screen gets its tab here).
+    pub const TABS: [Screen; 5] = [
+        Screen::Simulate,
+        Screen::Checkpoints,
+        Screen::Prompts,
+        Screen::Compare,
+        Screen::Eval,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Screen::Simulate => "Simulate",
+            Screen::PromptView => "Prompt view",
+            Screen::Checkpoints => "Checkpoints",
+            Screen::Prompts => "Prompts",
+            Screen::Compare => "Compare",
+            Screen::Eval => "Eval",
+        }
+    }
+}
+
+/// The panes of the Simulate screen, in Tab order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Scenarios,
+    Thread,
+    States,
+    Reply,
+}
+
+impl Pane {
+    pub const ORDER: [Pane; 4] = [Pane::Scenarios, Pane::Thread, Pane::States, Pane::Reply];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Error,
+}
+
+/// A scenario and the file it came from.
+#[derive(Debug, Clone)]
+pub struct ScenarioEntry {
+    pub scenario: Scenario,
+    pub path: PathBuf,
+}
+
+/// The scenario browser: folded domains, the filter, the selected row.
+#[derive(Debug, Clone, Default)]
+pub struct Browser {
+    pub filter: String,
+    /// Typing goes into the filter.
+    pub filtering: bool,
+    pub folded: BTreeSet<Domain>,
+    /// Index into `App::browser_rows()`.
+    pub selected: usize,
+}
+
+/// One visible row of the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserRow {
+    Domain {
+        domain: Domain,
+        count: usize,
+        folded: bool,
+    },
+    /// Index into `App::scenarios`.
+    Scenario(usize),
+}
+
+/// What a long task is, for the status line and for Esc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Simulate,
+    Compare,
+    Eval,
+    Plan,
+}
+
+/// A task running on a worker thread.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: u64,
+    pub kind: JobKind,
+    pub cancel: Arc<AtomicBool>,
+    pub started: u64,
+}
+
+/// The loaded checkpoint, as the status bar shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub device: String,
+    pub weights: String,
+    pub context: usize,
+    pub load_ms: u64,
+    /// The prompt set the checkpoint names (`humanlm.toml`).
+    pub default_set: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ModelState {
+    pub loaded: Option<ModelInfo>,
+    /// Being loaded in the background: name and the tick it started.
+    pub loading: Option<(String, u64)>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JudgeState {
+    Loading,
+    /// The embedding judge, by model name.
+    Ready(String),
+    /// Why there is no judge (no embedding model on disk).
+    Missing(String),
+}
+
+/// Decode statistics of the call that is streaming.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Tokens streamed in this call (all samples).
+    pub tokens: usize,
+    /// From the call's start to its first token (prefill included).
+    pub ttft_ms: Option<f64>,
+    /// Decode rate after the first token, over all samples.
+    pub tok_s: f64,
+}
+
+/// One call's output for one sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallOut {
+    pub text: String,
+    pub done: bool,
+    /// `stop`, `eos`, `length`, `context`, `cancelled` once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<usize>,
+}
+
+/// One sample of a simulation, streaming or finished.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SampleOut {
+    /// Per call (`stance` … `response`, or `joint`).
+    pub calls: BTreeMap<String, CallOut>,
+    /// Parsed states, once the simulation finished.
+    #[serde(default)]
+    pub states: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub think: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<bool>,
+    #[serde(default)]
+    pub tokens: usize,
+    #[serde(default)]
+    pub ms: u64,
+    /// Embedding similarity with the real reply, per call name.
+    #[serde(default)]
+    pub scores: BTreeMap<String, f64>,
+    /// The text each score was computed on (rescored when the final parse differs).
+    #[serde(skip)]
+    pub scored: BTreeMap<String, String>,
+}
+
+/// A call of the plan, as the status line needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallInfo {
+    pub name: String,
+    pub prompt_tokens: usize,
+    pub budget: usize,
+    pub thinking: bool,
+    /// The opening tag already in the prompt (sets with `prefill_tag`).
+    pub prefill: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Waiting for the checkpoint, or generating.
+    Running,
+    Done,
+    Cancelled,
+    Failed(String),
+}
+
+/// A simulation of one scenario: its settings, the calls so far and every sample's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimRun {
+    pub job: u64,
+    pub scenario: String,
+    pub checkpoint: String,
+    pub set: String,
+    pub set_hash: String,
+    pub mode: Mode,
+    pub sampling: SamplingChoice,
+    pub calls: Vec<CallInfo>,
+    /// The call streaming now.
+    pub current: Option<String>,
+    pub samples: Vec<SampleOut>,
+    pub status: RunStatus,
+    pub stats: Stats,
+    /// Calls expected (known from the set and mode when the run starts).
+    pub expected_calls: usize,
+    pub dropped_turns: usize,
+    /// Ticks at start and end, for the elapsed time.
+    pub started: u64,
+    pub finished: Option<u64>,
+}
+
+impl SimRun {
+    pub fn new(job: u64, scenario: &str, mode: Mode, sampling: &SamplingChoice, tick: u64) -> Self {
+        SimRun {
+            job,
+            scenario: scenario.to_string(),
+            checkpoint: String::new(),
+            set: String::new(),
+            set_hash: String::new(),
+            mode,
+            sampling: sampling.clone(),
+            calls: vec![],
+            current: None,
+            samples: vec![SampleOut::default(); sampling.n.max(1)],
+            status: RunStatus::Running,
+            stats: Stats::default(),
+            expected_calls: 0,
+            dropped_turns: 0,
+            started: tick,
+            finished: None,
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.status == RunStatus::Running
+    }
+
+    pub fn total_tokens(&self) -> usize {
+        self.samples
+            .iter()
+            .flat_map(|s| s.calls.values())
+            .map(|c| c.tokens.unwrap_or(0))
+            .sum()
+    }
+}
+
+/// What streams from a simulation worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimMsg {
+    Started {
+        checkpoint: String,
+        set: String,
+        set_hash: String,
+        calls: usize,
+    },
+    Call(CallInfo),
+    Text {
+        call: String,
+        sample: usize,
+        delta: String,
+        stats: Stats,
+    },
+    CallDone {
+        call: String,
+    },
+    Done {
+        samples: Vec<SampleOut>,
+        dropped_turns: usize,
+    },
+    Failed(String),
+}
+
+/// One call of the Simulator's-eye view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallView {
+    pub name: String,
+    pub prompt: String,
+    pub prompt_tokens: usize,
+    pub ids: Vec<u32>,
+    pub budget: usize,
+    pub prefill: String,
+    pub stop: String,
+    pub thinking: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanView {
+    pub scenario: String,
+    pub set: String,
+    pub set_hash: String,
+    pub mode: Mode,
+    pub calls: Vec<CallView>,
+    pub dropped_turns: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PromptViewState {
+    pub job: Option<u64>,
+    pub plan: Option<PlanView>,
+    pub error: Option<String>,
+    pub call: usize,
+    pub scroll: usize,
+    pub ids: bool,
+}
+
+/// A row of the Checkpoints screen.
+#[derive(Debug, Clone)]
+pub struct CkptRow {
+    pub name: String,
+    pub path: String,
+    pub info: Option<CheckpointInfo>,
+    pub error: Option<String>,
+    pub default_set: Option<String>,
+    /// Adapters are listed under their base, indented.
+    pub depth: u8,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CkptScreen {
+    pub rows: Vec<CkptRow>,
+    pub selected: usize,
+    pub scanned: bool,
+}
+
+/// One file of a prompt set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileInfo {
+    pub name: String,
+    pub path: PathBuf,
+    /// First 12 hex digits of the sha256 of its contents.
+    pub hash: String,
+    /// The set the file comes from when this set inherits it.
+    pub inherited_from: Option<String>,
+    pub text: String,
+}
+
+/// A prompt set as the Prompts screen shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetInfo {
+    pub name: String,
+    pub dir: PathBuf,
+    pub description: String,
+    pub hash: Option<String>,
+    pub layout: String,
+    pub dimensions: Vec<String>,
+    pub sampling: String,
+    pub files: Vec<FileInfo>,
+    /// Why the set does not load (its files are still listed).
+    pub error: Option<String>,
+}
+
+/// A line of a diff: `' '`, `'-'`, `'+'`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileDiff {
+    pub name: String,
+    /// `same`, `changed`, `only in A`, `only in B`.
+    pub status: &'static str,
+    pub lines: Vec<(char, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffView {
+    pub a: String,
+    pub b: String,
+    pub files: Vec<FileDiff>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptsFocus {
+    #[default]
+    Sets,
+    Files,
+    Preview,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PromptsScreen {
+    pub set: usize,
+    pub file: usize,
+    pub focus: PromptsFocus,
+    pub scroll: usize,
+    /// The diff's base set (`a`).
+    pub mark: Option<String>,
+    pub diff: Option<DiffView>,
+    pub diff_scroll: usize,
+}
+
+/// One side of a comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Side {
+    pub checkpoint: String,
+    pub set: String,
+}
+
+/// Blind rating: replies shown as A/B/C in a shuffled order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blind {
+    /// `order[i]` is the side shown under letter i.
+    pub order: Vec<usize>,
+    pub focus: usize,
+    /// 0 = similarity, 1 = humanlike.
+    pub field: usize,
+    pub ratings: Vec<[Option<u8>; 2]>,
+    pub revealed: bool,
+}
+
+impl Blind {
+    pub fn complete(&self) -> bool {
+        self.ratings
+            .iter()
+            .all(|r| r[0].is_some() && r[1].is_some())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CompareState {
+    pub sides: Vec<Side>,
+    pub selected: usize,
+    pub job: Option<u64>,
+    pub scenario: Option<String>,
+    pub runs: Vec<SimRun>,
+    pub blind: Option<Blind>,
+}
+
+/// What streams from an evaluation worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalMsg {
+    Started { total: usize, resumed: usize },
+    Loading { checkpoint: String },
+    Scenario { scenario: String },
+    Done { scenario: String },
+    Skipped { scenario: String },
+    Finished(Result<PathBuf, String>),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvalProgress {
+    pub job: u64,
+    pub total: usize,
+    pub resumed: usize,
+    pub done: usize,
+    pub current: String,
+    pub skipped: usize,
+    pub started: u64,
+    /// Tick of the first scenario finished in this session (the ETA's pace starts there).
+    pub first_done: Option<u64>,
+}
+
+/// The selected run: its summary, the run before it, and its samples.
+#[derive(Debug, Clone)]
+pub struct RunDetail {
+    pub path: PathBuf,
+    pub summary: Option<Summary>,
+    pub prev: Option<(String, Summary)>,
+    pub samples: Vec<SampleRecord>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EvalScreen {
+    pub runs: Vec<RunListing>,
+    pub selected: usize,
+    pub detail: Option<RunDetail>,
+    /// Drill-down into the samples: the selected sample.
+    pub drill: Option<usize>,
+    pub progress: Option<EvalProgress>,
+    pub scanned: bool,
+}
+
+/// A saved session (`s`), as written under `runs/sessions/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub version: u32,
+    pub saved_unix: u64,
+    pub scenario: String,
+    pub checkpoint: String,
+    pub prompt_set: String,
+    pub prompt_hash: String,
+    pub mode: String,
+    pub sampling: SamplingChoice,
+    pub dropped_turns: usize,
+    pub samples: Vec<SampleOut>,
+}
+
+/// Wrapped lines kept between frames (the thread and the prompt view can be long).
+#[derive(Default)]
+pub struct Caches {
+    pub thread: Option<(ThreadKey, std::rc::Rc<Vec<ratatui::text::Line<'static>>>)>,
+    pub prompt: Option<(PromptKey, std::rc::Rc<Vec<ratatui::text::Line<'static>>>)>,
+    /// Lines and height of scrollable panes at the last frame, to bound scrolling.
+    pub extents: BTreeMap<&'static str, (usize, usize)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadKey {
+    pub scenario: usize,
+    pub width: u16,
+    pub persona: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptKey {
+    pub scenario: String,
+    pub set_hash: String,
+    pub call: usize,
+    pub width: u16,
+    pub ids: bool,
+}
+
+/// Where things are on disk.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub checkpoints: PathBuf,
+    pub scenarios: PathBuf,
+    pub prompts: PathBuf,
+    pub runs: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            checkpoints: PathBuf::from("checkpoints"),
+            scenarios: PathBuf::from("scenarios"),
+            prompts: PathBuf::from("prompts"),
+            runs: PathBuf::from("runs"),
+        }
+    }
+}
+
+pub struct App {
+    pub screen: Screen,
+    /// The help popup and its scroll.
+    pub help: Option<usize>,
+    /// An error popup (any key closes it).
+    pub error: Option<String>,
+    /// A line in the status bar and the tick it was set.
+    pub message: Option<(Level, String, u64)>,
+    pub quit: bool,
+    pub size: (u16, u16),
+    pub tick: u64,
+    /// Seeds the blind order (set from the clock by the runtime; fixed in tests).
+    pub seed: u64,
+    pub paths: Paths,
+
+    pub model: ModelState,
+    /// The checkpoint asked for last (what Simulate runs on once loaded).
+    pub checkpoint: String,
+    pub judge: JudgeState,
+
+    pub scenarios: Vec<ScenarioEntry>,
+    pub scenario_problems: Vec<String>,
+    pub browser: Browser,
+    pub focus: Pane,
+    pub thread_scroll: usize,
+    pub reply_scroll: usize,
+    /// The reply pane keeps the end of a streaming reply in view until scrolled.
+    pub reply_follow: bool,
+    pub persona_open: bool,
+    pub show_think: bool,
+    pub show_reference: bool,
+
+    pub mode: Mode,
+    pub sampling: SamplingChoice,
+    /// The active prompt set.
+    pub set: String,
+    /// Chosen by hand: a checkpoint switch keeps it.
+    pub set_pinned: bool,
+    pub sets: Vec<SetInfo>,
+
+    pub sim: Option<SimRun>,
+    pub sample: usize,
+    pub jobs: Vec<Job>,
+    pub next_job: u64,
+
+    pub prompt_view: PromptViewState,
+    pub ckpts: CkptScreen,
+    pub prompts: PromptsScreen,
+    pub compare: CompareState,
+    pub eval: EvalScreen,
+
+    pub caches: RefCell<Caches>,
+}
+
+impl App {
+    /// A workbench on `checkpoint` with `set` as its prompt set; nothing loaded yet.
+    pub fn new(paths: Paths, checkpoint: &str, set: &str) -> App {
+        App {
+            screen: Screen::Simulate,
+            help: None,
+            error: None,
+            message: None,
+            quit: false,
+            size: (120, 40),
+            tick: 0,
+            seed: 0,
+            paths,
+            model: ModelState::default(),
+            checkpoint: checkpoint.to_string(),
+            judge: JudgeState::Loading,
+            scenarios: vec![],
+            scenario_problems: vec![],
+            browser: Browser::default(),
+            focus: Pane::Scenarios,
+            thread_scroll: 0,
+            reply_scroll: 0,
+            reply_follow: true,
+            persona_open: false,
+            show_think: false,
+            show_reference: false,
+            mode: Mode::Humanlm,
+            sampling: SamplingChoice::default(),
+            set: set.to_string(),
+            set_pinned: false,
+            sets: vec![],
+            sim: None,
+            sample: 0,
+            jobs: vec![],
+            next_job: 1,
+            prompt_view: PromptViewState::default(),
+            ckpts: CkptScreen::default(),
+            prompts: PromptsScreen::default(),
+            compare: CompareState::default(),
+            eval: EvalScreen::default(),
+            caches: RefCell::new(Caches::default()),
+        }
+    }
+
+    /// The visible rows of the scenario browser: domains with their (matching) scenarios.
+    pub fn browser_rows(&self) -> Vec<BrowserRow> {
+        let words: Vec<String> = self
+            .browser
+            .filter
+            .to_lowercase()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let filtering = !words.is_empty();
+        let mut rows = vec![];
+        for domain in Domain::ALL {
+            let matching: Vec<usize> = self
+                .scenarios
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.scenario.domain == domain)
+                .filter(|(_, e)| {
+                    let hay = format!(
+                        "{} {} {}",
+                        e.scenario.id,
+                        e.scenario.title,
+                        e.scenario.domain.name()
+                    )
+                    .to_lowercase();
+                    words.iter().all(|w| hay.contains(w.as_str()))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if matching.is_empty() {
+                continue;
+            }
+            // A filter shows every match, folded or not.
+            let folded = !filtering && self.browser.folded.contains(&domain);
+            rows.push(BrowserRow::Domain {
+                domain,
+                count: matching.len(),
+                folded,
+            });
+            if !folded {
+                rows.extend(matching.into_iter().map(BrowserRow::Scenario));
+            }
+        }
+        rows
+    }
+
+    /// The scenario under the browser's cursor.
+    pub fn selected_scenario(&self) -> Option<&ScenarioEntry> {
+        match self.browser_rows().get(self.browser.selected) {
+            Some(BrowserRow::Scenario(i)) => self.scenarios.get(*i),
+            _ => None,
+        }
+    }
+
+    pub fn selected_scenario_index(&self) -> Option<usize> {
+        match self.browser_rows().get(self.browser.selected) {
+            Some(BrowserRow::Scenario(i)) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn scenario_by_id(&self, id: &str) -> Option<&ScenarioEntry> {
+        self.scenarios.iter().find(|e| e.scenario.id == id)
+    }
+
+    pub fn set_info(&self, name: &str) -> Option<&SetInfo> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+
+    /// The state dimensions of the active set (the method's six until the sets are read).
+    pub fn dimensions(&self) -> Vec<String> {
+        match self.set_info(&self.set) {
+            Some(s) if !s.dimensions.is_empty() => s.dimensions.clone(),
+            _ => DIMENSIONS.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    pub fn job(&self, kind: JobKind) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.kind == kind)
+    }
+
+    /// Whether the layout has room for the scenario list beside the thread.
+    pub fn wide(&self) -> bool {
+        self.size.0 >= 100
+    }
+
+    pub fn info(&mut self, text: impl Into<String>) {
+        self.message = Some((Level::Info, text.into(), self.tick));
+    }
+
+    pub fn fail(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        self.message = Some((Level::Error, text.clone(), self.tick));
+        self.error = Some(text);
+    }
+}
+
+/// The name a mode has on the command line.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Humanlm => "humanlm",
+        Mode::Response => "response",
+        Mode::Joint => "joint",
+    }
+}
+
+pub fn parse_mode(name: &str) -> Option<Mode> {
+    [Mode::Humanlm, Mode::Response, Mode::Joint]
+        .into_iter()
+        .find(|m| mode_name(*m) == name)
+}

@@ -1,0 +1,196 @@
+//! Checkpoints (`m`): every checkpoint with its metadata, adapters under their base; Enter loads
+//! one in the background and Simulate switches to it when it is ready.
+
+use super::{dim, pane, spinner, ACCENT, BAD, GOOD, WARN};
+use crate::tui::app::{App, TICKS_PER_S};
+use crate::tui::text;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::Frame;
+
+/// `135M`, `1.5B`.
+pub fn params(n: u64) -> String {
+    match n {
+        0 => "?".into(),
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.0}M", n as f64 / 1e6),
+        n => format!("{:.0}K", n as f64 / 1e3),
+    }
+}
+
+/// `86 MB`, `1.2 GB`.
+pub fn bytes(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.1} GB", n as f64 / 1e9)
+    } else {
+        format!("{:.0} MB", n as f64 / 1e6)
+    }
+}
+
+/// The columns shown: all, or without DTYPE and SIZE when narrow.
+fn keep<T>(cols: Vec<T>, narrow: bool) -> Vec<T> {
+    cols.into_iter()
+        .enumerate()
+        .filter(|(i, _)| !narrow || (*i != 4 && *i != 6))
+        .map(|(_, c)| c)
+        .collect()
+}
+
+pub fn draw(f: &mut Frame, app: &App, body: Rect) {
+    let [list, detail] = Layout::vertical([Constraint::Min(5), Constraint::Length(6)]).areas(body);
+    let block = pane(
+        format!(" Checkpoints · {} ", app.paths.checkpoints.display()),
+        true,
+    );
+    if app.ckpts.rows.is_empty() {
+        let msg = if app.ckpts.scanned {
+            format!(
+                "no checkpoints in {} (scripts/fetch-checkpoints.sh fetches the defaults)",
+                app.paths.checkpoints.display()
+            )
+        } else {
+            format!("{} reading checkpoints…", spinner(app))
+        };
+        f.render_widget(Paragraph::new(Line::styled(msg, dim())).block(block), list);
+        return;
+    }
+    // Narrow terminals leave out the dtype and size (the details below show them).
+    let narrow = body.width < 110;
+    let loaded = app.model.loaded.as_ref().map(|m| m.name.as_str());
+    let loading = app.model.loading.as_ref().map(|(n, _)| n.as_str());
+    let rows: Vec<Row> = app
+        .ckpts
+        .rows
+        .iter()
+        .map(|r| {
+            let name = format!("{}{}", if r.depth > 0 { "  └ " } else { "" }, r.name);
+            let state = if loaded == Some(r.name.as_str()) {
+                Span::styled("● loaded", Style::default().fg(GOOD))
+            } else if loading.is_some_and(|l| l == r.name || r.path.ends_with(l)) {
+                Span::styled(
+                    format!("{} loading", spinner(app)),
+                    Style::default().fg(WARN),
+                )
+            } else {
+                Span::raw("")
+            };
+            match (&r.info, &r.error) {
+                (Some(i), _) => Row::new(keep(
+                    vec![
+                        Cell::from(name),
+                        Cell::from(i.format.clone()),
+                        Cell::from(i.architecture.clone()),
+                        Cell::from(params(i.parameters)),
+                        Cell::from(text::truncate(&i.dtype, 22)),
+                        Cell::from(i.context_length.to_string()),
+                        Cell::from(bytes(i.size_bytes)),
+                        Cell::from(r.default_set.clone().unwrap_or_else(|| "humanlm".into())),
+                        Cell::from(Line::from(state)),
+                    ],
+                    narrow,
+                )),
+                // The whole error is in the details below.
+                (None, _) => Row::new(vec![
+                    Cell::from(Line::from(vec![
+                        Span::raw(name),
+                        Span::styled(" ✗ unreadable", Style::default().fg(BAD)),
+                    ])),
+                    Cell::from("?"),
+                ]),
+            }
+        })
+        .collect();
+    let header = Row::new(keep(
+        vec![
+            "NAME", "FORMAT", "ARCH", "PARAMS", "DTYPE", "CONTEXT", "SIZE", "PROMPTS", "",
+        ],
+        narrow,
+    ))
+    .style(Style::default().fg(ACCENT).add_modifier(Modifier::BOLD));
+    let widths = keep(
+        vec![
+            Constraint::Min(22),
+            Constraint::Length(6),
+            Constraint::Length(7),
+            Constraint::Length(6),
+            Constraint::Length(22),
+            Constraint::Length(7),
+            Constraint::Length(8),
+            Constraint::Length(9),
+            Constraint::Length(10),
+        ],
+        narrow,
+    );
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(block)
+        .row_highlight_style(Style::default().bg(ACCENT).fg(Color::Black));
+    let mut state = TableState::default().with_selected(Some(app.ckpts.selected));
+    f.render_stateful_widget(table, list, &mut state);
+
+    // The selected checkpoint in full (paths and errors do not fit the table).
+    let mut lines = vec![];
+    if let Some(r) = app.ckpts.rows.get(app.ckpts.selected) {
+        lines.push(Line::from(vec![
+            Span::styled("path ", dim()),
+            Span::raw(r.path.clone()),
+        ]));
+        if let Some(i) = &r.info {
+            if let Some(base) = &i.adapter_base {
+                lines.push(Line::from(vec![
+                    Span::styled("LoRA adapter on ", dim()),
+                    Span::raw(base.clone()),
+                ]));
+            }
+            lines.push(Line::from(vec![
+                Span::styled("weights ", dim()),
+                Span::raw(format!(
+                    "{} · {} parameters · {}",
+                    i.dtype,
+                    params(i.parameters),
+                    bytes(i.size_bytes)
+                )),
+            ]));
+        }
+        if let Some(e) = &r.error {
+            lines.push(Line::styled(e.clone(), Style::default().fg(BAD)));
+        }
+    }
+    if let Some(m) = &app.model.loaded {
+        lines.push(Line::from(vec![
+            Span::styled("in use ", dim()),
+            Span::raw(format!(
+                "{} ({}) on {} · loaded in {:.1} s · context {}",
+                m.name,
+                m.weights,
+                m.device,
+                m.load_ms as f64 / 1000.0,
+                m.context
+            )),
+        ]));
+    }
+    if let Some((name, since)) = &app.model.loading {
+        lines.push(Line::styled(
+            format!(
+                "{} loading {name} · {:.0} s (Simulate keeps the current one until it is ready)",
+                spinner(app),
+                app.tick.saturating_sub(*since) as f64 / TICKS_PER_S as f64
+            ),
+            Style::default().fg(WARN),
+        ));
+    }
+    if let Some(e) = &app.model.error {
+        lines.push(Line::styled(
+            format!("last load failed: {e}"),
+            Style::default().fg(BAD),
+        ));
+    }
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(pane(" Details ", false)),
+        detail,
+    );
+}

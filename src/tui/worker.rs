@@ -1,0 +1,610 @@
+//! Work off the UI thread: loading checkpoints and the judge, simulating, rendering prompts,
+//! scoring, evaluating, reading and writing files. Each task reports through the channel; a
+//! panic inside one is caught and reported, never taking the workbench down.
+
+use super::action::{Action, SimRequest};
+use super::app::*;
+use crate::judge::EmbeddingJudge;
+use crate::model::weights::LoadOptions;
+use crate::model::{Checkpoint, CheckpointKind, Model};
+use crate::prompts::PromptSet;
+use crate::sim::{self, Mode, Options, SimEvent, SimSample, Truncate};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What workers send to the UI thread.
+pub enum Msg {
+    Action(Action),
+    /// A checkpoint finished loading (`seq` tells whether it is still the one wanted).
+    Model {
+        seq: u64,
+        model: Arc<Model>,
+        info: ModelInfo,
+    },
+    Embedder(Arc<EmbeddingJudge>, String),
+}
+
+/// A sender that wraps actions.
+#[derive(Clone)]
+pub struct Tx(pub Sender<Msg>);
+
+impl Tx {
+    pub fn send(&self, a: Action) {
+        // The UI may be gone (quitting); nothing to do then.
+        let _ = self.0.send(Msg::Action(a));
+    }
+}
+
+/// Run `f` on a named thread; a panic becomes an `Action::Failed` for `job`.
+pub fn spawn(name: &str, tx: &Tx, job: Option<u64>, f: impl FnOnce(&Tx) + Send + 'static) {
+    let fail = tx.clone();
+    let tx = tx.clone();
+    let what = name.to_string();
+    let spawned = std::thread::Builder::new()
+        .name(format!("humanlm-worker-{name}"))
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&tx)));
+            if let Err(p) = r {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tx.send(Action::Failed {
+                    job,
+                    error: format!("{what} crashed: {msg}"),
+                });
+            }
+        });
+    if let Err(e) = spawned {
+        let _ = fail.0.send(Msg::Action(Action::Failed {
+            job,
+            error: format!("cannot start a thread for {name}: {e}"),
+        }));
+    }
+}
+
+/// The device checkpoints load on: `HUMANLM_DEVICE` (cpu, cuda, cuda:N), else the CPU.
+fn load_options() -> crate::model::Result<LoadOptions> {
+    let device = match std::env::var("HUMANLM_DEVICE") {
+        Ok(d) => crate::model::device::parse_device(&d)?,
+        Err(_) => candle_core::Device::Cpu,
+    };
+    Ok(LoadOptions {
+        device,
+        ..Default::default()
+    })
+}
+
+/// Load a checkpoint by name or path.
+pub fn load_checkpoint(spec: &str, root: &Path, seq: u64, tx: &Tx) {
+    let t0 = Instant::now();
+    let r = (|| -> anyhow::Result<(Model, Option<String>)> {
+        let ckpt = Checkpoint::resolve(spec, root)?;
+        let set = ckpt.default_prompt_set()?;
+        Ok((ckpt.load(&load_options()?)?, set))
+    })();
+    match r {
+        Ok((model, default_set)) => {
+            let info = ModelInfo {
+                name: model.checkpoint.name.clone(),
+                device: crate::model::device::device_name(&model.decoder.device),
+                weights: model.decoder.weight_kinds(),
+                context: model.decoder.max_positions(),
+                load_ms: t0.elapsed().as_millis() as u64,
+                default_set,
+            };
+            let _ = tx.0.send(Msg::Model {
+                seq,
+                model: Arc::new(model),
+                info,
+            });
+        }
+        Err(e) => tx.send(Action::ModelFailed {
+            name: spec.to_string(),
+            error: one_line(&e.to_string()),
+        }),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', " ")
+}
+
+/// The embedding judge from `checkpoints/all-minilm-l6-v2`, when it is there.
+pub fn load_embedder(root: &Path, tx: &Tx) {
+    let dir = root.join(crate::judge::embedding::DEFAULT_EMBEDDER);
+    if !dir.is_dir() {
+        tx.send(Action::Embedder(Err(format!(
+            "no {} (scripts/fetch-checkpoints.sh fetches it)",
+            dir.display()
+        ))));
+        return;
+    }
+    match EmbeddingJudge::load(&dir) {
+        Ok(j) => {
+            let _ = tx.0.send(Msg::Embedder(
+                Arc::new(j),
+                crate::judge::embedding::DEFAULT_EMBEDDER.to_string(),
+            ));
+        }
+        Err(e) => tx.send(Action::Embedder(Err(one_line(&e.to_string())))),
+    }
+}
+
+fn sample_out(s: SimSample) -> SampleOut {
+    let has_reply = s.outputs.contains_key("response") || s.outputs.contains_key("joint");
+    SampleOut {
+        calls: s
+            .outputs
+            .into_iter()
+            .map(|(k, o)| {
+                (
+                    k,
+                    CallOut {
+                        text: o.raw,
+                        done: true,
+                        stop: Some(o.stop_reason.to_string()),
+                        valid: Some(o.valid),
+                        tokens: Some(o.tokens),
+                    },
+                )
+            })
+            .collect(),
+        states: s.states,
+        response: has_reply.then_some(s.response),
+        think: s.think,
+        valid: Some(s.valid),
+        tokens: s.tokens,
+        ms: s.ms,
+        scores: Default::default(),
+        scored: Default::default(),
+    }
+}
+
+fn options(req: &SimRequest, set: &PromptSet) -> Options {
+    Options {
+        mode: req.mode,
+        params: req.sampling.params(set),
+        // The workbench runs every scenario: old turns are dropped to fit, and it says so.
+        truncate: Truncate::Oldest,
+    }
+}
+
+/// Simulate on `model`, streaming every step through `send`.
+pub fn simulate(model: &Model, req: &SimRequest, prompts: &Path, send: &dyn Fn(SimMsg)) {
+    let set = match PromptSet::load(&req.set, prompts) {
+        Ok(s) => s,
+        Err(e) => {
+            send(SimMsg::Failed(one_line(&e.to_string())));
+            return;
+        }
+    };
+    let calls = match req.mode {
+        Mode::Humanlm => set.dimensions().count() + 1,
+        _ => 1,
+    };
+    send(SimMsg::Started {
+        checkpoint: model.checkpoint.name.clone(),
+        set: set.name.clone(),
+        set_hash: set.hash.clone(),
+        calls,
+    });
+    let opts = options(req, &set);
+    let mut started = Instant::now();
+    let mut first: Option<Instant> = None;
+    let mut tokens = 0usize;
+    let r = sim::simulate(
+        model,
+        &set,
+        &req.scenario,
+        &opts,
+        Some(&req.cancel),
+        &mut |e| match e {
+            SimEvent::CallStarted { call } => {
+                started = Instant::now();
+                first = None;
+                tokens = 0;
+                send(SimMsg::Call(CallInfo {
+                    name: call.name.clone(),
+                    prompt_tokens: call.prompt_tokens,
+                    budget: call.budget,
+                    thinking: call.thinking,
+                    prefill: call.prefill.clone(),
+                }));
+            }
+            SimEvent::Text {
+                call,
+                sample,
+                delta,
+            } => {
+                let now = Instant::now();
+                let t0 = *first.get_or_insert(now);
+                tokens += 1;
+                let secs = now.duration_since(t0).as_secs_f64();
+                send(SimMsg::Text {
+                    call: call.to_string(),
+                    sample,
+                    delta: delta.to_string(),
+                    stats: Stats {
+                        tokens,
+                        ttft_ms: Some(t0.duration_since(started).as_secs_f64() * 1000.0),
+                        tok_s: if secs > 0.0 {
+                            (tokens - 1) as f64 / secs
+                        } else {
+                            0.0
+                        },
+                    },
+                });
+            }
+            SimEvent::CallFinished { call } => send(SimMsg::CallDone {
+                call: call.to_string(),
+            }),
+        },
+    );
+    match r {
+        Ok((plan, samples)) => send(SimMsg::Done {
+            samples: samples.into_iter().map(sample_out).collect(),
+            dropped_turns: plan.dropped_turns,
+        }),
+        Err(e) => send(SimMsg::Failed(one_line(&e.to_string()))),
+    }
+}
+
+/// The prompts a simulation would send, rendered and tokenized.
+pub fn plan(model: &Model, req: &SimRequest, prompts: &Path) -> Result<PlanView, String> {
+    let set = PromptSet::load(&req.set, prompts).map_err(|e| one_line(&e.to_string()))?;
+    let opts = options(req, &set);
+    let plan =
+        sim::plan(&set, &req.scenario, &opts, model).map_err(|e| one_line(&e.to_string()))?;
+    Ok(PlanView {
+        scenario: req.scenario.id.clone(),
+        set: set.name.clone(),
+        set_hash: set.hash.clone(),
+        mode: req.mode,
+        dropped_turns: plan.dropped_turns,
+        calls: plan
+            .calls
+            .into_iter()
+            .map(|c| CallView {
+                name: c.name,
+                prompt: c.prompt,
+                prompt_tokens: c.prompt_tokens,
+                ids: c.ids,
+                budget: c.budget,
+                prefill: c.prefill,
+                stop: c.stop,
+                thinking: c.thinking,
+            })
+            .collect(),
+    })
+}
+
+/// One scenario under each side, in turn; a side on another checkpoint loads it for the run.
+pub fn compare(
+    current: Option<Arc<Model>>,
+    req: &SimRequest,
+    sides: &[Side],
+    paths: &Paths,
+    tx: &Tx,
+) {
+    let mut loaded: Vec<Arc<Model>> = current.into_iter().collect();
+    for (i, side) in sides.iter().enumerate() {
+        let send = |msg: SimMsg| {
+            tx.send(Action::Cmp {
+                job: req.job,
+                side: i,
+                msg,
+            })
+        };
+        if req.cancel.load(Ordering::Relaxed) {
+            send(SimMsg::Failed("cancelled".into()));
+            continue;
+        }
+        let model = match loaded.iter().find(|m| m.checkpoint.name == side.checkpoint) {
+            Some(m) => m.clone(),
+            None => {
+                let r = Checkpoint::resolve(&side.checkpoint, &paths.checkpoints)
+                    .and_then(|c| c.load(&load_options()?));
+                match r {
+                    Ok(m) => {
+                        let m = Arc::new(m);
+                        loaded.push(m.clone());
+                        m
+                    }
+                    Err(e) => {
+                        send(SimMsg::Failed(one_line(&e.to_string())));
+                        continue;
+                    }
+                }
+            }
+        };
+        let side_req = SimRequest {
+            set: side.set.clone(),
+            ..req.clone()
+        };
+        simulate(&model, &side_req, &paths.prompts, &send);
+    }
+}
+
+/// The checkpoints under `root`, adapters right after their base.
+pub fn scan_checkpoints(root: &Path) -> Vec<CkptRow> {
+    let mut bases = vec![];
+    let mut adapters = vec![];
+    for entry in Checkpoint::list(root) {
+        match entry {
+            Ok(c) => {
+                let info = c.info();
+                let row = CkptRow {
+                    name: c.name.clone(),
+                    path: c.path.display().to_string(),
+                    error: info.as_ref().err().map(|e| one_line(&e.to_string())),
+                    info: info.ok(),
+                    default_set: c.default_prompt_set().ok().flatten(),
+                    depth: 0,
+                };
+                match &c.kind {
+                    CheckpointKind::Adapter { base, .. } => {
+                        adapters.push((base.name.clone(), CkptRow { depth: 1, ..row }))
+                    }
+                    _ => bases.push(row),
+                }
+            }
+            Err(e) => {
+                let (name, path) = match &e {
+                    crate::model::Error::File { path, .. } => (
+                        path.file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        path.display().to_string(),
+                    ),
+                    _ => ("?".into(), String::new()),
+                };
+                bases.push(CkptRow {
+                    name,
+                    path,
+                    info: None,
+                    error: Some(one_line(&e.to_string())),
+                    default_set: None,
+                    depth: 0,
+                });
+            }
+        }
+    }
+    let mut rows = vec![];
+    for b in bases {
+        let name = b.name.clone();
+        rows.push(b);
+        for (_, a) in adapters.iter().filter(|(base, _)| *base == name) {
+            rows.push(a.clone());
+        }
+    }
+    // Adapters whose base is not in the folder still show.
+    for (base, a) in adapters {
+        if !rows.iter().any(|r| r.name == base) {
+            rows.push(a);
+        }
+    }
+    rows
+}
+
+fn short_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every prompt set under `root` with its files (those that do not load, with their error).
+pub fn scan_prompts(root: &Path) -> Vec<SetInfo> {
+    crate::prompts::list(root)
+        .into_iter()
+        .map(|name| match PromptSet::load(&name, root) {
+            Ok(set) => {
+                let p = SamplingChoice::default().params(&set);
+                SetInfo {
+                    name: set.name.clone(),
+                    dir: set.dir.clone(),
+                    description: set.description.clone(),
+                    hash: Some(set.hash.clone()),
+                    layout: format!("{:?}", set.layout).to_lowercase(),
+                    dimensions: set.dimensions().map(|d| d.key.clone()).collect(),
+                    sampling: format!(
+                        "T {} · repetition ×{} · {}-gram ban",
+                        p.temperature, p.repetition_penalty, p.no_repeat_ngram
+                    ),
+                    files: set
+                        .files
+                        .iter()
+                        .map(|(fname, path)| file_info(fname, path, &set.dir))
+                        .collect(),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                let dir = root.join(&name);
+                let mut files: Vec<FileInfo> = std::fs::read_dir(&dir)
+                    .map(|rd| {
+                        rd.flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.is_file())
+                            .map(|p| {
+                                let n = p
+                                    .file_name()
+                                    .map(|n| n.to_string_lossy().into_owned())
+                                    .unwrap_or_default();
+                                file_info(&n, &p, &dir)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                files.sort_by(|a, b| a.name.cmp(&b.name));
+                SetInfo {
+                    name: name.clone(),
+                    dir,
+                    description: String::new(),
+                    hash: None,
+                    layout: "?".into(),
+                    dimensions: vec![],
+                    sampling: String::new(),
+                    files,
+                    error: Some(one_line(&e.to_string())),
+                }
+            }
+        })
+        .collect()
+}
+
+use crate::sim::SamplingChoice;
+
+fn file_info(name: &str, path: &Path, set_dir: &Path) -> FileInfo {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let parent = path.parent().unwrap_or(Path::new(""));
+    FileInfo {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        hash: short_hash(&text),
+        inherited_from: (parent != set_dir).then(|| {
+            parent
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        }),
+        text,
+    }
+}
+
+/// Modification times of the files under the prompt root (sets and judge configs).
+pub fn prompt_mtimes(root: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return out;
+    };
+    for dir in rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+        if let Ok(files) = std::fs::read_dir(&dir) {
+            for f in files.flatten() {
+                if let Ok(m) = f.metadata().and_then(|m| m.modified()) {
+                    out.push((f.path(), m));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The summary and samples of a run folder, and the summary of the run before it.
+pub fn load_run(path: &Path, prev: Option<&Path>) -> RunDetail {
+    let summary = |p: &Path| -> Option<crate::eval::Summary> {
+        serde_json::from_str(&std::fs::read_to_string(p.join("summary.json")).ok()?).ok()
+    };
+    RunDetail {
+        path: path.to_path_buf(),
+        summary: summary(path),
+        prev: prev.and_then(|p| {
+            summary(p).map(|s| {
+                (
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    s,
+                )
+            })
+        }),
+        samples: crate::eval::read_samples(&path.join("samples.jsonl")),
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Append one rating line to `runs/ratings.jsonl`.
+pub fn append_rating(runs: &Path, mut v: serde_json::Value) -> Result<PathBuf, String> {
+    use std::io::Write;
+    v["time_unix"] = now_unix().into();
+    std::fs::create_dir_all(runs).map_err(|e| format!("{}: {e}", runs.display()))?;
+    let path = runs.join("ratings.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    writeln!(f, "{v}").map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Write a session to `runs/sessions/` (to a temporary name, then renamed).
+pub fn save_session(runs: &Path, mut s: Session) -> Result<PathBuf, String> {
+    s.saved_unix = now_unix();
+    let dir = runs.join("sessions");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name: String = s
+        .scenario
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("session-{}-{name}.json", s.saved_unix));
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The most recently saved session.
+pub fn open_latest_session(runs: &Path) -> Result<Session, String> {
+    let dir = runs.join("sessions");
+    let latest = std::fs::read_dir(&dir)
+        .map_err(|_| format!("no saved sessions in {} (s saves one)", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .ok_or_else(|| format!("no saved sessions in {} (s saves one)", dir.display()))?;
+    let text =
+        std::fs::read_to_string(&latest).map_err(|e| format!("{}: {e}", latest.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", latest.display()))
+}
+
+/// Run an evaluation, reporting progress.
+pub fn eval(
+    job: u64,
+    spec: &crate::eval::EvalSpec,
+    checkpoints: &Path,
+    cancel: &std::sync::atomic::AtomicBool,
+    tx: &Tx,
+) {
+    use crate::eval::Progress;
+    let r = crate::eval::run(spec, checkpoints, Some(cancel), &mut |p| {
+        let msg = match p {
+            Progress::Started { total, resumed } => EvalMsg::Started { total, resumed },
+            Progress::Loading { checkpoint } => EvalMsg::Loading { checkpoint },
+            Progress::Scenario { scenario, .. } => EvalMsg::Scenario { scenario },
+            Progress::Done { scenario, .. } => EvalMsg::Done { scenario },
+            Progress::Skipped { scenario, .. } => EvalMsg::Skipped { scenario },
+        };
+        tx.send(Action::Eval { job, msg });
+    });
+    tx.send(Action::Eval {
+        job,
+        msg: EvalMsg::Finished(r.map_err(|e| one_line(&e.to_string()))),
+    });
+}

@@ -1,0 +1,253 @@
+//! End to end: the release binary, in a real terminal (tmux), on the default checkpoint.
+//!
+//! Opens the workbench at 100×30, filters the scenario list down to one scenario, simulates it
+//! until the reply and the six state cards are filled, opens the help, quits, and checks that
+//! the terminal was given back (the alternate screen left, the shell prompt there again). Every
+//! call's new tokens are capped with `HUMANLM_TUI_MAX_TOKENS` so this takes seconds, not minutes.
+//!
+//! Needs tmux (`apt-get install tmux`); runs on a private tmux socket that is removed afterwards.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SCENARIO: &str = "opinion-gym-etiquette-06";
+const DIMENSIONS: [&str; 6] = [
+    "stance",
+    "emotion",
+    "belief",
+    "value",
+    "goal",
+    "communication",
+];
+
+/// A tmux server of our own, killed when dropped (also when an assertion fails).
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(width: u16, height: u16) -> Tmux {
+        match Command::new("tmux").arg("-V").output() {
+            Ok(o) if o.status.success() => {}
+            _ => panic!(
+                "tmux is not installed: the workbench end-to-end test drives the binary in tmux \
+                 (install it: apt-get install tmux)"
+            ),
+        }
+        let t = Tmux {
+            socket: format!("humanlm-test-{}", std::process::id()),
+        };
+        let out = t.run(&[
+            "new-session",
+            "-d",
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+            "-s",
+            "wb",
+            "sh",
+        ]);
+        assert!(
+            out.status.success(),
+            "tmux new-session: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux")
+    }
+
+    fn capture(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "wb"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "wb"];
+        args.extend_from_slice(keys);
+        assert!(self.run(&args).status.success(), "send-keys {keys:?}");
+    }
+
+    fn type_text(&self, text: &str) {
+        assert!(self
+            .run(&["send-keys", "-t", "wb", "-l", text])
+            .status
+            .success());
+    }
+
+    fn alternate_on(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .run(&["display", "-p", "-t", "wb", "#{alternate_on}"])
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    }
+
+    /// Poll the screen until `done` holds; panics with the last screen after `timeout`.
+    fn wait(&self, what: &str, timeout: Duration, mut done: impl FnMut(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if done(&screen) {
+                return screen;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out after {:?} waiting for {what}; the screen:\n{screen}",
+                    timeout
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// The text right of a card's label, if the card is on screen.
+fn card(screen: &str, dim: &str) -> Option<String> {
+    let label = format!("│{dim} ");
+    screen.lines().find_map(|l| {
+        l.find(&label)
+            .map(|i| l[i + label.len()..].trim_start().to_string())
+    })
+}
+
+fn filled(screen: &str, dim: &str) -> bool {
+    card(screen, dim).is_some_and(|c| {
+        !c.is_empty()
+            && !c.starts_with('│')
+            && !c.starts_with("waiting")
+            && !c.starts_with("(empty)")
+    })
+}
+
+#[test]
+fn workbench_end_to_end() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("checkpoints/smollm2-135m-instruct").is_dir(),
+        "the default checkpoint is missing: run scripts/fetch-checkpoints.sh"
+    );
+    let title = humanlm::scenario::find(SCENARIO, &root.join("scenarios"))
+        .expect("the test scenario ships in scenarios/")
+        .scenario
+        .title;
+    let title_start: String = title.chars().take(18).collect();
+
+    let t = Tmux::start(100, 30);
+    t.wait("the shell's prompt", Duration::from_secs(10), |s| {
+        !s.trim().is_empty()
+    });
+    let command = format!(
+        "cd '{}' && HUMANLM_TUI_MAX_TOKENS=16 '{}'; echo \"workbench exited with $?\"",
+        root.display(),
+        env!("CARGO_BIN_EXE_humanlm")
+    );
+    t.type_text(&command);
+    t.keys(&["Enter"]);
+
+    // The workbench opens on the scenarios and loads the default checkpoint in the background.
+    let screen = t.wait("the checkpoint to load", Duration::from_secs(120), |s| {
+        s.contains("smollm2-135m-instruct · cpu") && s.contains("opinion (")
+    });
+    assert_eq!(t.alternate_on(), "1", "full screen while running");
+    assert!(screen.contains("Simulate"), "{screen}");
+    assert!(screen.contains("Scenarios (/ filter)"), "{screen}");
+    assert!(screen.contains("politics ("), "{screen}");
+
+    // `/` and a filter leave one scenario.
+    t.keys(&["/"]);
+    t.type_text("gym-etiquette");
+    let screen = t.wait("the filter", Duration::from_secs(10), |s| {
+        s.contains("/gym-etiquette") && s.contains("opinion (1)")
+    });
+    assert!(!screen.contains("politics ("), "{screen}");
+    assert!(screen.contains(&title_start), "{screen}");
+
+    // Enter simulates it; the states and the reply stream in.
+    t.keys(&["Enter"]);
+    let mut saw_streaming = false;
+    let screen = t.wait(
+        "the reply and all six state cards",
+        Duration::from_secs(240),
+        |s| {
+            saw_streaming |= s.contains("generating") && s.contains("tok/s");
+            s.contains("✓ done") && DIMENSIONS.iter().all(|d| filled(s, d))
+        },
+    );
+    assert!(saw_streaming, "the status bar never showed the generation");
+    for d in DIMENSIONS {
+        assert!(filled(&screen, d), "card {d} is empty:\n{screen}");
+    }
+    assert!(screen.contains(SCENARIO), "{screen}");
+    assert!(
+        screen.contains("valid format"),
+        "no verdict on the format:\n{screen}"
+    );
+    assert!(!screen.contains("(empty reply)"), "{screen}");
+    assert!(!screen.contains("the states come first"), "{screen}");
+    // The reply pane holds text (its first line under the title is not a placeholder).
+    let reply_line = screen
+        .lines()
+        .skip_while(|l| !l.contains("Reply"))
+        .nth(1)
+        .unwrap_or_default();
+    let reply_text = reply_line
+        .rsplit("││")
+        .next()
+        .unwrap_or_default()
+        .trim_matches(['│', ' ']);
+    assert!(!reply_text.is_empty(), "empty reply pane:\n{screen}");
+
+    // Help lists the bindings.
+    t.keys(&["?"]);
+    let screen = t.wait("the help", Duration::from_secs(10), |s| {
+        s.contains("Help · keys")
+    });
+    assert!(screen.contains("quit (Ctrl-C too)"), "{screen}");
+    assert!(screen.contains("prompt the model saw"), "{screen}");
+
+    // q quits and gives the terminal back.
+    t.keys(&["q"]);
+    let screen = t.wait("the shell again", Duration::from_secs(10), |s| {
+        s.contains("workbench exited with")
+    });
+    assert!(screen.contains("workbench exited with 0"), "{screen}");
+    assert!(!screen.contains("Help · keys"), "{screen}");
+    assert_eq!(t.alternate_on(), "0", "the alternate screen was left");
+    // The shell takes input again (raw mode is off: the line is echoed and run).
+    t.type_text("echo back-in-the-shell");
+    t.keys(&["Enter"]);
+    t.wait("the shell to answer", Duration::from_secs(10), |s| {
+        s.lines().any(|l| l.trim() == "back-in-the-shell")
+    });
+}
+
+#[test]
+fn without_a_terminal_it_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_humanlm"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run humanlm");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs a terminal"), "{err}");
+    assert!(out.stdout.is_empty());
+}
