@@ -333,16 +333,12 @@ fn finished_run(app: &mut App, n: usize) -> u64 {
     let fx = send(app, [code(KeyCode::Enter)]);
     let job = sim_job(&fx);
     send(app, [started(job)]);
-    let mut samples = vec![];
-    for i in 0..n {
-        samples.push(SampleOut::default());
-        let _ = i;
-    }
+    let mut samples = vec![SampleOut::default(); n];
     for (k, v) in STATES {
         send(app, [call(job, k)]);
-        for i in 0..n {
+        for (i, sample) in samples.iter_mut().enumerate() {
             send(app, [text(job, k, i, v)]);
-            samples[i].calls.insert(
+            sample.calls.insert(
                 k.to_string(),
                 CallOut {
                     text: v.into(),
@@ -352,20 +348,20 @@ fn finished_run(app: &mut App, n: usize) -> u64 {
                     tokens: Some(9),
                 },
             );
-            samples[i].states.insert(k.to_string(), v.to_string());
+            sample.states.insert(k.to_string(), v.to_string());
         }
         send(app, [done_call(job, k)]);
     }
     let reply = "NTA. She built it without asking, so she owns it. If she wanted half she needed your agreement before a single post went in.";
     send(app, [call(job, "response")]);
-    for i in 0..n {
+    for (i, sample) in samples.iter_mut().enumerate() {
         let r = if i == 0 {
             reply
         } else {
             "NTA, her fence, her bill."
         };
         send(app, [text(job, "response", i, r)]);
-        samples[i].calls.insert(
+        sample.calls.insert(
             "response".into(),
             CallOut {
                 text: r.into(),
@@ -375,10 +371,10 @@ fn finished_run(app: &mut App, n: usize) -> u64 {
                 tokens: Some(30),
             },
         );
-        samples[i].response = Some(r.into());
-        samples[i].valid = Some(i == 0);
-        samples[i].tokens = 84;
-        samples[i].ms = 2100;
+        sample.response = Some(r.into());
+        sample.valid = Some(i == 0);
+        sample.tokens = 84;
+        sample.ms = 2100;
     }
     send(app, [done_call(job, "response")]);
     send(
@@ -763,8 +759,10 @@ fn compared(a: &mut App) -> u64 {
         (0, "NTA, her fence."),
         (1, "You owe her nothing, she never asked."),
     ] {
-        let mut s = SampleOut::default();
-        s.response = Some(reply.into());
+        let mut s = SampleOut {
+            response: Some(reply.into()),
+            ..Default::default()
+        };
         s.states
             .insert("stance".into(), format!("side {side} disagrees"));
         s.calls.insert(
