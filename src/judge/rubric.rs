@@ -73,8 +73,15 @@ impl RubricJudge {
         })
     }
 
-    /// Ask until the reply has a score for each of `n` items, or the attempts run out.
-    fn ask(&self, prompt: &str, n: usize) -> (Option<Vec<ItemScore>>, String, String) {
+    /// Ask until `parse` accepts the reply, or the attempts run out (waiting `backoff_s`,
+    /// doubled each time, between them). Returns the parsed value, the last reply, and the
+    /// last problem.
+    fn ask_until<T>(
+        &self,
+        prompt: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        what: &str,
+    ) -> (Option<T>, String, String) {
         let mut last_raw = String::new();
         let mut last_err = String::new();
         for attempt in 0..=self.cfg.retries {
@@ -84,10 +91,10 @@ impl RubricJudge {
             }
             match self.model.ask(prompt, &self.cfg.sampling, attempt as u64) {
                 Ok(raw) => {
-                    match parse_scores(&raw, n) {
-                        Some(s) => return (Some(s), raw, String::new()),
-                        None => last_err = "the reply has no score for every item".into(),
+                    if let Some(v) = parse(&raw) {
+                        return (Some(v), raw, String::new());
                     }
+                    last_err = format!("the reply has no score for every {what}");
                     last_raw = raw;
                 }
                 Err(e) => last_err = e.to_string(),
@@ -142,7 +149,8 @@ impl Judge for RubricJudge {
             let prompt =
                 self.prompts
                     .judge(group.dimension, group.context, group.reference, &items)?;
-            let (scores, text, err) = self.ask(&prompt, unique.len());
+            let n = unique.len();
+            let (scores, text, err) = self.ask_until(&prompt, |r| parse_scores(r, n), "item");
             raw = Some(text);
             match scores {
                 Some(s) => judged = s,
@@ -287,54 +295,27 @@ impl AspectsJudge {
             .inner
             .prompts
             .judge_aspects(context, reference, response)?;
-        let mut last = (String::new(), String::new());
-        for attempt in 0..=self.inner.cfg.retries {
-            if attempt > 0 {
-                let wait = self.inner.cfg.backoff_s * 2f64.powi(attempt as i32 - 1);
-                std::thread::sleep(std::time::Duration::from_secs_f64(wait.max(0.0)));
-            }
-            match self
-                .inner
-                .model
-                .ask(&prompt, &self.inner.cfg.sampling, attempt as u64)
-            {
-                Ok(raw) => {
-                    if let Some(scores) = parse_aspects(&raw, &keys) {
-                        return Ok(scores
-                            .into_iter()
-                            .map(|(k, (v, thought))| {
-                                (
-                                    k,
-                                    Score {
-                                        score: v.clamp(0.0, 1.0),
-                                        raw: Some(raw.clone()),
-                                        note: thought,
-                                        error: None,
-                                    },
-                                )
-                            })
-                            .collect());
-                    }
-                    last = (raw, "the reply has no score for every aspect".into());
-                }
-                Err(e) => last.1 = e.to_string(),
-            }
-        }
-        let error = format!(
-            "judge failed after {} attempts: {}",
-            self.inner.cfg.retries + 1,
-            last.1
-        );
+        let (scores, raw, err) =
+            self.inner
+                .ask_until(&prompt, |r| parse_aspects(r, &keys), "aspect");
+        let error = scores.is_none().then(|| {
+            format!(
+                "judge failed after {} attempts: {err}",
+                self.inner.cfg.retries + 1
+            )
+        });
+        let mut scores = scores.unwrap_or_default();
         Ok(keys
             .into_iter()
             .map(|k| {
+                let (v, thought) = scores.remove(&k).unwrap_or((0.0, None));
                 (
                     k,
                     Score {
-                        score: 0.0,
-                        raw: Some(last.0.clone()),
-                        note: None,
-                        error: Some(error.clone()),
+                        score: v.clamp(0.0, 1.0),
+                        raw: Some(raw.clone()),
+                        note: thought,
+                        error: error.clone(),
                     },
                 )
             })
