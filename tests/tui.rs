@@ -1351,3 +1351,28 @@ fn sessions_save_and_reopen() {
     let out = render(&mut b, 120, 40);
     assert!(out.contains("reassure the poster"), "{out}");
 }
+
+#[test]
+fn an_embedding_model_is_not_loaded_as_a_simulator() {
+    let mut a = app(120, 40);
+    send(&mut a, [key('m')]);
+    let mut bert = info("all-minilm-l6-v2", "hf", 22_713_216, None);
+    bert.architecture = "bert".into();
+    send(
+        &mut a,
+        [Action::Checkpoints(vec![CkptRow {
+            name: "all-minilm-l6-v2".into(),
+            path: "checkpoints/all-minilm-l6-v2".into(),
+            info: Some(bert),
+            error: None,
+            default_set: None,
+            depth: 0,
+        }])],
+    );
+    let out = render(&mut a, 120, 40);
+    assert!(out.contains("(embedder)"), "{out}");
+    let fx = send(&mut a, [code(KeyCode::Enter)]);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert!(a.error.as_deref().unwrap().contains("bert model"));
+    assert!(a.model.loading.is_none());
+}

@@ -276,6 +276,21 @@ impl SimRun {
         self.status == RunStatus::Running
     }
 
+    /// Where the streaming call is: its prefill, or its decode speed.
+    pub fn progress(&self) -> String {
+        let prompt = self.calls.last().map_or(0, |c| c.prompt_tokens);
+        match self.stats.ttft_ms {
+            _ if self.current.is_none() => "…".to_string(),
+            None => format!("prefilling {prompt} prompt tokens"),
+            Some(t) => format!(
+                "{:.1} tok/s · ttft {:.2} s · {} tokens",
+                self.stats.tok_s,
+                t / 1000.0,
+                self.stats.tokens
+            ),
+        }
+    }
+
     pub fn total_tokens(&self) -> usize {
         self.samples
             .iter()
@@ -354,6 +369,14 @@ pub struct CkptRow {
     pub default_set: Option<String>,
     /// Adapters are listed under their base, indented.
     pub depth: u8,
+}
+
+impl CkptRow {
+    /// The architecture, when the decoder cannot run it (an embedding model such as BERT).
+    pub fn unsupported(&self) -> Option<&str> {
+        let arch = self.info.as_ref()?.architecture.as_str();
+        crate::model::Arch::parse(arch).is_none().then_some(arch)
+    }
 }
 
 #[derive(Debug, Clone, Default)]

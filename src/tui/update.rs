@@ -953,6 +953,14 @@ fn checkpoints_cmd(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
                 app.fail(format!("{}: {e}", row.name));
                 return;
             }
+            if let Some(arch) = row.unsupported() {
+                app.fail(format!(
+                    "{} is a {arch} model (an embedding model for the judge), not a simulator: \
+                     simulators are llama, qwen2 or qwen3",
+                    row.name
+                ));
+                return;
+            }
             if app
                 .model
                 .loading
@@ -1473,7 +1481,9 @@ fn eval_msg(app: &mut App, job: u64, msg: EvalMsg, fx: &mut Vec<Effect>) {
                     app.eval.selected = 0;
                     app.eval.detail = None;
                 }
-                Err(e) if e.starts_with("cancelled") => app.info(e),
+                Err(e) if e.starts_with("cancelled") => {
+                    app.info("evaluation cancelled: r resumes it where it stopped")
+                }
                 Err(e) => app.fail(format!("evaluation: {e}")),
             }
             fx.push(Effect::ScanRuns);

@@ -68,6 +68,8 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
             let name = format!("{}{}", if r.depth > 0 { "  └ " } else { "" }, r.name);
             let state = if loaded == Some(r.name.as_str()) {
                 Span::styled("● loaded", Style::default().fg(GOOD))
+            } else if r.unsupported().is_some() {
+                Span::styled("(embedder)", dim())
             } else if loading.is_some_and(|l| l == r.name || r.path.ends_with(l)) {
                 Span::styled(
                     format!("{} loading", spinner(app)),
@@ -86,7 +88,11 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
                         Cell::from(text::truncate(&i.dtype, 22)),
                         Cell::from(i.context_length.to_string()),
                         Cell::from(bytes(i.size_bytes)),
-                        Cell::from(r.default_set.clone().unwrap_or_else(|| "humanlm".into())),
+                        Cell::from(match (r.unsupported(), &r.default_set) {
+                            (Some(_), _) => "—".to_string(),
+                            (None, Some(set)) => set.clone(),
+                            (None, None) => crate::prompts::DEFAULT_SET.to_string(),
+                        }),
                         Cell::from(Line::from(state)),
                     ],
                     narrow,
@@ -119,7 +125,7 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
             Constraint::Length(7),
             Constraint::Length(8),
             Constraint::Length(9),
-            Constraint::Length(10),
+            Constraint::Length(11),
         ],
         narrow,
     );

@@ -80,10 +80,10 @@ fn status_span(app: &App, run: &SimRun) -> Span<'static> {
         }
         RunStatus::Running => Span::styled(
             format!(
-                " {} {} · {:.1} tok/s ",
+                " {} {} · {} ",
                 spinner(app),
                 run.current.clone().unwrap_or_default(),
-                run.stats.tok_s
+                run.progress()
             ),
             Style::default().fg(GOOD),
         ),

@@ -242,19 +242,14 @@ fn activity_line(app: &App) -> Line<'static> {
             return Line::from(format!(" {spin} {what} · Esc cancel"));
         }
         let current = run.current.clone().unwrap_or_else(|| "…".into());
-        let s = &run.stats;
-        let ttft = s.ttft_ms.map_or("ttft …".to_string(), |t| {
-            format!("ttft {:.2} s", t / 1000.0)
-        });
         return Line::from(vec![
             Span::styled(format!(" {spin} generating "), Style::default().fg(GOOD)),
             Span::styled(current, Style::default().add_modifier(Modifier::BOLD)),
             Span::raw(format!(
-                " ({}/{}) · {:.1} tok/s · {ttft} · {} tokens",
+                " ({}/{}) · {}",
                 run.calls.len(),
                 run.expected_calls.max(run.calls.len()),
-                s.tok_s,
-                s.tokens
+                run.progress()
             )),
             Span::styled(" · Esc cancel", dim()),
         ]);
