@@ -580,7 +580,18 @@ fn prompt_view_snapshots() {
         }],
     );
     snap("prompt_view", &mut a);
-    send(&mut a, [code(KeyCode::Tab), key('i')]);
+    // An edit of the set on disk renders the prompts again (the old ones stay meanwhile).
+    send(&mut a, [code(KeyCode::Tab)]);
+    let mut edited = sets();
+    edited[1].hash = Some("0123456789ab".into());
+    let fx = send(&mut a, [Action::PromptSets(edited)]);
+    assert!(
+        matches!(&fx[..], [Effect::Plan(r)] if r.set == "instruct"),
+        "{fx:?}"
+    );
+    assert!(a.prompt_view.plan.is_some());
+    assert_eq!(a.prompt_view.call, 1);
+    send(&mut a, [key('i')]);
     let out = render(&mut a, 80, 24);
     assert!(out.contains("response 1201"), "{out}");
     assert!(out.contains("6 token ids"), "{out}");

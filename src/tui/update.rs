@@ -97,15 +97,26 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 .unwrap_or(0);
         }
         Action::PromptSets(sets) => {
+            let error_before = app.set_info(&app.set).and_then(|s| s.error.clone());
             app.sets = sets;
             app.prompts.set = app.prompts.set.min(app.sets.len().saturating_sub(1));
             let files = app.sets.get(app.prompts.set).map_or(0, |s| s.files.len());
             app.prompts.file = app.prompts.file.min(files.saturating_sub(1));
+            // A broken set in use is reported once per new error, not on every rescan.
             if let Some(s) = app.set_info(&app.set) {
-                if let Some(e) = &s.error {
+                if let Some(e) = s.error.clone().filter(|e| Some(e) != error_before.as_ref()) {
                     let msg = format!("prompt set {} does not load: {e}", s.name);
                     app.fail(msg);
                 }
+            }
+            // The prompt view follows edits of the set it shows.
+            let stale = app.prompt_view.plan.as_ref().is_some_and(|p| {
+                app.set_info(&p.set)
+                    .and_then(|s| s.hash.as_ref())
+                    .is_some_and(|h| *h != p.set_hash)
+            });
+            if stale && app.screen == Screen::PromptView && app.prompt_view.job.is_none() {
+                open_prompt_view(app, &mut fx);
             }
         }
         Action::PromptsChanged(files) => {
@@ -871,18 +882,31 @@ fn open_prompt_view(app: &mut App, fx: &mut Vec<Effect>) {
         return;
     }
     let job = new_job(app, JobKind::Plan);
-    // The call streaming in Simulate is the one worth seeing first.
+    // The call streaming in Simulate is the one worth seeing first; after an edit of the set,
+    // the call that was on screen.
     let current = app.sim.as_ref().and_then(|r| {
         r.current
             .as_ref()
             .and_then(|c| r.calls.iter().position(|x| &x.name == c))
     });
+    let kept = app
+        .prompt_view
+        .plan
+        .as_ref()
+        .filter(|p| p.scenario == entry.scenario.id)
+        .map(|_| app.prompt_view.call);
+    // The old prompts of the same scenario stay on screen until the new ones are rendered.
+    let old = kept.and(app.prompt_view.plan.take());
     app.prompt_view = PromptViewState {
         job: Some(job.id),
-        plan: None,
+        plan: old,
         error: None,
-        call: current.unwrap_or(0),
-        scroll: 0,
+        call: current.or(kept).unwrap_or(0),
+        scroll: if kept.is_some() {
+            app.prompt_view.scroll
+        } else {
+            0
+        },
         ids: app.prompt_view.ids,
     };
     fx.push(Effect::Plan(SimRequest {
@@ -1241,7 +1265,7 @@ fn compare_cmd(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
                 .ckpts
                 .rows
                 .iter()
-                .filter(|r| r.error.is_none())
+                .filter(|r| r.error.is_none() && r.unsupported().is_none())
                 .map(|r| r.name.clone())
                 .collect();
             if let Some(side) = app.compare.sides.get_mut(app.compare.selected) {

@@ -41,7 +41,7 @@ pub fn lines() -> Vec<Line<'static>> {
     }
     out.push(Line::raw(""));
     out.push(Line::styled(
-        "Mouse: the wheel scrolls the pane under it; a click focuses a pane.",
+        "Mouse: the wheel scrolls the pane under it, a click focuses a pane; Shift+drag selects text.",
         dim(),
     ));
     out.push(Line::styled(
