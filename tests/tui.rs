@@ -1230,6 +1230,24 @@ fn streaming_deltas_fill_cards_and_get_scored() {
         .contains_key("emotion"));
     // Unfinished cards wait.
     assert!(out.contains("waiting"), "{out}");
+    // The next finished call is scored alone: the earlier ones are not asked for again.
+    send(
+        &mut a,
+        [crate::call(job, "emotion"), text(job, "emotion", 0, "calm")],
+    );
+    let fx = send(&mut a, [done_call(job, "emotion")]);
+    assert!(
+        matches!(&fx[..], [Effect::Score { call, .. }] if call == "emotion"),
+        "{fx:?}"
+    );
+    let fx = send(
+        &mut a,
+        [crate::call(job, "belief"), done_call(job, "belief")],
+    );
+    assert!(
+        matches!(&fx[..], [Effect::Score { call, .. }] if call == "belief"),
+        "emotion's score is on its way: {fx:?}"
+    );
 }
 
 #[test]

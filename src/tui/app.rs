@@ -245,6 +245,8 @@ pub struct SimRun {
     /// Calls expected (known from the set and mode when the run starts).
     pub expected_calls: usize,
     pub dropped_turns: usize,
+    /// Texts sent to the judge per output name (a score on its way is not asked for twice).
+    pub requested: BTreeMap<String, Vec<String>>,
     /// Ticks at start and end, for the elapsed time.
     pub started: u64,
     pub finished: Option<u64>,
@@ -267,6 +269,7 @@ impl SimRun {
             stats: Stats::default(),
             expected_calls: 0,
             dropped_turns: 0,
+            requested: BTreeMap::new(),
             started: tick,
             finished: None,
         }

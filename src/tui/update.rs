@@ -800,22 +800,25 @@ fn sim_msg(app: &mut App, job: u64, msg: SimMsg, fx: &mut Vec<Effect>) {
     }
 }
 
-/// Score every finished output whose text has no score yet (or changed since it was scored).
-fn rescore(app: &App) -> Vec<Effect> {
+/// Score every finished output whose text has no score yet (or changed since it was scored);
+/// what was asked for is remembered, so a score on its way is not asked for twice.
+fn rescore(app: &mut App) -> Vec<Effect> {
     let mut fx = vec![];
     if !matches!(app.judge, JudgeState::Ready(_)) {
         return fx;
     }
-    let Some(run) = &app.sim else {
-        return fx;
-    };
     let Some(reference) = app
-        .scenario_by_id(&run.scenario)
+        .sim
+        .as_ref()
+        .and_then(|r| app.scenario_by_id(&r.scenario))
         .and_then(|e| e.scenario.target.response.clone())
     else {
         return fx;
     };
     let mut keys = app.dimensions();
+    let Some(run) = &mut app.sim else {
+        return fx;
+    };
     keys.push("response".to_string());
     for key in keys {
         let mut texts = vec![];
@@ -844,8 +847,10 @@ fn rescore(app: &App) -> Vec<Effect> {
             .samples
             .iter()
             .zip(&texts)
-            .all(|(s, t)| s.scored.get(&key) == Some(t));
+            .all(|(s, t)| s.scored.get(&key) == Some(t))
+            || run.requested.get(&key) == Some(&texts);
         if !fresh {
+            run.requested.insert(key.clone(), texts.clone());
             fx.push(Effect::Score {
                 job: run.job,
                 call: key,
