@@ -83,7 +83,7 @@ fn lora_gradients_match_finite_differences() {
             .unwrap();
         let base: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         for k in [0, base.len() / 2, base.len() - 1] {
-            let mut set = |delta: f64| {
+            let set = |delta: f64| {
                 let mut x = base.clone();
                 x[k] += delta;
                 v.set(&Tensor::from_vec(x, v.dims(), &candle_core::Device::Cpu).unwrap())

@@ -626,7 +626,13 @@ fn absorb(s: &mut SimSample, set: &PromptSet, call: &Call, full: &str) -> bool {
                 .into_iter()
                 .find(|(t, _)| t == key)
                 .map(|(_, c)| c)
-                .unwrap_or_else(|| full.replace(&call.stop, "").trim().to_string());
+                // No closed tag: the text itself, without the tag we opened and the stop.
+                .unwrap_or_else(|| {
+                    let open = format!("<{key}>");
+                    let text = full.strip_prefix(&call.prefill).unwrap_or(full);
+                    let text = text.trim_start().strip_prefix(&open).unwrap_or(text);
+                    text.replace(&call.stop, "").trim().to_string()
+                });
             s.states.insert(key.to_string(), value);
             parse::strict(full, &[key]).is_some()
         }
