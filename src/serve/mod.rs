@@ -541,30 +541,24 @@ async fn chat_inner(s: Arc<Server>, body: &[u8]) -> Result<Response, ApiError> {
         .tokenizer
         .encode_rendered(&text)
         .map_err(|e| ApiError::bad(e.to_string()))?;
-    let params = sampling(&req.params, ids.len(), s.model.decoder.max_positions())?;
-    let n = params.n;
-    let (rx, guard) = s.submit(ids, params)?;
-    let id = s.request_id("chatcmpl");
-    let created = now();
-    if req.stream {
-        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let st = StreamState {
-            rx,
-            _guard: guard,
-            kind: StreamKind::Chat,
+    let (id, created, g) = match generate(
+        &s,
+        ids,
+        &req.params,
+        StreamKind::Chat,
+        "chatcmpl",
+        req.stream,
+        req.stream_options.as_ref(),
+    )
+    .await?
+    {
+        Started::Streaming(r) => return Ok(r),
+        Started::Done {
             id,
             created,
-            model: s.id.clone(),
-            n,
-            include_usage,
-            pending: VecDeque::new(),
-            started: false,
-            ended: false,
-        };
-        return Ok(sse(st));
-    }
-    let g = finish(rx).await?;
-    drop(guard);
+            generation,
+        } => (id, created, generation),
+    };
     let resp = ChatResponse {
         id,
         object: "chat.completion".into(),
@@ -601,30 +595,24 @@ async fn completions_inner(s: Arc<Server>, body: &[u8]) -> Result<Response, ApiE
         .tokenizer
         .encode_raw(&req.prompt)
         .map_err(|e| ApiError::bad(e.to_string()))?;
-    let params = sampling(&req.params, ids.len(), s.model.decoder.max_positions())?;
-    let n = params.n;
-    let (rx, guard) = s.submit(ids, params)?;
-    let id = s.request_id("cmpl");
-    let created = now();
-    if req.stream {
-        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let st = StreamState {
-            rx,
-            _guard: guard,
-            kind: StreamKind::Completion,
+    let (id, created, g) = match generate(
+        &s,
+        ids,
+        &req.params,
+        StreamKind::Completion,
+        "cmpl",
+        req.stream,
+        req.stream_options.as_ref(),
+    )
+    .await?
+    {
+        Started::Streaming(r) => return Ok(r),
+        Started::Done {
             id,
             created,
-            model: s.id.clone(),
-            n,
-            include_usage,
-            pending: VecDeque::new(),
-            started: false,
-            ended: false,
-        };
-        return Ok(sse(st));
-    }
-    let g = finish(rx).await?;
-    drop(guard);
+            generation,
+        } => (id, created, generation),
+    };
     let resp = CompletionResponse {
         id,
         object: "text_completion".into(),
@@ -644,6 +632,57 @@ async fn completions_inner(s: Arc<Server>, body: &[u8]) -> Result<Response, ApiE
             .collect(),
     };
     Ok(Json(resp).into_response())
+}
+
+/// A request's generation: already streaming, or finished.
+enum Started {
+    Streaming(Response),
+    Done {
+        id: String,
+        created: u64,
+        generation: Generation,
+    },
+}
+
+/// Queue `ids` for generation, then either stream the reply as server-sent events or wait for
+/// it whole: the step chat and text completions share.
+async fn generate(
+    s: &Arc<Server>,
+    ids: Vec<u32>,
+    p: &GenParams,
+    kind: StreamKind,
+    id_prefix: &str,
+    stream: bool,
+    stream_options: Option<&crate::remote::wire::StreamOptions>,
+) -> Result<Started, ApiError> {
+    let params = sampling(p, ids.len(), s.model.decoder.max_positions())?;
+    let n = params.n;
+    let (rx, guard) = s.submit(ids, params)?;
+    let id = s.request_id(id_prefix);
+    let created = now();
+    if stream {
+        let st = StreamState {
+            rx,
+            _guard: guard,
+            kind,
+            id,
+            created,
+            model: s.id.clone(),
+            n,
+            include_usage: stream_options.is_some_and(|o| o.include_usage),
+            pending: VecDeque::new(),
+            started: false,
+            ended: false,
+        };
+        return Ok(Started::Streaming(sse(st)));
+    }
+    let generation = finish(rx).await?;
+    drop(guard);
+    Ok(Started::Done {
+        id,
+        created,
+        generation,
+    })
 }
 
 #[derive(Clone, Copy)]
