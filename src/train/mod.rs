@@ -376,7 +376,9 @@ pub fn train_sft(
         );
     }
     let lora = LoraParams::init(&model, cfg)?;
-    let mut opt = AdamW::new(lora.named(), cfg.adamw)?;
+    // The trainable factors in the optimizer's order; gradients are gathered in this order.
+    let vars = lora.named();
+    let mut opt = AdamW::new(vars.clone(), cfg.adamw)?;
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     let mut start = 0;
     if resume {
@@ -413,7 +415,6 @@ pub fn train_sft(
         .open(out.join("events.jsonl"))?;
     let per_step = cfg.batch.max(1) * cfg.grad_accum.max(1);
     let started = std::time::Instant::now();
-    let mut tokens_done = 0usize;
     let mut last_good = start;
     for step in start..cfg.steps {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -438,7 +439,7 @@ pub fn train_sft(
             let (loss, n) = sft_loss(&model, &batch)?;
             let scaled = (loss.clone() / cfg.grad_accum.max(1) as f64)?;
             let g = scaled.backward()?;
-            for (i, (_, v)) in opt_vars(&lora).iter().enumerate() {
+            for (i, (_, v)) in vars.iter().enumerate() {
                 let gi = g
                     .get(v.as_tensor())
                     .cloned()
@@ -461,7 +462,6 @@ pub fn train_sft(
         }
         let grad_norm = optim::clip(&mut grads, cfg.max_grad_norm)?;
         opt.step(&grads, lr)?;
-        tokens_done += tokens;
         let secs = started.elapsed().as_secs_f64();
         let ev = StepEvent {
             step: step + 1,
@@ -476,7 +476,6 @@ pub fn train_sft(
         writeln!(events, "{}", serde_json::to_string(&ev)?)?;
         events.flush()?;
         on_event(TrainEvent::Step(&ev));
-        let _ = tokens_done;
         if cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps {
             let dir = save(&lora, &opt, cfg, out, step + 1, &model.decoder)?;
             last_good = step + 1;
@@ -486,10 +485,6 @@ pub fn train_sft(
     let dir = save(&lora, &opt, cfg, out, cfg.steps, &model.decoder)?;
     on_event(TrainEvent::Saved(&dir));
     Ok(out.to_path_buf())
-}
-
-fn opt_vars(lora: &LoraParams) -> Vec<(String, Var)> {
-    lora.named()
 }
 
 /// A permutation of `0..n` for epoch `epoch`.
