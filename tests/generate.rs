@@ -186,6 +186,69 @@ fn cancellation_between_tokens() {
     );
 }
 
+/// Esc during a long prefill: the flag is read between prefill steps, so a call cancelled while
+/// it reads its prompt returns at once, with every sample `Cancelled` and empty. The steps a
+/// cancellable call takes on the CPU are smaller; its greedy tokens must not change.
+#[test]
+fn cancellation_during_prefill() {
+    let long =
+        "The council met again about the library, and the same people said the same things. "
+            .repeat(60);
+    let ids = chat_ids(&format!("{long}\nWhat do you think?"));
+    assert!(ids.len() > 1000, "prompt of {} tokens", ids.len());
+    let p = SamplingParams {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let plain = run(&ids, &p);
+    let never = AtomicBool::new(false);
+    let t0 = std::time::Instant::now();
+    let flagged = generate(common::default_model(), &ids, &p, Some(&never), &mut |_| {}).unwrap();
+    let full = t0.elapsed();
+    assert_eq!(
+        plain.samples[0].token_ids, flagged.samples[0].token_ids,
+        "a cancel flag that is never set must not change the tokens"
+    );
+
+    let cancel = AtomicBool::new(false);
+    let mut finished = vec![];
+    let t0 = std::time::Instant::now();
+    let g = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(full / 10);
+            cancel.store(true, Ordering::Relaxed);
+        });
+        generate(
+            common::default_model(),
+            &ids,
+            &SamplingParams { n: 2, ..p.clone() },
+            Some(&cancel),
+            &mut |e| {
+                if let Event::Finished { sample, reason } = e {
+                    finished.push((sample, reason));
+                }
+            },
+        )
+        .unwrap()
+    });
+    let took = t0.elapsed();
+    assert!(
+        took < full / 2,
+        "cancelled after {:?} took {took:?}; a whole prefill took {full:?}",
+        full / 10
+    );
+    assert_eq!(g.samples.len(), 2);
+    for s in &g.samples {
+        assert_eq!(s.stop_reason, StopReason::Cancelled);
+        assert_eq!(s.tokens, 0);
+        assert!(s.text.is_empty());
+    }
+    assert_eq!(
+        finished,
+        vec![(0, StopReason::Cancelled), (1, StopReason::Cancelled)]
+    );
+}
+
 #[test]
 fn no_repeat_ngram_ban_holds() {
     let m = common::default_model();

@@ -1,7 +1,7 @@
 //! Text generation: sampling, stop conditions, streaming, n samples decoded as one batch.
 //!
 //! Knows tokens and text, nothing about states or scenarios. Output streams through a callback
-//! (a channel sender fits), and a shared flag cancels between tokens.
+//! (a channel sender fits), and a shared flag cancels between tokens and between prefill steps.
 
 mod sampler;
 mod stop;
@@ -80,6 +80,12 @@ pub enum Event<'a> {
 /// Prompt tokens per prefill step.
 const PREFILL_CHUNK: usize = 512;
 
+/// Prompt tokens per prefill step on the CPU when the call can be cancelled. The flag is read
+/// between steps, and a 512-token step of the default model takes seconds on two cores; 64
+/// tokens take a fraction of a second, so Esc during a long prefill is felt at once. GPUs keep
+/// the large step (it finishes in milliseconds there).
+const CANCELLABLE_PREFILL_CHUNK: usize = 64;
+
 struct Row {
     ids: Vec<u32>,
     stop: StopMatcher,
@@ -122,8 +128,17 @@ pub fn generate(
     let mut cache = dec.new_cache(1, capacity)?;
     // Long prompts are prefilled in chunks: attention then works on (chunk × context) score
     // matrices instead of one (prompt × prompt) matrix, half of it masked, that no cache holds.
+    let step = if cancel.is_some() && dec.device.is_cpu() {
+        CANCELLABLE_PREFILL_CHUNK
+    } else {
+        PREFILL_CHUNK
+    };
+    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     let mut logits = None;
-    for chunk in prompt.chunks(PREFILL_CHUNK) {
+    for chunk in prompt.chunks(step) {
+        if cancelled() {
+            return Ok(cancelled_during_prefill(n, prompt.len(), on_event));
+        }
         let input = Tensor::new(chunk, &dec.device)?.unsqueeze(0)?;
         logits = Some(dec.forward(&input, Some(&mut cache), crate::model::Ops::Fast, false)?);
     }
@@ -254,4 +269,33 @@ pub fn generate(
             0.0
         },
     })
+}
+
+/// What a call cancelled before its first token returns: every sample empty, `Cancelled`.
+fn cancelled_during_prefill(
+    n: usize,
+    prompt_tokens: usize,
+    on_event: &mut dyn FnMut(Event),
+) -> Generation {
+    for i in 0..n {
+        on_event(Event::Finished {
+            sample: i,
+            reason: StopReason::Cancelled,
+        });
+    }
+    Generation {
+        samples: (0..n)
+            .map(|_| Sample {
+                text: String::new(),
+                token_ids: vec![],
+                tokens: 0,
+                stop_reason: StopReason::Cancelled,
+                stop_string: None,
+            })
+            .collect(),
+        prompt_tokens,
+        ttft_ms: 0.0,
+        tokens_per_s: 0.0,
+        prefill_tokens_per_s: 0.0,
+    }
 }
