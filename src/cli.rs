@@ -37,6 +37,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure prefill and decode speed.
     Bench(BenchArgs),
+    /// Check a GPU against the CPU and measure the decoder's speed there; one JSON summary.
+    GpuCheck(crate::gpu::GpuCheckArgs),
     /// Simulate a person's states and reply on a scenario.
     Simulate(SimulateArgs),
     /// Serve the checkpoint as an OpenAI-compatible endpoint (one generation at a time).
@@ -46,6 +48,10 @@ enum Command {
     /// Fine-tune a checkpoint on scenarios (LoRA); writes a PEFT adapter loadable by name.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Write a checkpoint as a Hugging Face folder (an adapter merged into its base with --merge).
+    Export(crate::export::ExportArgs),
+    /// Write scenarios as training rows for another trainer (the HumanLM verl recipe's Parquet).
+    ExportDataset(crate::export::ExportDatasetArgs),
     /// List evaluation runs.
     Runs {
         /// The folder runs are written to.
@@ -257,16 +263,28 @@ struct ServeArgs {
 enum TrainCommand {
     /// Supervised fine-tuning: the real reply as the target, loss on its tokens only.
     Sft(SftArgs),
+    /// HumanLM GRPO: rollouts per state, judged against the real reply, KL to the base.
+    Grpo(GrpoArgs),
 }
 
+/// Options both training methods take.
 #[derive(Args)]
-struct SftArgs {
+struct TrainArgs {
     /// The base checkpoint (name or path; quantized weights are dequantized for training).
     #[arg(long)]
     checkpoint: String,
     /// Scenarios with reference replies: a file or a folder.
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    scenarios: Option<PathBuf>,
+    /// A HUMANUAL file (JSONL, JSON or Parquet rows) instead of scenario files; needs --domain.
+    #[arg(long, requires = "domain")]
+    data: Option<PathBuf>,
+    /// The domain of the --data rows (news, book, opinion, politics, chat, email).
     #[arg(long)]
-    scenarios: PathBuf,
+    domain: Option<String>,
+    /// Use at most this many --data rows.
+    #[arg(long)]
+    limit: Option<usize>,
     /// Output folder, e.g. checkpoints/my-adapter (then usable as --checkpoint my-adapter).
     #[arg(long)]
     out: PathBuf,
@@ -277,6 +295,9 @@ struct SftArgs {
     rank: usize,
     #[arg(long, default_value_t = 16.0)]
     alpha: f64,
+    /// Dropout on the adapters' inputs during training.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
     /// Comma-separated module names to adapt.
     #[arg(
         long,
@@ -284,12 +305,14 @@ struct SftArgs {
         default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     )]
     targets: Vec<String>,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// Peak learning rate (default: 1e-3 for SFT, 1e-4 for GRPO).
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     #[arg(long, default_value_t = 30)]
     steps: usize,
+    /// SFT: examples per micro-batch; GRPO: prompts (groups) per step.
     #[arg(long, default_value_t = 1)]
     batch: usize,
     #[arg(long, default_value_t = 1)]
@@ -306,6 +329,44 @@ struct SftArgs {
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(Args)]
+struct SftArgs {
+    #[command(flatten)]
+    common: TrainArgs,
+    /// SFT-think: a judge file (kind = "rubric") whose model writes a thinking trace for each
+    /// reply; the target becomes <think>trace</think><response>reply</response>.
+    #[arg(long)]
+    think: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GrpoArgs {
+    #[command(flatten)]
+    common: TrainArgs,
+    /// Rollouts per prompt.
+    #[arg(long, default_value_t = 4)]
+    n: usize,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.001)]
+    kl_coef: f64,
+    #[arg(long, default_value_t = 0.2)]
+    clip: f64,
+    /// Optimizer updates per step.
+    #[arg(long, default_value_t = 1)]
+    mini_batches: usize,
+    /// Cap on each state's token budget (0: the prompt set's budgets).
+    #[arg(long, default_value_t = 0)]
+    max_new_tokens: usize,
+    /// Comma-separated states to train (default: the six states and response).
+    #[arg(long, value_delimiter = ',')]
+    states: Vec<String>,
+    /// `judge` (the default embedding judge), a judge file (e.g. prompts/judges/rubric-local.toml),
+    /// or `contains:WORD:MAX_TOKENS` (verifiable, for testing).
+    #[arg(long, default_value = "judge")]
+    reward: String,
 }
 
 #[derive(Args)]
@@ -381,12 +442,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Checkpoints { json }) => list_checkpoints(&root, json),
         Some(Command::Generate(args)) => generate_cmd(&root, args),
         Some(Command::Bench(args)) => bench(&root, args),
+        Some(Command::GpuCheck(args)) => crate::gpu::run(args, &root),
         Some(Command::Simulate(args)) => simulate_cmd(&root, args),
         Some(Command::Serve(args)) => {
             crate::serve::run(load(&root, &args.rt)?, &args.host, args.port)
         }
         Some(Command::Eval(args)) => eval_cmd(&root, args),
-        Some(Command::Train(TrainCommand::Sft(args))) => train_sft_cmd(&root, args),
+        Some(Command::Train(TrainCommand::Sft(a))) => {
+            let method = crate::train::Method::Sft {
+                think: a.think.map(|judge| crate::train::ThinkConfig { judge }),
+            };
+            train_cmd(&root, method, a.common)
+        }
+        Some(Command::Train(TrainCommand::Grpo(a))) => {
+            let method = crate::train::Method::Grpo(crate::train::GrpoParams {
+                n: a.n,
+                temperature: a.temperature,
+                kl_coef: a.kl_coef,
+                clip: a.clip,
+                mini_batches: a.mini_batches,
+                max_new_tokens: a.max_new_tokens,
+                states: a.states,
+                reward: crate::train::reward::RewardSpec::parse(&a.reward)?,
+            });
+            train_cmd(&root, method, a.common)
+        }
+        Some(Command::Export(args)) => crate::export::export_cmd(&root, args),
+        Some(Command::ExportDataset(args)) => crate::export::export_dataset_cmd(&root, args),
         Some(Command::Runs { dir, json }) => runs_cmd(&dir, json),
         Some(Command::Compare { run_a, run_b, json }) => compare_cmd(&run_a, &run_b, json),
         Some(Command::Scenarios {
@@ -1135,14 +1217,39 @@ fn compare_cmd(a: &std::path::Path, b: &std::path::Path, json: bool) -> anyhow::
     Ok(())
 }
 
-fn train_sft_cmd(root: &std::path::Path, a: SftArgs) -> anyhow::Result<()> {
-    use crate::train::{train_sft, SftConfig, TrainEvent};
-    let mut cfg = SftConfig::new(&a.checkpoint, &a.scenarios);
+fn train_cmd(
+    root: &std::path::Path,
+    method: crate::train::Method,
+    a: TrainArgs,
+) -> anyhow::Result<()> {
+    use crate::train::{Data, TrainConfig, TrainEvent};
+    let data = match (a.scenarios, a.data) {
+        (Some(path), None) => Data::Scenarios { path },
+        (None, Some(file)) => {
+            let name = a.domain.unwrap_or_default();
+            let domain = crate::scenario::Domain::parse(&name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--domain: unknown domain '{name}' (expected one of: {})",
+                    crate::scenario::Domain::ALL.map(|d| d.name()).join(", ")
+                )
+            })?;
+            Data::Humanual {
+                file,
+                domain,
+                limit: a.limit,
+            }
+        }
+        _ => anyhow::bail!("give either --scenarios or --data"),
+    };
+    let mut cfg = TrainConfig::new(method, &a.checkpoint, data);
     cfg.prompts = a.prompts.clone();
     cfg.rank = a.rank;
     cfg.alpha = a.alpha;
+    cfg.dropout = a.dropout;
     cfg.targets = a.targets.clone();
-    cfg.lr = a.lr;
+    if let Some(lr) = a.lr {
+        cfg.lr = lr;
+    }
     cfg.warmup = a.warmup;
     cfg.steps = a.steps;
     cfg.batch = a.batch;
@@ -1160,7 +1267,7 @@ fn train_sft_cmd(root: &std::path::Path, a: SftArgs) -> anyhow::Result<()> {
         )
         .expect("valid template"),
     );
-    let out = train_sft(
+    let out = crate::train::run(
         &cfg,
         &a.out,
         root,
@@ -1177,17 +1284,24 @@ fn train_sft_cmd(root: &std::path::Path, a: SftArgs) -> anyhow::Result<()> {
                     }
                 ));
             }
+            TrainEvent::Note(s) => bar.println(s),
             TrainEvent::Step(ev) => {
+                let reward = match (&ev.reward, ev.kl) {
+                    (Some(r), Some(kl)) => {
+                        format!(" reward {:.3} ± {:.3} kl {:.4}", r.mean, r.std, kl)
+                    }
+                    _ => String::new(),
+                };
                 bar.set_position(ev.step as u64);
                 bar.set_message(format!(
-                    "loss {:.4} · lr {:.2e} · |g| {:.3} · {:.0} tok/s",
+                    "loss {:.4}{reward} · lr {:.2e} · |g| {:.3} · {:.0} tok/s",
                     ev.loss, ev.lr, ev.grad_norm, ev.tokens_per_s
                 ));
                 if !bar.is_hidden() {
                     return;
                 }
                 println!(
-                    "step {}/{} loss {:.4} lr {:.2e} grad_norm {:.3} {:.0} tok/s",
+                    "step {}/{} loss {:.4}{reward} lr {:.2e} grad_norm {:.3} {:.0} tok/s",
                     ev.step, ev.steps, ev.loss, ev.lr, ev.grad_norm, ev.tokens_per_s
                 );
             }

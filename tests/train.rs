@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Tensor, Var};
 use humanlm::model::weights::LoadOptions;
 use humanlm::model::Checkpoint;
-use humanlm::train::{sft_loss, train_sft, Example, LoraParams, SftConfig, TrainEvent};
+use humanlm::train::{run, sft_loss, Data, Example, LoraParams, TrainConfig, TrainEvent};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,7 +21,7 @@ fn lora_gradients_match_finite_differences() {
             ..Default::default()
         },
     );
-    let mut cfg = SftConfig::new("tiny", Path::new("."));
+    let mut cfg = TrainConfig::sft("tiny", Data::Scenarios { path: ".".into() });
     cfg.rank = 2;
     cfg.alpha = 4.0;
     let lora = LoraParams::init(&model, &cfg).unwrap();
@@ -52,6 +52,7 @@ fn lora_gradients_match_finite_differences() {
             .map(|((n, _, _), ab)| (n.clone(), ab[0].clone(), ab[1].clone()))
             .collect(),
         config: lora.config.clone(),
+        dropout: None,
     };
     f64_lora.attach(&mut model, Path::new("tiny")).unwrap();
     let ex = Example {
@@ -144,8 +145,13 @@ fn tiny_dataset(dir: &Path) {
     }
 }
 
-fn sft_config(scenarios: &Path) -> SftConfig {
-    let mut cfg = SftConfig::new("smollm2-135m-instruct", scenarios);
+fn sft_config(scenarios: &Path) -> TrainConfig {
+    let mut cfg = TrainConfig::sft(
+        "smollm2-135m-instruct",
+        Data::Scenarios {
+            path: scenarios.into(),
+        },
+    );
     cfg.lr = 3e-3;
     cfg.warmup = 2;
     cfg.seed = 1;
@@ -160,7 +166,7 @@ fn sft_overfits_four_scenarios_and_saves_a_loadable_adapter() {
     let out = out.path().join("adapter");
     let cfg = sft_config(data.path());
     let mut losses = vec![];
-    train_sft(&cfg, &out, &common::checkpoints(), false, None, &mut |e| {
+    run(&cfg, &out, &common::checkpoints(), false, None, &mut |e| {
         if let TrainEvent::Step(s) = e {
             losses.push(s.loss)
         }
@@ -205,7 +211,7 @@ fn resume_continues_exactly() {
     cfg.steps = 4;
     cfg.targets = vec!["q_proj".into(), "v_proj".into()];
     let straight = tmp.path().join("straight");
-    train_sft(
+    run(
         &cfg,
         &straight,
         &common::checkpoints(),
@@ -217,7 +223,7 @@ fn resume_continues_exactly() {
 
     let resumed = tmp.path().join("resumed");
     let stop = AtomicBool::new(false);
-    let e = train_sft(
+    let e = run(
         &cfg,
         &resumed,
         &common::checkpoints(),
@@ -235,7 +241,7 @@ fn resume_continues_exactly() {
     .to_string();
     assert!(e.contains("interrupted at step 2"), "{e}");
     // Without --resume the folder is not overwritten.
-    let e = train_sft(
+    let e = run(
         &cfg,
         &resumed,
         &common::checkpoints(),
@@ -247,7 +253,7 @@ fn resume_continues_exactly() {
     .to_string();
     assert!(e.contains("--resume"), "{e}");
     let mut steps = vec![];
-    train_sft(
+    run(
         &cfg,
         &resumed,
         &common::checkpoints(),
@@ -285,7 +291,7 @@ fn resume_continues_exactly() {
     // A different configuration does not resume silently.
     let mut other = cfg.clone();
     other.lr = 1e-4;
-    let e = train_sft(
+    let e = run(
         &other,
         &resumed,
         &common::checkpoints(),
@@ -308,7 +314,7 @@ fn no_usable_rows_and_adapter_bases_are_refused() {
     .unwrap();
     let out = tempfile::tempdir().unwrap();
     let cfg = sft_config(data.path());
-    let e = train_sft(
+    let e = run(
         &cfg,
         &out.path().join("a"),
         &common::checkpoints(),
@@ -324,7 +330,7 @@ fn no_usable_rows_and_adapter_bases_are_refused() {
     );
     let mut cfg = sft_config(data.path());
     cfg.base = common::fixture("tiny/qwen3-lora").display().to_string();
-    let e = train_sft(
+    let e = run(
         &cfg,
         &out.path().join("b"),
         &common::checkpoints(),

@@ -38,6 +38,17 @@ pub struct RubricConfig {
     pub backoff_s: f64,
 }
 
+impl RubricConfig {
+    /// The judge's language model: the local checkpoint or the endpoint.
+    pub fn open_model(&self, checkpoints: &Path) -> anyhow::Result<ChatModel> {
+        Ok(match (&self.checkpoint, &self.endpoint) {
+            (Some(spec), None) => ChatModel::open(spec, checkpoints)?,
+            (None, Some(e)) => ChatModel::Remote(Endpoint::new(e.clone())?),
+            _ => anyhow::bail!("a rubric judge needs exactly one of `checkpoint` or `[endpoint]`"),
+        })
+    }
+}
+
 fn default_retries() -> usize {
     2
 }
@@ -57,11 +68,7 @@ impl RubricJudge {
         checkpoints: &Path,
         run_prompts: Arc<PromptSet>,
     ) -> anyhow::Result<RubricJudge> {
-        let model = match (&cfg.checkpoint, &cfg.endpoint) {
-            (Some(spec), None) => ChatModel::open(spec, checkpoints)?,
-            (None, Some(e)) => ChatModel::Remote(Endpoint::new(e.clone())?),
-            _ => anyhow::bail!("a rubric judge needs exactly one of `checkpoint` or `[endpoint]`"),
-        };
+        let model = cfg.open_model(checkpoints)?;
         let prompts = match &cfg.prompts {
             Some(name) => Arc::new(PromptSet::load(name, &crate::prompts::default_root())?),
             None => run_prompts,

@@ -507,11 +507,35 @@ impl Decoder {
     pub fn forward(
         &self,
         ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         ops: Ops,
         all: bool,
     ) -> Result<Tensor> {
+        let s = ids.dim(1)?;
+        let logits = self.forward_from(ids, cache, ops, if all { 0 } else { s.max(1) - 1 })?;
+        if all {
+            Ok(logits)
+        } else {
+            Ok(logits.squeeze(1)?)
+        }
+    }
+
+    /// Like [`Decoder::forward`], with logits (batch, seq − from, vocab) for the positions from
+    /// `from` on only. Training takes its loss on the reply's positions: the output projection
+    /// over a long prompt's positions (a vocab-wide matmul, forward and backward) is skipped.
+    pub fn forward_from(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        ops: Ops,
+        from: usize,
+    ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
+        if from >= s {
+            return Err(Error::Msg(format!(
+                "logits from position {from} of a {s}-token input"
+            )));
+        }
         let pos = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let limit = cache
             .as_ref()
@@ -554,21 +578,20 @@ impl Decoder {
         if let Some(c) = cache {
             c.len += s;
         }
-        let x = if all { x } else { x.narrow(1, s - 1, 1)? };
+        let x = if from > 0 {
+            x.narrow(1, from, s - from)?
+        } else {
+            x
+        };
         let x = self.norm.forward(&x, ops)?;
         // Logits leave in f32 (half-precision models are upcast); float64 stays float64, so
         // gradient checks against finite differences keep their precision.
         let logits = self.lm_head.forward(&x)?;
-        let logits = if logits.dtype() == DType::F64 {
+        Ok(if logits.dtype() == DType::F64 {
             logits
         } else {
             logits.to_dtype(DType::F32)?
-        };
-        if all {
-            Ok(logits)
-        } else {
-            Ok(logits.squeeze(1)?)
-        }
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

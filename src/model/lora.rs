@@ -5,9 +5,12 @@
 
 use super::{Error, Result};
 use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The low-rank factors of one adapted linear layer.
 #[derive(Debug, Clone)]
@@ -15,11 +18,66 @@ pub struct LoraWeights {
     pub a: Tensor,
     pub b: Tensor,
     pub scale: f64,
+    /// Dropout on the adapter's input while training (PEFT's `lora_dropout`); shared by every
+    /// layer of one adapter so the trainer can switch it off for gradient-free passes.
+    pub dropout: Option<Arc<Dropout>>,
+}
+
+/// Inverted dropout with its own seeded generator: masks depend only on the seed the trainer
+/// sets before each pass, so a resumed run draws the same masks (candle's CPU generator cannot
+/// be seeded).
+#[derive(Debug)]
+pub struct Dropout {
+    pub p: f64,
+    state: Mutex<(bool, StdRng)>,
+}
+
+impl Dropout {
+    pub fn new(p: f64) -> Dropout {
+        Dropout {
+            p,
+            state: Mutex::new((false, StdRng::seed_from_u64(0))),
+        }
+    }
+
+    /// Switch dropout on with a fresh generator seeded by `seed`, or off (`None`).
+    pub fn set(&self, seed: Option<u64>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *st = (seed.is_some(), StdRng::seed_from_u64(seed.unwrap_or(0)));
+    }
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.0 || self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let rng = &mut st.1;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
 }
 
 impl LoraWeights {
     /// The delta this adapter adds to `x·Wᵀ`.
     pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        let dropped;
+        let x = match &self.dropout {
+            Some(d) => {
+                dropped = d.apply(x)?;
+                &dropped
+            }
+            None => x,
+        };
         Ok((x
             .broadcast_matmul(&self.a.t()?)?
             .broadcast_matmul(&self.b.t()?)?
@@ -40,6 +98,8 @@ pub struct AdapterConfig {
     pub lora_alpha: f64,
     pub use_rslora: bool,
     pub target_modules: Vec<String>,
+    /// Used while training only; kept so the saved config says how the adapter was trained.
+    pub lora_dropout: f64,
 }
 
 impl AdapterConfig {
@@ -91,6 +151,7 @@ impl AdapterConfig {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             target_modules,
+            lora_dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
         })
     }
 
@@ -102,7 +163,7 @@ impl AdapterConfig {
             "base_model_name_or_path": self.base_model_name_or_path,
             "r": self.r,
             "lora_alpha": self.lora_alpha,
-            "lora_dropout": 0.0,
+            "lora_dropout": self.lora_dropout,
             "use_rslora": self.use_rslora,
             "target_modules": self.target_modules,
             "bias": "none",
@@ -183,7 +244,15 @@ impl Adapter {
                     ),
                 ));
             }
-            modules.insert(module, LoraWeights { a, b, scale });
+            modules.insert(
+                module,
+                LoraWeights {
+                    a,
+                    b,
+                    scale,
+                    dropout: None,
+                },
+            );
         }
         if let Some(module) = b_parts.keys().next() {
             return Err(Error::file(

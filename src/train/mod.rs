@@ -1,55 +1,150 @@
-//! Short local fine-tuning passes: supervised fine-tuning with LoRA on the differentiable
-//! decoder path.
+//! Short local fine-tuning passes with LoRA on the differentiable decoder path: supervised
+//! fine-tuning ([`sft`]) and HumanLM's GRPO ([`grpo`]).
 //!
-//! SFT puts the target's real reply in the position the simulator speaks from (the response
-//! prompt of the chosen prompt set, so under the HumanLM set the target speaks in the user
-//! role) and takes the loss on the reply's tokens only. The base weights stay frozen plain
-//! tensors (quantized matrices are dequantized: there is no backward through a quantized
-//! matmul); only the LoRA factors are `Var`s.
+//! The base weights stay frozen plain tensors (quantized matrices are dequantized: there is no
+//! backward through a quantized matmul); only the LoRA factors are `Var`s. Both methods share
+//! one configuration, one output folder layout and one step event:
 //!
-//! Output folder: a PEFT-layout adapter (`adapter_config.json`, `adapter_model.safetensors`)
-//! loadable as a checkpoint, `events.jsonl` (one line per step), and `checkpoint-N/` folders
-//! with the adapter, the optimizer state and `trainer_state.json`, each written whole (a
-//! temporary folder renamed into place), so `--resume` continues exactly where it stopped.
+//! - a PEFT-layout adapter (`adapter_config.json`, `adapter_model.safetensors`) loadable as a
+//!   checkpoint;
+//! - `events.jsonl`, one [`StepEvent`] per step (the TUI tails it);
+//! - `checkpoint-N/` folders with the adapter, the optimizer state and `trainer_state.json`,
+//!   each written whole (a temporary folder renamed into place), so `--resume` continues
+//!   exactly where it stopped and a failed save leaves the previous checkpoint intact.
 
+pub mod grpo;
 pub mod optim;
+pub mod reward;
+pub mod sft;
 
-use crate::model::lora::{peft_key, Adapter, AdapterConfig, LoraWeights};
+pub use grpo::GrpoParams;
+pub use sft::{sft_examples, sft_loss, Example, ThinkConfig};
+
+use crate::model::lora::{peft_key, Adapter, AdapterConfig, Dropout, LoraWeights};
 use crate::model::weights::LoadOptions;
-use crate::model::{Checkpoint, Model, Ops};
+use crate::model::{Checkpoint, Model};
 use crate::prompts::PromptSet;
-use crate::sim::{self, Mode, Options};
-use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
+use crate::scenario::Scenario;
+use candle_core::{DType, Device, Tensor, Var};
 use optim::{AdamW, AdamWParams};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// The name the adapter being trained is attached under.
 const TRAINING: &str = "training";
 
-/// Everything that defines a training run (saved with every checkpoint).
+/// The training method and its own options.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SftConfig {
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Method {
+    /// The real reply as the target, loss on its tokens only; with `think`, the reply is
+    /// preceded by a thinking trace written by a judge model.
+    Sft {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        think: Option<ThinkConfig>,
+    },
+    /// HumanLM's GRPO: rollouts per state, judged against the real reply.
+    Grpo(GrpoParams),
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Sft { .. } => "sft",
+            Method::Grpo(_) => "grpo",
+        }
+    }
+}
+
+/// Where the training scenarios come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Data {
+    /// Scenario files: one file or a folder of them.
+    Scenarios { path: PathBuf },
+    /// A HUMANUAL file (JSONL, JSON or Parquet rows), converted on the fly.
+    Humanual {
+        file: PathBuf,
+        domain: crate::scenario::Domain,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+}
+
+impl Data {
+    pub fn path(&self) -> &Path {
+        match self {
+            Data::Scenarios { path } => path,
+            Data::Humanual { file, .. } => file,
+        }
+    }
+
+    /// Every scenario, and one line for each row or file that could not be used.
+    pub fn load(&self) -> anyhow::Result<(Vec<Scenario>, Vec<String>)> {
+        let mut out = vec![];
+        let mut skipped = vec![];
+        match self {
+            Data::Scenarios { path } => {
+                for l in crate::scenario::load_all(path) {
+                    match l {
+                        Ok(l) => out.push(l.scenario),
+                        Err(e) => skipped.push(e.to_string()),
+                    }
+                }
+            }
+            Data::Humanual {
+                file,
+                domain,
+                limit,
+            } => {
+                let rows =
+                    crate::scenario::import::read_rows(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+                for (i, row) in rows.iter().enumerate() {
+                    if limit.is_some_and(|l| out.len() >= l) {
+                        break;
+                    }
+                    match crate::scenario::import::row_to_scenario(row, *domain) {
+                        Ok(sc) => out.push(sc),
+                        Err(e) => skipped.push(format!("{} row {}: {e}", file.display(), i + 1)),
+                    }
+                }
+            }
+        }
+        Ok((out, skipped))
+    }
+}
+
+/// Everything that defines a training run (saved with every checkpoint; a resume must match).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    #[serde(flatten)]
+    pub method: Method,
     pub base: String,
-    pub scenarios: PathBuf,
-    /// Prompt set whose response prompt frames the target (default: the base's own).
+    pub data: Data,
+    /// Prompt set whose prompts frame the target (default: the base's own).
     pub prompts: Option<String>,
     pub rank: usize,
     pub alpha: f64,
+    /// Dropout on the adapters' inputs during the gradient passes (PEFT's `lora_dropout`).
+    #[serde(default)]
+    pub dropout: f64,
     /// HF module names' last parts to adapt (`q_proj`, ..., `down_proj`).
     pub targets: Vec<String>,
     pub lr: f64,
     pub warmup: usize,
     pub steps: usize,
+    /// SFT: examples per micro-batch. GRPO: prompts (groups) per step.
     pub batch: usize,
+    /// SFT: micro-batches per optimizer step.
     pub grad_accum: usize,
     pub max_grad_norm: f64,
-    /// Examples longer than this (prompt + reply) are skipped and counted.
+    /// Examples longer than this (prompt + target or budget) are skipped and counted.
     pub max_seq: usize,
     pub seed: u64,
     /// Save a checkpoint every this many steps (0: only at the end).
@@ -58,14 +153,18 @@ pub struct SftConfig {
     pub adamw: AdamWParams,
 }
 
-impl SftConfig {
-    pub fn new(base: &str, scenarios: &Path) -> SftConfig {
-        SftConfig {
+impl TrainConfig {
+    /// Defaults of a short LoRA pass (rank 8 on every projection).
+    pub fn new(method: Method, base: &str, data: Data) -> TrainConfig {
+        let grpo = matches!(method, Method::Grpo(_));
+        TrainConfig {
+            method,
             base: base.into(),
-            scenarios: scenarios.into(),
+            data,
             prompts: None,
             rank: 8,
             alpha: 16.0,
+            dropout: 0.0,
             targets: [
                 "q_proj",
                 "k_proj",
@@ -77,7 +176,7 @@ impl SftConfig {
             ]
             .map(String::from)
             .to_vec(),
-            lr: 1e-3,
+            lr: if grpo { 1e-4 } else { 1e-3 },
             warmup: 2,
             steps: 30,
             batch: 1,
@@ -89,14 +188,66 @@ impl SftConfig {
             adamw: AdamWParams::default(),
         }
     }
+
+    pub fn sft(base: &str, data: Data) -> TrainConfig {
+        TrainConfig::new(Method::Sft { think: None }, base, data)
+    }
+
+    pub fn grpo(base: &str, data: Data) -> TrainConfig {
+        TrainConfig::new(Method::Grpo(GrpoParams::default()), base, data)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.rank == 0 {
+            anyhow::bail!("--rank must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            anyhow::bail!("--dropout must be in [0, 1), not {}", self.dropout);
+        }
+        if self.steps == 0 {
+            anyhow::bail!("--steps must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            anyhow::bail!("--lr must be a positive number, not {}", self.lr);
+        }
+        if let Method::Grpo(g) = &self.method {
+            g.check()?;
+        }
+        Ok(())
+    }
 }
 
-/// One SFT example: the prompt's ids and the target's ids (loss only on the latter).
-#[derive(Debug, Clone)]
-pub struct Example {
+/// Reward statistics over a set of rollouts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RewardStats {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+impl RewardStats {
+    pub fn of(xs: &[f64]) -> RewardStats {
+        let n = xs.len();
+        if n == 0 {
+            return RewardStats::default();
+        }
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        RewardStats {
+            mean,
+            std: var.sqrt(),
+            n,
+        }
+    }
+}
+
+/// One rollout shown in the events (and the TUI): what was written and what it scored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutSample {
     pub scenario: String,
-    pub prompt: Vec<u32>,
-    pub target: Vec<u32>,
+    pub state: String,
+    pub text: String,
+    pub reward: f64,
 }
 
 /// One line of `events.jsonl`.
@@ -107,76 +258,59 @@ pub struct StepEvent {
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
+    /// Tokens the gradient passes ran on (GRPO: rollout tokens).
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub eta_s: f64,
+    /// GRPO: reward over every rollout of the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<RewardStats>,
+    /// GRPO: reward per state (the six states and `response`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reward_by_state: BTreeMap<String, RewardStats>,
+    /// GRPO: mean low-variance KL estimate against the base (adapters off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    /// GRPO: a few rollouts with their rewards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<RolloutSample>,
 }
 
-/// Build SFT examples from every scenario with a reference reply.
-pub fn sft_examples(
-    model: &Model,
-    set: &PromptSet,
-    scenarios: &Path,
-    max_seq: usize,
-) -> anyhow::Result<(Vec<Example>, Vec<String>)> {
-    let mut out = vec![];
-    let mut skipped = vec![];
-    let eos = *model
-        .tokenizer
-        .eos_ids
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("the tokenizer has no end-of-sequence token"))?;
-    let opts = Options::new(Mode::Response, Default::default());
-    for l in crate::scenario::load_all(scenarios) {
-        let sc = l?.scenario;
-        let Some(reply) = sc.target.response.as_deref() else {
-            skipped.push(format!("{}: no reference reply", sc.id));
-            continue;
-        };
-        let plan = match sim::plan(set, &sc, &opts, model) {
-            Ok(p) => p,
-            Err(e) => {
-                skipped.push(format!("{}: {e}", sc.id));
-                continue;
-            }
-        };
-        let call = &plan.calls[0];
-        // The reply as the model must write it after the prompt (and any pre-filled tag).
-        let open = if call.prefill.is_empty() {
-            "<response>"
-        } else {
-            ""
-        };
-        let text = format!("{open}{}</response>", reply.trim());
-        let mut target = model.tokenizer.encode_raw(&text)?;
-        target.push(eos);
-        if call.ids.len() + target.len() > max_seq {
-            skipped.push(format!(
-                "{}: {} tokens, over --max-seq {max_seq}",
-                sc.id,
-                call.ids.len() + target.len()
-            ));
-            continue;
-        }
-        out.push(Example {
-            scenario: sc.id.clone(),
-            prompt: call.ids.clone(),
-            target,
-        });
-    }
-    Ok((out, skipped))
+/// Read a run's `events.jsonl` (lines that do not parse, e.g. one being written, are skipped).
+pub fn read_events(out: &Path) -> Vec<StepEvent> {
+    std::fs::read_to_string(out.join("events.jsonl"))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a training run reports as it goes.
+pub enum TrainEvent<'a> {
+    Data {
+        examples: usize,
+        skipped: &'a [String],
+    },
+    /// Something worth a line (e.g. traces being written).
+    Note(&'a str),
+    Step(&'a StepEvent),
+    Saved(&'a Path),
 }
 
 /// The trainable LoRA factors, by HF module name.
 pub struct LoraParams {
     pub vars: Vec<(String, Var, Var)>,
     pub config: AdapterConfig,
+    /// Shared by every adapted layer; the trainer switches it on for gradient passes only.
+    pub dropout: Option<Arc<Dropout>>,
 }
 
 impl LoraParams {
     /// PEFT's initialisation: A uniform in ±1/√in (Kaiming with a = √5), B zero, so training
     /// starts from the base model exactly.
-    pub fn init(model: &Model, cfg: &SftConfig) -> anyhow::Result<LoraParams> {
+    pub fn init(model: &Model, cfg: &TrainConfig) -> anyhow::Result<LoraParams> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
         let mut vars = vec![];
         for (name, in_dim, out_dim) in model.decoder.linear_shapes() {
@@ -208,7 +342,9 @@ impl LoraParams {
                 lora_alpha: cfg.alpha,
                 use_rslora: false,
                 target_modules: modules,
+                lora_dropout: cfg.dropout,
             },
+            dropout: (cfg.dropout > 0.0).then(|| Arc::new(Dropout::new(cfg.dropout))),
         })
     }
 
@@ -229,6 +365,7 @@ impl LoraParams {
                             a: a.as_tensor().clone(),
                             b: b.as_tensor().clone(),
                             scale,
+                            dropout: self.dropout.clone(),
                         },
                     )
                 })
@@ -239,6 +376,19 @@ impl LoraParams {
         model.decoder.attach_adapter(&adapter)?;
         model.decoder.set_active_adapter(Some(TRAINING))?;
         Ok(())
+    }
+
+    /// Switch dropout on for the next gradient pass, seeded so a resumed run repeats it.
+    pub fn dropout_on(&self, seed: u64) {
+        if let Some(d) = &self.dropout {
+            d.set(Some(seed));
+        }
+    }
+
+    pub fn dropout_off(&self) {
+        if let Some(d) = &self.dropout {
+            d.set(None);
+        }
     }
 
     /// The optimizer's view: every factor with a stable name.
@@ -293,260 +443,262 @@ impl LoraParams {
     }
 }
 
-/// Mean cross-entropy over the target tokens of a batch, on the differentiable path.
-pub fn sft_loss(model: &Model, batch: &[&Example]) -> anyhow::Result<(Tensor, usize)> {
-    let mut total: Option<Tensor> = None;
-    let mut count = 0usize;
-    for ex in batch {
-        let ids: Vec<u32> = ex.prompt.iter().chain(&ex.target).copied().collect();
-        // Position i predicts token i+1: the inputs drop the last token.
-        let input = Tensor::new(&ids[..ids.len() - 1], &model.decoder.device)?.unsqueeze(0)?;
-        let logits = model.decoder.forward(&input, None, Ops::Diff, true)?.i(0)?;
-        let start = ex.prompt.len() - 1;
-        let n = ex.target.len();
-        let logits = logits.narrow(0, start, n)?;
-        let labels = Tensor::new(ex.target.as_slice(), &model.decoder.device)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
-        let sum = picked.sum_all()?.neg()?;
-        total = Some(match total {
-            Some(t) => (t + sum)?,
-            None => sum,
-        });
-        count += n;
-    }
-    let total = total.ok_or_else(|| anyhow::anyhow!("empty batch"))?;
-    Ok(((total / count as f64)?, count))
-}
-
-/// What `train_sft` reports as it goes.
-pub enum TrainEvent<'a> {
-    Data {
-        examples: usize,
-        skipped: &'a [String],
-    },
-    Step(&'a StepEvent),
-    Saved(&'a Path),
-}
-
-/// Run (or resume) an SFT pass. Returns the output folder.
-pub fn train_sft(
-    cfg: &SftConfig,
+/// Run (or resume) a training pass. Returns the output folder.
+pub fn run(
+    cfg: &TrainConfig,
     out: &Path,
     checkpoints: &Path,
     resume: bool,
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<PathBuf> {
-    let ckpt = Checkpoint::resolve(&cfg.base, checkpoints)?;
-    if matches!(
-        ckpt.kind,
-        crate::model::checkpoint::CheckpointKind::Adapter { .. }
-    ) {
-        anyhow::bail!(
-            "{}: the base is itself an adapter; merge it first (humanlm export --merge)",
-            ckpt.path.display()
-        );
+    cfg.check()?;
+    let (mut trainer, set) = Trainer::open(cfg, out, checkpoints, resume)?;
+    match &cfg.method {
+        Method::Sft { think } => sft::train(
+            &mut trainer,
+            &set,
+            think.as_ref(),
+            checkpoints,
+            cancel,
+            on_event,
+        )?,
+        Method::Grpo(g) => grpo::train(&mut trainer, &set, g, checkpoints, cancel, on_event)?,
     }
-    let set_name = cfg
-        .prompts
-        .clone()
-        .or(ckpt.default_prompt_set()?)
-        .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
-    let set = PromptSet::load(&set_name, &crate::prompts::default_root())?;
-    let mut model = ckpt.load(&LoadOptions {
-        dequantize: true,
-        dtype: Some(DType::F32),
-        ..Default::default()
-    })?;
-    let (examples, skipped) = sft_examples(&model, &set, &cfg.scenarios, cfg.max_seq)?;
-    on_event(TrainEvent::Data {
-        examples: examples.len(),
-        skipped: &skipped,
-    });
-    if examples.is_empty() {
-        anyhow::bail!(
-            "{}: no usable training example ({} skipped{})",
-            cfg.scenarios.display(),
-            skipped.len(),
-            skipped
-                .first()
-                .map(|s| format!("; first: {s}"))
-                .unwrap_or_default()
-        );
-    }
-    let lora = LoraParams::init(&model, cfg)?;
-    // The trainable factors in the optimizer's order; gradients are gathered in this order.
-    let vars = lora.named();
-    let mut opt = AdamW::new(vars.clone(), cfg.adamw)?;
-    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
-    let mut start = 0;
-    if resume {
-        let (dir, step) = latest_checkpoint(out)?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: nothing to resume (no checkpoint-N folder)",
-                out.display()
-            )
-        })?;
-        let state: TrainerState =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)?;
-        if state.config != *cfg {
-            anyhow::bail!(
-                "{}: was trained with a different configuration; resume with the same options",
-                dir.display()
-            );
-        }
-        lora.load_into(&dir, &model.decoder)?;
-        let moments =
-            candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
-        opt.restore(&moments, state.optimizer_t)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-        start = step;
-    } else if latest_checkpoint(out)?.is_some() {
-        anyhow::bail!(
-            "{}: already holds a training run; pass --resume to continue it, or choose another --out",
-            out.display()
-        );
-    }
-    lora.attach(&mut model, out)?;
-    let mut events = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join("events.jsonl"))?;
-    let per_step = cfg.batch.max(1) * cfg.grad_accum.max(1);
-    let started = std::time::Instant::now();
-    let mut last_good = start;
-    for step in start..cfg.steps {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            save(&lora, &opt, cfg, out, step, &model.decoder)?;
-            anyhow::bail!("interrupted at step {step}; checkpoint saved, --resume continues");
-        }
-        let lr = optim::learning_rate(step, cfg.lr, cfg.warmup, cfg.steps);
-        // The order of examples depends only on the seed and the epoch, so a resumed run sees
-        // the same batches.
-        let mut grads: Vec<Tensor> = vec![];
-        let mut loss_sum = 0.0;
-        let mut tokens = 0;
-        let t0 = std::time::Instant::now();
-        for micro in 0..cfg.grad_accum.max(1) {
-            let batch: Vec<&Example> = (0..cfg.batch.max(1))
-                .map(|j| {
-                    let k = step * per_step + micro * cfg.batch.max(1) + j;
-                    &examples
-                        [order(examples.len(), cfg.seed, k / examples.len())[k % examples.len()]]
-                })
-                .collect();
-            let (loss, n) = sft_loss(&model, &batch)?;
-            let scaled = (loss.clone() / cfg.grad_accum.max(1) as f64)?;
-            let g = scaled.backward()?;
-            for (i, (_, v)) in vars.iter().enumerate() {
-                let gi = g
-                    .get(v.as_tensor())
-                    .cloned()
-                    .unwrap_or(v.as_tensor().zeros_like()?);
-                if grads.len() <= i {
-                    grads.push(gi);
-                } else {
-                    grads[i] = (&grads[i] + gi)?;
-                }
-            }
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            tokens += n;
-        }
-        let loss = loss_sum / cfg.grad_accum.max(1) as f64;
-        if !loss.is_finite() {
-            anyhow::bail!(
-                "loss is {loss} at step {step}: stopped; the last good checkpoint (step {last_good}) is in {}",
-                out.display()
-            );
-        }
-        let grad_norm = optim::clip(&mut grads, cfg.max_grad_norm)?;
-        opt.step(&grads, lr)?;
-        let secs = started.elapsed().as_secs_f64();
-        let ev = StepEvent {
-            step: step + 1,
-            steps: cfg.steps,
-            loss,
-            lr,
-            grad_norm,
-            tokens,
-            tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64(),
-            eta_s: secs / (step + 1 - start) as f64 * (cfg.steps - step - 1) as f64,
-        };
-        writeln!(events, "{}", serde_json::to_string(&ev)?)?;
-        events.flush()?;
-        on_event(TrainEvent::Step(&ev));
-        if cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps {
-            let dir = save(&lora, &opt, cfg, out, step + 1, &model.decoder)?;
-            last_good = step + 1;
-            on_event(TrainEvent::Saved(&dir));
-        }
-    }
-    let dir = save(&lora, &opt, cfg, out, cfg.steps, &model.decoder)?;
-    on_event(TrainEvent::Saved(&dir));
     Ok(out.to_path_buf())
 }
 
-/// A permutation of `0..n` for epoch `epoch`.
-fn order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+/// What both methods share: the model with the adapter being trained, the optimizer, the
+/// output folder and the step bookkeeping.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub model: Model,
+    pub lora: LoraParams,
+    pub opt: AdamW,
+    vars: Vec<(String, Var)>,
+    pub out: PathBuf,
+    /// The first step this process runs (non-zero after a resume).
+    pub start: usize,
+    last_good: usize,
+    events: std::fs::File,
+    started: std::time::Instant,
+}
+
+impl Trainer {
+    fn open(
+        cfg: &TrainConfig,
+        out: &Path,
+        checkpoints: &Path,
+        resume: bool,
+    ) -> anyhow::Result<(Trainer, PromptSet)> {
+        let ckpt = Checkpoint::resolve(&cfg.base, checkpoints)?;
+        if matches!(
+            ckpt.kind,
+            crate::model::checkpoint::CheckpointKind::Adapter { .. }
+        ) {
+            anyhow::bail!(
+                "{}: the base is itself an adapter; merge it first (humanlm export --merge)",
+                ckpt.path.display()
+            );
+        }
+        let set_name = cfg
+            .prompts
+            .clone()
+            .or(ckpt.default_prompt_set()?)
+            .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
+        let set = PromptSet::load(&set_name, &crate::prompts::default_root())?;
+        let mut model = ckpt.load(&LoadOptions {
+            dequantize: true,
+            dtype: Some(DType::F32),
+            ..Default::default()
+        })?;
+        let lora = LoraParams::init(&model, cfg)?;
+        let vars = lora.named();
+        let mut opt = AdamW::new(vars.clone(), cfg.adamw)?;
+        std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+        let mut start = 0;
+        if resume {
+            let (dir, step) = latest_checkpoint(out)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: nothing to resume (no checkpoint-N folder)",
+                    out.display()
+                )
+            })?;
+            let path = dir.join("trainer_state.json");
+            let state: TrainerState = std::fs::read_to_string(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| Ok(serde_json::from_str(&t)?))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if state.config != *cfg {
+                anyhow::bail!(
+                    "{}: was trained with a different configuration; resume with the same options",
+                    dir.display()
+                );
+            }
+            lora.load_into(&dir, &model.decoder)?;
+            let moments =
+                candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
+            opt.restore(&moments, state.optimizer_t)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            start = step;
+        } else if latest_checkpoint(out)?.is_some() {
+            anyhow::bail!(
+                "{}: already holds a training run; pass --resume to continue it, or choose another --out",
+                out.display()
+            );
+        }
+        lora.attach(&mut model, out)?;
+        let events = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join("events.jsonl"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", out.join("events.jsonl").display()))?;
+        Ok((
+            Trainer {
+                cfg: cfg.clone(),
+                model,
+                lora,
+                opt,
+                vars,
+                out: out.to_path_buf(),
+                start,
+                last_good: start,
+                events,
+                started: std::time::Instant::now(),
+            },
+            set,
+        ))
+    }
+
+    /// Stop with a saved checkpoint when cancelled.
+    fn check_cancel(&mut self, cancel: Option<&AtomicBool>, step: usize) -> anyhow::Result<()> {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            self.save(step)?;
+            anyhow::bail!("interrupted at step {step}; checkpoint saved, --resume continues");
+        }
+        Ok(())
+    }
+
+    /// Gradients of `loss` for every trainable factor, in the optimizer's order.
+    fn grads(&self, loss: &Tensor) -> anyhow::Result<Vec<Tensor>> {
+        let g = loss.backward()?;
+        self.vars
+            .iter()
+            .map(|(_, v)| {
+                Ok(g.get(v.as_tensor())
+                    .cloned()
+                    .unwrap_or(v.as_tensor().zeros_like()?))
+            })
+            .collect()
+    }
+
+    /// Clip and apply `grads`; returns the norm before clipping. A non-finite loss stops the
+    /// run before the update, keeping the last good checkpoint.
+    fn update(
+        &mut self,
+        mut grads: Vec<Tensor>,
+        loss: f64,
+        lr: f64,
+        step: usize,
+    ) -> anyhow::Result<f64> {
+        if !loss.is_finite() {
+            anyhow::bail!(
+                "loss is {loss} at step {step}: stopped; the last good checkpoint (step {}) is in {}",
+                self.last_good,
+                self.out.display()
+            );
+        }
+        let norm = optim::clip(&mut grads, self.cfg.max_grad_norm)?;
+        if !norm.is_finite() {
+            anyhow::bail!(
+                "gradient norm is {norm} at step {step}: stopped; the last good checkpoint (step {}) is in {}",
+                self.last_good,
+                self.out.display()
+            );
+        }
+        self.opt.step(&grads, lr)?;
+        Ok(norm)
+    }
+
+    /// Record a finished step: the event line, then a checkpoint when one is due.
+    fn finish_step(
+        &mut self,
+        mut ev: StepEvent,
+        step_secs: f64,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> anyhow::Result<()> {
+        let done = ev.step - self.start;
+        ev.tokens_per_s = ev.tokens as f64 / step_secs.max(1e-9);
+        ev.eta_s = self.started.elapsed().as_secs_f64() / done as f64 * (ev.steps - ev.step) as f64;
+        writeln!(self.events, "{}", serde_json::to_string(&ev)?)?;
+        self.events.flush()?;
+        on_event(TrainEvent::Step(&ev));
+        let every = self.cfg.save_every;
+        if ev.step == ev.steps || (every > 0 && ev.step % every == 0) {
+            let dir = self.save(ev.step)?;
+            on_event(TrainEvent::Saved(&dir));
+        }
+        Ok(())
+    }
+
+    /// Write `checkpoint-<step>/` whole, then refresh the top-level adapter.
+    fn save(&mut self, step: usize) -> anyhow::Result<PathBuf> {
+        let out = &self.out;
+        let final_dir = out.join(format!("checkpoint-{step}"));
+        let tmp = out.join(format!(".checkpoint-{step}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let write = || -> anyhow::Result<()> {
+            std::fs::create_dir_all(&tmp)?;
+            self.lora.save(&tmp, &self.model.decoder)?;
+            candle_core::safetensors::save(&self.opt.state(), tmp.join("optimizer.safetensors"))?;
+            let state = TrainerState {
+                step,
+                optimizer_t: self.opt.t,
+                config: self.cfg.clone(),
+            };
+            std::fs::write(
+                tmp.join("trainer_state.json"),
+                serde_json::to_string_pretty(&state)?,
+            )?;
+            let _ = std::fs::remove_dir_all(&final_dir);
+            std::fs::rename(&tmp, &final_dir)?;
+            // The top-level adapter: each file replaced by a rename, never half-written.
+            for f in ["adapter_model.safetensors", "adapter_config.json"] {
+                let t = out.join(format!(".{f}.tmp"));
+                std::fs::copy(final_dir.join(f), &t)?;
+                std::fs::rename(&t, out.join(f))?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            anyhow::anyhow!(
+                "{}: cannot save checkpoint (the previous one is intact): {e}",
+                final_dir.display()
+            )
+        })?;
+        self.last_good = step;
+        Ok(final_dir)
+    }
+}
+
+/// Index `k` of an endless stream over `n` items, reshuffled every epoch; depends only on the
+/// seed, so a resumed run sees the same batches.
+pub(crate) fn nth_example(n: usize, seed: u64, k: usize) -> usize {
+    let epoch = k / n;
     let mut v: Vec<usize> = (0..n).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(
         seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
     v.shuffle(&mut rng);
-    v
+    v[k % n]
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct TrainerState {
     step: usize,
     optimizer_t: usize,
-    config: SftConfig,
-}
-
-/// Write `checkpoint-<step>/` whole, then refresh the top-level adapter.
-fn save(
-    lora: &LoraParams,
-    opt: &AdamW,
-    cfg: &SftConfig,
-    out: &Path,
-    step: usize,
-    decoder: &crate::model::Decoder,
-) -> anyhow::Result<PathBuf> {
-    let final_dir = out.join(format!("checkpoint-{step}"));
-    let tmp = out.join(format!(".checkpoint-{step}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let write = || -> anyhow::Result<()> {
-        std::fs::create_dir_all(&tmp)?;
-        lora.save(&tmp, decoder)?;
-        candle_core::safetensors::save(&opt.state(), tmp.join("optimizer.safetensors"))?;
-        let state = TrainerState {
-            step,
-            optimizer_t: opt.t,
-            config: cfg.clone(),
-        };
-        std::fs::write(
-            tmp.join("trainer_state.json"),
-            serde_json::to_string_pretty(&state)?,
-        )?;
-        let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&tmp, &final_dir)?;
-        // The top-level adapter: each file replaced by a rename, never half-written.
-        for f in ["adapter_model.safetensors", "adapter_config.json"] {
-            let t = out.join(format!(".{f}.tmp"));
-            std::fs::copy(final_dir.join(f), &t)?;
-            std::fs::rename(&t, out.join(f))?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_dir_all(&tmp);
-        anyhow::anyhow!(
-            "{}: cannot save checkpoint (the previous one is intact): {e}",
-            final_dir.display()
-        )
-    })?;
-    Ok(final_dir)
+    config: TrainConfig,
 }
 
 /// The `checkpoint-N` folder with the largest N.
@@ -565,4 +717,17 @@ fn latest_checkpoint(out: &Path) -> anyhow::Result<Option<(PathBuf, usize)>> {
                 .then(|| (e.path(), n))
         })
         .max_by_key(|(_, n)| *n))
+}
+
+/// A usable-data error naming the source, the count skipped and the first reason.
+fn no_examples(data: &Data, skipped: &[String]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: no usable training example ({} skipped{})",
+        data.path().display(),
+        skipped.len(),
+        skipped
+            .first()
+            .map(|s| format!("; first: {s}"))
+            .unwrap_or_default()
+    )
 }

@@ -1,0 +1,235 @@
+//! GRPO rewards, pluggable: a judge (any judge file: embedding, lexical, the HumanLM rubric on
+//! a local model or an endpoint) scoring each rollout's parsed state against the real reply, or
+//! a simple verifiable reward for testing the trainer itself.
+
+use crate::judge::{Group, Item, Judge, JudgeConfig};
+use crate::prompts::PromptSet;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Which reward a GRPO run uses (saved in its configuration).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RewardSpec {
+    /// The judge's score of the rollout's state against the real reply, in one call per group;
+    /// a rollout that breaks the strict format scores 0 without asking. No file: the default
+    /// embedding judge.
+    Judge {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<PathBuf>,
+    },
+    /// Verifiable: 1 when the rollout contains `word` (case-insensitive, as a whole word) within
+    /// at most `max_tokens` generated tokens, else 0.
+    Contains { word: String, max_tokens: usize },
+}
+
+impl Default for RewardSpec {
+    fn default() -> Self {
+        RewardSpec::Judge { config: None }
+    }
+}
+
+impl RewardSpec {
+    /// Parse the CLI form: a judge file path, `judge` (the default judge), or
+    /// `contains:WORD:MAX_TOKENS`.
+    pub fn parse(s: &str) -> anyhow::Result<RewardSpec> {
+        if s == "judge" {
+            return Ok(RewardSpec::default());
+        }
+        if let Some(rest) = s.strip_prefix("contains:") {
+            let (word, n) = rest.rsplit_once(':').ok_or_else(|| {
+                anyhow::anyhow!("--reward {s}: expected contains:WORD:MAX_TOKENS")
+            })?;
+            let max_tokens = n
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--reward {s}: '{n}' is not a token count"))?;
+            if word.trim().is_empty() {
+                anyhow::bail!("--reward {s}: the word is empty");
+            }
+            return Ok(RewardSpec::Contains {
+                word: word.trim().to_string(),
+                max_tokens,
+            });
+        }
+        Ok(RewardSpec::Judge {
+            config: Some(PathBuf::from(s)),
+        })
+    }
+
+    pub fn build(
+        &self,
+        checkpoints: &Path,
+        set: Arc<PromptSet>,
+    ) -> anyhow::Result<Box<dyn Reward>> {
+        Ok(match self {
+            RewardSpec::Judge { config } => {
+                let cfg = match config {
+                    Some(p) => JudgeConfig::read(p)?,
+                    None => JudgeConfig::default_config(),
+                };
+                Box::new(JudgeReward {
+                    judge: cfg.build(checkpoints, set.clone())?,
+                    set,
+                })
+            }
+            RewardSpec::Contains { word, max_tokens } => Box::new(ContainsReward {
+                word: word.to_lowercase(),
+                max_tokens: *max_tokens,
+            }),
+        })
+    }
+}
+
+/// One rollout as a reward sees it.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// Everything the model wrote, with the pre-filled tag and a stripped stop string put back.
+    pub text: String,
+    /// The state's value (or the reply) when the strict format held; `None` otherwise.
+    pub value: Option<String>,
+    /// Generated tokens.
+    pub tokens: usize,
+}
+
+/// What is being rewarded: one state call of one scenario.
+pub struct Target<'a> {
+    /// `stance`, ..., or `response`.
+    pub state: &'a str,
+    pub context: &'a str,
+    pub reference: &'a str,
+}
+
+pub trait Reward {
+    fn name(&self) -> String;
+    /// One score per rollout of a group, in order. An error means the reward could not be
+    /// computed (after the judge's own retries): the run stops with a resumable checkpoint.
+    fn score_group(&self, target: &Target, rollouts: &[Rollout]) -> anyhow::Result<Vec<f64>>;
+}
+
+struct JudgeReward {
+    judge: Box<dyn Judge>,
+    set: Arc<PromptSet>,
+}
+
+impl Reward for JudgeReward {
+    fn name(&self) -> String {
+        self.judge.name()
+    }
+
+    fn score_group(&self, target: &Target, rollouts: &[Rollout]) -> anyhow::Result<Vec<f64>> {
+        let spec = self.set.state(target.state).ok_or_else(|| {
+            anyhow::anyhow!(
+                "prompt set '{}' has no state '{}'",
+                self.set.name,
+                target.state
+            )
+        })?;
+        let valid: Vec<usize> = (0..rollouts.len())
+            .filter(|&i| rollouts[i].value.is_some())
+            .collect();
+        let mut out = vec![0.0; rollouts.len()];
+        if valid.is_empty() {
+            return Ok(out);
+        }
+        let group = Group {
+            dimension: spec,
+            context: target.context,
+            reference: target.reference,
+            items: valid
+                .iter()
+                .map(|&i| Item {
+                    text: rollouts[i].value.as_deref().unwrap_or_default(),
+                    valid: true,
+                })
+                .collect(),
+        };
+        let scores = self.judge.score_group(&group)?;
+        if let Some(e) = scores.iter().find_map(|s| s.error.as_ref()) {
+            anyhow::bail!("judge {} failed: {e}", self.judge.name());
+        }
+        for (&i, s) in valid.iter().zip(scores) {
+            out[i] = s.score;
+        }
+        Ok(out)
+    }
+}
+
+struct ContainsReward {
+    word: String,
+    max_tokens: usize,
+}
+
+impl Reward for ContainsReward {
+    fn name(&self) -> String {
+        format!("contains '{}' within {} tokens", self.word, self.max_tokens)
+    }
+
+    fn score_group(&self, _: &Target, rollouts: &[Rollout]) -> anyhow::Result<Vec<f64>> {
+        Ok(rollouts
+            .iter()
+            .map(|r| {
+                let hit = r
+                    .text
+                    .to_lowercase()
+                    .split(|c: char| !c.is_alphanumeric() && c != '\'')
+                    .any(|w| w == self.word);
+                f64::from(u8::from(hit && r.tokens <= self.max_tokens))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_cli_forms() {
+        assert_eq!(RewardSpec::parse("judge").unwrap(), RewardSpec::default());
+        assert_eq!(
+            RewardSpec::parse("contains:great:20").unwrap(),
+            RewardSpec::Contains {
+                word: "great".into(),
+                max_tokens: 20
+            }
+        );
+        assert!(RewardSpec::parse("contains:great").is_err());
+        assert!(RewardSpec::parse("contains::4").is_err());
+        assert_eq!(
+            RewardSpec::parse("prompts/judges/embedding.toml").unwrap(),
+            RewardSpec::Judge {
+                config: Some("prompts/judges/embedding.toml".into())
+            }
+        );
+    }
+
+    #[test]
+    fn contains_needs_the_whole_word_within_the_budget() {
+        let r = ContainsReward {
+            word: "great".into(),
+            max_tokens: 5,
+        };
+        let t = Target {
+            state: "response",
+            context: "",
+            reference: "",
+        };
+        let ro = |text: &str, tokens| Rollout {
+            text: text.into(),
+            value: None,
+            tokens,
+        };
+        let s = r
+            .score_group(
+                &t,
+                &[
+                    ro("That is Great!", 4),
+                    ro("greatness", 2),
+                    ro("great but long", 9),
+                ],
+            )
+            .unwrap();
+        assert_eq!(s, vec![1.0, 0.0, 0.0]);
+    }
+}
