@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod judge;
 pub mod model;

@@ -237,6 +237,14 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The tokenizer as a Hugging Face `tokenizer.json` document (`export` writes it for a GGUF
+    /// base, whose tokenizer exists only as metadata).
+    pub fn to_hf_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| Error::file(&self.source, format!("cannot serialise tokenizer: {e}")))
+    }
+
     /// Number of ids the tokenizer can produce (vocabulary plus added tokens).
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

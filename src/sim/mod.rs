@@ -205,6 +205,10 @@ pub struct Call {
     /// (`prompt` then shows them as JSON).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<Message>>,
+    /// The chat messages the prompt was rendered from (before the chat template and the
+    /// prefill): what a training recipe that applies its own template needs (`export-dataset`).
+    #[serde(skip)]
+    pub chat_messages: Vec<Message>,
     pub thinking: bool,
     /// The opening tag already written at the end of the prompt (sets with `prefill_tag`).
     pub prefill: String,
@@ -330,6 +334,7 @@ fn plan_calls(
                 vec![Message::new("system", &system), Message::new("user", &task)]
             }
         };
+        let chat_messages = messages.clone();
         let (mut prompt, chat) = match template {
             Some(t) => (t.render(&messages, true, &extra)?, None),
             // No template here: the endpoint's chat API applies its own, and cannot continue
@@ -363,6 +368,7 @@ fn plan_calls(
             prompt_tokens: ids.len(),
             ids,
             messages: chat,
+            chat_messages,
             thinking,
             prefill,
             stop: stop.into(),

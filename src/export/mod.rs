@@ -1,0 +1,229 @@
+//! Exports out of the workbench, for other tools: a checkpoint as a Hugging Face folder (an
+//! adapter merged into its base), and scenarios as training rows of the HumanLM verl recipe.
+//!
+//! Both write atomically (a temporary name in the same folder, renamed into place) and refuse to
+//! replace what exists unless asked to.
+
+pub mod merge;
+pub mod verl;
+
+use crate::model::checkpoint::DEFAULT_CHECKPOINT;
+use crate::model::weights::LoadOptions;
+use crate::model::Checkpoint;
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {}", .0.display(), .1)]
+    File(PathBuf, String),
+    #[error("{0}")]
+    Msg(String),
+    #[error(transparent)]
+    Model(#[from] crate::model::Error),
+    #[error(transparent)]
+    Sim(#[from] crate::sim::Error),
+    #[error(transparent)]
+    Scenario(#[from] crate::scenario::Error),
+    #[error(transparent)]
+    Prompt(#[from] crate::prompts::Error),
+    #[error("tensor error: {}", crate::model::first_line(&.0.to_string()))]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Move the finished folder `tmp` to `out`. An existing `out` (the caller checked `--force`) is
+/// first moved aside, so a failure at any point leaves either the old or the new folder.
+pub(crate) fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
+    let aside = if out.exists() {
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let aside = out.with_file_name(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(out, &aside).map_err(|e| {
+            let _ = std::fs::remove_dir_all(tmp);
+            Error::File(
+                out.to_path_buf(),
+                format!("cannot move the old folder aside: {e}"),
+            )
+        })?;
+        Some(aside)
+    } else {
+        None
+    };
+    if let Err(e) = std::fs::rename(tmp, out) {
+        if let Some(a) = &aside {
+            let _ = std::fs::rename(a, out);
+        }
+        let _ = std::fs::remove_dir_all(tmp);
+        return Err(Error::File(
+            out.to_path_buf(),
+            format!("cannot rename into place: {e}"),
+        ));
+    }
+    if let Some(a) = aside {
+        let _ = if a.is_dir() {
+            std::fs::remove_dir_all(&a)
+        } else {
+            std::fs::remove_file(&a)
+        };
+    }
+    Ok(())
+}
+
+/// `humanlm export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Merge the adapter into its base (W += α/r · B·A). Required for an adapter; a plain
+    /// checkpoint is written as it is (dequantized).
+    #[arg(long)]
+    pub merge: bool,
+    /// The adapter (or plain checkpoint): a name in checkpoints/ or a path.
+    #[arg(long)]
+    pub checkpoint: String,
+    /// The folder to write (a Hugging Face checkpoint: config.json, model.safetensors, tokenizer).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Weight type: f32, bf16 or f16 (default: the base's; f32 for GGUF).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `humanlm export-dataset`.
+#[derive(Args, Debug)]
+pub struct ExportDatasetArgs {
+    /// Row layout; `verl` (the HumanLM verl recipe) is the one there is.
+    #[arg(long, default_value = "verl")]
+    pub format: String,
+    /// A scenario file or a folder of them.
+    #[arg(long)]
+    pub scenarios: PathBuf,
+    /// The Parquet file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Prompt set (default: the checkpoint's, else humanlm).
+    #[arg(long)]
+    pub prompts: Option<String>,
+    /// States to write rows for: letters of s,e,b,v,g,c,r (stance … communication, response),
+    /// full names, or all.
+    #[arg(long, default_value = "all")]
+    pub states: String,
+    /// Checkpoint whose chat template renders sets without their own and whose context the
+    /// prompts must fit (as when simulating).
+    #[arg(long, default_value = DEFAULT_CHECKPOINT)]
+    pub checkpoint: String,
+    /// The `extra_info.split` of every row.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// A thread that does not fit the context: skip it (none) or drop its oldest turns.
+    #[arg(long, value_enum, default_value = "none")]
+    pub truncate: crate::sim::Truncate,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `humanlm export`.
+pub fn export_cmd(root: &Path, a: ExportArgs) -> anyhow::Result<()> {
+    let dtype = match a.dtype.as_deref() {
+        None => None,
+        Some(s) => Some(
+            merge::parse_dtype(s)
+                .ok_or_else(|| anyhow::anyhow!("--dtype '{s}' is not one of f32, bf16, f16"))?,
+        ),
+    };
+    let ckpt = Checkpoint::resolve(&a.checkpoint, root)?;
+    let is_adapter = matches!(ckpt.kind, crate::model::CheckpointKind::Adapter { .. });
+    if is_adapter && !a.merge {
+        anyhow::bail!(
+            "{}: an adapter is exported merged into its base: add --merge",
+            ckpt.path.display()
+        );
+    }
+    let report = merge::export(&ckpt, &a.out, dtype, a.force)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "wrote {} ({} tensors, {}, {:.1} MiB){}",
+            report.out.display(),
+            report.tensors,
+            report.dtype,
+            report.bytes as f64 / (1u64 << 20) as f64,
+            match &report.adapter {
+                Some(ad) => format!(
+                    ": {ad} merged into {} ({} layers)",
+                    report.base, report.merged_modules
+                ),
+                None if a.merge => format!(": {} has no adapter, nothing merged", report.base),
+                None => format!(": {}", report.base),
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// Run `humanlm export-dataset`.
+pub fn export_dataset_cmd(root: &Path, a: ExportDatasetArgs) -> anyhow::Result<()> {
+    if a.format != "verl" {
+        anyhow::bail!("--format '{}' is not supported (supported: verl)", a.format);
+    }
+    let states = verl::parse_states(&a.states).map_err(|e| anyhow::anyhow!("--states: {e}"))?;
+    if a.out.exists() && !a.force {
+        anyhow::bail!("{}: already exists (--force replaces it)", a.out.display());
+    }
+    let ckpt = Checkpoint::resolve(&a.checkpoint, root)?;
+    let name = a
+        .prompts
+        .clone()
+        .or(ckpt.default_prompt_set()?)
+        .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
+    let set = crate::prompts::PromptSet::load(&name, &crate::prompts::default_root())?;
+    let model = ckpt.load(&LoadOptions::default())?;
+    let report = verl::export_dataset(
+        &model,
+        &set,
+        &a.scenarios,
+        &states,
+        a.truncate,
+        &a.split,
+        &a.out,
+        a.force,
+    )?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    for (id, why) in &report.skipped {
+        writeln!(out, "skipped {id}: {why}")?;
+    }
+    writeln!(
+        out,
+        "wrote {} rows ({} scenarios × {} states) to {}; prompt set {} ({}){}",
+        report.rows,
+        report.scenarios,
+        states.len(),
+        report.out.display(),
+        report.prompt_set,
+        report.prompt_hash,
+        if report.skipped.is_empty() {
+            String::new()
+        } else {
+            format!("; skipped {}", report.skipped.len())
+        }
+    )?;
+    Ok(())
+}
