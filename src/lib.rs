@@ -7,6 +7,7 @@ pub mod cli;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod gpu;
 pub mod judge;
 pub mod model;
 pub mod prompts;

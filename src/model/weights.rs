@@ -93,6 +93,13 @@ pub enum Store {
         paths: Vec<PathBuf>,
         st: candle_core::safetensors::MmapedSafetensors,
     },
+    /// Tensors already in memory under HF names (random-weight models built from a config, for
+    /// speed and parity checks without downloading anything). `label` stands in for a file in
+    /// messages.
+    Memory {
+        label: PathBuf,
+        tensors: std::collections::HashMap<String, Tensor>,
+    },
 }
 
 /// HF tensor name → the name llama.cpp's converter gives it in a GGUF.
@@ -179,6 +186,16 @@ impl Store {
         Ok(Store::Safetensors { paths, st })
     }
 
+    pub fn from_tensors(
+        label: impl Into<PathBuf>,
+        tensors: std::collections::HashMap<String, Tensor>,
+    ) -> Store {
+        Store::Memory {
+            label: label.into(),
+            tensors,
+        }
+    }
+
     pub fn is_gguf(&self) -> bool {
         matches!(self, Store::Gguf { .. })
     }
@@ -202,6 +219,7 @@ impl Store {
                 }
                 paths[0].clone()
             }
+            Store::Memory { label, .. } => label.clone(),
         }
     }
 
@@ -218,6 +236,7 @@ impl Store {
         match self {
             Store::Gguf { content, .. } => content.tensor_infos.contains_key(&name),
             Store::Safetensors { st, .. } => st.get(&name).is_ok(),
+            Store::Memory { tensors, .. } => tensors.contains_key(&name),
         }
     }
 
@@ -264,6 +283,10 @@ impl Store {
                 let t = st.load(hf, device).map_err(|_| self.missing(hf))?;
                 Ok(t.to_dtype(dtype)?)
             }
+            Store::Memory { tensors, .. } => {
+                let t = tensors.get(hf).ok_or_else(|| self.missing(hf))?;
+                Ok(t.to_device(device)?.to_dtype(dtype)?)
+            }
         }
     }
 
@@ -288,7 +311,9 @@ impl Store {
                     }
                 }
             }
-            Store::Safetensors { .. } => Ok(Weight::Dense(self.dense(hf, &opts.device, dtype)?)),
+            Store::Safetensors { .. } | Store::Memory { .. } => {
+                Ok(Weight::Dense(self.dense(hf, &opts.device, dtype)?))
+            }
         }
     }
 
@@ -301,6 +326,7 @@ impl Store {
                 .get(&name)
                 .map(|i| i.shape.dims().to_vec()),
             Store::Safetensors { st, .. } => st.get(&name).ok().map(|v| v.shape().to_vec()),
+            Store::Memory { tensors, .. } => tensors.get(&name).map(|t| t.dims().to_vec()),
         }
     }
 }
