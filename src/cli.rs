@@ -39,8 +39,6 @@ enum Command {
     Bench(BenchArgs),
     /// Check a GPU against the CPU and measure the decoder's speed there; one JSON summary.
     GpuCheck(crate::gpu::GpuCheckArgs),
-    /// Check a GPU against the CPU and measure the decoder's speed there; one JSON summary.
-    GpuCheck(crate::gpu::GpuCheckArgs),
     /// Simulate a person's states and reply on a scenario.
     Simulate(SimulateArgs),
     /// Serve the checkpoint as an OpenAI-compatible endpoint (one generation at a time).
@@ -444,7 +442,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Checkpoints { json }) => list_checkpoints(&root, json),
         Some(Command::Generate(args)) => generate_cmd(&root, args),
         Some(Command::Bench(args)) => bench(&root, args),
-        Some(Command::GpuCheck(args)) => crate::gpu::run(args, &root),
         Some(Command::GpuCheck(args)) => crate::gpu::run(args, &root),
         Some(Command::Simulate(args)) => simulate_cmd(&root, args),
         Some(Command::Serve(args)) => {
