@@ -218,6 +218,19 @@ impl Layer {
     }
 }
 
+/// A shared prompt's keys and values on the differentiable path (see [`Decoder::prefix`]).
+pub struct Prefix {
+    layers: Vec<(Tensor, Tensor)>,
+    pub len: usize,
+}
+
+/// What a layer's attention looks back at besides its own input.
+enum Past<'a> {
+    None,
+    Cache(&'a mut KvCache),
+    Prefix(&'a (Tensor, Tensor)),
+}
+
 /// Keys and values of every layer, preallocated to `capacity` positions so decoding writes in
 /// place instead of concatenating a growing tensor each step.
 #[derive(Debug, Clone)]
@@ -526,7 +539,36 @@ impl Decoder {
     pub fn forward_from(
         &self,
         ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        ops: Ops,
+        from: usize,
+    ) -> Result<Tensor> {
+        self.forward_impl(ids, cache, None, None, ops, from)
+    }
+
+    /// The differentiable path over a prompt (batch 1) that several continuations share: the
+    /// logits of its last position, and its keys and values as a [`Prefix`] whose gradients
+    /// flow back into the prompt's computation.
+    pub fn prefix(&self, ids: &Tensor) -> Result<(Tensor, Prefix)> {
+        let s = ids.dim(1)?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        let logits = self.forward_impl(ids, None, None, Some(&mut layers), Ops::Diff, s - 1)?;
+        Ok((logits.squeeze(1)?, Prefix { layers, len: s }))
+    }
+
+    /// The differentiable path over continuations (batch, seq) of `prefix`: every row attends
+    /// to the prefix's keys and values, computed once instead of once per row. Logits for the
+    /// positions from `from` on, as [`Decoder::forward_from`].
+    pub fn forward_after(&self, ids: &Tensor, prefix: &Prefix, from: usize) -> Result<Tensor> {
+        self.forward_impl(ids, None, Some(prefix), None, Ops::Diff, from)
+    }
+
+    fn forward_impl(
+        &self,
+        ids: &Tensor,
         mut cache: Option<&mut KvCache>,
+        prefix: Option<&Prefix>,
+        mut record: Option<&mut Vec<(Tensor, Tensor)>>,
         ops: Ops,
         from: usize,
     ) -> Result<Tensor> {
@@ -536,7 +578,11 @@ impl Decoder {
                 "logits from position {from} of a {s}-token input"
             )));
         }
-        let pos = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let pos = match (&cache, prefix) {
+            (Some(c), _) => c.len(),
+            (None, Some(p)) => p.len,
+            (None, None) => 0,
+        };
         let limit = cache
             .as_ref()
             .map(|c| c.capacity())
@@ -568,7 +614,12 @@ impl Decoder {
                 &cos,
                 &sin,
                 mask.as_ref(),
-                cache.as_deref_mut(),
+                match (cache.as_deref_mut(), prefix) {
+                    (Some(c), _) => Past::Cache(c),
+                    (None, Some(p)) => Past::Prefix(&p.layers[li]),
+                    (None, None) => Past::None,
+                },
+                record.as_deref_mut(),
                 ops,
             )?;
             x = (x + a)?;
@@ -603,7 +654,8 @@ impl Decoder {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
+        past: Past,
+        record: Option<&mut Vec<(Tensor, Tensor)>>,
         ops: Ops,
     ) -> Result<Tensor> {
         let cfg = &self.config;
@@ -630,8 +682,19 @@ impl Decoder {
         };
         let q = rope(&q)?;
         let k = rope(&k)?;
-        let (k, v) = match cache {
-            Some(c) => {
+        if let Some(r) = record {
+            r.push((k.clone(), v.clone()));
+        }
+        let (k, v) = match past {
+            Past::Prefix((pk, pv)) => {
+                // The prompt's rows broadcast over the batch; the gradient of a broadcast is
+                // the sum over rows, which is what sharing the prompt means.
+                let (_, nkv, p, hd) = pk.dims4()?;
+                let pk = pk.broadcast_as((b, nkv, p, hd))?;
+                let pv = pv.broadcast_as((b, nkv, p, hd))?;
+                (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+            }
+            Past::Cache(c) => {
                 c.store(li, &k, &v)?;
                 let upto = c.len() + s;
                 if s == 1 && ops == Ops::Fast && super::attention::supported(&q, &c.layers[li].0) {
@@ -649,7 +712,7 @@ impl Decoder {
                     c.view(li, upto, k.dtype())?
                 }
             }
-            None => (k, v),
+            Past::None => (k, v),
         };
         let total = k.dim(2)?;
         let groups = nh / nkv;

@@ -13,7 +13,7 @@
 use super::reward::{RewardSpec, Rollout, Target};
 use super::{no_examples, nth_example, RewardStats, RolloutSample, StepEvent, TrainEvent, Trainer};
 use crate::generate::{self, SamplingParams, StopReason};
-use crate::model::{Model, Ops};
+use crate::model::Model;
 use crate::prompts::PromptSet;
 use crate::sim::{self, parse, Mode, Options};
 use candle_core::{DType, Tensor, D};
@@ -414,29 +414,39 @@ fn split(len: usize, n: usize) -> Vec<std::ops::Range<usize>> {
 
 /// Per-token log-probabilities (temperature-scaled, as sampled) of `rows`' tokens under the
 /// model, as a (rows, longest) tensor on the differentiable path; positions past a row's end
-/// hold garbage and are masked by the caller.
+/// hold garbage and are masked by the caller. The prompt runs once and every row attends to
+/// its keys and values, so a group costs one prompt plus its rollouts, not n prompts.
 fn group_logps(
     model: &Model,
     ex: &GrpoExample,
     rows: &[Row],
     temperature: f32,
 ) -> anyhow::Result<Tensor> {
+    let dec = &model.decoder;
+    let dev = &dec.device;
+    let n = rows.len();
     let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-    let p = ex.prompt.len();
-    let mut input = Vec::with_capacity(rows.len() * (p + longest - 1));
-    let mut labels = Vec::with_capacity(rows.len() * longest);
+    let prompt = Tensor::new(ex.prompt.as_slice(), dev)?.unsqueeze(0)?;
+    let (first, prefix) = dec.prefix(&prompt)?;
+    let vocab = first.dim(1)?;
+    // The prompt's last position predicts every row's first token.
+    let mut logits = first.unsqueeze(1)?.broadcast_as((n, 1, vocab))?;
+    let mut labels = Vec::with_capacity(n * longest);
+    let mut input = Vec::with_capacity(n * longest.saturating_sub(1));
     for r in rows {
         // Right padding: causal attention keeps it from touching the real positions.
         let pad = r.ids.last().copied().unwrap_or(0);
-        let mut ids: Vec<u32> = ex.prompt.iter().chain(&r.ids).copied().collect();
-        ids.resize(p + longest, pad);
-        input.extend_from_slice(&ids[..p + longest - 1]);
-        labels.extend_from_slice(&ids[p..]);
+        let mut ids = r.ids.clone();
+        ids.resize(longest, pad);
+        input.extend_from_slice(&ids[..longest - 1]);
+        labels.extend(ids);
     }
-    let dev = &model.decoder.device;
-    let input = Tensor::from_vec(input, (rows.len(), p + longest - 1), dev)?;
-    let labels = Tensor::from_vec(labels, (rows.len(), longest), dev)?;
-    let logits = model.decoder.forward_from(&input, None, Ops::Diff, p - 1)?;
+    if longest > 1 {
+        let input = Tensor::from_vec(input, (n, longest - 1), dev)?;
+        let rest = dec.forward_after(&input, &prefix, 0)?;
+        logits = Tensor::cat(&[&logits, &rest], 1)?;
+    }
+    let labels = Tensor::from_vec(labels, (n, longest), dev)?;
     let logits = (logits / temperature as f64)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     Ok(logp
