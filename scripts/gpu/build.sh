@@ -7,10 +7,10 @@
 # The device receives at most 64 MiB a call, and the default checkpoint alone is 98 MB, so the
 # bundle is cut into parts that travel in separate calls (see scripts/gpu/run.sh and README,
 # "GPU"):
-#   gpu-bundle/a/   the stripped binary (xz) and the first slice of the default GGUF
-#   gpu-bundle/b/   the rest of the GGUF
-# each with a manifest of sha256 sums. --no-model packs the binary alone (the default-model
-# parity check is then skipped on the device, and says so in its JSON).
+#   gpu-bundle/a/   the first slice of the default GGUF
+#   gpu-bundle/b/   the stripped binary (xz) and the rest of the GGUF
+# each with a manifest of sha256 sums. Part b alone runs every check but the default-model
+# parity, which the summary then marks as skipped. --no-model packs part b with the binary only.
 #
 # Uses its own target folder (target/cuda) so the shared target/release is left alone, and
 # RUSTFLAGS=-C target-cpu=x86-64-v3 instead of the repository's `native`: the binary runs on
@@ -42,29 +42,36 @@ BIN="$CARGO_TARGET_DIR/release/humanlm"
 OUTDIR="$ROOT/gpu-bundle"
 rm -rf "$OUTDIR"; mkdir -p "$OUTDIR/a" "$OUTDIR/b"
 strip -o "$OUTDIR/humanlm" "$BIN"
-# The binary is mostly PTX and kernel images, which compress well; xz keeps part a small
-# enough to carry a slice of the checkpoint alongside.
-xz -T0 -9 -c "$OUTDIR/humanlm" > "$OUTDIR/a/humanlm.xz"
+# The binary is mostly PTX and kernel images, which compress well; xz leaves room in part b
+# for the second slice of the checkpoint.
+xz -T0 -9 -c "$OUTDIR/humanlm" > "$OUTDIR/b/humanlm.xz"
 rm "$OUTDIR/humanlm"
 
+# What a call may carry besides the tree itself (64 MiB in all, 2 MiB kept spare).
+TREE_BYTES=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+BUDGET=$(( 62 * 1024 * 1024 - TREE_BYTES ))
+BIN_BYTES=$(stat -c %s "$OUTDIR/b/humanlm.xz")
 GGUF="$ROOT/checkpoints/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ "$WITH_MODEL" = 1 ]; then
   [ -f "$GGUF" ] || { echo "build.sh: $GGUF: missing (run scripts/fetch-checkpoints.sh, or pass --no-model)" >&2; exit 2; }
-  # Part a: the tree (~6 MB) + the binary + the first slice must stay under 64 MiB.
-  BIN_BYTES=$(stat -c %s "$OUTDIR/a/humanlm.xz")
-  TREE_BYTES=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
-  BUDGET=$(( 62 * 1024 * 1024 - TREE_BYTES - BIN_BYTES ))
   SIZE=$(stat -c %s "$GGUF")
-  [ "$BUDGET" -gt 0 ] || { echo "build.sh: the binary ($BIN_BYTES bytes) leaves no room for the checkpoint in part a" >&2; exit 2; }
-  REST=$(( SIZE - BUDGET ))
-  [ "$REST" -lt $(( 62 * 1024 * 1024 - TREE_BYTES )) ] || { echo "build.sh: $GGUF does not fit in two parts" >&2; exit 2; }
-  head -c "$BUDGET" "$GGUF" > "$OUTDIR/a/model.gguf.part1"
-  tail -c +"$(( BUDGET + 1 ))" "$GGUF" > "$OUTDIR/b/model.gguf.part2"
+  # Part a carries as much of the checkpoint as fits; part b the binary and the rest.
+  FIRST=$(( SIZE < BUDGET ? SIZE : BUDGET ))
+  REST=$(( SIZE - FIRST ))
+  if [ $(( REST + BIN_BYTES )) -gt "$BUDGET" ]; then
+    echo "build.sh: the binary ($BIN_BYTES bytes) and the checkpoint ($SIZE bytes) do not fit in two calls; use --no-model" >&2; exit 2
+  fi
+  head -c "$FIRST" "$GGUF" > "$OUTDIR/a/model.gguf.part1"
+  tail -c +"$(( FIRST + 1 ))" "$GGUF" > "$OUTDIR/b/model.gguf.part2"
   sha256sum "$GGUF" | awk '{print $1 "  model.gguf"}' > "$OUTDIR/b/model.sha256"
+  ( cd "$OUTDIR/a" && sha256sum model.gguf.part1 > manifest.sha256 )
+else
+  rmdir "$OUTDIR/a"
 fi
-( cd "$OUTDIR/a" && sha256sum humanlm.xz $( [ "$WITH_MODEL" = 1 ] && echo model.gguf.part1 ) > manifest.sha256 )
-[ "$WITH_MODEL" = 1 ] && ( cd "$OUTDIR/b" && sha256sum model.gguf.part2 > manifest.sha256 )
-du -b "$OUTDIR"/*/* | sed "s|$ROOT/||"
+( cd "$OUTDIR/b" && sha256sum ./* 2>/dev/null | grep -v manifest > manifest.sha256 )
 for p in a b; do
-  [ -d "$OUTDIR/$p" ] && echo "part $p: $(du -sb "$OUTDIR/$p" | cut -f1) bytes (+ the tree, $(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) bytes)"
+  [ -d "$OUTDIR/$p" ] || continue
+  BYTES=$(du -sb "$OUTDIR/$p" | cut -f1)
+  echo "gpu-bundle/$p: $BYTES bytes; with the tree ($TREE_BYTES bytes) $(( (BYTES + TREE_BYTES) / 1048576 )) MiB of the 64 MiB a call carries"
+  [ $(( BYTES + TREE_BYTES )) -le $(( 64 * 1024 * 1024 )) ] || { echo "build.sh: gpu-bundle/$p is too large to carry" >&2; exit 2; }
 done

@@ -59,6 +59,10 @@ pub struct GpuCheckArgs {
     /// Timed repeats of each prefill (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Override the parity tolerance (max |Δlogit| / max |logit|; default by dtype: bf16 0.08,
+    /// f16 0.03, f32 0.01).
+    #[arg(long)]
+    pub tolerance: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also write the JSON summary here (rewritten after every stage).
@@ -96,10 +100,12 @@ fn dtype_name(d: DType) -> &'static str {
     }
 }
 
-/// Largest allowed `max|Δlogit| / max|logit|` against the CPU's f32 result. Half precision keeps
-/// 8 (bf16) or 11 (f16) mantissa bits: rounding every activation and weight moves logits by about
-/// a percent of their range after 30 layers; f32 differs only in summation order and, for
-/// quantized weights, in how activations are quantized (q8_1 on CUDA, q8_0 on the CPU).
+/// Largest allowed `max|Δlogit| / max|logit|` against the CPU's f32 result. bf16 keeps 8
+/// mantissa bits: on the default checkpoint the CPU's own bf16 path lands at 0.045 (30 layers,
+/// every activation rounded), so 0.08 leaves room for a GPU's different summation order but not
+/// for a wrong kernel (those move logits by their whole range). f16 keeps 11 bits. f32 differs
+/// only in summation order and, for quantized weights, in how activations are quantized (q8_1
+/// on CUDA, q8_0 on the CPU).
 fn tolerance(dtype: DType) -> f64 {
     match dtype {
         DType::BF16 => 0.08,
@@ -171,7 +177,7 @@ fn device_info(dev: &Device) -> Value {
 }
 
 /// GPU memory in use now (MiB), or null on the CPU.
-fn memory_used_mib(dev: &Device) -> Value {
+pub(super) fn memory_used_mib(dev: &Device) -> Value {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = dev {
         let stream = d.cuda_stream();
@@ -261,7 +267,8 @@ fn compare(reference: &Tensor, candidate: &Tensor, tol: f64) -> anyhow::Result<V
     } else {
         f64::INFINITY
     };
-    let pass = finite && rel <= tol && worst_gap <= tol * max_ref;
+    // A differing top-1 is allowed only at a near-tie: within a quarter of the tolerance.
+    let pass = finite && rel <= tol && worst_gap <= tol / 4.0 * max_ref;
     Ok(json!({
         "positions": rows_r.len(),
         "vocab": rows_r[0].len(),
@@ -283,7 +290,13 @@ fn all_logits(dec: &Decoder, ids: &[u32], ops: Ops) -> anyhow::Result<Tensor> {
 }
 
 /// The default checkpoint on `dev` against itself on the CPU in f32 (the workbench's CPU path).
-fn parity_default(ck: &Checkpoint, dev: &Device, dtype: DType, ops: Ops) -> anyhow::Result<Value> {
+fn parity_default(
+    ck: &Checkpoint,
+    dev: &Device,
+    dtype: DType,
+    ops: Ops,
+    tol: f64,
+) -> anyhow::Result<Value> {
     let reference = ck.load(&LoadOptions::default())?;
     // A short chat-like text: the prompt the workbench's own smoke tests use, several positions.
     let text = "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\nThe capital of France is";
@@ -297,7 +310,7 @@ fn parity_default(ck: &Checkpoint, dev: &Device, dtype: DType, ops: Ops) -> anyh
         dequantize: ops == Ops::Diff,
     })?;
     let got = all_logits(&cand.decoder, &ids, ops)?;
-    let mut v = compare(&want, &got, tolerance(dtype))?;
+    let mut v = compare(&want, &got, tol)?;
     v["checkpoint"] = json!(ck.path.display().to_string());
     v["weights"] = json!(cand.decoder.weight_kinds());
     v["prompt_tokens"] = json!(ids.len());
@@ -311,6 +324,7 @@ fn parity_random(
     dtype: DType,
     ops: Ops,
     seed: u64,
+    tol: f64,
 ) -> anyhow::Result<Value> {
     let (label, cfg) = random::resolve_shape(spec)?;
     let cpu = random::random_decoder(&cfg, &label, Fill::Seeded(seed), &LoadOptions::default())?;
@@ -328,7 +342,7 @@ fn parity_random(
         },
     )?;
     let got = all_logits(&cand, &ids[0], ops)?;
-    let mut v = compare(&want, &got, tolerance(dtype))?;
+    let mut v = compare(&want, &got, tol)?;
     v["shape"] = json!(label);
     v["prompt_tokens"] = json!(ids[0].len());
     Ok(v)
@@ -448,6 +462,10 @@ pub fn run(a: GpuCheckArgs, checkpoints: &Path) -> anyhow::Result<()> {
         "diff" => Ops::Diff,
         o => anyhow::bail!("--ops '{o}': expected fast or diff"),
     };
+    let tol = a.tolerance.unwrap_or(tolerance(dtype));
+    if !(tol >= 0.0 && tol.is_finite()) {
+        anyhow::bail!("--tolerance {tol}: must be a finite number ≥ 0");
+    }
     // Everything a user can get wrong is checked before the long work starts.
     let mut shapes = vec![];
     for s in &a.shapes {
@@ -499,7 +517,7 @@ pub fn run(a: GpuCheckArgs, checkpoints: &Path) -> anyhow::Result<()> {
                 "weights": format!("random, normal(0, {}) on the device (uniform with that deviation, seeded, for parity); norms 1", random::WEIGHT_STD),
                 "prefill": "random token ids, one forward pass into a fresh KV cache, median of the repeats",
                 "decode": "greedy after the prefill, the chosen ids read back to the host every step; tokens/s counts every sequence of the batch",
-                "parity": "max |Δlogit| over every position and vocabulary entry, relative to max |logit| of the CPU f32 reference; top-1 may differ only on near-ties (gap within the same tolerance)",
+                "parity": "max |Δlogit| over every position and vocabulary entry, relative to max |logit| of the CPU f32 reference; top-1 may differ only at near-ties (the reference logit of the device's pick within a quarter of the tolerance of the reference's best)",
             },
             "parity": {},
             "throughput": {},
@@ -515,13 +533,13 @@ pub fn run(a: GpuCheckArgs, checkpoints: &Path) -> anyhow::Result<()> {
             json!({ "skipped": "--no-default-model: the checkpoint's weights were not on this machine" })
         }
         Some(ck) => stage("parity: default checkpoint", || {
-            parity_default(ck, &dev, dtype, ops)
+            parity_default(ck, &dev, dtype, ops, tol)
         }),
     };
     report.v["parity"]["default_model"] = default;
     report.save()?;
     report.v["parity"]["random_model"] = stage("parity: random model", || {
-        parity_random(&a.parity_shape, &dev, dtype, ops, a.seed)
+        parity_random(&a.parity_shape, &dev, dtype, ops, a.seed, tol)
     });
     report.save()?;
 

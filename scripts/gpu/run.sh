@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# What runs on the GPU machine (from the root of the copied tree; nothing is built there).
+#
+#   scripts/gpu/run.sh stage            unpack the bundle parts that came with this call
+#   scripts/gpu/run.sh [GPU-CHECK ARGS] unpack, then run `humanlm gpu-check` on cuda at the real
+#                                       sizes; extra arguments go to gpu-check
+#
+# The bundle (scripts/gpu/build.sh) travels in two calls, because a call carries at most 64 MiB:
+#   call 1: carry gpu-bundle/a (first slice of the default GGUF), command `scripts/gpu/run.sh stage`
+#   call 2: carry gpu-bundle/b (the binary, the rest of the GGUF), command `scripts/gpu/run.sh`
+# Parts are kept in $HUMANLM_GPU_DIR (default /tmp/humanlm-gpu), outside the tree, so they
+# survive between calls while the machine stays warm. If part a was lost (the machine went back
+# between the calls), the default-model parity check is skipped and the summary says so; every
+# other check still runs.
+#
+# Writes $OUT/gpu-check.json (rewritten after every stage, so a run cut short keeps what it
+# measured), $OUT/gpu-check.log (progress and errors) and $OUT/nvidia-smi.txt; without $OUT,
+# the same files go to ./gpu-check-out/.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+STAGE="${HUMANLM_GPU_DIR:-/tmp/humanlm-gpu}"
+DEST="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$STAGE" "$DEST"
+export LD_LIBRARY_PATH="/usr/local/cuda-13.0/lib64:/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# 1. Take the parts this call carried, each checked against its manifest.
+for part in gpu-bundle/a gpu-bundle/b; do
+  [ -f "$part/manifest.sha256" ] || continue
+  if ! (cd "$part" && sha256sum -c --quiet manifest.sha256); then
+    echo "run.sh: $part: checksum mismatch (rebuild with scripts/gpu/build.sh)" >&2; exit 2
+  fi
+  for f in "$part"/*; do
+    case "$(basename "$f")" in manifest.sha256) ;; *) cp "$f" "$STAGE/" ;; esac
+  done
+  echo "run.sh: staged $part: $(cd "$part" && ls | grep -v manifest | tr '\n' ' ')"
+done
+if [ -f "$STAGE/humanlm.xz" ] && [ ! -x "$STAGE/humanlm" ]; then
+  if command -v xz >/dev/null; then xz -dc "$STAGE/humanlm.xz" > "$STAGE/humanlm.tmp"
+  else python3 -c 'import lzma,sys,shutil; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],"wb"))' "$STAGE/humanlm.xz" "$STAGE/humanlm.tmp"
+  fi && chmod +x "$STAGE/humanlm.tmp" && mv "$STAGE/humanlm.tmp" "$STAGE/humanlm"
+fi
+if [ -f "$STAGE/model.gguf.part1" ] && [ -f "$STAGE/model.gguf.part2" ] && [ ! -f "$STAGE/model.gguf" ]; then
+  cat "$STAGE/model.gguf.part1" "$STAGE/model.gguf.part2" > "$STAGE/model.gguf.tmp"
+  if (cd "$STAGE" && sed 's/model.gguf$/model.gguf.tmp/' model.sha256 | sha256sum -c --quiet); then
+    mv "$STAGE/model.gguf.tmp" "$STAGE/model.gguf"
+  else
+    echo "run.sh: the reassembled checkpoint does not match its checksum; skipping it" >&2
+    rm -f "$STAGE/model.gguf.tmp"
+  fi
+fi
+if [ "${1:-}" = stage ]; then
+  ls -l "$STAGE"; exit 0
+fi
+
+# 2. The check.
+[ -x "$STAGE/humanlm" ] || { echo "run.sh: $STAGE/humanlm: missing (carry gpu-bundle/b)" >&2; exit 2; }
+SMI="$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -1)"
+nvidia-smi > "$DEST/nvidia-smi.txt" 2>&1 || true
+if [ -f "$STAGE/model.gguf" ]; then
+  MODEL=(--checkpoint "$STAGE/model.gguf")
+  NOTE="default checkpoint reassembled from parts a and b"
+else
+  MODEL=(--no-default-model)
+  NOTE="default checkpoint not on this machine (part a was not staged before this call)"
+fi
+set -x
+"$STAGE/humanlm" gpu-check --device cuda --dtype bf16 "${MODEL[@]}" \
+  --shapes qwen3-0.6b,qwen3-8b --prompt 512 --batches 1,8 --decode 128 --train-batch 4x512 \
+  --out "$DEST/gpu-check.json" \
+  --meta "nvidia_smi=$SMI" --meta "host_cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
+  --meta "bundle=$NOTE" --meta "runner=scripts/gpu/run.sh $*" "$@" \
+  2> >(tee "$DEST/gpu-check.log" >&2)
+rc=$?
+set +x
+echo "run.sh: gpu-check exited with $rc; summary in $DEST/gpu-check.json"
+exit $rc
