@@ -424,3 +424,81 @@ fn force_replaces_an_export_and_a_plain_checkpoint_exports_too() {
             .unwrap()
     );
 }
+
+/// An adapter on a safetensors base (the tiny random qwen3 and its PEFT LoRA): the merged
+/// export gives every logit PeftModel computed (tests/fixtures/tiny/qwen3-lora/reference.json),
+/// and carries the base's tokenizer files over unchanged.
+#[test]
+fn adapter_on_a_safetensors_base_exports_to_peft_logits() {
+    let src = common::fixture("tiny/qwen3-lora");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("qwen3-merged");
+    let o = humanlm(&[
+        "export",
+        "--merge",
+        "--checkpoint",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let base = common::fixture("tiny/qwen3");
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(base.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let model = common::load(out.to_str().unwrap(), LoadOptions::default());
+    assert!(model.decoder.active_adapter().is_none());
+    let fx: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("reference.json")).unwrap())
+            .unwrap();
+    let mut worst = 0f32;
+    for (s, ids) in fx["input_ids"].as_array().unwrap().iter().enumerate() {
+        let ids: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let ours: Vec<Vec<f32>> = all_logits(&model, &ids).to_vec2().unwrap();
+        let want: Vec<Vec<f32>> = fx["logits"][s]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect();
+        let max_abs = want.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+        for (o, w) in ours.iter().zip(&want) {
+            for (a, b) in o.iter().zip(w) {
+                worst = worst.max((a - b).abs() / max_abs.max(1.0));
+            }
+        }
+    }
+    assert!(worst <= 1e-4, "merged tiny qwen3 vs peft: relative {worst}");
+    // And the adapter did something: the bare base is far from these logits.
+    let bare = common::load(base.to_str().unwrap(), LoadOptions::default());
+    let ids: Vec<u32> = fx["input_ids"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let diff: f32 = (all_logits(&bare, &ids) - all_logits(&model, &ids))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(diff > 1e-2, "the adapter changed nothing: {diff}");
+}
