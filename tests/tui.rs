@@ -638,14 +638,9 @@ fn info(name: &str, format: &str, params: u64, base: Option<&str>) -> Checkpoint
     }
 }
 
-#[test]
-fn checkpoints_snapshots() {
-    let mut a = app(120, 40);
-    let fx = send(&mut a, [key('m')]);
-    assert!(fx.iter().any(|e| matches!(e, Effect::ScanCheckpoints)));
-    send(
-        &mut a,
-        [Action::Checkpoints(vec![
+/// The checkpoints folder the tests show: the default model, an adapter under it, a broken one.
+fn ckpt_rows() -> Vec<CkptRow> {
+    vec![
             CkptRow {
                 name: "smollm2-135m-instruct".into(),
                 path: "checkpoints/smollm2-135m-instruct".into(),
@@ -653,6 +648,7 @@ fn checkpoints_snapshots() {
                 error: None,
                 default_set: Some("instruct".into()),
                 depth: 0,
+                endpoint: None,
             },
             CkptRow {
                 name: "smollm2-humanlm-lora".into(),
@@ -666,6 +662,7 @@ fn checkpoints_snapshots() {
                 error: None,
                 default_set: Some("instruct".into()),
                 depth: 1,
+                endpoint: None,
             },
             CkptRow {
                 name: "broken".into(),
@@ -677,9 +674,17 @@ fn checkpoints_snapshots() {
                 ),
                 default_set: None,
                 depth: 0,
+                endpoint: None,
             },
-        ])],
-    );
+        ]
+}
+
+#[test]
+fn checkpoints_snapshots() {
+    let mut a = app(120, 40);
+    let fx = send(&mut a, [key('m')]);
+    assert!(fx.iter().any(|e| matches!(e, Effect::ScanCheckpoints)));
+    send(&mut a, [Action::Checkpoints(ckpt_rows())]);
     snap("checkpoints", &mut a);
     // Enter loads the adapter in the background; the old model serves until then.
     let fx = send(&mut a, [code(KeyCode::Down), code(KeyCode::Enter)]);
@@ -981,8 +986,13 @@ fn eval_snapshots_and_drill() {
     snap("eval_drill", &mut a);
     send(&mut a, [code(KeyCode::Esc)]);
     assert_eq!(a.eval.drill, None);
-    // r starts a run over scenarios/ with the embedding judge; progress streams in.
+    // r opens the judge picker on the embedding judge; Enter starts a run over scenarios/ with
+    // it; progress streams in.
     let fx = send(&mut a, [key('r')]);
+    assert!(fx.iter().any(|e| matches!(e, Effect::ScanJudges)), "{fx:?}");
+    send(&mut a, [Action::Judges(judge_rows())]);
+    assert_eq!(a.eval.picker, Some(0));
+    let fx = send(&mut a, [code(KeyCode::Enter)]);
     let Some((job, spec)) = fx.iter().find_map(|e| match e {
         Effect::Eval { job, spec, .. } => Some((*job, spec.clone())),
         _ => None,
@@ -1396,6 +1406,7 @@ fn an_embedding_model_is_not_loaded_as_a_simulator() {
             error: None,
             default_set: None,
             depth: 0,
+            endpoint: None,
         }])],
     );
     let out = render(&mut a, 120, 40);
@@ -1404,4 +1415,650 @@ fn an_embedding_model_is_not_loaded_as_a_simulator() {
     assert!(fx.is_empty(), "{fx:?}");
     assert!(a.error.as_deref().unwrap().contains("bert model"));
     assert!(a.model.loading.is_none());
+}
+
+fn ctrl(c: char) -> Action {
+    Action::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+}
+
+/// The Checkpoints screen's endpoint form: what is wrong is said in the form (naming the
+/// field), a good endpoint is added, persisted, selected, and loads as the checkpoint.
+#[test]
+fn an_endpoint_is_added_from_the_checkpoints_screen() {
+    let mut a = app(120, 40);
+    send(&mut a, [key('m')]);
+    send(&mut a, [Action::Checkpoints(ckpt_rows())]);
+    let fx = send(&mut a, [key('a')]);
+    assert!(fx.is_empty());
+    assert!(a.ckpts.form.is_some());
+    // Typing goes into the form, not to the screens ('m', 'e', 'q' are letters here).
+    send(&mut a, typed("localhost:8000/v1"));
+    send(&mut a, [code(KeyCode::Enter)]);
+    send(&mut a, typed("smollm2-135m-instruct"));
+    send(&mut a, [code(KeyCode::Enter)]);
+    let fx = send(&mut a, [code(KeyCode::Enter)]);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(a.screen, Screen::Checkpoints);
+    let form = a.ckpts.form.as_ref().expect("the form stays open");
+    assert_eq!(form.fields[1], "smollm2-135m-instruct");
+    assert!(
+        form.error.as_deref().unwrap().starts_with("URL"),
+        "{form:?}"
+    );
+    snap("checkpoints_endpoint_form", &mut a);
+
+    // Back to the URL (Shift-Tab twice), cleared with Ctrl-U, typed again; a key pasted where
+    // its variable's name belongs is refused.
+    send(
+        &mut a,
+        [code(KeyCode::BackTab), code(KeyCode::BackTab), ctrl('u')],
+    );
+    send(&mut a, typed("http://127.0.0.1:8000/v1/"));
+    send(&mut a, [code(KeyCode::Tab), code(KeyCode::Tab)]);
+    send(&mut a, typed("sk-abc123"));
+    send(&mut a, [code(KeyCode::Enter)]);
+    let err = a.ckpts.form.as_ref().unwrap().error.clone().unwrap();
+    assert!(err.contains("never the key itself"), "{err}");
+    assert!(!err.contains("abc123"), "the key is not echoed: {err}");
+    for _ in 0.."sk-abc123".len() {
+        send(&mut a, [code(KeyCode::Backspace)]);
+    }
+    send(&mut a, typed("OPENAI_API_KEY"));
+    let fx = send(&mut a, [code(KeyCode::Enter)]);
+    assert!(a.ckpts.form.is_none());
+    let [Effect::SaveEndpoints(list)] = &fx[..] else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].base_url, "http://127.0.0.1:8000/v1");
+    assert_eq!(list[0].model, "smollm2-135m-instruct");
+    assert_eq!(list[0].api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+    let spec = "endpoint:http://127.0.0.1:8000/v1#smollm2-135m-instruct";
+    assert_eq!(a.ckpts.rows[a.ckpts.selected].name, spec);
+    // The rescan after the save keeps it selected.
+    let mut rows = ckpt_rows();
+    rows.push(CkptRow::for_endpoint(list[0].clone()));
+    send(&mut a, [Action::Checkpoints(rows)]);
+    assert_eq!(a.ckpts.rows[a.ckpts.selected].name, spec);
+    snap("checkpoints_endpoint", &mut a);
+
+    // Enter connects to it; once it answers, Simulate runs through it.
+    let fx = send(&mut a, [code(KeyCode::Enter)]);
+    assert!(
+        matches!(&fx[..], [Effect::LoadEndpoint(c)] if *c == list[0]),
+        "{fx:?}"
+    );
+    assert_eq!(a.checkpoint, spec);
+    send(
+        &mut a,
+        [Action::ModelLoaded(ModelInfo {
+            name: spec.into(),
+            device: "endpoint".into(),
+            weights: "remote".into(),
+            context: 0,
+            load_ms: 40,
+            default_set: None,
+        })],
+    );
+    send(&mut a, [code(KeyCode::Esc)]);
+    let fx = send(&mut a, [code(KeyCode::Enter)]);
+    sim_job(&fx);
+    assert_eq!(a.sim.as_ref().unwrap().checkpoint, spec);
+    // x removes it (checkpoint folders are not touched).
+    send(&mut a, [key('m')]);
+    let fx = send(&mut a, [key('x')]);
+    assert!(
+        matches!(&fx[..], [Effect::SaveEndpoints(l)] if l.is_empty()),
+        "{fx:?}"
+    );
+    a.ckpts.selected = 0;
+    let fx = send(&mut a, [key('x')]);
+    assert!(fx.is_empty());
+    assert_eq!(a.ckpts.rows.len(), 3);
+}
+
+#[test]
+fn endpoint_fields_are_checked() {
+    use humanlm::tui::update::endpoint_from_form;
+    let f = |u: &str, m: &str, k: &str| endpoint_from_form(&[u.into(), m.into(), k.into()]);
+    let ok = f(" https://api.example.com/v1 ", " gpt-5-mini ", "").unwrap();
+    assert_eq!(ok.base_url, "https://api.example.com/v1");
+    assert_eq!(ok.model, "gpt-5-mini");
+    assert_eq!(ok.api_key_env, None);
+    assert!(f("http:///v1", "m", "").unwrap_err().contains("no host"));
+    assert!(f("ftp://h/v1", "m", "").unwrap_err().starts_with("URL"));
+    assert!(f("http://h/v1", "", "").unwrap_err().starts_with("model"));
+    assert!(f("http://h/v1", "a#b", "")
+        .unwrap_err()
+        .starts_with("model"));
+    assert!(f("http://h/v1", "m", "1KEY")
+        .unwrap_err()
+        .starts_with("key env"));
+    assert!(f("http://h/v1", "m", "MY KEY")
+        .unwrap_err()
+        .starts_with("key env"));
+    // What the form accepts is a spec the CLI accepts.
+    let spec = format!("endpoint:{}#{}", ok.base_url, ok.model);
+    assert_eq!(
+        humanlm::remote::Endpoint::parse_spec(&spec),
+        Some((ok.base_url.clone(), ok.model.clone()))
+    );
+}
+
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `humanlm serve` on a free loopback port.
+fn serve() -> Server {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_humanlm"))
+        .args(["serve", "--port", "0", "--threads", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    Server {
+        child,
+        url: format!("{addr}/v1"),
+    }
+}
+
+/// The workbench's endpoint path against a real `humanlm serve`: the form's endpoint is
+/// written to endpoints.toml and listed, connecting checks the served models, and a
+/// simulation streams through the server.
+#[test]
+fn an_endpoint_from_the_form_simulates_through_humanlm_serve() {
+    use humanlm::tui::action::SimRequest;
+    use humanlm::tui::worker::{self, Msg, Tx};
+    let server = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = humanlm::tui::update::endpoint_from_form(&[
+        server.url.clone(),
+        "smollm2-135m-instruct".into(),
+        String::new(),
+    ])
+    .unwrap();
+    worker::save_endpoints(dir.path(), std::slice::from_ref(&cfg)).unwrap();
+    let rows = worker::scan_checkpoints(dir.path());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].endpoint.as_ref(), Some(&cfg));
+    let spec = rows[0].name.clone();
+
+    let (sender, rx) = std::sync::mpsc::channel();
+    let tx = Tx(sender);
+    let mut wrong = cfg.clone();
+    wrong.model = "no-such-model".into();
+    worker::load_endpoint(wrong, 1, &tx);
+    match rx.recv().unwrap() {
+        Msg::Action(Action::ModelFailed { error, .. }) => {
+            assert!(error.contains("serves smollm2-135m-instruct"), "{error}")
+        }
+        _ => panic!("a model the server does not serve must fail"),
+    }
+    worker::load_endpoint(cfg, 2, &tx);
+    let loaded = match rx.recv().unwrap() {
+        Msg::Model { seq, model, info } => {
+            assert_eq!(seq, 2);
+            assert_eq!(info.name, spec);
+            model
+        }
+        Msg::Action(a) => panic!("{a:?}"),
+        _ => panic!("unexpected message"),
+    };
+    let req = SimRequest {
+        job: 3,
+        scenario: scenarios()[0].scenario.clone(),
+        set: "humanlm".into(),
+        mode: Mode::Response,
+        sampling: humanlm::sim::SamplingChoice {
+            max_tokens: Some(8),
+            ..Default::default()
+        },
+        cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let msgs = std::sync::Mutex::new(vec![]);
+    worker::simulate(&loaded, &req, Path::new("prompts"), &|m| {
+        msgs.lock().unwrap().push(m)
+    });
+    let msgs = msgs.into_inner().unwrap();
+    assert!(
+        matches!(&msgs[0], SimMsg::Started { checkpoint, .. } if *checkpoint == spec),
+        "{msgs:?}"
+    );
+    assert!(msgs.iter().any(|m| matches!(m, SimMsg::Text { .. })));
+    let Some(SimMsg::Done { samples, .. }) = msgs.last() else {
+        panic!("{msgs:?}")
+    };
+    let reply = &samples[0].calls["response"];
+    assert!(
+        reply.tokens.unwrap_or(0) > 0 && !reply.text.is_empty(),
+        "{reply:?}"
+    );
+}
+
+/// The judges the Eval picker lists: two that run here and one whose key is not set.
+fn judge_rows() -> Vec<JudgeRow> {
+    use humanlm::judge::{JudgeConfig, LexicalMetric};
+    vec![
+        JudgeRow {
+            name: "embedding".into(),
+            path: PathBuf::from("prompts/judges/embedding.toml"),
+            kind: "embedding".into(),
+            detail: "all-minilm-l6-v2".into(),
+            config: Some(JudgeConfig::default_config()),
+            unavailable: None,
+        },
+        JudgeRow {
+            name: "rouge-l".into(),
+            path: PathBuf::from("prompts/judges/rouge-l.toml"),
+            kind: "lexical".into(),
+            detail: "rouge_l".into(),
+            config: Some(JudgeConfig::Lexical {
+                metric: LexicalMetric::RougeL,
+            }),
+            unavailable: None,
+        },
+        JudgeRow {
+            name: "rubric-openai".into(),
+            path: PathBuf::from("prompts/judges/rubric-openai.toml"),
+            kind: "rubric".into(),
+            detail: "gpt-5-mini @ https://api.openai.com/v1".into(),
+            config: Some(JudgeConfig::read(Path::new("prompts/judges/rubric-openai.toml")).unwrap()),
+            unavailable: Some("needs an API key in $OPENAI_API_KEY, which is not set: export OPENAI_API_KEY before starting humanlm, or pick a local judge".into()),
+        },
+    ]
+}
+
+/// `r` on Eval asks which judge: one without its key says why and starts nothing; the one
+/// chosen goes into the run's spec, and the picker opens on it next time.
+#[test]
+fn the_eval_judge_is_chosen_before_a_run() {
+    let mut a = app(120, 40);
+    send(&mut a, [key('e'), Action::Runs(vec![])]);
+    let fx = send(&mut a, [key('r')]);
+    assert!(fx.iter().any(|e| matches!(e, Effect::ScanJudges)), "{fx:?}");
+    let out = render(&mut a, 120, 40);
+    assert!(out.contains("reading prompts/judges/"), "{out}");
+    send(&mut a, [Action::Judges(judge_rows())]);
+    assert_eq!(a.eval.picker, Some(0));
+    send(&mut a, [code(KeyCode::Down), code(KeyCode::Down)]);
+    snap("eval_judges", &mut a);
+    let fx = send(&mut a, [code(KeyCode::Enter)]);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert!(a.jobs.is_empty());
+    let e = a.error.clone().unwrap();
+    assert!(
+        e.contains("rubric-openai") && e.contains("OPENAI_API_KEY"),
+        "{e}"
+    );
+    send(&mut a, [key('x')]); // closes the error; the picker stays
+    assert!(a.eval.picker.is_some());
+    let fx = send(&mut a, [code(KeyCode::Up), code(KeyCode::Enter)]);
+    let Some(spec) = fx.iter().find_map(|e| match e {
+        Effect::Eval { spec, .. } => Some(spec.clone()),
+        _ => None,
+    }) else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(
+        spec.judge,
+        humanlm::judge::JudgeConfig::Lexical {
+            metric: humanlm::judge::LexicalMetric::RougeL
+        }
+    );
+    assert!(a.eval.picker.is_none());
+    assert_eq!(a.eval.judge.as_deref(), Some("rouge-l"));
+    // Finished; the next r opens on the judge used.
+    let job = a.eval.progress.as_ref().unwrap().job;
+    send(
+        &mut a,
+        [Action::Eval {
+            job,
+            msg: EvalMsg::Finished(Ok(PathBuf::from("runs/x"))),
+        }],
+    );
+    send(&mut a, [key('r')]);
+    assert_eq!(a.eval.picker, Some(1));
+    send(&mut a, [code(KeyCode::Esc)]);
+    assert!(a.eval.picker.is_none());
+    assert_eq!(a.screen, Screen::Eval);
+}
+
+/// The real prompts/judges/: every file parses, kinds are read from the files, and a judge
+/// whose API key variable is not set is marked unavailable with the variable's name.
+#[test]
+fn the_shipped_judges_are_listed_with_their_kind() {
+    let rows = humanlm::tui::worker::scan_judges(Path::new("prompts"), Path::new("checkpoints"));
+    let kind = |n: &str| {
+        rows.iter()
+            .find(|r| r.name == n)
+            .unwrap_or_else(|| panic!("{n} in {rows:?}"))
+    };
+    assert_eq!(kind("embedding").kind, "embedding");
+    assert_eq!(kind("rouge-l").kind, "lexical");
+    assert_eq!(kind("rubric-openai").kind, "rubric");
+    assert_eq!(kind("aspects-openai").kind, "aspects");
+    assert!(rows.iter().all(|r| r.config.is_some()), "{rows:?}");
+    let key_set = std::env::var("OPENAI_API_KEY").is_ok_and(|v| !v.trim().is_empty());
+    let why = kind("rubric-openai").unavailable.clone();
+    if key_set {
+        assert_eq!(why, None);
+    } else {
+        assert!(why.unwrap().contains("OPENAI_API_KEY"));
+    }
+}
+
+fn step(n: usize, steps: usize) -> Action {
+    use humanlm::train::{RewardStats, RolloutSample, StepEvent};
+    let r = 0.3 + 0.05 * n as f64;
+    let stat = |m: f64| RewardStats {
+        mean: m,
+        std: 0.1,
+        n: 4,
+    };
+    Action::Train {
+        job: 1,
+        msg: TrainMsg::Step(Box::new(StepEvent {
+            step: n,
+            steps,
+            loss: 0.9 / n as f64,
+            lr: 1e-4,
+            grad_norm: 0.5,
+            tokens: 800,
+            tokens_per_s: 412.0,
+            eta_s: 40.0 * (steps - n) as f64,
+            reward: Some(stat(r)),
+            reward_by_state: [
+                ("stance".to_string(), stat(r + 0.1)),
+                ("response".to_string(), stat(r - 0.1)),
+            ]
+            .into(),
+            kl: Some(0.002 * n as f64),
+            rollouts: vec![
+                RolloutSample {
+                    scenario: "opinion-fence-01".into(),
+                    state: "stance".into(),
+                    text: "strongly disagrees with paying half of the fence".into(),
+                    reward: r + 0.1,
+                },
+                RolloutSample {
+                    scenario: "opinion-fence-01".into(),
+                    state: "response".into(),
+                    text: "NTA. You didn't agree to it,\nso it isn't your bill.".into(),
+                    reward: r - 0.1,
+                },
+            ],
+        })),
+    }
+}
+
+/// The Train screen: the form (SFT, then GRPO with its rows), a start that becomes the
+/// trainer's configuration, steps fed through update drawn as curves and rollouts, Esc that
+/// stops with a saved checkpoint, and L that makes the adapter the checkpoint in use.
+#[test]
+fn train_form_run_and_adapter() {
+    let mut a = app(120, 40);
+    let fx = send(&mut a, [key('t')]);
+    assert_eq!(a.screen, Screen::Train);
+    assert!(fx.iter().any(|e| matches!(e, Effect::ScanCheckpoints)));
+    assert!(fx.iter().any(|e| matches!(e, Effect::ScanJudges)));
+    send(
+        &mut a,
+        [
+            Action::Checkpoints(ckpt_rows()),
+            Action::Judges(judge_rows()),
+        ],
+    );
+    snap("train_form", &mut a);
+    // → on the method: GRPO, with its two rows; the reward judge cycles over the judges.
+    send(&mut a, [code(KeyCode::Right)]);
+    assert_eq!(a.train.form.method, TrainMethod::Grpo);
+    assert_eq!(a.train.form.fields().len(), 10);
+    // Steps: Enter edits, typing replaces, Enter ends; letters do not leave the screen.
+    for _ in 0..4 {
+        send(&mut a, [code(KeyCode::Down)]);
+    }
+    send(&mut a, [code(KeyCode::Enter)]);
+    assert!(a.train.form.editing);
+    send(&mut a, [code(KeyCode::Backspace), code(KeyCode::Backspace)]);
+    send(&mut a, typed("0"));
+    send(&mut a, [code(KeyCode::Enter)]);
+    assert_eq!(a.train.form.steps, "0");
+    assert_eq!(a.screen, Screen::Train);
+    let fx = send(&mut a, [key('r')]);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert!(a.train.form.error.as_deref().unwrap().starts_with("steps"));
+    send(&mut a, [code(KeyCode::Enter), code(KeyCode::Backspace)]);
+    send(&mut a, typed("6"));
+    send(&mut a, [code(KeyCode::Enter)]);
+    // The reward: rubric-openai has no key here, so the start says so.
+    send(&mut a, [code(KeyCode::End), code(KeyCode::Left)]);
+    assert_eq!(a.train.form.reward, "rubric-openai");
+    let fx = send(&mut a, [key('r')]);
+    assert!(fx.is_empty());
+    assert!(
+        a.train
+            .form
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("OPENAI_API_KEY"),
+        "{:?}",
+        a.train.form.error
+    );
+    send(&mut a, [code(KeyCode::Right), code(KeyCode::Right)]);
+    assert_eq!(a.train.form.reward, "rouge-l");
+    assert_eq!(a.train.form.error, None, "a change clears the refusal");
+    snap("train_form_grpo", &mut a);
+    let fx = send(&mut a, [key('r')]);
+    let [Effect::Train {
+        job,
+        cfg,
+        out,
+        resume,
+        cancel,
+    }] = &fx[..]
+    else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(*job, 1);
+    assert!(!resume);
+    assert_eq!(cfg.base, "smollm2-135m-instruct");
+    assert_eq!(cfg.steps, 6);
+    assert_eq!(cfg.rank, 8);
+    assert_eq!(
+        out,
+        &Path::new("checkpoints").join("smollm2-135m-instruct-grpo-lora")
+    );
+    let humanlm::train::Method::Grpo(g) = &cfg.method else {
+        panic!("{cfg:?}")
+    };
+    assert_eq!(g.n, 4);
+    assert_eq!(
+        g.reward,
+        humanlm::train::reward::RewardSpec::Judge {
+            config: Some(PathBuf::from("prompts/judges/rouge-l.toml"))
+        }
+    );
+    let cancel = cancel.clone();
+    // A second start while it runs is refused.
+    assert!(send(&mut a, [key('r')]).is_empty());
+    send(
+        &mut a,
+        [Action::Train {
+            job: 1,
+            msg: TrainMsg::Data {
+                examples: 22,
+                skipped: 1,
+            },
+        }],
+    );
+    for n in 1..=3 {
+        send(&mut a, [step(n, 6)]);
+    }
+    let out = render(&mut a, 120, 40);
+    assert!(out.contains("step 3/6"), "{out}");
+    assert!(
+        out.contains("ETA 2m00s") || out.contains("ETA 2m0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0.55"),
+        "the newest stance rollout's reward:\n{out}"
+    );
+    snap("train_running", &mut a);
+    // L waits for the end; Esc stops (the trainer saves first), q asks before quitting.
+    send(&mut a, [key('L')]);
+    assert_eq!(a.screen, Screen::Train);
+    send(&mut a, [key('q')]);
+    assert!(!a.quit);
+    send(&mut a, [code(KeyCode::Esc)]);
+    assert!(cancel.load(Ordering::Relaxed));
+    assert_eq!(a.screen, Screen::Train);
+    let saved = Path::new("checkpoints/smollm2-135m-instruct-grpo-lora/checkpoint-3");
+    let fx = send(
+        &mut a,
+        [
+            Action::Train {
+                job: 1,
+                msg: TrainMsg::Saved(saved.to_path_buf()),
+            },
+            Action::Train {
+                job: 1,
+                msg: TrainMsg::Finished(Err(
+                    "interrupted at step 3; checkpoint saved, --resume continues".into(),
+                )),
+            },
+        ],
+    );
+    assert!(fx.iter().any(|e| matches!(e, Effect::ScanCheckpoints)));
+    assert!(a.error.is_none(), "a stop is not an error");
+    assert!(matches!(
+        a.train.run.as_ref().unwrap().status,
+        TrainStatus::Cancelled(_)
+    ));
+    let fx = send(&mut a, [key('L')]);
+    assert!(
+        matches!(&fx[..], [Effect::LoadCheckpoint(p), Effect::ScanCheckpoints] if Path::new(p) == saved),
+        "{fx:?}"
+    );
+    assert_eq!(a.checkpoint, "checkpoint-3");
+    assert_eq!(a.screen, Screen::Simulate);
+}
+
+#[test]
+fn a_finished_pass_is_loaded_as_the_checkpoint() {
+    let build = |a: &mut App| {
+        send(
+            a,
+            [
+                key('t'),
+                Action::Checkpoints(ckpt_rows()),
+                Action::Judges(judge_rows()),
+                key('r'),
+            ],
+        );
+        let steps = 10;
+        for n in 1..=steps {
+            let Action::Train { msg, .. } = step(n, steps) else {
+                unreachable!()
+            };
+            let TrainMsg::Step(mut e) = msg else {
+                unreachable!()
+            };
+            // SFT events carry no rewards.
+            e.reward = None;
+            e.reward_by_state.clear();
+            e.kl = None;
+            e.rollouts.clear();
+            send(
+                a,
+                [Action::Train {
+                    job: 1,
+                    msg: TrainMsg::Step(e),
+                }],
+            );
+        }
+        send(
+            a,
+            [Action::Train {
+                job: 1,
+                msg: TrainMsg::Finished(Ok(PathBuf::from(
+                    "checkpoints/smollm2-135m-instruct-sft-lora",
+                ))),
+            }],
+        );
+    };
+    snap_built("train_done", build);
+    let mut a = app(120, 40);
+    build(&mut a);
+    let run = a.train.run.as_ref().unwrap();
+    assert_eq!(run.status, TrainStatus::Done);
+    assert_eq!(run.method, TrainMethod::Sft);
+    assert!(a.jobs.is_empty());
+    let fx = send(&mut a, [key('L')]);
+    assert!(
+        matches!(&fx[..], [Effect::LoadCheckpoint(p), Effect::ScanCheckpoints] if p.ends_with("smollm2-135m-instruct-sft-lora")),
+        "{fx:?}"
+    );
+    assert_eq!(a.checkpoint, "smollm2-135m-instruct-sft-lora");
+    assert!(a.model.loading.is_some());
+    // Back on Train, Enter returns to the form; the same output name is now refused unless
+    // resumed (the scan lists the adapter).
+    let mut rows = ckpt_rows();
+    rows.push(CkptRow {
+        name: "smollm2-135m-instruct-sft-lora".into(),
+        path: "checkpoints/smollm2-135m-instruct-sft-lora".into(),
+        info: Some(info(
+            "smollm2-135m-instruct-sft-lora",
+            "lora",
+            4_884_480,
+            Some("smollm2-135m-instruct"),
+        )),
+        error: None,
+        default_set: None,
+        depth: 1,
+        endpoint: None,
+    });
+    send(
+        &mut a,
+        [Action::Checkpoints(rows), key('t'), code(KeyCode::Enter)],
+    );
+    assert!(!a.train.show_run);
+    let fx = send(&mut a, [key('r')]);
+    assert!(fx.is_empty());
+    assert!(a.train.form.error.as_deref().unwrap().contains("it exists"));
+    // The base cannot be an adapter or an endpoint.
+    a.train.form.base = "smollm2-humanlm-lora".into();
+    assert!(humanlm::tui::update::train_plan(&a)
+        .unwrap_err()
+        .contains("is an adapter"));
+    a.train.form.base = "endpoint:http://h/v1#m".into();
+    assert!(humanlm::tui::update::train_plan(&a)
+        .unwrap_err()
+        .contains("local weights"));
+    a.train.form.base.clear();
+    a.train.form.output = "../elsewhere".into();
+    assert!(humanlm::tui::update::train_plan(&a)
+        .unwrap_err()
+        .starts_with("output name"));
 }

@@ -2,11 +2,14 @@
 //! runtime to do (`Effect`: start work on a thread, touch files, run the editor).
 
 use super::app::{
-    CkptRow, EvalMsg, ModelInfo, PlanView, RunDetail, ScenarioEntry, Session, SetInfo, Side, SimMsg,
+    CkptRow, EvalMsg, JudgeRow, ModelInfo, PlanView, RunDetail, ScenarioEntry, Session, SetInfo,
+    Side, SimMsg, TrainMsg,
 };
 use crate::eval::{EvalSpec, RunListing};
+use crate::remote::EndpointConfig;
 use crate::scenario::Scenario;
 use crate::sim::{Mode, SamplingChoice};
+use crate::train::TrainConfig;
 use ratatui::crossterm::event::{KeyEvent, MouseEvent};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -60,6 +63,12 @@ pub enum Action {
         msg: EvalMsg,
     },
     Runs(Vec<RunListing>),
+    /// The judge configurations of `prompts/judges/`.
+    Judges(Vec<JudgeRow>),
+    Train {
+        job: u64,
+        msg: TrainMsg,
+    },
     RunDetail(RunDetail),
     EditorDone {
         path: PathBuf,
@@ -89,6 +98,19 @@ pub struct SimRequest {
 #[derive(Debug, Clone)]
 pub enum Effect {
     LoadCheckpoint(String),
+    /// Use a model behind an endpoint (checked with `GET /models` first).
+    LoadEndpoint(EndpointConfig),
+    /// Write `checkpoints/endpoints.toml`, then rescan the checkpoints.
+    SaveEndpoints(Vec<EndpointConfig>),
+    ScanJudges,
+    /// A LoRA pass into `out` (`resume`: continue the run already there).
+    Train {
+        job: u64,
+        cfg: Box<TrainConfig>,
+        out: PathBuf,
+        resume: bool,
+        cancel: Arc<AtomicBool>,
+    },
     ScanScenarios,
     ScanCheckpoints,
     ScanPrompts,

@@ -2,9 +2,12 @@
 //! handle, so tests build it directly and drive it with actions.
 
 use crate::eval::{RunListing, SampleRecord, Summary};
+use crate::judge::JudgeConfig;
 use crate::model::CheckpointInfo;
+use crate::remote::EndpointConfig;
 use crate::scenario::{Domain, Scenario};
 use crate::sim::{Mode, SamplingChoice};
+use crate::train::StepEvent;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,16 +37,18 @@ pub enum Screen {
     Prompts,
     Compare,
     Eval,
+    Train,
 }
 
 impl Screen {
-    /// The screens with a tab in the header, in order (a Train screen gets its tab here).
-    pub const TABS: [Screen; 5] = [
+    /// The screens with a tab in the header, in order.
+    pub const TABS: [Screen; 6] = [
         Screen::Simulate,
         Screen::Checkpoints,
         Screen::Prompts,
         Screen::Compare,
         Screen::Eval,
+        Screen::Train,
     ];
 
     pub fn title(self) -> &'static str {
@@ -54,6 +59,7 @@ impl Screen {
             Screen::Prompts => "Prompts",
             Screen::Compare => "Compare",
             Screen::Eval => "Eval",
+            Screen::Train => "Train",
         }
     }
 }
@@ -114,6 +120,7 @@ pub enum JobKind {
     Compare,
     Eval,
     Plan,
+    Train,
 }
 
 /// A task running on a worker thread.
@@ -372,9 +379,47 @@ pub struct CkptRow {
     pub default_set: Option<String>,
     /// Adapters are listed under their base, indented.
     pub depth: u8,
+    /// A model behind an OpenAI-compatible endpoint (`name` is its `endpoint:URL#MODEL` spec),
+    /// kept in `checkpoints/endpoints.toml`.
+    pub endpoint: Option<EndpointConfig>,
+}
+
+/// The checkpoint spec of an endpoint: `endpoint:URL#MODEL` (what the CLI's `--checkpoint`
+/// takes too).
+pub fn endpoint_spec(cfg: &EndpointConfig) -> String {
+    format!("endpoint:{}#{}", cfg.base_url, cfg.model)
 }
 
 impl CkptRow {
+    /// A row for an endpoint of `checkpoints/endpoints.toml`.
+    pub fn for_endpoint(cfg: EndpointConfig) -> CkptRow {
+        CkptRow {
+            name: endpoint_spec(&cfg),
+            path: cfg.base_url.clone(),
+            info: None,
+            error: None,
+            default_set: None,
+            depth: 0,
+            endpoint: Some(cfg),
+        }
+    }
+
+    /// How the list shows the row: an endpoint as `model @ host:port` (the spec is long).
+    pub fn label(&self) -> String {
+        match &self.endpoint {
+            Some(e) => {
+                let host = e
+                    .base_url
+                    .split("://")
+                    .nth(1)
+                    .and_then(|r| r.split('/').next())
+                    .unwrap_or(&e.base_url);
+                format!("{} @ {host}", e.model)
+            }
+            None => self.name.clone(),
+        }
+    }
+
     /// The architecture, when the decoder cannot run it (an embedding model such as BERT).
     pub fn unsupported(&self) -> Option<&str> {
         let arch = self.info.as_ref()?.architecture.as_str();
@@ -387,6 +432,38 @@ pub struct CkptScreen {
     pub rows: Vec<CkptRow>,
     pub selected: usize,
     pub scanned: bool,
+    /// The form that adds an endpoint (`a`), while it is open.
+    pub form: Option<EndpointForm>,
+    /// The row to select after the next scan (an endpoint just added).
+    pub select_next: Option<String>,
+}
+
+/// The fields of the add-an-endpoint form, in order.
+pub const ENDPOINT_FIELDS: [&str; 3] = ["URL", "model", "key env"];
+
+/// Adding an endpoint: base URL, model id, and the name of the variable holding the API key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointForm {
+    pub fields: [String; 3],
+    pub focus: usize,
+    /// Why the last Enter did not add it.
+    pub error: Option<String>,
+}
+
+/// A judge configuration of `prompts/judges/`, as the Eval screen's picker lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeRow {
+    /// The file's stem (`embedding`, `rubric-openai`, ...).
+    pub name: String,
+    pub path: PathBuf,
+    /// `embedding`, `lexical`, `rubric`, `aspects`; `?` when the file does not parse.
+    pub kind: String,
+    /// What it runs on: the embedding model, the metric, the checkpoint or endpoint.
+    pub detail: String,
+    pub config: Option<JudgeConfig>,
+    /// Why it cannot run here (a parse error, an API key variable that is not set, a missing
+    /// model); such a judge is listed but not started.
+    pub unavailable: Option<String>,
 }
 
 /// One file of a prompt set.
@@ -531,6 +608,229 @@ pub struct EvalScreen {
     pub drill: Option<usize>,
     pub progress: Option<EvalProgress>,
     pub scanned: bool,
+    /// The judges of `prompts/judges/` (`None` until read).
+    pub judges: Option<Vec<JudgeRow>>,
+    /// The judge picker (`r`), open, with its selected row.
+    pub picker: Option<usize>,
+    /// The judge of the last run started here (the picker opens on it).
+    pub judge: Option<String>,
+}
+
+/// The training methods the Train screen offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrainMethod {
+    #[default]
+    Sft,
+    Grpo,
+}
+
+impl TrainMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainMethod::Sft => "SFT",
+            TrainMethod::Grpo => "GRPO",
+        }
+    }
+}
+
+/// The rows of the Train form, in order (GRPO's own rows last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainField {
+    Method,
+    Base,
+    Scenarios,
+    Output,
+    Steps,
+    Lr,
+    Rank,
+    Resume,
+    N,
+    Reward,
+}
+
+impl TrainField {
+    pub const ALL: [TrainField; 10] = [
+        TrainField::Method,
+        TrainField::Base,
+        TrainField::Scenarios,
+        TrainField::Output,
+        TrainField::Steps,
+        TrainField::Lr,
+        TrainField::Rank,
+        TrainField::Resume,
+        TrainField::N,
+        TrainField::Reward,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TrainField::Method => "method",
+            TrainField::Base => "base checkpoint",
+            TrainField::Scenarios => "scenarios",
+            TrainField::Output => "output name",
+            TrainField::Steps => "steps",
+            TrainField::Lr => "learning rate",
+            TrainField::Rank => "LoRA rank",
+            TrainField::Resume => "if it exists",
+            TrainField::N => "rollouts per prompt",
+            TrainField::Reward => "reward judge",
+        }
+    }
+
+    /// Typed in (Enter edits) rather than chosen with ←/→.
+    pub fn is_text(self) -> bool {
+        matches!(
+            self,
+            TrainField::Scenarios
+                | TrainField::Output
+                | TrainField::Steps
+                | TrainField::Lr
+                | TrainField::Rank
+                | TrainField::N
+        )
+    }
+}
+
+/// The Train form: what the next pass will be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainForm {
+    pub method: TrainMethod,
+    /// Empty: the checkpoint in use.
+    pub base: String,
+    pub scenarios: String,
+    /// A folder name under `checkpoints/` (empty: `<base>-<method>-lora`).
+    pub output: String,
+    pub steps: String,
+    /// Empty: the method's default.
+    pub lr: String,
+    pub rank: String,
+    /// Continue a run already in the output folder instead of refusing.
+    pub resume: bool,
+    pub n: String,
+    /// A judge of `prompts/judges/` by name (GRPO's reward).
+    pub reward: String,
+    pub focus: usize,
+    /// Typing goes into the focused text field.
+    pub editing: bool,
+    /// Why the last start was refused.
+    pub error: Option<String>,
+}
+
+impl Default for TrainForm {
+    fn default() -> Self {
+        TrainForm {
+            method: TrainMethod::Sft,
+            base: String::new(),
+            scenarios: "scenarios".into(),
+            output: String::new(),
+            steps: "10".into(),
+            lr: String::new(),
+            rank: "8".into(),
+            resume: false,
+            n: "4".into(),
+            reward: "embedding".into(),
+            focus: 0,
+            editing: false,
+            error: None,
+        }
+    }
+}
+
+impl TrainForm {
+    /// The rows the form shows for its method.
+    pub fn fields(&self) -> Vec<TrainField> {
+        TrainField::ALL
+            .into_iter()
+            .filter(|f| {
+                self.method == TrainMethod::Grpo || !matches!(f, TrainField::N | TrainField::Reward)
+            })
+            .collect()
+    }
+
+    /// The value of a text field ("" for a choice).
+    pub fn text(&self, f: TrainField) -> &str {
+        match f {
+            TrainField::Scenarios => &self.scenarios,
+            TrainField::Output => &self.output,
+            TrainField::Steps => &self.steps,
+            TrainField::Lr => &self.lr,
+            TrainField::Rank => &self.rank,
+            TrainField::N => &self.n,
+            _ => "",
+        }
+    }
+
+    pub fn text_mut(&mut self, f: TrainField) -> Option<&mut String> {
+        Some(match f {
+            TrainField::Scenarios => &mut self.scenarios,
+            TrainField::Output => &mut self.output,
+            TrainField::Steps => &mut self.steps,
+            TrainField::Lr => &mut self.lr,
+            TrainField::Rank => &mut self.rank,
+            TrainField::N => &mut self.n,
+            _ => return None,
+        })
+    }
+}
+
+/// What streams from a training worker.
+#[derive(Debug, Clone)]
+pub enum TrainMsg {
+    Data { examples: usize, skipped: usize },
+    Note(String),
+    Step(Box<StepEvent>),
+    Saved(PathBuf),
+    Finished(Result<PathBuf, String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainStatus {
+    Running,
+    Done,
+    /// Stopped by Esc; the trainer saved a checkpoint first.
+    Cancelled(String),
+    Failed(String),
+}
+
+/// A training pass started here: its settings, the step events so far, how it ended.
+#[derive(Debug, Clone)]
+pub struct TrainRun {
+    pub job: u64,
+    pub method: TrainMethod,
+    pub base: String,
+    /// The adapter's folder name under `checkpoints/`.
+    pub name: String,
+    pub out: PathBuf,
+    pub rank: usize,
+    pub steps: usize,
+    /// The reward judge (GRPO).
+    pub judge: Option<String>,
+    pub events: Vec<StepEvent>,
+    pub examples: Option<(usize, usize)>,
+    /// Notes and saved checkpoints, newest last.
+    pub log: Vec<String>,
+    /// The last checkpoint the trainer saved (what `L` loads after a stop).
+    pub saved: Option<PathBuf>,
+    pub status: TrainStatus,
+    /// Esc was pressed: the trainer is saving a checkpoint before it stops.
+    pub stopping: bool,
+    pub started: u64,
+}
+
+impl TrainRun {
+    pub fn running(&self) -> bool {
+        self.status == TrainStatus::Running
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TrainScreen {
+    pub form: TrainForm,
+    pub run: Option<TrainRun>,
+    /// The run's view is shown (else the form).
+    pub show_run: bool,
+    /// `q` was pressed once while a pass runs (a second `q` quits anyway).
+    pub quit_warned: bool,
 }
 
 /// A saved session (`s`), as written under `runs/sessions/`.
@@ -643,6 +943,7 @@ pub struct App {
     pub prompts: PromptsScreen,
     pub compare: CompareState,
     pub eval: EvalScreen,
+    pub train: TrainScreen,
 
     pub caches: RefCell<Caches>,
 }
@@ -687,6 +988,7 @@ impl App {
             prompts: PromptsScreen::default(),
             compare: CompareState::default(),
             eval: EvalScreen::default(),
+            train: TrainScreen::default(),
             caches: RefCell::new(Caches::default()),
         }
     }

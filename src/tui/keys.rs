@@ -26,6 +26,7 @@ pub enum Cmd {
     GoPrompts,
     GoCompare,
     GoEval,
+    GoTrain,
     Filter,
     Regenerate,
     CycleMode,
@@ -46,6 +47,14 @@ pub enum Cmd {
     PrevCheckpoint,
     NextCheckpoint,
     RunEval,
+    AddEndpoint,
+    RemoveEndpoint,
+    /// Train: start the pass the form describes.
+    StartTrain,
+    /// Train: use the adapter the pass wrote as the current checkpoint.
+    LoadAdapter,
+    /// Train: back from the run's view to the form.
+    TrainForm,
 }
 
 /// Where a binding applies.
@@ -59,6 +68,10 @@ pub enum Ctx {
     Compare,
     Blind,
     Eval,
+    JudgePicker,
+    EndpointForm,
+    Train,
+    TrainEdit,
 }
 
 impl Ctx {
@@ -72,6 +85,10 @@ impl Ctx {
             Ctx::Compare => "Compare (c)",
             Ctx::Blind => "Blind rating (c, then b)",
             Ctx::Eval => "Eval (e)",
+            Ctx::JudgePicker => "Judge picker (e, then r)",
+            Ctx::EndpointForm => "Add an endpoint (m, then a)",
+            Ctx::Train => "Train (t)",
+            Ctx::TrainEdit => "Train form, editing a field (Enter)",
         }
     }
 }
@@ -180,6 +197,13 @@ pub const BINDINGS: &[Binding] = &[
     ),
     b(
         Ctx::Global,
+        &[Char('t')],
+        "t",
+        Cmd::GoTrain,
+        "train (SFT or GRPO, LoRA)",
+    ),
+    b(
+        Ctx::Global,
         &[Char('s')],
         "s",
         Cmd::SaveSession,
@@ -229,8 +253,8 @@ pub const BINDINGS: &[Binding] = &[
     ),
     b(
         Ctx::Simulate,
-        &[Char('t')],
-        "t",
+        &[Char('T')],
+        "T",
         Cmd::ToggleThink,
         "show or fold the <think> block",
     ),
@@ -282,6 +306,48 @@ pub const BINDINGS: &[Binding] = &[
         "r",
         Cmd::Rescan,
         "rescan checkpoints/",
+    ),
+    b(
+        Ctx::Checkpoints,
+        &[Char('a')],
+        "a",
+        Cmd::AddEndpoint,
+        "add an OpenAI-compatible endpoint (checkpoints/endpoints.toml)",
+    ),
+    b(
+        Ctx::Checkpoints,
+        &[Char('x')],
+        "x",
+        Cmd::RemoveEndpoint,
+        "remove the selected endpoint",
+    ),
+    b(
+        Ctx::EndpointForm,
+        &[Tab, Down],
+        "Tab ↓",
+        Cmd::NextPane,
+        "next field (URL, model, API-key variable)",
+    ),
+    b(
+        Ctx::EndpointForm,
+        &[BackTab, Up],
+        "S-Tab ↑",
+        Cmd::PrevPane,
+        "previous field",
+    ),
+    b(
+        Ctx::EndpointForm,
+        &[Enter],
+        "Enter",
+        Cmd::Enter,
+        "next field; on the last, check and add it",
+    ),
+    b(
+        Ctx::EndpointForm,
+        &[Esc],
+        "Esc",
+        Cmd::Back,
+        "close without adding",
     ),
     b(
         Ctx::Prompts,
@@ -414,7 +480,7 @@ pub const BINDINGS: &[Binding] = &[
         &[Char('r')],
         "r",
         Cmd::RunEval,
-        "start an evaluation over scenarios/",
+        "choose a judge and start an evaluation over scenarios/",
     ),
     b(
         Ctx::Eval,
@@ -424,6 +490,112 @@ pub const BINDINGS: &[Binding] = &[
         "samples of the run, sorted by score",
     ),
     b(Ctx::Eval, &[Char('R')], "R", Cmd::Rescan, "rescan runs/"),
+    b(
+        Ctx::JudgePicker,
+        &[Up, Char('k')],
+        "↑ k",
+        Cmd::Up,
+        "previous judge",
+    ),
+    b(
+        Ctx::JudgePicker,
+        &[Down, Char('j')],
+        "↓ j",
+        Cmd::Down,
+        "next judge",
+    ),
+    b(
+        Ctx::JudgePicker,
+        &[Enter],
+        "Enter",
+        Cmd::Enter,
+        "start the evaluation with this judge",
+    ),
+    b(
+        Ctx::JudgePicker,
+        &[Char('R')],
+        "R",
+        Cmd::Rescan,
+        "reread prompts/judges/",
+    ),
+    b(Ctx::JudgePicker, &[Esc], "Esc", Cmd::Back, "close"),
+    b(
+        Ctx::Train,
+        &[Up, Char('k')],
+        "↑ k",
+        Cmd::Up,
+        "previous field",
+    ),
+    b(
+        Ctx::Train,
+        &[Down, Char('j')],
+        "↓ j",
+        Cmd::Down,
+        "next field",
+    ),
+    b(
+        Ctx::Train,
+        &[Left, Char('h')],
+        "← h",
+        Cmd::Left,
+        "previous choice (method, base, resume, reward)",
+    ),
+    b(
+        Ctx::Train,
+        &[Right, Char('l')],
+        "→ l",
+        Cmd::Right,
+        "next choice",
+    ),
+    b(
+        Ctx::Train,
+        &[Enter],
+        "Enter",
+        Cmd::Enter,
+        "edit the field · on a finished run: back to the form",
+    ),
+    b(
+        Ctx::Train,
+        &[Char('r')],
+        "r",
+        Cmd::StartTrain,
+        "start the pass (in the background)",
+    ),
+    b(
+        Ctx::Train,
+        &[Char('L')],
+        "L",
+        Cmd::LoadAdapter,
+        "use the new adapter as the checkpoint (when done)",
+    ),
+    b(
+        Ctx::Train,
+        &[Char('f')],
+        "f",
+        Cmd::TrainForm,
+        "the form ↔ the run's view",
+    ),
+    b(
+        Ctx::Train,
+        &[Esc],
+        "Esc",
+        Cmd::Back,
+        "stop the pass (it saves a checkpoint) · back",
+    ),
+    b(
+        Ctx::TrainEdit,
+        &[],
+        "type",
+        Cmd::Enter,
+        "edit the value (Backspace deletes)",
+    ),
+    b(
+        Ctx::TrainEdit,
+        &[Enter, Esc, Tab],
+        "Enter Esc",
+        Cmd::Enter,
+        "done editing",
+    ),
 ];
 
 /// The command for `key` in the first of `ctxs` that binds it.

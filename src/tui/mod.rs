@@ -26,7 +26,7 @@ pub use update::update;
 
 use crate::judge::EmbeddingJudge;
 use crate::model::checkpoint::DEFAULT_CHECKPOINT;
-use crate::model::{Checkpoint, Model};
+use crate::model::Checkpoint;
 use app::Paths;
 use ratatui::crossterm::event::{self, Event};
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use worker::{Msg, Tx};
+use worker::{Loaded, Msg, Tx};
 
 /// The environment variable that caps every call's new tokens.
 pub const MAX_TOKENS_ENV: &str = "HUMANLM_TUI_MAX_TOKENS";
@@ -44,7 +44,8 @@ pub const MAX_TOKENS_ENV: &str = "HUMANLM_TUI_MAX_TOKENS";
 struct Runtime {
     tx: Tx,
     paths: Paths,
-    model: Option<Arc<Model>>,
+    /// The checkpoint or endpoint simulations run on.
+    model: Option<Loaded>,
     embedder: Option<Arc<EmbeddingJudge>>,
     /// The latest checkpoint load asked for; older loads that finish late are dropped.
     load_seq: u64,
@@ -62,6 +63,43 @@ impl Runtime {
                 let (seq, root) = (self.load_seq, self.paths.checkpoints.clone());
                 worker::spawn("load", tx, None, move |tx| {
                     worker::load_checkpoint(&spec, &root, seq, tx)
+                });
+            }
+            Effect::LoadEndpoint(cfg) => {
+                self.load_seq += 1;
+                let seq = self.load_seq;
+                worker::spawn("endpoint", tx, None, move |tx| {
+                    worker::load_endpoint(cfg, seq, tx)
+                });
+            }
+            Effect::SaveEndpoints(list) => {
+                let root = self.paths.checkpoints.clone();
+                worker::spawn(
+                    "endpoints",
+                    tx,
+                    None,
+                    move |tx| match worker::save_endpoints(&root, &list) {
+                        Ok(_) => tx.send(Action::Checkpoints(worker::scan_checkpoints(&root))),
+                        Err(error) => tx.send(Action::Failed { job: None, error }),
+                    },
+                );
+            }
+            Effect::ScanJudges => {
+                let (prompts, root) = (self.paths.prompts.clone(), self.paths.checkpoints.clone());
+                worker::spawn("judges", tx, None, move |tx| {
+                    tx.send(Action::Judges(worker::scan_judges(&prompts, &root)))
+                });
+            }
+            Effect::Train {
+                job,
+                cfg,
+                out,
+                resume,
+                cancel,
+            } => {
+                let root = self.paths.checkpoints.clone();
+                worker::spawn("train", tx, Some(job), move |tx| {
+                    worker::train(job, &cfg, &out, resume, &root, &cancel, tx)
                 });
             }
             Effect::ScanScenarios => {

@@ -89,13 +89,30 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
         Action::Checkpoints(rows) => {
             app.ckpts.rows = rows;
             app.ckpts.scanned = true;
+            // An endpoint just added stays selected; else the checkpoint in use.
+            let want = app
+                .ckpts
+                .select_next
+                .take()
+                .unwrap_or_else(|| app.checkpoint.clone());
             app.ckpts.selected = app
                 .ckpts
                 .rows
                 .iter()
-                .position(|r| r.name == app.checkpoint)
+                .position(|r| r.name == want)
                 .unwrap_or(0);
         }
+        Action::Judges(rows) => {
+            let first_read = app.eval.judges.is_none();
+            app.eval.judges = Some(rows);
+            if first_read && app.eval.picker.is_some() {
+                app.eval.picker = Some(preferred_judge(app));
+            }
+            if let (Some(sel), Some(rows)) = (app.eval.picker, &app.eval.judges) {
+                app.eval.picker = Some(sel.min(rows.len().saturating_sub(1)));
+            }
+        }
+        Action::Train { job, msg } => train_msg(app, job, msg, &mut fx),
         Action::PromptSets(sets) => {
             let error_before = app.set_info(&app.set).and_then(|s| s.error.clone());
             app.sets = sets;
@@ -212,6 +229,9 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 if app.eval.progress.as_ref().is_some_and(|p| p.job == job) {
                     app.eval.progress = None;
                 }
+                if let Some(run) = app.train.run.as_mut().filter(|r| r.job == job) {
+                    run.status = TrainStatus::Failed(error.clone());
+                }
             }
             app.fail(error);
         }
@@ -249,6 +269,20 @@ fn on_key(app: &mut App, key: KeyEvent, fx: &mut Vec<Effect>) {
         filter_key(app, key, fx);
         return;
     }
+    if app.screen == Screen::Checkpoints && app.ckpts.form.is_some() {
+        endpoint_form_key(app, key, fx);
+        return;
+    }
+    if app.screen == Screen::Eval && app.eval.picker.is_some() {
+        if let Some(cmd) = keys::lookup(&[Ctx::JudgePicker, Ctx::Global], &key) {
+            picker_cmd(app, cmd, fx);
+        }
+        return;
+    }
+    if app.screen == Screen::Train && app.train.form.editing {
+        train_edit_key(app, key);
+        return;
+    }
     if app.screen == Screen::Compare {
         if let Some(b) = app.compare.blind.as_mut().filter(|b| !b.revealed) {
             if let KeyCode::Char(c @ '0'..='9') = key.code {
@@ -274,6 +308,7 @@ fn on_key(app: &mut App, key: KeyEvent, fx: &mut Vec<Effect>) {
         Screen::Compare if app.compare.blind.is_some() => &[Ctx::Blind, Ctx::Global],
         Screen::Compare => &[Ctx::Compare, Ctx::Global],
         Screen::Eval => &[Ctx::Eval, Ctx::Global],
+        Screen::Train => &[Ctx::Train, Ctx::Global],
     };
     let Some(cmd) = keys::lookup(ctxs, &key) else {
         return;
@@ -321,6 +356,12 @@ fn command(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
     // Commands every screen shares.
     match cmd {
         Cmd::Quit => {
+            // Quitting ends a training pass without its final save: say so once.
+            if app.train.run.as_ref().is_some_and(|r| r.running()) && !app.train.quit_warned {
+                app.train.quit_warned = true;
+                app.info("a training pass is running: Esc on Train stops it and saves a checkpoint; q again quits anyway");
+                return;
+            }
             app.quit = true;
             return;
         }
@@ -372,6 +413,19 @@ fn command(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
             }
             return;
         }
+        Cmd::GoTrain => {
+            toggle_screen(app, Screen::Train);
+            if app.screen == Screen::Train {
+                // The form's choices: checkpoints to start from, judges for the reward.
+                if !app.ckpts.scanned {
+                    fx.push(Effect::ScanCheckpoints);
+                }
+                if app.eval.judges.is_none() {
+                    fx.push(Effect::ScanJudges);
+                }
+            }
+            return;
+        }
         Cmd::CycleMode => {
             app.mode = match app.mode {
                 Mode::Humanlm => Mode::Response,
@@ -414,6 +468,7 @@ fn command(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
         Screen::Prompts => prompts_cmd(app, cmd, fx),
         Screen::Compare => compare_cmd(app, cmd, fx),
         Screen::Eval => eval_cmd(app, cmd, fx),
+        Screen::Train => train_cmd(app, cmd, fx),
     }
 }
 
@@ -431,6 +486,7 @@ fn back(app: &mut App) {
         Screen::Simulate => Some(JobKind::Simulate),
         Screen::Compare => Some(JobKind::Compare),
         Screen::Eval => Some(JobKind::Eval),
+        Screen::Train => Some(JobKind::Train),
         _ => None,
     };
     match app.screen {
@@ -495,6 +551,13 @@ pub fn cancel(app: &mut App, kind: JobKind) -> bool {
             app.info("cancelling the evaluation (it resumes where it stopped: r)");
         }
         JobKind::Plan => {}
+        JobKind::Train => {
+            // The trainer saves a checkpoint, then reports; the run stays on screen until then.
+            if let Some(run) = app.train.run.as_mut().filter(|r| r.job == job.id) {
+                run.stopping = true;
+            }
+            app.info("stopping the training: it saves a checkpoint first");
+        }
     }
     true
 }
@@ -1000,12 +1063,150 @@ fn checkpoints_cmd(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
             }
             app.checkpoint = row.name.clone();
             app.model.loading = Some((row.name.clone(), app.tick));
-            app.info(format!("loading {} in the background", row.name));
-            // A checkpoint given as a path loads from that path.
-            fx.push(Effect::LoadCheckpoint(row.path.clone()));
+            match row.endpoint.clone() {
+                Some(cfg) => {
+                    app.info(format!("connecting to {}", row.label()));
+                    fx.push(Effect::LoadEndpoint(cfg));
+                }
+                None => {
+                    app.info(format!("loading {} in the background", row.name));
+                    // A checkpoint given as a path loads from that path.
+                    fx.push(Effect::LoadCheckpoint(row.path.clone()));
+                }
+            }
+        }
+        Cmd::AddEndpoint => app.ckpts.form = Some(EndpointForm::default()),
+        Cmd::RemoveEndpoint => {
+            let Some(row) = app.ckpts.rows.get(app.ckpts.selected).cloned() else {
+                return;
+            };
+            if row.endpoint.is_none() {
+                app.info("only endpoints are removed here (checkpoint folders stay on disk)");
+                return;
+            }
+            app.ckpts.rows.retain(|r| r.name != row.name);
+            app.ckpts.selected = app
+                .ckpts
+                .selected
+                .min(app.ckpts.rows.len().saturating_sub(1));
+            fx.push(Effect::SaveEndpoints(endpoints(app)));
+            app.info(format!("removed {}", row.label()));
         }
         _ => {}
     }
+}
+
+/// The endpoints the Checkpoints screen lists, as `checkpoints/endpoints.toml` holds them.
+fn endpoints(app: &App) -> Vec<crate::remote::EndpointConfig> {
+    app.ckpts
+        .rows
+        .iter()
+        .filter_map(|r| r.endpoint.clone())
+        .collect()
+}
+
+/// Keys while the add-an-endpoint form is open: text goes into the focused field.
+fn endpoint_form_key(app: &mut App, key: KeyEvent, fx: &mut Vec<Effect>) {
+    let ctrl = key
+        .modifiers
+        .contains(ratatui::crossterm::event::KeyModifiers::CONTROL);
+    if keys::lookup(&[], &key) == Some(Cmd::Quit) {
+        app.quit = true;
+        return;
+    }
+    let Some(form) = app.ckpts.form.as_mut() else {
+        return;
+    };
+    let n = form.fields.len();
+    match key.code {
+        KeyCode::Esc => app.ckpts.form = None,
+        KeyCode::Tab | KeyCode::Down => form.focus = (form.focus + 1) % n,
+        KeyCode::BackTab | KeyCode::Up => form.focus = (form.focus + n - 1) % n,
+        KeyCode::Enter if form.focus + 1 < n => form.focus += 1,
+        KeyCode::Enter => submit_endpoint(app, fx),
+        KeyCode::Backspace => {
+            form.fields[form.focus].pop();
+        }
+        KeyCode::Char('u') if ctrl => form.fields[form.focus].clear(),
+        KeyCode::Char(c) if !ctrl => form.fields[form.focus].push(c),
+        _ => {}
+    }
+}
+
+/// An endpoint from the form's fields, or what is wrong with them (naming the field).
+pub fn endpoint_from_form(fields: &[String; 3]) -> Result<crate::remote::EndpointConfig, String> {
+    let url = fields[0].trim().trim_end_matches('/').to_string();
+    let model = fields[1].trim().to_string();
+    let var = fields[2].trim().to_string();
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match host {
+        None => {
+            return Err(format!(
+                "URL '{url}': it starts with http:// or https:// and ends with the API version, e.g. http://127.0.0.1:8000/v1"
+            ))
+        }
+        Some(h) if h.is_empty() || h.starts_with('/') => {
+            return Err(format!("URL '{url}': no host"))
+        }
+        _ => {}
+    }
+    if url.chars().any(|c| c.is_whitespace() || c == '#') {
+        return Err(format!("URL '{url}': no spaces or '#'"));
+    }
+    if model.is_empty() {
+        return Err("model: the model id the server serves (its GET /models lists them)".into());
+    }
+    if model.chars().any(|c| c.is_whitespace() || c == '#') {
+        return Err(format!("model '{model}': no spaces or '#'"));
+    }
+    if !var.is_empty() {
+        let ident = var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !var.starts_with(|c: char| c.is_ascii_digit());
+        if !ident || var.starts_with("sk-") {
+            // The value is not repeated: it may be the key itself, pasted in the wrong place.
+            return Err(
+                "key env: the NAME of the environment variable that holds the key (e.g. OPENAI_API_KEY), never the key itself"
+                    .into(),
+            );
+        }
+    }
+    let mut cfg = crate::remote::EndpointConfig::new(&url, &model);
+    cfg.api_key_env = (!var.is_empty()).then_some(var);
+    Ok(cfg)
+}
+
+fn submit_endpoint(app: &mut App, fx: &mut Vec<Effect>) {
+    let Some(form) = app.ckpts.form.as_mut() else {
+        return;
+    };
+    let cfg = match endpoint_from_form(&form.fields) {
+        Ok(c) => c,
+        Err(e) => {
+            form.error = Some(e);
+            return;
+        }
+    };
+    app.ckpts.form = None;
+    let row = CkptRow::for_endpoint(cfg);
+    // The same URL and model again replaces the entry (a new key variable, say).
+    match app.ckpts.rows.iter().position(|r| r.name == row.name) {
+        Some(i) => app.ckpts.rows[i] = row.clone(),
+        None => app.ckpts.rows.push(row.clone()),
+    }
+    app.ckpts.selected = app
+        .ckpts
+        .rows
+        .iter()
+        .position(|r| r.name == row.name)
+        .unwrap_or(0);
+    app.ckpts.select_next = Some(row.name.clone());
+    app.info(format!(
+        "added {} to checkpoints/endpoints.toml · Enter uses it",
+        row.label()
+    ));
+    fx.push(Effect::SaveEndpoints(endpoints(app)));
 }
 
 impl PromptsScreen {
@@ -1430,7 +1631,16 @@ fn eval_cmd(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
         {
             app.eval.drill = Some(0);
         }
-        Cmd::RunEval => start_eval(app, fx),
+        Cmd::RunEval => {
+            if app.job(JobKind::Eval).is_some() || app.eval.progress.is_some() {
+                app.info("an evaluation is running (Esc cancels it)");
+                return;
+            }
+            if app.eval.judges.is_none() {
+                fx.push(Effect::ScanJudges);
+            }
+            app.eval.picker = Some(preferred_judge(app));
+        }
         _ => {}
     }
     if app.eval.selected != before {
@@ -1451,7 +1661,56 @@ fn load_selected_run(app: &App) -> Option<Effect> {
     })
 }
 
-fn start_eval(app: &mut App, fx: &mut Vec<Effect>) {
+/// The judge the picker opens on: the last one used here, else the embedding judge.
+fn preferred_judge(app: &App) -> usize {
+    let Some(rows) = &app.eval.judges else {
+        return 0;
+    };
+    app.eval
+        .judge
+        .as_ref()
+        .and_then(|j| rows.iter().position(|r| r.name == *j))
+        .or_else(|| rows.iter().position(|r| r.name == "embedding"))
+        .unwrap_or(0)
+}
+
+/// Keys of the judge picker.
+fn picker_cmd(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
+    let n = app.eval.judges.as_ref().map_or(0, |j| j.len());
+    let sel = app.eval.picker.unwrap_or(0);
+    match cmd {
+        Cmd::Quit => app.quit = true,
+        Cmd::Help => app.help = Some(0),
+        Cmd::Back => app.eval.picker = None,
+        Cmd::Up => app.eval.picker = Some(sel.saturating_sub(1)),
+        Cmd::Down => app.eval.picker = Some((sel + 1).min(n.saturating_sub(1))),
+        Cmd::Top => app.eval.picker = Some(0),
+        Cmd::Bottom => app.eval.picker = Some(n.saturating_sub(1)),
+        Cmd::Rescan => {
+            app.eval.judges = None;
+            fx.push(Effect::ScanJudges);
+        }
+        Cmd::Enter => {
+            let Some(row) = app.eval.judges.as_ref().and_then(|j| j.get(sel)).cloned() else {
+                return;
+            };
+            let config = match (&row.unavailable, row.config) {
+                (None, Some(c)) => c,
+                (why, _) => {
+                    let why = why.clone().unwrap_or_else(|| "does not load".into());
+                    app.fail(format!("judge {}: {why}", row.name));
+                    return;
+                }
+            };
+            app.eval.picker = None;
+            app.eval.judge = Some(row.name.clone());
+            start_eval(app, fx, config);
+        }
+        _ => {}
+    }
+}
+
+fn start_eval(app: &mut App, fx: &mut Vec<Effect>, judge: crate::judge::JudgeConfig) {
     if app.job(JobKind::Eval).is_some() || app.eval.progress.is_some() {
         app.info("an evaluation is running (Esc cancels it)");
         return;
@@ -1462,7 +1721,7 @@ fn start_eval(app: &mut App, fx: &mut Vec<Effect>) {
         scenarios: app.paths.scenarios.clone(),
         mode: app.mode,
         prompts: Some(app.set.clone()),
-        judge: crate::judge::JudgeConfig::default_config(),
+        judge,
         n: app.sampling.n,
         seed: app.sampling.seed,
         temperature: app.sampling.temperature.unwrap_or(0.4),
@@ -1685,6 +1944,395 @@ fn on_mouse(app: &mut App, m: MouseEvent) {
                 );
             }
         }
-        Screen::Compare => {}
+        Screen::Compare | Screen::Train => {}
     }
+}
+
+/// The base checkpoints a pass can start from: local models, not adapters or endpoints.
+pub fn train_bases(app: &App) -> Vec<String> {
+    app.ckpts
+        .rows
+        .iter()
+        .filter(|r| {
+            r.depth == 0 && r.error.is_none() && r.endpoint.is_none() && r.unsupported().is_none()
+        })
+        .filter(|r| r.info.as_ref().is_none_or(|i| i.adapter_base.is_none()))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// The base the form names, else the checkpoint in use when it is a local base, else the
+/// default checkpoint.
+pub fn train_base(app: &App) -> String {
+    let f = &app.train.form;
+    if !f.base.is_empty() {
+        return f.base.clone();
+    }
+    let in_use_is_base = !app.checkpoint.starts_with("endpoint:")
+        && !app
+            .ckpts
+            .rows
+            .iter()
+            .any(|r| r.name == app.checkpoint && r.depth > 0);
+    if in_use_is_base {
+        app.checkpoint.clone()
+    } else {
+        crate::model::checkpoint::DEFAULT_CHECKPOINT.to_string()
+    }
+}
+
+/// The output folder name the form gives, or its default.
+pub fn train_output(app: &App) -> String {
+    let f = &app.train.form;
+    if f.output.trim().is_empty() {
+        format!(
+            "{}-{}-lora",
+            train_base(app),
+            f.method.name().to_lowercase()
+        )
+    } else {
+        f.output.trim().to_string()
+    }
+}
+
+/// What a start of the form would run: the configuration, the adapter's folder name and
+/// path, and the reward judge's name; or what is wrong, naming the field.
+pub fn train_plan(
+    app: &App,
+) -> Result<
+    (
+        crate::train::TrainConfig,
+        String,
+        std::path::PathBuf,
+        Option<String>,
+    ),
+    String,
+> {
+    use crate::train::{reward::RewardSpec, Data, TrainConfig};
+    let f = &app.train.form;
+    let base = train_base(app);
+    if base.starts_with("endpoint:") {
+        return Err("base checkpoint: training needs local weights, not an endpoint".into());
+    }
+    if app.ckpts.rows.iter().any(|r| r.name == base && r.depth > 0) {
+        return Err(format!(
+            "base checkpoint: {base} is an adapter; train from its base (or merge it first)"
+        ));
+    }
+    let scenarios = f.scenarios.trim();
+    if scenarios.is_empty() {
+        return Err("scenarios: a scenario file or folder (e.g. scenarios)".into());
+    }
+    let name = train_output(app);
+    let plain = name
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if !plain {
+        return Err(format!(
+            "output name '{name}': a folder name under {} (letters, digits, - _ .)",
+            app.paths.checkpoints.display()
+        ));
+    }
+    if let Some(r) = app.ckpts.rows.iter().find(|r| r.name == name) {
+        let adapter = r.depth > 0 || r.info.as_ref().is_some_and(|i| i.adapter_base.is_some());
+        if !adapter {
+            return Err(format!(
+                "output name '{name}': that is a checkpoint, not an adapter this pass may write"
+            ));
+        }
+        if !f.resume {
+            return Err(format!(
+                "output name '{name}': it exists; choose another name, or set 'if it exists' to resume"
+            ));
+        }
+    }
+    let number = |what: &str, v: &str, min: usize| -> Result<usize, String> {
+        match v.trim().parse::<usize>() {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(format!("{what} '{}': a whole number ≥ {min}", v.trim())),
+        }
+    };
+    let steps = number("steps", &f.steps, 1)?;
+    let rank = number("LoRA rank", &f.rank, 1)?;
+    let data = Data::Scenarios {
+        path: std::path::PathBuf::from(scenarios),
+    };
+    let mut judge = None;
+    let mut cfg = match f.method {
+        TrainMethod::Sft => TrainConfig::sft(&base, data),
+        TrainMethod::Grpo => {
+            let mut cfg = TrainConfig::grpo(&base, data);
+            let n = number("rollouts per prompt", &f.n, 2)?;
+            let rows = app.eval.judges.as_ref();
+            let row = rows.and_then(|rows| rows.iter().find(|r| r.name == f.reward));
+            let config = match (row, f.reward.as_str()) {
+                (Some(r), _) => {
+                    if let Some(why) = &r.unavailable {
+                        return Err(format!("reward judge {}: {why}", r.name));
+                    }
+                    Some(r.path.clone())
+                }
+                // The default embedding judge needs no file.
+                (None, "embedding") => None,
+                (None, other) => {
+                    return Err(format!(
+                        "reward judge '{other}': not in prompts/judges/ (←/→ chooses one)"
+                    ))
+                }
+            };
+            if let crate::train::Method::Grpo(g) = &mut cfg.method {
+                g.n = n;
+                g.reward = RewardSpec::Judge { config };
+                // The workbench's cap on new tokens holds for rollouts too.
+                if let Some(m) = app.sampling.max_tokens {
+                    g.max_new_tokens = m;
+                }
+            }
+            judge = Some(f.reward.clone());
+            cfg
+        }
+    };
+    cfg.steps = steps;
+    cfg.rank = rank;
+    cfg.alpha = 2.0 * rank as f64;
+    if !f.lr.trim().is_empty() {
+        match f.lr.trim().parse::<f64>() {
+            Ok(lr) if lr.is_finite() && lr > 0.0 => cfg.lr = lr,
+            _ => {
+                return Err(format!(
+                    "learning rate '{}': a positive number such as 1e-4",
+                    f.lr.trim()
+                ))
+            }
+        }
+    }
+    let out = app.paths.checkpoints.join(&name);
+    Ok((cfg, name, out, judge))
+}
+
+fn train_cmd(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
+    let has_run = app.train.run.is_some();
+    match cmd {
+        Cmd::StartTrain => return start_train(app, fx),
+        Cmd::LoadAdapter => return load_adapter(app, fx),
+        Cmd::TrainForm => {
+            if has_run {
+                app.train.show_run = !app.train.show_run;
+            }
+            return;
+        }
+        _ => {}
+    }
+    if has_run && app.train.show_run {
+        let running = app.train.run.as_ref().is_some_and(|r| r.running());
+        if cmd == Cmd::Enter && !running {
+            app.train.show_run = false;
+        }
+        return;
+    }
+    let fields = app.train.form.fields();
+    let n = fields.len();
+    let form = &mut app.train.form;
+    form.focus = form.focus.min(n - 1);
+    let field = fields[form.focus];
+    match cmd {
+        Cmd::Up | Cmd::PrevPane => form.focus = form.focus.saturating_sub(1),
+        Cmd::Down | Cmd::NextPane => form.focus = (form.focus + 1).min(n - 1),
+        Cmd::Top => form.focus = 0,
+        Cmd::Bottom => form.focus = n - 1,
+        Cmd::Enter if field.is_text() => form.editing = true,
+        Cmd::Enter | Cmd::Right => cycle_train_choice(app, field, true, fx),
+        Cmd::Left => cycle_train_choice(app, field, false, fx),
+        _ => {}
+    }
+}
+
+fn cycle_train_choice(app: &mut App, field: TrainField, forward: bool, fx: &mut Vec<Effect>) {
+    // A refusal is about the values it saw; a change makes it stale.
+    app.train.form.error = None;
+    match field {
+        TrainField::Method => {
+            let f = &mut app.train.form;
+            f.method = match f.method {
+                TrainMethod::Sft => TrainMethod::Grpo,
+                TrainMethod::Grpo => TrainMethod::Sft,
+            };
+            if f.method == TrainMethod::Grpo && app.eval.judges.is_none() {
+                fx.push(Effect::ScanJudges);
+            }
+        }
+        TrainField::Base => {
+            if !app.ckpts.scanned {
+                fx.push(Effect::ScanCheckpoints);
+                app.info("reading checkpoints/ … press again");
+                return;
+            }
+            let current = train_base(app);
+            if let Some(next) = cycle(&train_bases(app), &current, forward) {
+                app.train.form.base = next;
+            }
+        }
+        TrainField::Resume => app.train.form.resume = !app.train.form.resume,
+        TrainField::Reward => {
+            let Some(rows) = &app.eval.judges else {
+                fx.push(Effect::ScanJudges);
+                app.info("reading prompts/judges/ … press again");
+                return;
+            };
+            let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+            let current = app.train.form.reward.clone();
+            if let Some(next) = cycle(&names, &current, forward) {
+                app.train.form.reward = next;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Keys while a text field of the Train form is edited.
+fn train_edit_key(app: &mut App, key: KeyEvent) {
+    if keys::lookup(&[], &key) == Some(Cmd::Quit) {
+        app.quit = true;
+        return;
+    }
+    let fields = app.train.form.fields();
+    let form = &mut app.train.form;
+    let field = fields[form.focus.min(fields.len() - 1)];
+    match key.code {
+        KeyCode::Enter | KeyCode::Esc | KeyCode::Tab => form.editing = false,
+        KeyCode::Backspace => {
+            form.error = None;
+            if let Some(t) = form.text_mut(field) {
+                t.pop();
+            }
+        }
+        KeyCode::Char(c) => {
+            form.error = None;
+            if let Some(t) = form.text_mut(field) {
+                t.push(c);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn start_train(app: &mut App, fx: &mut Vec<Effect>) {
+    if app.train.run.as_ref().is_some_and(|r| r.running()) {
+        app.info("a training pass is running (Esc stops it)");
+        return;
+    }
+    let (cfg, name, out, judge) = match train_plan(app) {
+        Ok(p) => p,
+        Err(e) => {
+            app.train.form.error = Some(e.clone());
+            app.train.show_run = false;
+            app.info(format!("not started: {e}"));
+            return;
+        }
+    };
+    app.train.form.error = None;
+    app.train.form.editing = false;
+    app.train.quit_warned = false;
+    let job = new_job(app, JobKind::Train);
+    app.train.run = Some(TrainRun {
+        job: job.id,
+        method: app.train.form.method,
+        base: cfg.base.clone(),
+        name,
+        out: out.clone(),
+        rank: cfg.rank,
+        steps: cfg.steps,
+        judge,
+        events: vec![],
+        examples: None,
+        log: vec![],
+        saved: None,
+        status: TrainStatus::Running,
+        stopping: false,
+        started: app.tick,
+    });
+    app.train.show_run = true;
+    fx.push(Effect::Train {
+        job: job.id,
+        cfg: Box::new(cfg),
+        out,
+        resume: app.train.form.resume,
+        cancel: job.cancel,
+    });
+}
+
+fn train_msg(app: &mut App, job: u64, msg: TrainMsg, fx: &mut Vec<Effect>) {
+    let Some(run) = app.train.run.as_mut().filter(|r| r.job == job) else {
+        return;
+    };
+    match msg {
+        TrainMsg::Data { examples, skipped } => {
+            run.examples = Some((examples, skipped));
+            run.log.push(if skipped > 0 {
+                format!("{examples} examples ({skipped} skipped: too long or unusable)")
+            } else {
+                format!("{examples} examples")
+            });
+        }
+        TrainMsg::Note(n) => run.log.push(n),
+        TrainMsg::Step(e) => run.events.push(*e),
+        TrainMsg::Saved(p) => {
+            run.log.push(format!("saved {}", p.display()));
+            run.saved = Some(p);
+        }
+        TrainMsg::Finished(r) => {
+            app.jobs.retain(|j| j.id != job);
+            match r {
+                Ok(out) => {
+                    run.status = TrainStatus::Done;
+                    run.log
+                        .push(format!("done: the adapter is in {}", out.display()));
+                    let name = run.name.clone();
+                    app.info(format!("training done: L uses {name} as the checkpoint"));
+                }
+                Err(e) if run.stopping => {
+                    run.status = TrainStatus::Cancelled(e);
+                    app.info("training stopped; its checkpoint is saved (L uses it)");
+                }
+                Err(e) => {
+                    run.status = TrainStatus::Failed(e.clone());
+                    app.fail(format!("training: {e}"));
+                }
+            }
+            // The new adapter (or checkpoint) is listed with the others.
+            fx.push(Effect::ScanCheckpoints);
+        }
+    }
+}
+
+/// `L`: the adapter the pass wrote (or its last checkpoint, after a stop) becomes the
+/// checkpoint in use; Simulate switches to it once it has loaded.
+fn load_adapter(app: &mut App, fx: &mut Vec<Effect>) {
+    let Some(run) = &app.train.run else {
+        app.info("no training pass yet: r starts one");
+        return;
+    };
+    let path = match (&run.status, &run.saved) {
+        (TrainStatus::Done, _) => run.out.clone(),
+        (TrainStatus::Cancelled(_), Some(p)) => p.clone(),
+        (TrainStatus::Running, _) => {
+            app.info("the pass is still running (Esc stops it and saves a checkpoint)");
+            return;
+        }
+        _ => {
+            app.info("this pass left no adapter to load");
+            return;
+        }
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    app.checkpoint = name.clone();
+    app.model.loading = Some((name.clone(), app.tick));
+    app.info(format!("loading {name}: Simulate uses it once it is ready"));
+    fx.push(Effect::LoadCheckpoint(path.display().to_string()));
+    fx.push(Effect::ScanCheckpoints);
+    app.screen = Screen::Simulate;
 }

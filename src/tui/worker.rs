@@ -8,7 +8,8 @@ use crate::judge::EmbeddingJudge;
 use crate::model::weights::LoadOptions;
 use crate::model::{Checkpoint, CheckpointKind, Model};
 use crate::prompts::PromptSet;
-use crate::sim::{self, Mode, Options, SimEvent, SimSample, Truncate};
+use crate::remote::{Endpoint, EndpointConfig};
+use crate::sim::{self, Engine, Mode, Options, SimEvent, SimSample, Truncate};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -19,13 +20,124 @@ use std::time::Instant;
 /// What workers send to the UI thread.
 pub enum Msg {
     Action(Action),
-    /// A checkpoint finished loading (`seq` tells whether it is still the one wanted).
+    /// A checkpoint finished loading, or an endpoint answered (`seq` tells whether it is still
+    /// the one wanted).
     Model {
         seq: u64,
-        model: Arc<Model>,
+        model: Loaded,
         info: ModelInfo,
     },
     Embedder(Arc<EmbeddingJudge>, String),
+}
+
+/// What simulations run on: a loaded checkpoint, or a model behind an endpoint.
+#[derive(Clone)]
+pub enum Loaded {
+    Local(Arc<Model>),
+    Remote { spec: String, endpoint: Endpoint },
+}
+
+impl Loaded {
+    pub fn engine(&self) -> Engine<'_> {
+        match self {
+            Loaded::Local(m) => Engine::Local(m),
+            Loaded::Remote { endpoint, .. } => Engine::Remote(endpoint),
+        }
+    }
+
+    /// The checkpoint's name, or the endpoint's spec.
+    pub fn name(&self) -> String {
+        match self {
+            Loaded::Local(m) => m.checkpoint.name.clone(),
+            Loaded::Remote { spec, .. } => spec.clone(),
+        }
+    }
+}
+
+/// Where the endpoints added in the workbench are kept, in the checkpoints folder.
+pub const ENDPOINTS_FILE: &str = "endpoints.toml";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsFile {
+    #[serde(default)]
+    endpoint: Vec<EndpointConfig>,
+}
+
+/// The endpoints of `<root>/endpoints.toml` (none when there is no file).
+pub fn read_endpoints(root: &Path) -> Result<Vec<EndpointConfig>, String> {
+    let path = root.join(ENDPOINTS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    toml::from_str::<EndpointsFile>(&text)
+        .map(|f| f.endpoint)
+        .map_err(|e| one_line(&format!("{}: {}", path.display(), e.message())))
+}
+
+/// Write `<root>/endpoints.toml` whole (a temporary file renamed into place).
+pub fn save_endpoints(root: &Path, list: &[EndpointConfig]) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let path = root.join(ENDPOINTS_FILE);
+    let body = toml::to_string(&EndpointsFile {
+        endpoint: list.to_vec(),
+    })
+    .map_err(|e| e.to_string())?;
+    let text = format!(
+        "# OpenAI-compatible endpoints added in the workbench (Checkpoints, a). Each is used as the\n\
+         # checkpoint `endpoint:BASE_URL#MODEL`; api_key_env names the variable holding the key.\n\n{body}"
+    );
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Connect to an endpoint: it must answer `GET /models` and serve the model asked for.
+pub fn load_endpoint(cfg: EndpointConfig, seq: u64, tx: &Tx) {
+    let t0 = Instant::now();
+    let spec = super::app::endpoint_spec(&cfg);
+    let r = (|| -> Result<Endpoint, String> {
+        let endpoint = Endpoint::new(cfg.clone()).map_err(|e| e.to_string())?;
+        let models = endpoint.models().map_err(|e| e.to_string())?;
+        if !models.contains(&cfg.model) {
+            return Err(format!(
+                "{} serves {}, not '{}'",
+                cfg.base_url,
+                if models.is_empty() {
+                    "no model".to_string()
+                } else {
+                    models.join(", ")
+                },
+                cfg.model
+            ));
+        }
+        Ok(endpoint)
+    })();
+    match r {
+        Ok(endpoint) => {
+            let info = ModelInfo {
+                name: spec.clone(),
+                device: "endpoint".into(),
+                weights: "remote".into(),
+                context: 0,
+                load_ms: t0.elapsed().as_millis() as u64,
+                default_set: None,
+            };
+            let _ = tx.0.send(Msg::Model {
+                seq,
+                model: Loaded::Remote { spec, endpoint },
+                info,
+            });
+        }
+        Err(error) => tx.send(Action::ModelFailed {
+            name: spec,
+            error: one_line(&error),
+        }),
+    }
 }
 
 /// A sender that wraps actions.
@@ -100,7 +212,7 @@ pub fn load_checkpoint(spec: &str, root: &Path, seq: u64, tx: &Tx) {
             };
             let _ = tx.0.send(Msg::Model {
                 seq,
-                model: Arc::new(model),
+                model: Loaded::Local(Arc::new(model)),
                 info,
             });
         }
@@ -176,7 +288,7 @@ fn options(req: &SimRequest, set: &PromptSet) -> Options {
 }
 
 /// Simulate on `model`, streaming every step through `send`.
-pub fn simulate(model: &Model, req: &SimRequest, prompts: &Path, send: &dyn Fn(SimMsg)) {
+pub fn simulate(model: &Loaded, req: &SimRequest, prompts: &Path, send: &dyn Fn(SimMsg)) {
     let set = match PromptSet::load(&req.set, prompts) {
         Ok(s) => s,
         Err(e) => {
@@ -189,7 +301,7 @@ pub fn simulate(model: &Model, req: &SimRequest, prompts: &Path, send: &dyn Fn(S
         _ => 1,
     };
     send(SimMsg::Started {
-        checkpoint: model.checkpoint.name.clone(),
+        checkpoint: model.name(),
         set: set.name.clone(),
         set_hash: set.hash.clone(),
         calls,
@@ -198,8 +310,8 @@ pub fn simulate(model: &Model, req: &SimRequest, prompts: &Path, send: &dyn Fn(S
     let mut started = Instant::now();
     let mut first: Option<Instant> = None;
     let mut tokens = 0usize;
-    let r = sim::simulate(
-        model,
+    let r = sim::simulate_with(
+        model.engine(),
         &set,
         &req.scenario,
         &opts,
@@ -256,11 +368,11 @@ pub fn simulate(model: &Model, req: &SimRequest, prompts: &Path, send: &dyn Fn(S
 }
 
 /// The prompts a simulation would send, rendered and tokenized.
-pub fn plan(model: &Model, req: &SimRequest, prompts: &Path) -> Result<PlanView, String> {
+pub fn plan(model: &Loaded, req: &SimRequest, prompts: &Path) -> Result<PlanView, String> {
     let set = PromptSet::load(&req.set, prompts).map_err(|e| one_line(&e.to_string()))?;
     let opts = options(req, &set);
-    let plan =
-        sim::plan(&set, &req.scenario, &opts, model).map_err(|e| one_line(&e.to_string()))?;
+    let plan = sim::plan_with(&set, &req.scenario, &opts, model.engine())
+        .map_err(|e| one_line(&e.to_string()))?;
     Ok(PlanView {
         scenario: req.scenario.id.clone(),
         set: set.name.clone(),
@@ -285,14 +397,8 @@ pub fn plan(model: &Model, req: &SimRequest, prompts: &Path) -> Result<PlanView,
 }
 
 /// One scenario under each side, in turn; a side on another checkpoint loads it for the run.
-pub fn compare(
-    current: Option<Arc<Model>>,
-    req: &SimRequest,
-    sides: &[Side],
-    paths: &Paths,
-    tx: &Tx,
-) {
-    let mut loaded: Vec<Arc<Model>> = current.into_iter().collect();
+pub fn compare(current: Option<Loaded>, req: &SimRequest, sides: &[Side], paths: &Paths, tx: &Tx) {
+    let mut loaded: Vec<Loaded> = current.into_iter().collect();
     for (i, side) in sides.iter().enumerate() {
         let send = |msg: SimMsg| {
             tx.send(Action::Cmp {
@@ -305,19 +411,17 @@ pub fn compare(
             send(SimMsg::Failed("cancelled".into()));
             continue;
         }
-        let model = match loaded.iter().find(|m| m.checkpoint.name == side.checkpoint) {
+        let model = match loaded.iter().find(|m| m.name() == side.checkpoint) {
             Some(m) => m.clone(),
             None => {
-                let r = Checkpoint::resolve(&side.checkpoint, &paths.checkpoints)
-                    .and_then(|c| c.load(&load_options()?));
+                let r = open(&side.checkpoint, &paths.checkpoints);
                 match r {
                     Ok(m) => {
-                        let m = Arc::new(m);
                         loaded.push(m.clone());
                         m
                     }
                     Err(e) => {
-                        send(SimMsg::Failed(one_line(&e.to_string())));
+                        send(SimMsg::Failed(e));
                         continue;
                     }
                 }
@@ -331,7 +435,28 @@ pub fn compare(
     }
 }
 
-/// The checkpoints under `root`, adapters right after their base.
+/// A checkpoint by name or path, or an endpoint by its spec (with the API-key variable
+/// `endpoints.toml` gives it, if it is listed there).
+fn open(spec: &str, root: &Path) -> Result<Loaded, String> {
+    if let Some((url, model)) = Endpoint::parse_spec(spec) {
+        let cfg = read_endpoints(root)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| super::app::endpoint_spec(c) == spec)
+            .unwrap_or_else(|| EndpointConfig::new(&url, &model));
+        let endpoint = Endpoint::new(cfg).map_err(|e| one_line(&e.to_string()))?;
+        return Ok(Loaded::Remote {
+            spec: spec.to_string(),
+            endpoint,
+        });
+    }
+    let r = Checkpoint::resolve(spec, root).and_then(|c| c.load(&load_options()?));
+    r.map(|m| Loaded::Local(Arc::new(m)))
+        .map_err(|e| one_line(&e.to_string()))
+}
+
+/// The checkpoints under `root`, adapters right after their base, then the endpoints of
+/// `endpoints.toml`.
 pub fn scan_checkpoints(root: &Path) -> Vec<CkptRow> {
     let mut bases = vec![];
     let mut adapters = vec![];
@@ -346,6 +471,7 @@ pub fn scan_checkpoints(root: &Path) -> Vec<CkptRow> {
                     info: info.ok(),
                     default_set: c.default_prompt_set().ok().flatten(),
                     depth: 0,
+                    endpoint: None,
                 };
                 match &c.kind {
                     CheckpointKind::Adapter { base, .. } => {
@@ -371,6 +497,7 @@ pub fn scan_checkpoints(root: &Path) -> Vec<CkptRow> {
                     error: Some(one_line(&e.to_string())),
                     default_set: None,
                     depth: 0,
+                    endpoint: None,
                 });
             }
         }
@@ -389,7 +516,155 @@ pub fn scan_checkpoints(root: &Path) -> Vec<CkptRow> {
             rows.push(a);
         }
     }
+    match read_endpoints(root) {
+        Ok(list) => rows.extend(list.into_iter().map(CkptRow::for_endpoint)),
+        Err(e) => rows.push(CkptRow {
+            name: ENDPOINTS_FILE.into(),
+            path: root.join(ENDPOINTS_FILE).display().to_string(),
+            info: None,
+            error: Some(e),
+            default_set: None,
+            depth: 0,
+            endpoint: None,
+        }),
+    }
     rows
+}
+
+/// The judge configurations of `<prompts>/judges/*.toml`, each with what it runs on and, when
+/// it cannot run here, why (a file that does not parse, an API key that is not set, a missing
+/// model).
+pub fn scan_judges(prompts: &Path, checkpoints: &Path) -> Vec<JudgeRow> {
+    use crate::judge::JudgeConfig;
+    let dir = prompts.join("judges");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match JudgeConfig::read(&path) {
+                Ok(config) => {
+                    let (kind, detail, unavailable) = describe_judge(&config, checkpoints);
+                    JudgeRow {
+                        name,
+                        path,
+                        kind,
+                        detail,
+                        config: Some(config),
+                        unavailable,
+                    }
+                }
+                Err(e) => JudgeRow {
+                    name,
+                    path,
+                    kind: "?".into(),
+                    detail: String::new(),
+                    config: None,
+                    unavailable: Some(one_line(&e.to_string())),
+                },
+            }
+        })
+        .collect()
+}
+
+/// A judge's kind, what it runs on, and why it cannot run here (if it cannot).
+fn describe_judge(
+    config: &crate::judge::JudgeConfig,
+    checkpoints: &Path,
+) -> (String, String, Option<String>) {
+    use crate::judge::JudgeConfig;
+    match config {
+        JudgeConfig::Embedding { model } => {
+            let found = Path::new(model).is_dir() || checkpoints.join(model).is_dir();
+            let why = (!found).then(|| {
+                format!(
+                    "the embedding model {model} is not in {} (scripts/fetch-checkpoints.sh fetches it)",
+                    checkpoints.display()
+                )
+            });
+            ("embedding".into(), model.clone(), why)
+        }
+        JudgeConfig::Lexical { metric } => {
+            let m = serde_json::to_value(metric)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            ("lexical".into(), m, None)
+        }
+        JudgeConfig::Rubric(cfg) | JudgeConfig::Aspects(cfg) => {
+            let kind = if matches!(config, JudgeConfig::Rubric(_)) {
+                "rubric"
+            } else {
+                "aspects"
+            };
+            let (detail, why) = match (&cfg.checkpoint, &cfg.endpoint) {
+                (_, Some(e)) => {
+                    let missing = e.api_key_env.as_ref().filter(|var| {
+                        !std::env::var(var.as_str()).is_ok_and(|v| !v.trim().is_empty())
+                    });
+                    (
+                        format!("{} @ {}", e.model, e.base_url),
+                        missing.map(|var| {
+                            format!(
+                                "needs an API key in ${var}, which is not set: export {var} before starting humanlm, or pick a local judge"
+                            )
+                        }),
+                    )
+                }
+                (Some(spec), None) => {
+                    let why = match Endpoint::parse_spec(spec) {
+                        Some(_) => None,
+                        None => Checkpoint::resolve(spec, checkpoints)
+                            .err()
+                            .map(|e| one_line(&e.to_string())),
+                    };
+                    (spec.clone(), why)
+                }
+                (None, None) => (
+                    String::new(),
+                    Some("names neither `checkpoint` nor `[endpoint]`".into()),
+                ),
+            };
+            (kind.into(), detail, why)
+        }
+    }
+}
+
+/// A training pass, its steps reported as they come.
+pub fn train(
+    job: u64,
+    cfg: &crate::train::TrainConfig,
+    out: &Path,
+    resume: bool,
+    checkpoints: &Path,
+    cancel: &std::sync::atomic::AtomicBool,
+    tx: &Tx,
+) {
+    use crate::train::TrainEvent;
+    let send = |msg: TrainMsg| tx.send(Action::Train { job, msg });
+    let r = crate::train::run(cfg, out, checkpoints, resume, Some(cancel), &mut |e| {
+        send(match e {
+            TrainEvent::Data { examples, skipped } => TrainMsg::Data {
+                examples,
+                skipped: skipped.len(),
+            },
+            TrainEvent::Note(n) => TrainMsg::Note(n.to_string()),
+            TrainEvent::Step(s) => TrainMsg::Step(Box::new(s.clone())),
+            TrainEvent::Saved(p) => TrainMsg::Saved(p.to_path_buf()),
+        })
+    });
+    send(TrainMsg::Finished(r.map_err(|e| one_line(&e.to_string()))));
 }
 
 fn short_hash(text: &str) -> String {

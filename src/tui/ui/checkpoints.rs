@@ -1,13 +1,14 @@
-//! Checkpoints (`m`): every checkpoint with its metadata, adapters under their base; Enter loads
-//! one in the background and Simulate switches to it when it is ready.
+//! Checkpoints (`m`): every checkpoint with its metadata, adapters under their base, and the
+//! endpoints of `checkpoints/endpoints.toml`; Enter loads one in the background (an endpoint is
+//! asked for its models) and Simulate switches to it when it is ready; `a` adds an endpoint.
 
-use super::{dim, pane, spinner, ACCENT, BAD, GOOD, WARN};
-use crate::tui::app::{App, TICKS_PER_S};
+use super::{centered, dim, pane, spinner, ACCENT, BAD, GOOD, WARN};
+use crate::tui::app::{App, EndpointForm, ENDPOINT_FIELDS, TICKS_PER_S};
 use crate::tui::text;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, TableState, Wrap};
 use ratatui::Frame;
 
 /// `135M`, `1.5B`.
@@ -54,6 +55,9 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
             format!("{} reading checkpoints…", spinner(app))
         };
         f.render_widget(Paragraph::new(Line::styled(msg, dim())).block(block), list);
+        if let Some(form) = &app.ckpts.form {
+            draw_form(f, body, form);
+        }
         return;
     }
     // Narrow terminals leave out the dtype and size (the details below show them).
@@ -65,7 +69,7 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
         .rows
         .iter()
         .map(|r| {
-            let name = format!("{}{}", if r.depth > 0 { "  └ " } else { "" }, r.name);
+            let name = format!("{}{}", if r.depth > 0 { "  └ " } else { "" }, r.label());
             let state = if loaded == Some(r.name.as_str()) {
                 Span::styled("● loaded", Style::default().fg(GOOD))
             } else if r.unsupported().is_some() {
@@ -78,6 +82,26 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
             } else {
                 Span::raw("")
             };
+            if let Some(e) = &r.endpoint {
+                let key = e
+                    .api_key_env
+                    .as_ref()
+                    .map_or_else(|| "no key".to_string(), |v| format!("${v}"));
+                return Row::new(keep(
+                    vec![
+                        Cell::from(name),
+                        Cell::from("http"),
+                        Cell::from("remote"),
+                        Cell::from("—"),
+                        Cell::from(key),
+                        Cell::from("—"),
+                        Cell::from("—"),
+                        Cell::from(crate::prompts::DEFAULT_SET),
+                        Cell::from(Line::from(state)),
+                    ],
+                    narrow,
+                ));
+            }
             match (&r.info, &r.error) {
                 (Some(i), _) => Row::new(keep(
                     vec![
@@ -160,6 +184,18 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
                 )),
             ]));
         }
+        if let Some(e) = &r.endpoint {
+            lines.push(Line::from(vec![
+                Span::styled("endpoint ", dim()),
+                Span::raw(format!(
+                    "model {} · API key {} · OpenAI-compatible (vLLM, llama.cpp, humanlm serve)",
+                    e.model,
+                    e.api_key_env
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), |v| format!("from ${v}")),
+                )),
+            ]));
+        }
         if let Some(e) = &r.error {
             lines.push(Line::styled(e.clone(), Style::default().fg(BAD)));
         }
@@ -199,4 +235,65 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
             .block(pane(" Details ", false)),
         detail,
     );
+    if let Some(form) = &app.ckpts.form {
+        draw_form(f, body, form);
+    }
+}
+
+/// The add-an-endpoint popup: three fields, the focused one with a cursor, and what is wrong.
+fn draw_form(f: &mut Frame, body: Rect, form: &EndpointForm) {
+    let r = centered(body, 74, 14);
+    f.render_widget(Clear, r);
+    let block = Block::bordered()
+        .border_style(Style::default().fg(ACCENT))
+        .title(Line::from(" Add an endpoint ").style(Style::default().add_modifier(Modifier::BOLD)))
+        .title_bottom(Line::from(" Tab next · Enter add · Esc cancel ").right_aligned());
+    let inner = block.inner(r);
+    let hints = [
+        "http://127.0.0.1:8000/v1",
+        "the id the server serves",
+        "optional: e.g. OPENAI_API_KEY",
+    ];
+    let room = (inner.width as usize).saturating_sub(11);
+    let mut lines = vec![];
+    for (i, label) in ENDPOINT_FIELDS.iter().enumerate() {
+        let focused = form.focus == i;
+        let value = &form.fields[i];
+        let mut spans = vec![Span::styled(
+            format!(" {label:<9}"),
+            if focused {
+                Style::default().fg(ACCENT).add_modifier(Modifier::BOLD)
+            } else {
+                dim()
+            },
+        )];
+        if value.is_empty() && !focused {
+            spans.push(Span::styled(hints[i], dim()));
+        } else {
+            // The end of a long value stays in view while typing.
+            let shown: String = {
+                let chars: Vec<char> = value.chars().collect();
+                let skip = chars.len().saturating_sub(room.saturating_sub(1));
+                chars[skip..].iter().collect()
+            };
+            spans.push(Span::raw(shown));
+            if focused {
+                spans.push(Span::styled("▌", Style::default().fg(ACCENT)));
+                if value.is_empty() {
+                    spans.push(Span::styled(format!(" {}", hints[i]), dim()));
+                }
+            }
+        }
+        lines.push(Line::from(spans));
+    }
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        " Any OpenAI-compatible server (vLLM, llama.cpp, humanlm serve). The key stays in its variable; checkpoints/endpoints.toml keeps the URL, model and variable name.",
+        dim(),
+    ));
+    if let Some(e) = &form.error {
+        lines.push(Line::styled(format!(" ✗ {e}"), Style::default().fg(BAD)));
+    }
+    f.render_widget(block, r);
+    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
 }

@@ -23,6 +23,97 @@ const CHART: [&str; 7] = [
 ];
 
 pub fn draw(f: &mut Frame, app: &App, body: Rect) {
+    draw_screen(f, app, body);
+    if let Some(sel) = app.eval.picker {
+        draw_picker(f, app, body, sel);
+    }
+}
+
+/// The judge picker (`r`): every judge of `prompts/judges/` with its kind and what it runs on;
+/// one that cannot run here says why instead of starting.
+fn draw_picker(f: &mut Frame, app: &App, body: Rect, sel: usize) {
+    let rows = app.eval.judges.as_deref().unwrap_or(&[]);
+    let h = (rows.len() as u16 + 7).clamp(8, body.height);
+    let r = super::centered(body, 96, h);
+    f.render_widget(ratatui::widgets::Clear, r);
+    let block = ratatui::widgets::Block::bordered()
+        .border_style(Style::default().fg(ACCENT))
+        .title(
+            Line::from(format!(
+                " Judge for an evaluation of {} over {} ",
+                text::truncate(&app.checkpoint, 40),
+                app.paths.scenarios.display()
+            ))
+            .style(Style::default().add_modifier(Modifier::BOLD)),
+        )
+        .title_bottom(Line::from(" ↑↓ choose · Enter start · Esc close ").right_aligned());
+    let inner = block.inner(r);
+    f.render_widget(block, r);
+    if app.eval.judges.is_none() {
+        f.render_widget(
+            Paragraph::new(Line::styled(
+                format!("{} reading prompts/judges/…", spinner(app)),
+                dim(),
+            )),
+            inner,
+        );
+        return;
+    }
+    if rows.is_empty() {
+        f.render_widget(
+            Paragraph::new(Line::styled(
+                "no judge files in prompts/judges/ (*.toml)",
+                Style::default().fg(WARN),
+            )),
+            inner,
+        );
+        return;
+    }
+    let [list, why] = Layout::vertical([Constraint::Min(1), Constraint::Length(2)]).areas(inner);
+    let table_rows: Vec<Row> = rows
+        .iter()
+        .map(|j| {
+            Row::new(vec![
+                Cell::from(j.name.clone()),
+                Cell::from(j.kind.clone()),
+                Cell::from(j.detail.clone()),
+                Cell::from(match &j.unavailable {
+                    None => Span::styled("ready", Style::default().fg(GOOD)),
+                    Some(_) => Span::styled("unavailable", Style::default().fg(BAD)),
+                }),
+            ])
+        })
+        .collect();
+    let table = Table::new(
+        table_rows,
+        [
+            Constraint::Length(16),
+            Constraint::Length(10),
+            Constraint::Min(10),
+            Constraint::Length(11),
+        ],
+    )
+    .header(
+        Row::new(vec!["JUDGE", "KIND", "RUNS ON", ""])
+            .style(Style::default().fg(ACCENT).add_modifier(Modifier::BOLD)),
+    )
+    .row_highlight_style(Style::default().bg(ACCENT).fg(Color::Black));
+    let mut state = TableState::default().with_selected(Some(sel));
+    f.render_stateful_widget(table, list, &mut state);
+    let line = match rows.get(sel).and_then(|j| j.unavailable.as_ref()) {
+        Some(w) => Line::styled(format!("✗ {w}"), Style::default().fg(BAD)),
+        None => Line::styled(
+            "scores every reply (and each state in humanlm mode) against the real reply",
+            dim(),
+        ),
+    };
+    f.render_widget(
+        Paragraph::new(line).wrap(ratatui::widgets::Wrap { trim: true }),
+        why,
+    );
+}
+
+fn draw_screen(f: &mut Frame, app: &App, body: Rect) {
     let progress_h = u16::from(app.eval.progress.is_some());
     let [progress, rest] =
         Layout::vertical([Constraint::Length(progress_h), Constraint::Min(0)]).areas(body);
@@ -78,7 +169,7 @@ fn draw_runs(f: &mut Frame, app: &App, area: Rect) {
     );
     if app.eval.runs.is_empty() {
         let msg = if app.eval.scanned {
-            "no evaluation runs yet: r starts one over scenarios/ (embedding judge)"
+            "no evaluation runs yet: r chooses a judge and starts one over scenarios/"
         } else {
             "reading runs…"
         };

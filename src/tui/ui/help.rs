@@ -20,7 +20,11 @@ pub fn lines() -> Vec<Line<'static>> {
         Ctx::Prompts,
         Ctx::Compare,
         Ctx::Blind,
+        Ctx::EndpointForm,
         Ctx::Eval,
+        Ctx::JudgePicker,
+        Ctx::Train,
+        Ctx::TrainEdit,
     ] {
         if !out.is_empty() {
             out.push(Line::raw(""));
@@ -46,6 +50,14 @@ pub fn lines() -> Vec<Line<'static>> {
     ));
     out.push(Line::styled(
         "HUMANLM_TUI_MAX_TOKENS caps every call's new tokens; HUMANLM_DEVICE picks cpu or cuda:N.",
+        dim(),
+    ));
+    out.push(Line::styled(
+        "Endpoints added with a are kept in checkpoints/endpoints.toml (URL, model, key variable).",
+        dim(),
+    ));
+    out.push(Line::styled(
+        "Train writes checkpoints/NAME (a LoRA adapter) with events.jsonl, one line per step.",
         dim(),
     ));
     out

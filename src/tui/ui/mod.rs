@@ -8,6 +8,7 @@ pub mod help;
 pub mod prompt_view;
 pub mod prompts;
 pub mod simulate;
+pub mod train;
 
 use super::app::{App, JobKind, JudgeState, Level, RunStatus, Screen};
 use super::text;
@@ -74,6 +75,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         Screen::Prompts => prompts::draw(f, app, body),
         Screen::Compare => compare::draw(f, app, body),
         Screen::Eval => eval::draw(f, app, body),
+        Screen::Train => train::draw(f, app, body),
     }
     draw_status(f, app, status);
     draw_hints(f, app, hints);
@@ -263,6 +265,19 @@ fn activity_line(app: &App) -> Line<'static> {
     if app.job(JobKind::Compare).is_some() {
         return Line::from(format!(" {spin} comparing · Esc cancel (on Compare)"));
     }
+    if let Some(run) = app.train.run.as_ref().filter(|r| r.running()) {
+        let step = run.events.last().map_or(0, |e| e.step);
+        let what = if run.stopping {
+            "stopping (saving a checkpoint)".to_string()
+        } else {
+            format!("step {step}/{} · Esc stops (on Train)", run.steps)
+        };
+        return Line::from(format!(
+            " {spin} training {} {} · {what}",
+            run.method.name(),
+            run.name
+        ));
+    }
     if let Some(run) = &app.sim {
         let secs = run.finished.unwrap_or(app.tick).saturating_sub(run.started) as f64
             / super::app::TICKS_PER_S as f64;
@@ -333,6 +348,7 @@ fn draw_hints(f: &mut Frame, app: &App, area: Rect) {
             ("p", "prompts"),
             ("c", "compare"),
             ("e", "eval"),
+            ("t", "train"),
         ],
         Screen::PromptView => &[
             ("Tab", "next call"),
@@ -341,8 +357,16 @@ fn draw_hints(f: &mut Frame, app: &App, area: Rect) {
             ("Esc", "back"),
             ("?", "help"),
         ],
+        Screen::Checkpoints if app.ckpts.form.is_some() => &[
+            ("type", "value"),
+            ("Tab", "field"),
+            ("Enter", "add"),
+            ("Esc", "cancel"),
+        ],
         Screen::Checkpoints => &[
             ("Enter", "load"),
+            ("a", "add endpoint"),
+            ("x", "remove endpoint"),
             ("r", "rescan"),
             ("Esc", "back"),
             ("?", "help"),
@@ -375,12 +399,46 @@ fn draw_hints(f: &mut Frame, app: &App, area: Rect) {
             ("Esc", "back"),
         ],
         Screen::Eval if app.eval.drill.is_some() => &[("↑↓", "sample"), ("Esc", "back to runs")],
+        Screen::Eval if app.eval.picker.is_some() => &[
+            ("↑↓", "judge"),
+            ("Enter", "start"),
+            ("R", "reread"),
+            ("Esc", "close"),
+        ],
         Screen::Eval => &[
             ("r", "run eval"),
             ("Enter", "samples"),
             ("↑↓", "run"),
             ("R", "rescan"),
             ("Esc", "cancel/back"),
+        ],
+        Screen::Train if app.train.form.editing => &[
+            ("type", "value"),
+            ("Backspace", "delete"),
+            ("Enter", "done"),
+        ],
+        Screen::Train if app.train.show_run && app.train.run.is_some() => {
+            match app.train.run.as_ref().map(|r| &r.status) {
+                Some(super::app::TrainStatus::Running) => &[
+                    ("Esc", "stop (saves a checkpoint)"),
+                    ("f", "form"),
+                    ("?", "help"),
+                ],
+                _ => &[
+                    ("L", "use the adapter"),
+                    ("Enter", "new pass"),
+                    ("r", "run again"),
+                    ("Esc", "back"),
+                ],
+            }
+        }
+        Screen::Train => &[
+            ("↑↓", "field"),
+            ("←→", "choose"),
+            ("Enter", "edit"),
+            ("r", "start"),
+            ("f", "run view"),
+            ("Esc", "back"),
         ],
     };
     let mut spans = vec![Span::raw(" ")];

@@ -573,7 +573,7 @@ fn reply_lines(
         } else {
             let words = t.split_whitespace().count();
             lines.push(Line::styled(
-                format!("<think> {words} words, folded (t) </think>"),
+                format!("<think> {words} words, folded (T) </think>"),
                 dim(),
             ));
         }
