@@ -2,8 +2,11 @@
 # What runs on the GPU machine (from the root of the copied tree; nothing is built there).
 #
 #   scripts/gpu/run.sh stage            unpack the bundle parts that came with this call
-#   scripts/gpu/run.sh [GPU-CHECK ARGS] unpack, then run `humanlm gpu-check` on cuda at the real
-#                                       sizes; extra arguments go to gpu-check
+#   scripts/gpu/run.sh                  unpack, then run `humanlm gpu-check` on cuda at the real
+#                                       sizes (bf16; Qwen3-0.6B and 8B; prompt 512; batches 1
+#                                       and 8; 128 decoded tokens; training 4 x 512)
+#   scripts/gpu/run.sh GPU-CHECK ARGS   the same with these arguments instead of those sizes
+#                                       (e.g. --device cpu --shapes tiny-qwen3 ... for a dry run)
 #
 # The bundle (scripts/gpu/build.sh) travels in two calls, because a call carries at most 64 MiB:
 #   call 1: carry gpu-bundle/a (first slice of the default GGUF), command `scripts/gpu/run.sh stage`
@@ -63,14 +66,32 @@ else
   MODEL=(--no-default-model)
   NOTE="default checkpoint not on this machine (part a was not staged before this call)"
 fi
+SIZES=(--device cuda --dtype bf16 --shapes qwen3-0.6b,qwen3-8b --prompt 512 --batches 1,8
+       --decode 128 --train-batch 4x512)
+[ $# -gt 0 ] && SIZES=("$@")
 set -x
-"$STAGE/humanlm" gpu-check --device cuda --dtype bf16 "${MODEL[@]}" \
-  --shapes qwen3-0.6b,qwen3-8b --prompt 512 --batches 1,8 --decode 128 --train-batch 4x512 \
-  --out "$DEST/gpu-check.json" \
+"$STAGE/humanlm" gpu-check "${SIZES[@]}" "${MODEL[@]}" --out "$DEST/gpu-check.json" \
   --meta "nvidia_smi=$SMI" --meta "host_cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
-  --meta "bundle=$NOTE" --meta "runner=scripts/gpu/run.sh $*" "$@" \
-  2> >(tee "$DEST/gpu-check.log" >&2)
+  --meta "bundle=$NOTE" --meta "runner=scripts/gpu/run.sh $*" \
+  > /dev/null 2> >(tee "$DEST/gpu-check.log" >&2)
 rc=$?
 set +x
+# The summary on stdout is the same as the file; print a digest of it instead.
+python3 - "$DEST/gpu-check.json" <<'PY' || true
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("card:", d.get("card"), "| candle", d.get("candle_version"), "| dtype", d.get("dtype"))
+for k, p in d.get("parity", {}).items():
+    print(f"parity {k}:", p.get("skipped") or p.get("error") or
+          f"pass={p.get('pass')} rel={p.get('rel_diff'):.4f} top1 {p.get('top1_agree')}/{p.get('positions')}")
+for shape, t in d.get("throughput", {}).items():
+    inf = t.get("inference", {})
+    parts = [f"{kind} b{r['batch']} {r['tok_per_s']:.0f}" for kind in ("prefill", "decode") for r in inf.get(kind, [])]
+    tr = t.get("train", {})
+    parts.append(f"train {tr['tok_per_s']:.0f}" if "tok_per_s" in tr else f"train: {tr.get('error')}")
+    print(f"{shape}:", t.get("error") or inf.get("error") or ", ".join(parts), "tok/s")
+for x in d.get("targets", []):
+    print("target", x["shape"], x["metric"], ">=", x["target_tok_per_s"], "measured", x["measured_tok_per_s"], "met", x["met"])
+PY
 echo "run.sh: gpu-check exited with $rc; summary in $DEST/gpu-check.json"
 exit $rc
