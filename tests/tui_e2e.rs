@@ -221,6 +221,42 @@ fn workbench_end_to_end() {
     });
     assert!(screen.contains("quit (Ctrl-C too)"), "{screen}");
     assert!(screen.contains("prompt the model saw"), "{screen}");
+    // Each key waits for the screen to answer it: an Esc followed at once by a letter would
+    // read as Alt+letter.
+    t.keys(&["Escape"]);
+    t.wait("the help to close", Duration::from_secs(10), |s| {
+        !s.contains("Help · keys")
+    });
+
+    // Eval's r lists the shipped judges (read by a worker from prompts/judges/).
+    t.keys(&["e"]);
+    t.wait("the Eval screen", Duration::from_secs(20), |s| {
+        s.contains("Runs ·")
+    });
+    t.keys(&["r"]);
+    let screen = t.wait("the judge picker", Duration::from_secs(20), |s| {
+        s.contains("Judge for an evaluation") && s.contains("rouge-l")
+    });
+    assert!(screen.contains("embedding"), "{screen}");
+    t.keys(&["Escape"]);
+    t.wait("the picker to close", Duration::from_secs(10), |s| {
+        !s.contains("Judge for an evaluation")
+    });
+
+    // The Train screen's form, with the checkpoint in use as its base.
+    t.keys(&["t"]);
+    let screen = t.wait("the Train form", Duration::from_secs(20), |s| {
+        s.contains("a short LoRA pass") && s.contains("smollm2-135m-instruct-sft-lora")
+    });
+    assert!(screen.contains("base checkpoint"), "{screen}");
+    t.keys(&["Escape"]);
+    t.wait("Simulate again", Duration::from_secs(10), |s| {
+        !s.contains("a short LoRA pass")
+    });
+    t.keys(&["?"]);
+    t.wait("the help again", Duration::from_secs(10), |s| {
+        s.contains("Help · keys")
+    });
 
     // q quits and gives the terminal back.
     t.keys(&["q"]);

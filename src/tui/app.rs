@@ -809,7 +809,7 @@ pub struct TrainRun {
     pub examples: Option<(usize, usize)>,
     /// Notes and saved checkpoints, newest last.
     pub log: Vec<String>,
-    /// The last checkpoint the trainer saved (what `L` loads after a stop).
+    /// The last checkpoint folder the trainer reported saving.
     pub saved: Option<PathBuf>,
     pub status: TrainStatus,
     /// Esc was pressed: the trainer is saving a checkpoint before it stops.

@@ -2306,22 +2306,23 @@ fn train_msg(app: &mut App, job: u64, msg: TrainMsg, fx: &mut Vec<Effect>) {
     }
 }
 
-/// `L`: the adapter the pass wrote (or its last checkpoint, after a stop) becomes the
+/// `L`: the adapter the pass wrote (after the end or a stop) becomes the
 /// checkpoint in use; Simulate switches to it once it has loaded.
 fn load_adapter(app: &mut App, fx: &mut Vec<Effect>) {
     let Some(run) = &app.train.run else {
         app.info("no training pass yet: r starts one");
         return;
     };
-    let path = match (&run.status, &run.saved) {
-        (TrainStatus::Done, _) => run.out.clone(),
-        (TrainStatus::Cancelled(_), Some(p)) => p.clone(),
-        (TrainStatus::Running, _) => {
+    // A stop saves checkpoint-N and refreshes the adapter at the top of the output folder, so
+    // after a stop as after the end, the folder itself is the newest adapter.
+    let path = match &run.status {
+        TrainStatus::Done | TrainStatus::Cancelled(_) => run.out.clone(),
+        TrainStatus::Running => {
             app.info("the pass is still running (Esc stops it and saves a checkpoint)");
             return;
         }
-        _ => {
-            app.info("this pass left no adapter to load");
+        TrainStatus::Failed(_) => {
+            app.info("this pass failed: its last saved checkpoint, if any, is in the Checkpoints list (m)");
             return;
         }
     };

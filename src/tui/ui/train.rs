@@ -340,10 +340,8 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
                 format!(" stopped at step {step}"),
                 Style::default().fg(WARN),
             ),
-            Span::raw(match &run.saved {
-                Some(p) => format!(" · checkpoint {} · L uses it", p.display()),
-                None => " · no checkpoint was saved".to_string(),
-            }),
+            Span::raw(format!(" · saved in {}", run.out.display())),
+            Span::styled(" · L uses it", Style::default().fg(ACCENT)),
         ]),
         TrainStatus::Failed(e) => Line::styled(format!(" ✗ {e}"), Style::default().fg(BAD)),
     };
