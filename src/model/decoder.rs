@@ -692,7 +692,11 @@ impl Decoder {
                 let (_, nkv, p, hd) = pk.dims4()?;
                 let pk = pk.broadcast_as((b, nkv, p, hd))?;
                 let pv = pv.broadcast_as((b, nkv, p, hd))?;
-                (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+                // cat along a later dim may return a transposed view; matmul wants rows.
+                (
+                    Tensor::cat(&[&pk, &k], 2)?.contiguous()?,
+                    Tensor::cat(&[&pv, &v], 2)?.contiguous()?,
+                )
             }
             Past::Cache(c) => {
                 c.store(li, &k, &v)?;
