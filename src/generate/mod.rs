@@ -54,6 +54,10 @@ pub struct Sample {
     pub stop_reason: StopReason,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_string: Option<String>,
+    /// The end-of-sequence token that ended the sample (a tokenizer may have several), so
+    /// training can score exactly the sequence that was sampled.
+    #[serde(skip)]
+    pub eos_token: Option<u32>,
 }
 
 /// The result of one `generate` call.
@@ -91,6 +95,7 @@ struct Row {
     stop: StopMatcher,
     sampler: Sampler,
     done: Option<(StopReason, Option<String>)>,
+    eos: Option<u32>,
     text: String,
 }
 
@@ -154,6 +159,7 @@ pub fn generate(
             stop: StopMatcher::new(&params.stop, params.keep_stop),
             sampler: Sampler::new(params, params.seed.wrapping_add(i as u64)),
             done: None,
+            eos: None,
             text: String::new(),
         })
         .collect();
@@ -185,6 +191,7 @@ pub fn generate(
             }
             if !params.ignore_eos && tok.eos_ids.contains(&token) {
                 row.done = Some((StopReason::Eos, None));
+                row.eos = Some(token);
             } else {
                 row.ids.push(token);
                 let full = tok.decode(&row.ids)?;
@@ -251,6 +258,7 @@ pub fn generate(
                 token_ids: r.ids,
                 stop_reason,
                 stop_string,
+                eos_token: r.eos,
             }
         })
         .collect();
@@ -291,6 +299,7 @@ fn cancelled_during_prefill(
                 tokens: 0,
                 stop_reason: StopReason::Cancelled,
                 stop_string: None,
+                eos_token: None,
             })
             .collect(),
         prompt_tokens,

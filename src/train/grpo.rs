@@ -194,7 +194,6 @@ pub(super) fn train(
     let set = Arc::new(PromptSet::load(&set.name, &crate::prompts::default_root())?);
     let reward = g.reward.build(checkpoints, set)?;
     on_event(TrainEvent::Note(&format!("reward: {}", reward.name())));
-    let eos = t.model.tokenizer.eos_ids.first().copied();
     let batch = t.cfg.batch.max(1);
     for step in t.start..t.cfg.steps {
         t.check_cancel(cancel, step)?;
@@ -234,10 +233,9 @@ pub(super) fn train(
                     ""
                 };
                 let full = format!("{}{}{stop}", ex.prefill, s.text);
+                // The sampled end-of-sequence token is part of what the policy chose.
                 let mut seq = s.token_ids;
-                if s.stop_reason == StopReason::Eos {
-                    seq.extend(eos);
-                }
+                seq.extend(s.eos_token);
                 rollouts.push(Rollout {
                     value: parse_rollout(ex, &full),
                     text: full,
