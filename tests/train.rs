@@ -217,6 +217,8 @@ fn resume_continues_exactly() {
     let mut cfg = sft_config(data.path());
     cfg.steps = 4;
     cfg.targets = vec!["q_proj".into(), "v_proj".into()];
+    // Dropout masks come from a generator seeded per micro-batch, so they repeat on resume.
+    cfg.dropout = 0.1;
     let straight = tmp.path().join("straight");
     run(
         &cfg,
@@ -550,4 +552,168 @@ fn grpo_stops_resumably_when_the_judge_fails() {
         "{e}"
     );
     assert!(out.join("checkpoint-0/trainer_state.json").is_file());
+}
+
+/// `--data` trains straight from a HUMANUAL file: its usable rows become examples and the
+/// unusable ones are reported, through the real binary.
+#[test]
+fn sft_from_a_humanual_file() {
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_humanlm"))
+        .args(["--checkpoints-dir"])
+        .arg(common::checkpoints())
+        .args([
+            "train",
+            "sft",
+            "--checkpoint",
+            "smollm2-135m-instruct",
+            "--data",
+        ])
+        .arg(common::fixture("humanual/rows.jsonl"))
+        .args([
+            "--domain",
+            "opinion",
+            "--steps",
+            "1",
+            "--targets",
+            "q_proj",
+            "--out",
+        ])
+        .arg(out.path().join("a"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("3 training examples; skipped 2"),
+        "{stdout}"
+    );
+    assert!(out.path().join("a/adapter_model.safetensors").is_file());
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("a/checkpoint-1/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["config"]["data"]["kind"], "humanual");
+    // A domain it does not know is refused in one line.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_humanlm"))
+        .args([
+            "train",
+            "sft",
+            "--checkpoint",
+            "smollm2-135m-instruct",
+            "--data",
+        ])
+        .arg(common::fixture("humanual/rows.jsonl"))
+        .args(["--domain", "sports", "--out"])
+        .arg(out.path().join("b"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(err.contains("unknown domain 'sports'"), "{err}");
+}
+
+/// SFT-think: the judge's model writes a trace per scenario, cached in the run folder (a resumed
+/// run asks for none again), and the target becomes <think>trace</think><response>reply</response>.
+#[test]
+fn sft_think_writes_caches_and_trains_on_traces() {
+    let data = tempfile::tempdir().unwrap();
+    tiny_dataset(data.path());
+    for id in ["tea", "bikes"] {
+        std::fs::remove_file(data.path().join(format!("{id}.toml"))).unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let judge = tmp.path().join("writer.toml");
+    std::fs::write(
+        &judge,
+        "kind = \"rubric\"\ncheckpoint = \"smollm2-135m-instruct\"\nretries = 1\nbackoff_s = 0.0\n[sampling]\ntemperature = 0.0\nmax_tokens = 48\n",
+    )
+    .unwrap();
+    let mut cfg = TrainConfig::new(
+        Method::Sft {
+            think: Some(humanlm::train::ThinkConfig {
+                judge: judge.clone(),
+            }),
+        },
+        "smollm2-135m-instruct",
+        Data::Scenarios {
+            path: data.path().into(),
+        },
+    );
+    // The instruct set pre-fills the reply's tag, leaving no room for a thinking block.
+    let out = tmp.path().join("think");
+    let e = run(&cfg, &out, &common::checkpoints(), false, None, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pre-fills"), "{e}");
+    std::fs::remove_dir_all(&out).unwrap();
+    cfg.prompts = Some("humanlm".into());
+    cfg.targets = vec!["q_proj".into()];
+    cfg.steps = 2;
+    cfg.save_every = 1;
+    let stop = AtomicBool::new(false);
+    let mut notes = 0;
+    let e = run(
+        &cfg,
+        &out,
+        &common::checkpoints(),
+        false,
+        Some(&stop),
+        &mut |e| match e {
+            TrainEvent::Note(n) if n.contains("thinking trace") => notes += 1,
+            TrainEvent::Step(_) => stop.store(true, Ordering::Relaxed),
+            _ => {}
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("interrupted at step 1"), "{e}");
+    assert_eq!(notes, 2);
+    let traces = std::fs::read_to_string(out.join("traces.jsonl")).unwrap();
+    assert_eq!(traces.lines().count(), 2);
+    for l in traces.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let t = v["trace"].as_str().unwrap();
+        assert!(!t.trim().is_empty() && !t.contains("<think>"), "{t}");
+    }
+    // Resumed: the cached traces are used, none is asked for again.
+    let mut notes = 0;
+    run(&cfg, &out, &common::checkpoints(), true, None, &mut |e| {
+        if let TrainEvent::Note(n) = e {
+            notes += usize::from(n.contains("thinking trace"));
+        }
+    })
+    .unwrap();
+    assert_eq!(notes, 0);
+    // The examples target the trace then the reply.
+    let model = common::default_model();
+    let set =
+        humanlm::prompts::PromptSet::load("humanlm", &humanlm::prompts::default_root()).unwrap();
+    let scenarios = Data::Scenarios {
+        path: data.path().into(),
+    }
+    .load()
+    .unwrap()
+    .0;
+    let by_id: std::collections::HashMap<String, String> = traces
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["scenario"].as_str().unwrap().to_string(),
+                v["trace"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let (ex, _) =
+        humanlm::train::sft_examples(model, &set, &scenarios, 4096, Some(&by_id)).unwrap();
+    assert_eq!(ex.len(), 2);
+    let text = model.tokenizer.decode(&ex[0].target).unwrap();
+    assert!(
+        text.starts_with("<think>") && text.contains("</think>\n<response>"),
+        "{text}"
+    );
 }

@@ -292,3 +292,51 @@ pub fn parse_peft_key(key: &str) -> Option<(String, char)> {
 pub fn peft_key(module: &str, which: char) -> String {
     format!("base_model.model.{module}.lora_{which}.weight")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_zeroes_about_p_scales_the_rest_and_repeats_with_its_seed() {
+        let d = Dropout::new(0.25);
+        let x = Tensor::ones((64, 64), DType::F32, &Device::Cpu).unwrap();
+        let off: Vec<f32> = d
+            .apply(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(off.iter().all(|&v| v == 1.0), "off by default");
+        d.set(Some(9));
+        let a: Vec<f32> = d
+            .apply(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let zeros = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        assert!((zeros - 0.25).abs() < 0.03, "{zeros}");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        d.set(Some(9));
+        let b: Vec<f32> = d
+            .apply(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b, "the same seed draws the same mask");
+        d.set(None);
+        let c: Vec<f32> = d
+            .apply(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(c.iter().all(|&v| v == 1.0));
+    }
+}
