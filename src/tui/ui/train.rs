@@ -380,7 +380,12 @@ fn chart(f: &mut Frame, area: Rect, title: &'static str, steps: usize, series: &
             Dataset::default()
                 .name(*name)
                 .marker(Marker::Braille)
-                .graph_type(GraphType::Line)
+                // A line needs two points; the first step shows as a dot.
+                .graph_type(if d.len() < 2 {
+                    GraphType::Scatter
+                } else {
+                    GraphType::Line
+                })
                 .style(Style::default().fg(*color))
                 .data(d)
         })
