@@ -145,6 +145,7 @@ fn a_failed_parity_check_exits_non_zero_with_the_summary() {
     assert_eq!(v["parity_pass"], Value::Bool(false));
     assert_eq!(v["parity"]["random_model"]["pass"], Value::Bool(false));
     assert!(v["parity"]["default_model"]["skipped"].is_string());
+    assert!(v["throughput"]["tiny-qwen3"]["train"]["skipped"].is_string());
 }
 
 #[test]
@@ -156,6 +157,10 @@ fn bad_input_is_one_line_and_exit_2() {
             "/nonexistent/config.json",
         ),
         (vec!["--device", "cpu", "--dtype", "f8"], "--dtype 'f8'"),
+        (
+            vec!["--device", "cpu", "--train-batch", "4x1"],
+            "--train-batch 4x1",
+        ),
         (
             vec!["--device", "cpu", "--checkpoint", "/nonexistent.gguf"],
             "/nonexistent.gguf",

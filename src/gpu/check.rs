@@ -481,6 +481,13 @@ pub fn run(a: GpuCheckArgs, checkpoints: &Path) -> anyhow::Result<()> {
         shapes.push((label, cfg));
     }
     random::resolve_shape(&a.parity_shape)?;
+    if a.train_batch.0 > 0 && a.train_batch.1 < 2 {
+        anyhow::bail!(
+            "--train-batch {}x{}: a sequence needs at least 2 tokens (0x0 skips training)",
+            a.train_batch.0,
+            a.train_batch.1
+        );
+    }
     if a.prompt == 0 || a.batches.is_empty() || a.batches.contains(&0) {
         anyhow::bail!("--prompt and every --batches value must be positive");
     }
@@ -570,13 +577,15 @@ pub fn run(a: GpuCheckArgs, checkpoints: &Path) -> anyhow::Result<()> {
         });
         report.v["throughput"][label.as_str()] = entry;
         report.save()?;
-        if a.train_batch.0 > 0 && a.train_batch.1 > 1 {
-            let train = stage(&format!("{label}: LoRA training"), || {
+        let train = if a.train_batch.0 > 0 {
+            stage(&format!("{label}: LoRA training"), || {
                 super::train::measure_training(&dec, &a)
-            });
-            report.v["throughput"][label.as_str()]["train"] = train;
-            report.save()?;
-        }
+            })
+        } else {
+            json!({ "skipped": "--train-batch 0x…" })
+        };
+        report.v["throughput"][label.as_str()]["train"] = train;
+        report.save()?;
     }
 
     // Targets: met or not for every shape that was measured.
