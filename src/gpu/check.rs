@@ -398,7 +398,7 @@ fn prefill_and_decode(
 
 /// Prefill and decode speed of one shape at every batch size.
 fn measure_inference(dec: &Decoder, a: &GpuCheckArgs) -> anyhow::Result<Value> {
-    // Warm-up: kernel loading, cuBLAS handles and heuristics, the caching allocator.
+    // Warm-up: kernel modules load and cuBLAS sets up on first use; keep that out of the timings.
     prefill_and_decode(dec, 1, a.prompt.min(64), 2, a.seed)?;
     let mut prefill = vec![];
     let mut decode = vec![];
