@@ -81,14 +81,12 @@ pub enum Event<'a> {
     Finished { sample: usize, reason: StopReason },
 }
 
-/// Prompt tokens per prefill step.
+/// Prompt tokens per prefill step. The cancel flag is read between steps, so Esc during a long
+/// prompt waits for one step at most (well under a second for the default model on two cores).
+/// The step is the same whether or not a call can be cancelled: with a half-precision KV cache,
+/// the step size moves the last bits of the logits, and the CLI, the server and the TUI must
+/// sample the same tokens.
 const PREFILL_CHUNK: usize = 512;
-
-/// Prompt tokens per prefill step on the CPU when the call can be cancelled. The flag is read
-/// between steps, and a 512-token step of the default model takes seconds on two cores; 64
-/// tokens take a fraction of a second, so Esc during a long prefill is felt at once. GPUs keep
-/// the large step (it finishes in milliseconds there).
-const CANCELLABLE_PREFILL_CHUNK: usize = 64;
 
 struct Row {
     ids: Vec<u32>,
@@ -133,14 +131,9 @@ pub fn generate(
     let mut cache = dec.new_cache(1, capacity)?;
     // Long prompts are prefilled in chunks: attention then works on (chunk × context) score
     // matrices instead of one (prompt × prompt) matrix, half of it masked, that no cache holds.
-    let step = if cancel.is_some() && dec.device.is_cpu() {
-        CANCELLABLE_PREFILL_CHUNK
-    } else {
-        PREFILL_CHUNK
-    };
     let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     let mut logits = None;
-    for chunk in prompt.chunks(step) {
+    for chunk in prompt.chunks(PREFILL_CHUNK) {
         if cancelled() {
             return Ok(cancelled_during_prefill(n, prompt.len(), on_event));
         }
