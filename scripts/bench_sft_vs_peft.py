@@ -90,12 +90,18 @@ def main():
     config, torch_step, torch_times = peft_side(a.seq, a.steps, a.threads, a.rank)
     torch_tps = a.seq / torch_step
     ours, command = humanlm_side(config, a.seq, a.steps, a.threads, a.rank, a.binary)
-    ours_tps = ours["tokens_per_s"]
+    ours_tps = a.seq / ours["median_step_seconds"]
     ratio = ours_tps / torch_tps
     result = {
         "what": "LoRA SFT step (rank %d, alpha %d, all projections), batch 1 x %d tokens, float32, SmolLM2-135M shapes"
         % (a.rank, 2 * a.rank, a.seq),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": a.threads, "cores": os.cpu_count()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": a.threads,
+            "cores": os.cpu_count(),
+            # Other work on the machine slows both sides; recorded so a number can be judged.
+            "load_average_1m_at_end": os.getloadavg()[0],
+        },
         "humanlm": {"tokens_per_s": ours_tps, "detail": ours, "command": command},
         "pytorch_peft": {"tokens_per_s": torch_tps, "step_s_median": torch_step, "step_s": torch_times},
         "ratio_humanlm_over_pytorch": ratio,

@@ -1267,6 +1267,15 @@ fn train_cmd(
         )
         .expect("valid template"),
     );
+    // Lines above the bar; without a terminal the bar is hidden and drops them, so they go to
+    // stdout instead.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let out = crate::train::run(
         &cfg,
         &a.out,
@@ -1274,17 +1283,15 @@ fn train_cmd(
         a.resume,
         Some(&cancel),
         &mut |e| match e {
-            TrainEvent::Data { examples, skipped } => {
-                bar.println(format!(
-                    "{examples} training examples{}",
-                    if skipped.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; skipped {}: {}", skipped.len(), skipped.join("; "))
-                    }
-                ));
-            }
-            TrainEvent::Note(s) => bar.println(s),
+            TrainEvent::Data { examples, skipped } => say(format!(
+                "{examples} training examples{}",
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; skipped {}: {}", skipped.len(), skipped.join("; "))
+                }
+            )),
+            TrainEvent::Note(s) => say(s.to_string()),
             TrainEvent::Step(ev) => {
                 let reward = match (&ev.reward, ev.kl) {
                     (Some(r), Some(kl)) => {
@@ -1305,7 +1312,7 @@ fn train_cmd(
                     ev.step, ev.steps, ev.loss, ev.lr, ev.grad_norm, ev.tokens_per_s
                 );
             }
-            TrainEvent::Saved(dir) => bar.println(format!("saved {}", dir.display())),
+            TrainEvent::Saved(dir) => say(format!("saved {}", dir.display())),
         },
     );
     bar.finish_and_clear();
