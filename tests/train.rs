@@ -53,7 +53,9 @@ fn tiny_f64_with_lora() -> (humanlm::model::Model, Vec<Var>) {
         config: lora.config.clone(),
         dropout: None,
     };
-    f64_lora.attach(&mut model, Path::new("tiny")).unwrap();
+    f64_lora
+        .attach(&mut model.decoder, Path::new("tiny"))
+        .unwrap();
     (model, vars)
 }
 

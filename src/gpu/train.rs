@@ -8,13 +8,12 @@
 //! benchmark does.
 
 use super::check::GpuCheckArgs;
-use crate::model::lora::{Adapter, AdapterConfig, LoraWeights};
 use crate::model::{Decoder, Ops};
 use crate::train::optim::{self, AdamW, AdamWParams};
-use candle_core::{Tensor, Var, D};
+use crate::train::{LoraParams, LoraShape};
+use candle_core::{Tensor, D};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// The projections PEFT's benchmark adapts ("all projections").
@@ -39,55 +38,26 @@ pub fn measure_training(base: &Decoder, a: &GpuCheckArgs) -> anyhow::Result<Valu
         );
     }
     let mut dec = base.clone();
-    let (dev, dtype) = (dec.device.clone(), dec.dtype);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    // PEFT's initialisation (A uniform in ±1/√in, B zero), in the decoder's dtype: the adapter's
-    // matmuls take the layer's input as it is, as the base weights do.
-    let mut modules = BTreeMap::new();
-    let mut vars = vec![];
-    let mut trainable = 0usize;
-    let scale = 2.0; // alpha = 2·rank, PEFT's usual choice
-    for (name, in_dim, out_dim) in dec.linear_shapes() {
-        let last = name.rsplit('.').next().unwrap_or_default();
-        if !TARGETS.contains(&last) {
-            continue;
-        }
-        let bound = 1.0 / (in_dim as f64).sqrt();
-        let av: Vec<f32> = (0..a.rank * in_dim)
-            .map(|_| rng.random_range(-bound..bound) as f32)
-            .collect();
-        let at = Tensor::from_vec(av, (a.rank, in_dim), &dev)?.to_dtype(dtype)?;
-        let va = Var::from_tensor(&at)?;
-        let vb = Var::zeros((out_dim, a.rank), dtype, &dev)?;
-        trainable += a.rank * (in_dim + out_dim);
-        modules.insert(
-            name.clone(),
-            LoraWeights {
-                a: va.as_tensor().clone(),
-                b: vb.as_tensor().clone(),
-                scale,
-                dropout: None,
-            },
-        );
-        vars.push((format!("{name}.lora_A"), va));
-        vars.push((format!("{name}.lora_B"), vb));
-    }
-    let adapter = Adapter {
-        name: "gpu-check".into(),
-        dir: "<gpu-check>".into(),
-        config: AdapterConfig {
-            base_model_name_or_path: None,
-            r: a.rank,
-            lora_alpha: scale * a.rank as f64,
-            use_rslora: false,
-            target_modules: TARGETS.map(String::from).to_vec(),
-            lora_dropout: 0.0,
+    let dev = dec.device.clone();
+    // The trainer's own LoRA factors (PEFT's initialisation, in the decoder's dtype), alpha =
+    // 2·rank as PEFT's benchmark uses.
+    let lora = LoraParams::new(
+        &dec,
+        &LoraShape {
+            rank: a.rank,
+            alpha: 2.0 * a.rank as f64,
+            dropout: 0.0,
+            targets: TARGETS.map(String::from).to_vec(),
         },
-        modules,
-        peft_layout: false,
-    };
-    dec.attach_adapter(&adapter)?;
-    dec.set_active_adapter(Some("gpu-check"))?;
+        a.seed,
+        None,
+    )?;
+    lora.attach(&mut dec, std::path::Path::new("<gpu-check>"))?;
+    let vars = lora.named();
+    let trainable = lora.parameter_count();
+    let alpha = lora.config.lora_alpha;
+    let dtype = dec.dtype;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed.wrapping_add(1));
     let mut opt = AdamW::new(vars.clone(), AdamWParams::default())?;
 
     let vocab = dec.config.vocab_size as u32;
@@ -147,7 +117,7 @@ pub fn measure_training(base: &Decoder, a: &GpuCheckArgs) -> anyhow::Result<Valu
         "batch": batch,
         "seq": seq,
         "lora_rank": a.rank,
-        "lora_alpha": scale * a.rank as f64,
+        "lora_alpha": alpha,
         "targets": TARGETS,
         "trainable_parameters": trainable,
         "lora_dtype": format!("{dtype:?}").to_lowercase(),

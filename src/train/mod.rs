@@ -299,6 +299,16 @@ pub enum TrainEvent<'a> {
     Saved(&'a Path),
 }
 
+/// Which layers get LoRA factors, and how large.
+#[derive(Debug, Clone)]
+pub struct LoraShape {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// HF module names' last parts (`q_proj`, ..., `down_proj`).
+    pub targets: Vec<String>,
+}
+
 /// The trainable LoRA factors, by HF module name.
 pub struct LoraParams {
     pub vars: Vec<(String, Var, Var)>,
@@ -308,48 +318,79 @@ pub struct LoraParams {
 }
 
 impl LoraParams {
-    /// PEFT's initialisation: A uniform in ±1/√in (Kaiming with a = √5), B zero, so training
-    /// starts from the base model exactly.
+    /// The factors a training configuration asks for (see [`LoraParams::new`]).
     pub fn init(model: &Model, cfg: &TrainConfig) -> anyhow::Result<LoraParams> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+        LoraParams::new(
+            &model.decoder,
+            &LoraShape {
+                rank: cfg.rank,
+                alpha: cfg.alpha,
+                dropout: cfg.dropout,
+                targets: cfg.targets.clone(),
+            },
+            cfg.seed,
+            Some(cfg.base.clone()),
+        )
+    }
+
+    /// PEFT's initialisation: A uniform in ±1/√in (Kaiming with a = √5), B zero, so training
+    /// starts from the base model exactly. The factors live on the decoder's device in its
+    /// dtype: the adapter's matmuls take the layer's input as the base weights do.
+    pub fn new(
+        dec: &crate::model::Decoder,
+        shape: &LoraShape,
+        seed: u64,
+        base: Option<String>,
+    ) -> anyhow::Result<LoraParams> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (dev, dtype) = (&dec.device, dec.dtype);
         let mut vars = vec![];
-        for (name, in_dim, out_dim) in model.decoder.linear_shapes() {
+        for (name, in_dim, out_dim) in dec.linear_shapes() {
             let last = name.rsplit('.').next().unwrap_or_default();
-            if !cfg.targets.iter().any(|t| t == last) {
+            if !shape.targets.iter().any(|t| t == last) {
                 continue;
             }
             let bound = 1.0 / (in_dim as f64).sqrt();
-            let a: Vec<f32> = (0..cfg.rank * in_dim)
+            let a: Vec<f32> = (0..shape.rank * in_dim)
                 .map(|_| rand::Rng::random_range(&mut rng, -bound..bound) as f32)
                 .collect();
-            let a = Var::from_tensor(&Tensor::from_vec(a, (cfg.rank, in_dim), &Device::Cpu)?)?;
-            let b = Var::zeros((out_dim, cfg.rank), DType::F32, &Device::Cpu)?;
+            let a = Tensor::from_vec(a, (shape.rank, in_dim), dev)?.to_dtype(dtype)?;
+            let a = Var::from_tensor(&a)?;
+            let b = Var::zeros((out_dim, shape.rank), dtype, dev)?;
             vars.push((name, a, b));
         }
         if vars.is_empty() {
             anyhow::bail!(
                 "no linear layer of the base matches the targets {:?}",
-                cfg.targets
+                shape.targets
             );
         }
-        let mut modules: Vec<String> = cfg.targets.clone();
+        let mut modules: Vec<String> = shape.targets.clone();
         modules.sort();
         Ok(LoraParams {
             vars,
             config: AdapterConfig {
-                base_model_name_or_path: Some(cfg.base.clone()),
-                r: cfg.rank,
-                lora_alpha: cfg.alpha,
+                base_model_name_or_path: base,
+                r: shape.rank,
+                lora_alpha: shape.alpha,
                 use_rslora: false,
                 target_modules: modules,
-                lora_dropout: cfg.dropout,
+                lora_dropout: shape.dropout,
             },
-            dropout: (cfg.dropout > 0.0).then(|| Arc::new(Dropout::new(cfg.dropout))),
+            dropout: (shape.dropout > 0.0).then(|| Arc::new(Dropout::new(shape.dropout))),
         })
     }
 
-    /// Attach (or re-attach) the factors to the model as the active adapter.
-    pub fn attach(&self, model: &mut Model, dir: &Path) -> anyhow::Result<()> {
+    /// Trainable values in all factors.
+    pub fn parameter_count(&self) -> usize {
+        self.vars
+            .iter()
+            .map(|(_, a, b)| a.elem_count() + b.elem_count())
+            .sum()
+    }
+
+    /// Attach (or re-attach) the factors to the decoder as the active adapter.
+    pub fn attach(&self, dec: &mut crate::model::Decoder, dir: &Path) -> anyhow::Result<()> {
         let scale = self.config.scale();
         let adapter = Adapter {
             name: TRAINING.into(),
@@ -373,8 +414,8 @@ impl LoraParams {
             // The factors train in the decoder's own row order; `save` converts.
             peft_layout: false,
         };
-        model.decoder.attach_adapter(&adapter)?;
-        model.decoder.set_active_adapter(Some(TRAINING))?;
+        dec.attach_adapter(&adapter)?;
+        dec.set_active_adapter(Some(TRAINING))?;
         Ok(())
     }
 
@@ -547,7 +588,7 @@ impl Trainer {
                 out.display()
             );
         }
-        lora.attach(&mut model, out)?;
+        lora.attach(&mut model.decoder, out)?;
         let events = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
