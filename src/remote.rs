@@ -763,6 +763,65 @@ fn head(s: &str) -> String {
     one_line(&h)
 }
 
+/// Where the endpoints added in the workbench are kept, in the checkpoints folder.
+pub const ENDPOINTS_FILE: &str = "endpoints.toml";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsFile {
+    #[serde(default)]
+    endpoint: Vec<EndpointConfig>,
+}
+
+/// The endpoints of `<root>/endpoints.toml` (none when there is no file).
+pub fn read_endpoints(root: &std::path::Path) -> std::result::Result<Vec<EndpointConfig>, String> {
+    let path = root.join(ENDPOINTS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    toml::from_str::<EndpointsFile>(&text)
+        .map(|f| f.endpoint)
+        .map_err(|e| one_line(&format!("{}: {}", path.display(), e.message())))
+}
+
+/// Write `<root>/endpoints.toml` whole (a temporary file renamed into place).
+pub fn save_endpoints(
+    root: &std::path::Path,
+    list: &[EndpointConfig],
+) -> std::result::Result<std::path::PathBuf, String> {
+    std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let path = root.join(ENDPOINTS_FILE);
+    let body = toml::to_string(&EndpointsFile {
+        endpoint: list.to_vec(),
+    })
+    .map_err(|e| e.to_string())?;
+    let text = format!(
+        "# OpenAI-compatible endpoints added in the workbench (Checkpoints, a). Each is used as the\n\
+         # checkpoint `endpoint:BASE_URL#MODEL`; api_key_env names the variable holding the key.\n\n{body}"
+    );
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+impl EndpointConfig {
+    /// The configuration of `endpoint:URL#MODEL`: the one saved in `<root>/endpoints.toml` (with
+    /// its API-key variable and limits) when it is listed there, the defaults otherwise.
+    pub fn for_spec(url: &str, model: &str, root: &std::path::Path) -> EndpointConfig {
+        let same =
+            |a: &str, b: &str| a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/');
+        read_endpoints(root)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| same(&c.base_url, url) && c.model == model)
+            .unwrap_or_else(|| EndpointConfig::new(url, model))
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -770,6 +829,18 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_endpoint_brings_its_key_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut saved = EndpointConfig::new("http://127.0.0.1:9/v1", "judge");
+        saved.api_key_env = Some("JUDGE_KEY".into());
+        save_endpoints(dir.path(), std::slice::from_ref(&saved)).unwrap();
+        let found = EndpointConfig::for_spec("http://127.0.0.1:9/v1/", "judge", dir.path());
+        assert_eq!(found.api_key_env.as_deref(), Some("JUDGE_KEY"));
+        let other = EndpointConfig::for_spec("http://127.0.0.1:9/v1", "other", dir.path());
+        assert_eq!(other.api_key_env, None);
+    }
 
     #[test]
     fn spec_parsing() {

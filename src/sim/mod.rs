@@ -42,7 +42,8 @@ impl Simulator {
     ) -> anyhow::Result<Simulator> {
         use crate::remote::{Endpoint, EndpointConfig};
         if let Some((url, model)) = Endpoint::parse_spec(spec) {
-            let endpoint = Endpoint::new(EndpointConfig::new(&url, &model))?;
+            // A saved endpoint brings its API-key variable (checkpoints/endpoints.toml).
+            let endpoint = Endpoint::new(EndpointConfig::for_spec(&url, &model, checkpoints))?;
             return Ok(Simulator::Remote {
                 spec: spec.to_string(),
                 endpoint,

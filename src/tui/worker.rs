@@ -54,47 +54,7 @@ impl Loaded {
     }
 }
 
-/// Where the endpoints added in the workbench are kept, in the checkpoints folder.
-pub const ENDPOINTS_FILE: &str = "endpoints.toml";
-
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EndpointsFile {
-    #[serde(default)]
-    endpoint: Vec<EndpointConfig>,
-}
-
-/// The endpoints of `<root>/endpoints.toml` (none when there is no file).
-pub fn read_endpoints(root: &Path) -> Result<Vec<EndpointConfig>, String> {
-    let path = root.join(ENDPOINTS_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    toml::from_str::<EndpointsFile>(&text)
-        .map(|f| f.endpoint)
-        .map_err(|e| one_line(&format!("{}: {}", path.display(), e.message())))
-}
-
-/// Write `<root>/endpoints.toml` whole (a temporary file renamed into place).
-pub fn save_endpoints(root: &Path, list: &[EndpointConfig]) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let path = root.join(ENDPOINTS_FILE);
-    let body = toml::to_string(&EndpointsFile {
-        endpoint: list.to_vec(),
-    })
-    .map_err(|e| e.to_string())?;
-    let text = format!(
-        "# OpenAI-compatible endpoints added in the workbench (Checkpoints, a). Each is used as the\n\
-         # checkpoint `endpoint:BASE_URL#MODEL`; api_key_env names the variable holding the key.\n\n{body}"
-    );
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
-}
+pub use crate::remote::{read_endpoints, save_endpoints, ENDPOINTS_FILE};
 
 /// Connect to an endpoint: it must answer `GET /models` and serve the model asked for.
 pub fn load_endpoint(cfg: EndpointConfig, seq: u64, tx: &Tx) {
@@ -439,11 +399,7 @@ pub fn compare(current: Option<Loaded>, req: &SimRequest, sides: &[Side], paths:
 /// `endpoints.toml` gives it, if it is listed there).
 fn open(spec: &str, root: &Path) -> Result<Loaded, String> {
     if let Some((url, model)) = Endpoint::parse_spec(spec) {
-        let cfg = read_endpoints(root)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| super::app::endpoint_spec(c) == spec)
-            .unwrap_or_else(|| EndpointConfig::new(&url, &model));
+        let cfg = EndpointConfig::for_spec(&url, &model, root);
         let endpoint = Endpoint::new(cfg).map_err(|e| one_line(&e.to_string()))?;
         return Ok(Loaded::Remote {
             spec: spec.to_string(),
