@@ -455,7 +455,8 @@ fn grpo_config(scenarios: &Path, params: GrpoParams) -> TrainConfig {
 
 /// GRPO with a verifiable reward (the reply says "human" within 24 tokens — the default model
 /// does so about half the time) raises the mean reward clearly in a short CPU run, starting
-/// from zero KL (the adapter starts as the identity).
+/// from zero KL (the adapter starts as the identity). Rollouts are seeded, so the run is
+/// deterministic on a given machine.
 #[test]
 fn grpo_raises_a_verifiable_reward() {
     let data = tempfile::tempdir().unwrap();
@@ -494,8 +495,10 @@ fn grpo_raises_a_verifiable_reward() {
     .unwrap();
     assert_eq!(events.len(), 12);
     let reward = |e: &humanlm::train::StepEvent| e.reward.as_ref().unwrap().mean;
-    let first: f64 = events[..4].iter().map(reward).sum::<f64>() / 4.0;
-    let last: f64 = events[8..].iter().map(reward).sum::<f64>() / 4.0;
+    // A step has only 8 rollouts, so single steps are noisy: the start (the first two steps,
+    // before the adapter has moved far) against the whole second half (48 rollouts).
+    let first: f64 = events[..2].iter().map(reward).sum::<f64>() / 2.0;
+    let last: f64 = events[6..].iter().map(reward).sum::<f64>() / 6.0;
     assert!(
         last >= first + 0.25,
         "mean reward {first:.3} → {last:.3}: {:?}",
