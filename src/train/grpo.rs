@@ -15,7 +15,7 @@ use super::{no_examples, nth_example, RewardStats, RolloutSample, StepEvent, Tra
 use crate::generate::{self, SamplingParams, StopReason};
 use crate::model::Model;
 use crate::prompts::PromptSet;
-use crate::sim::{self, parse, Mode, Options};
+use crate::sim::{self, parse, Mode};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -102,21 +102,9 @@ pub fn grpo_examples(
             anyhow::bail!("--states: prompt set '{}' has no state '{s}'", set.name);
         }
     }
-    let opts = Options::new(Mode::Humanlm, Default::default());
     let mut out = vec![];
     let mut skipped = vec![];
-    for sc in scenarios {
-        let Some(reply) = sc.target.response.as_deref() else {
-            skipped.push(format!("{}: no reference reply", sc.id));
-            continue;
-        };
-        let plan = match sim::plan(set, sc, &opts, model) {
-            Ok(p) => p,
-            Err(e) => {
-                skipped.push(format!("{}: {e}", sc.id));
-                continue;
-            }
-        };
+    for (sc, reply, plan) in super::planned(model, set, scenarios, Mode::Humanlm, &mut skipped) {
         let context = set.thread(&sim::thread_turns(sc))?;
         for call in plan.calls {
             if !g.states.is_empty() && !g.states.contains(&call.name) {

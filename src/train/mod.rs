@@ -760,6 +760,30 @@ fn latest_checkpoint(out: &Path) -> anyhow::Result<Option<(PathBuf, usize)>> {
         .max_by_key(|(_, n)| *n))
 }
 
+/// Every scenario with a reference reply, with its reply and its simulation plan in `mode`;
+/// the others are added to `skipped` with the reason. Both methods train on these.
+fn planned<'a>(
+    model: &Model,
+    set: &PromptSet,
+    scenarios: &'a [Scenario],
+    mode: crate::sim::Mode,
+    skipped: &mut Vec<String>,
+) -> Vec<(&'a Scenario, &'a str, crate::sim::Plan)> {
+    let opts = crate::sim::Options::new(mode, Default::default());
+    let mut out = vec![];
+    for sc in scenarios {
+        let Some(reply) = sc.target.response.as_deref() else {
+            skipped.push(format!("{}: no reference reply", sc.id));
+            continue;
+        };
+        match crate::sim::plan(set, sc, &opts, model) {
+            Ok(plan) => out.push((sc, reply, plan)),
+            Err(e) => skipped.push(format!("{}: {e}", sc.id)),
+        }
+    }
+    out
+}
+
 /// A usable-data error naming the source, the count skipped and the first reason.
 fn no_examples(data: &Data, skipped: &[String]) -> anyhow::Error {
     anyhow::anyhow!(

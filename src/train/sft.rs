@@ -11,7 +11,7 @@ use crate::judge::JudgeConfig;
 use crate::model::{Model, Ops};
 use crate::prompts::PromptSet;
 use crate::scenario::Scenario;
-use crate::sim::{self, Mode, Options};
+use crate::sim::{self, Mode};
 use candle_core::{IndexOp, Tensor, D};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -57,19 +57,7 @@ pub fn sft_examples(
     } else {
         Mode::Response
     };
-    let opts = Options::new(mode, Default::default());
-    for sc in scenarios {
-        let Some(reply) = sc.target.response.as_deref() else {
-            skipped.push(format!("{}: no reference reply", sc.id));
-            continue;
-        };
-        let plan = match sim::plan(set, sc, &opts, model) {
-            Ok(p) => p,
-            Err(e) => {
-                skipped.push(format!("{}: {e}", sc.id));
-                continue;
-            }
-        };
+    for (sc, reply, plan) in super::planned(model, set, scenarios, mode, &mut skipped) {
         let call = plan.calls.last().expect("a plan has a response call");
         // The reply as the model must write it after the prompt (and any pre-filled tag).
         let open = if call.prefill.is_empty() {
