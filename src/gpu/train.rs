@@ -11,7 +11,7 @@ use super::check::GpuCheckArgs;
 use crate::model::{Decoder, Ops};
 use crate::train::optim::{self, AdamW, AdamWParams};
 use crate::train::{LoraParams, LoraShape};
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -71,10 +71,7 @@ pub fn measure_training(base: &Decoder, a: &GpuCheckArgs) -> anyhow::Result<Valu
     let mut step = || -> anyhow::Result<(f64, f64)> {
         let logits = dec.forward(&input, None, Ops::Diff, true)?;
         let logits = logits.flatten_to(1)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let loss = logp
-            .gather(&labels.unsqueeze(1)?, 1)?
-            .squeeze(1)?
+        let loss = crate::model::grad::token_logprobs(&logits, &labels)?
             .mean_all()?
             .neg()?;
         let grads = loss.backward()?;

@@ -1,9 +1,10 @@
 //! The decoder of the llama / qwen2 / qwen3 family: one definition, two op choices.
 //!
-//! `Ops::Fast` uses candle's fused kernels (rms_norm, softmax, rope) and a preallocated KV cache:
-//! the inference path. `Ops::Diff` uses composite ops that carry gradients, and returns logits for
-//! every position: the path training builds on. candle's fused ops silently detach their output
-//! from the graph, which is why the choice is explicit rather than automatic.
+//! `Ops::Fast` is the inference path: a preallocated KV cache and the decode-attention kernel.
+//! `Ops::Diff` is the path training builds on: no cache, logits for every position (or from a
+//! given one), gradients through everything. Both run candle's fused kernels for norms,
+//! softmax and rotary embedding; [`super::grad`] gives them the backward passes candle's own
+//! fused ops lack (those silently detach their output from the graph).
 
 use super::config::ModelConfig;
 use super::lora::{Adapter, LoraWeights};
@@ -55,7 +56,7 @@ impl Linear {
                 // Fold the leading dims so the matmul is one GEMM.
                 let dims = x.dims().to_vec();
                 let rows: usize = dims[..dims.len() - 1].iter().product();
-                let y = x.reshape((rows, self.in_dim))?.matmul(&w.t()?)?;
+                let y = super::grad::matmul_t(&x.reshape((rows, self.in_dim))?, w)?;
                 let mut out = dims;
                 *out.last_mut().expect("non-empty dims") = self.out_dim;
                 y.reshape(out)?
@@ -103,11 +104,8 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
-        Ok(match ops {
-            Ops::Fast => candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?,
-            Ops::Diff => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)?,
-        })
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(super::grad::rms_norm(x, &self.weight, self.eps)?)
     }
 }
 
@@ -606,7 +604,7 @@ impl Decoder {
         let cos = self.cos.narrow(0, pos, s)?.to_dtype(self.dtype)?;
         let sin = self.sin.narrow(0, pos, s)?.to_dtype(self.dtype)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(&x, ops)?;
+            let h = layer.attn_norm.forward(&x)?;
             let a = self.attention(
                 layer,
                 li,
@@ -623,7 +621,7 @@ impl Decoder {
                 ops,
             )?;
             x = (x + a)?;
-            let h = layer.mlp_norm.forward(&x, ops)?;
+            let h = layer.mlp_norm.forward(&x)?;
             x = (x + layer.mlp(&h)?)?;
         }
         if let Some(c) = cache {
@@ -634,7 +632,7 @@ impl Decoder {
         } else {
             x
         };
-        let x = self.norm.forward(&x, ops)?;
+        let x = self.norm.forward(&x)?;
         // Logits leave in f32 (half-precision models are upcast); float64 stays float64, so
         // gradient checks against finite differences keep their precision.
         let logits = self.lm_head.forward(&x)?;
@@ -666,19 +664,14 @@ impl Decoder {
         let mut k = k.reshape((b, s, nkv, hd))?;
         let v = v.reshape((b, s, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            q = qn.forward(&q, ops)?;
-            k = kn.forward(&k, ops)?;
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
         }
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let rope = |t: &Tensor| -> Result<Tensor> {
-            Ok(match (ops, self.rope_interleaved) {
-                (Ops::Fast, false) => candle_nn::rotary_emb::rope(t, cos, sin)?,
-                (Ops::Fast, true) => candle_nn::rotary_emb::rope_i(t, cos, sin)?,
-                (Ops::Diff, false) => candle_nn::rotary_emb::rope_slow(t, cos, sin)?,
-                (Ops::Diff, true) => candle_nn::rotary_emb::rope_i_slow(t, cos, sin)?,
-            })
+            Ok(super::grad::rope(t, cos, sin, self.rope_interleaved)?)
         };
         let q = rope(&q)?;
         let k = rope(&k)?;
@@ -730,10 +723,7 @@ impl Decoder {
                 .broadcast_add(m)?
                 .reshape((b, nkv, groups * s, total))?;
         }
-        let att = match ops {
-            Ops::Fast => candle_nn::ops::softmax_last_dim(&att)?,
-            Ops::Diff => candle_nn::ops::softmax(&att, D::Minus1)?,
-        };
+        let att = super::grad::softmax_last_dim(&att)?;
         let y = att
             .matmul(&v)?
             .reshape((b, nh, s, hd))?

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod device;
+pub mod grad;
 pub mod lora;
 pub mod packed;
 pub mod tokenizer;

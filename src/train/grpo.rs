@@ -434,11 +434,12 @@ fn group_logps(
     }
     let labels = Tensor::from_vec(labels, (n, longest), dev)?;
     let logits = (logits / temperature as f64)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    Ok(logp
-        .gather(&labels.unsqueeze(2)?, 2)?
-        .squeeze(2)?
-        .to_dtype(DType::F32)?)
+    let vocab = logits.dim(D::Minus1)?;
+    let lp = crate::model::grad::token_logprobs(
+        &logits.reshape((n * longest, vocab))?,
+        &labels.flatten_all()?,
+    )?;
+    Ok(lp.reshape((n, longest))?.to_dtype(DType::F32)?)
 }
 
 /// [`group_logps`] for every row, detached, as plain numbers.

@@ -12,7 +12,7 @@ use crate::model::{Model, Ops};
 use crate::prompts::PromptSet;
 use crate::scenario::Scenario;
 use crate::sim::{self, Mode};
-use candle_core::{IndexOp, Tensor, D};
+use candle_core::{IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -110,9 +110,9 @@ pub fn sft_loss(model: &Model, batch: &[&Example]) -> anyhow::Result<(Tensor, us
             .forward_from(&input, None, Ops::Diff, start)?
             .i(0)?;
         let labels = Tensor::new(ex.target.as_slice(), &model.decoder.device)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
-        let sum = picked.sum_all()?.neg()?;
+        let sum = crate::model::grad::token_logprobs(&logits, &labels)?
+            .sum_all()?
+            .neg()?;
         total = Some(match total {
             Some(t) => (t + sum)?,
             None => sum,

@@ -1,0 +1,444 @@
+//! Ops of the differentiable decoder path with hand-written backward passes.
+//!
+//! candle's fused kernels (softmax, RMS norm, rotary embedding) have no backward, and its
+//! composite versions build a graph node per elementary op, each of whose backward allocates,
+//! zero-fills and accumulates a gradient buffer: on a LoRA training step that bookkeeping cost
+//! more than the matmuls. Here the forward runs the fused kernel and the backward is the closed
+//! form. Without a graph (inference) each function is the fused kernel alone.
+//!
+//! Frozen projections get the same treatment: candle's matmul backward always computes both
+//! operands' gradients, and for a weight that is not being trained (every base weight under
+//! LoRA) that is a matmul as large as the forward one, plus a weight-sized buffer to add it
+//! into, all thrown away.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, D};
+use rayon::prelude::*;
+
+struct FrozenMatmul {
+    /// (out, in), not a variable.
+    w: Tensor,
+}
+
+impl FrozenMatmul {
+    /// Problem size and the layout of Wᵀ for an input of layout `x`.
+    fn plan(&self, x: &Layout, w: &Layout) -> Result<((usize, usize, usize, usize), Layout)> {
+        let (m, k) = x.shape().dims2()?;
+        let (n, wk) = w.shape().dims2()?;
+        if k != wk {
+            candle_core::bail!("frozen matmul: input has {k} columns, weight {wk}");
+        }
+        Ok(((1, m, n, k), w.transpose(0, 1)?))
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (w, wl) = self.w.storage_and_layout();
+        let Storage::Cpu(w) = &*w else {
+            candle_core::bail!("frozen matmul: weight and input on different devices")
+        };
+        let (bmnk, wt) = self.plan(xl, wl)?;
+        Ok((x.matmul(w, bmnk, xl, &wt)?, Shape::from((bmnk.1, bmnk.2))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (w, wl) = self.w.storage_and_layout();
+        let Storage::Cuda(w) = &*w else {
+            candle_core::bail!("frozen matmul: weight and input on different devices")
+        };
+        let (bmnk, wt) = self.plan(xl, wl)?;
+        Ok((x.matmul(w, bmnk, xl, &wt)?, Shape::from((bmnk.1, bmnk.2))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
+/// `x · wᵀ` for 2-D `x` (rows, in) and `w` (out, in). When `x` carries a gradient and `w` is
+/// not a variable, only `x`'s gradient is computed on the way back; otherwise this is a plain
+/// matmul.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.track_op() && !w.is_variable() && !w.track_op() {
+        x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
+/// The backward of an [`Attached`] output: the gradient of the input from the output's.
+type Backward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// An output computed off the graph (by a fused kernel), joined to it as a function of the
+/// input with a closed-form backward. The forward hands back a copy of the output's storage.
+struct Attached {
+    y: Tensor,
+    bwd: Backward,
+}
+
+impl CustomOp1 for Attached {
+    fn name(&self) -> &'static str {
+        "attached-backward"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (s, l) = self.y.storage_and_layout();
+        match &*s {
+            // A kernel's fresh output: contiguous from offset 0 (checked in `attach`).
+            Storage::Cpu(c) => Ok((c.clone(), l.shape().clone())),
+            _ => candle_core::bail!("attached output on another device than its input"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (s, l) = self.y.storage_and_layout();
+        match &*s {
+            Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+            _ => candle_core::bail!("attached output on another device than its input"),
+        }
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some((self.bwd)(grad)?))
+    }
+}
+
+/// `y` (computed from `x` without a graph) as a graph node of `x` whose gradient is `bwd`.
+fn attach(x: &Tensor, y: Tensor, bwd: Backward) -> Result<Tensor> {
+    let y = if y.layout().start_offset() == 0 && y.is_contiguous() {
+        y
+    } else {
+        y.copy()?
+    };
+    x.apply_op1(Attached { y, bwd })
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return candle_nn::ops::softmax_last_dim(x);
+    }
+    let y = candle_nn::ops::softmax_last_dim(&x.detach())?;
+    let keep = y.clone();
+    // dx = y ⊙ (g − Σ g⊙y)
+    let bwd = move |g: &Tensor| -> Result<Tensor> {
+        let gy = (g * &keep)?;
+        let s = gy.sum_keepdim(D::Minus1)?;
+        gy - keep.broadcast_mul(&s)?
+    };
+    attach(x, y, Box::new(bwd))
+}
+
+/// RMS norm over the last dimension with weight `w`. A trainable `w` (full fine-tuning) takes
+/// candle's composite path, which also yields the weight's gradient.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if w.is_variable() || w.track_op() {
+        return candle_nn::ops::rms_norm_slow(x, w, eps);
+    }
+    // The fused kernel has no f64 (gradient checks run in f64).
+    let fused = |t: &Tensor| match t.dtype() {
+        DType::F64 => candle_nn::ops::rms_norm_slow(t, w, eps),
+        _ => candle_nn::ops::rms_norm(t, w, eps),
+    };
+    let x = x.contiguous()?;
+    if !x.track_op() {
+        return fused(&x);
+    }
+    let y = fused(&x.detach())?;
+    let (xs, ws) = (x.detach(), w.clone());
+    // With r = (mean x² + eps)^(-1/2) and u = g ⊙ w: dx = r·u − x·r³·mean(u ⊙ x).
+    let bwd = move |g: &Tensor| -> Result<Tensor> {
+        let up = |t: &Tensor| -> Result<Tensor> {
+            if t.dtype() == DType::F64 {
+                Ok(t.clone())
+            } else {
+                t.to_dtype(DType::F32)
+            }
+        };
+        let (x32, g32) = (up(&xs)?, up(g)?);
+        let u = g32.broadcast_mul(&up(&ws)?)?;
+        let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let dot = (&u * &x32)?.mean_keepdim(D::Minus1)?;
+        let dx = (u.broadcast_mul(&r)? - x32.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+        dx.to_dtype(xs.dtype())
+    };
+    attach(&x, y, Box::new(bwd))
+}
+
+/// Rotary embedding of `x` (batch, heads, seq, head_dim) with tables (seq, head_dim/2), halves
+/// rotated together (Hugging Face) or adjacent pairs (`interleaved`, llama.cpp's llama GGUFs).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    let run = move |t: &Tensor, s: &Tensor| -> Result<Tensor> {
+        if interleaved {
+            candle_nn::rotary_emb::rope_i(t, cos, s)
+        } else {
+            candle_nn::rotary_emb::rope(t, cos, s)
+        }
+    };
+    let x = x.contiguous()?;
+    if !x.track_op() {
+        return run(&x, sin);
+    }
+    let y = run(&x.detach(), sin)?;
+    // A rotation's transpose is the rotation by the opposite angle.
+    let (cos, neg_sin) = (cos.clone(), sin.neg()?);
+    let bwd = move |g: &Tensor| -> Result<Tensor> {
+        let g = g.contiguous()?;
+        if interleaved {
+            candle_nn::rotary_emb::rope_i(&g, &cos, &neg_sin)
+        } else {
+            candle_nn::rotary_emb::rope(&g, &cos, &neg_sin)
+        }
+    };
+    attach(&x, y, Box::new(bwd))
+}
+
+/// `log softmax(logits)[label]` per row: logits (n, vocab), labels (n) u32 → (n), in f32 (f64
+/// stays f64). The gradient is `g · (onehot(label) − softmax(logits))`, formed in one pass on
+/// the CPU; elsewhere candle's composite ops compute both directions.
+pub fn token_logprobs(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let fused = logits.device().is_cpu() && logits.dtype() == DType::F32;
+    if !fused {
+        let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        let lp = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+        return if lp.dtype() == DType::F64 {
+            Ok(lp)
+        } else {
+            lp.to_dtype(DType::F32)
+        };
+    }
+    let labels: Vec<u32> = labels.to_vec1()?;
+    logits.contiguous()?.apply_op1(TokenLogprobs { labels })
+}
+
+struct TokenLogprobs {
+    labels: Vec<u32>,
+}
+
+/// Max and log-sum-exp of a row.
+fn row_lse(row: &[f32]) -> f32 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
+    m + s.ln()
+}
+
+impl TokenLogprobs {
+    fn rows<'a>(&self, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
+        let (n, v) = l.shape().dims2()?;
+        if n != self.labels.len() {
+            candle_core::bail!(
+                "token_logprobs: {n} rows of logits, {} labels",
+                self.labels.len()
+            );
+        }
+        if let Some(&bad) = self.labels.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("token_logprobs: label {bad} outside a vocabulary of {v}");
+        }
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("token_logprobs: logits must be contiguous")
+        };
+        Ok((&s.as_slice::<f32>()?[a..b], v))
+    }
+}
+
+impl CustomOp1 for TokenLogprobs {
+    fn name(&self) -> &'static str {
+        "token-logprobs"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, v) = self.rows(s, l)?;
+        let out: Vec<f32> = x
+            .par_chunks(v)
+            .zip(self.labels.par_iter())
+            .map(|(row, &t)| row[t as usize] - row_lse(row))
+            .collect();
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(&self, logits: &Tensor, _lp: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let logits = logits.contiguous()?;
+        let g: Vec<f32> = grad.to_dtype(DType::F32)?.to_vec1()?;
+        let (s, l) = logits.storage_and_layout();
+        let Storage::Cpu(s) = &*s else {
+            candle_core::bail!("token_logprobs: logits left the CPU")
+        };
+        let (x, v) = self.rows(s, l)?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(v)
+            .zip(x.par_chunks(v))
+            .zip(self.labels.par_iter().zip(g.par_iter()))
+            .for_each(|((d, row), (&t, &gi))| {
+                let lse = row_lse(row);
+                for (di, &xi) in d.iter_mut().zip(row) {
+                    *di = -gi * (xi - lse).exp();
+                }
+                d[t as usize] += gi;
+            });
+        Ok(Some(Tensor::from_vec(dx, l.shape(), logits.device())?))
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Same values and the same input gradient as candle's own matmul; no weight gradient.
+    #[test]
+    fn matches_matmul_forward_and_input_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (5, 7), &dev).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (3, 5), &dev).unwrap();
+
+        let ours = matmul_t(x.as_tensor(), &w).unwrap();
+        let g_ours = (&ours * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        // The reference: w as a variable too, so candle computes both gradients.
+        let wv = Var::from_tensor(&w).unwrap();
+        let theirs = x.as_tensor().matmul(&wv.as_tensor().t().unwrap()).unwrap();
+        let g_theirs = (&theirs * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(diff(&ours, &theirs) < 1e-5);
+        let gx = g_ours.get(x.as_tensor()).expect("input gradient");
+        assert!(diff(gx, g_theirs.get(x.as_tensor()).unwrap()) < 1e-5);
+        assert!(g_ours.get(&w).is_none(), "a frozen weight gets no gradient");
+        assert!(g_theirs.get(wv.as_tensor()).is_some());
+        // Without a graph it is a plain matmul.
+        let plain = matmul_t(&x.as_tensor().detach(), &w).unwrap();
+        assert!(diff(&plain, &theirs) < 1e-5);
+    }
+
+    /// Value and gradient of `f(x)·probe` for ours and a reference, compared.
+    fn check(
+        x: &Tensor,
+        ours: impl Fn(&Tensor) -> Result<Tensor>,
+        reference: impl Fn(&Tensor) -> Result<Tensor>,
+        tol: f64,
+    ) {
+        let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> (Tensor, Tensor) {
+            let v = Var::from_tensor(x).unwrap();
+            let y = f(v.as_tensor()).unwrap();
+            // A fixed, irregular probe so both sides see the same one.
+            let n = y.elem_count();
+            let probe: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+            let probe = Tensor::from_vec(probe, y.shape(), y.device())
+                .unwrap()
+                .to_dtype(y.dtype())
+                .unwrap();
+            let g = (&y * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (y, g.get(v.as_tensor()).unwrap().clone())
+        };
+        let (y1, g1) = run(&ours);
+        let (y2, g2) = run(&reference);
+        let diff = |a: &Tensor, b: &Tensor| -> f64 {
+            let a = a.to_dtype(DType::F64).unwrap();
+            let b = b.to_dtype(DType::F64).unwrap();
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(diff(&y1, &y2) < tol, "values differ by {}", diff(&y1, &y2));
+        assert!(
+            diff(&g1, &g2) < tol,
+            "gradients differ by {}",
+            diff(&g1, &g2)
+        );
+    }
+
+    #[test]
+    fn fused_ops_match_candles_composite_ops_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f64, 1.0, (2, 3, 5, 8), &dev).unwrap();
+        check(
+            &x,
+            softmax_last_dim,
+            |t| candle_nn::ops::softmax(t, D::Minus1),
+            1e-12,
+        );
+        let w = Tensor::randn(0f64, 1.0, 8, &dev).unwrap();
+        check(
+            &x,
+            |t| rms_norm(t, &w, 1e-6),
+            |t| candle_nn::ops::rms_norm_slow(t, &w, 1e-6),
+            1e-12,
+        );
+        let cos = Tensor::randn(0f64, 1.0, (5, 4), &dev).unwrap();
+        let sin = Tensor::randn(0f64, 1.0, (5, 4), &dev).unwrap();
+        check(
+            &x,
+            |t| rope(t, &cos, &sin, false),
+            |t| candle_nn::rotary_emb::rope_slow(t, &cos, &sin),
+            1e-12,
+        );
+        check(
+            &x,
+            |t| rope(t, &cos, &sin, true),
+            |t| candle_nn::rotary_emb::rope_i_slow(t, &cos, &sin),
+            1e-12,
+        );
+        // f32 on the CPU takes the one-pass kernel.
+        let logits = Tensor::randn(0f32, 3.0, (6, 50), &dev).unwrap();
+        let labels = Tensor::new(&[0u32, 49, 7, 7, 20, 3], &dev).unwrap();
+        check(
+            &logits,
+            |t| token_logprobs(t, &labels),
+            |t| {
+                candle_nn::ops::log_softmax(t, D::Minus1)?
+                    .gather(&labels.unsqueeze(1)?, 1)?
+                    .squeeze(1)
+            },
+            1e-5,
+        );
+        let bad = Tensor::new(&[0u32, 50, 0, 0, 0, 0], &dev).unwrap();
+        let err = token_logprobs(&logits, &bad).unwrap_err().to_string();
+        assert!(err.contains("label 50 outside a vocabulary of 50"), "{err}");
+    }
+}
