@@ -329,6 +329,13 @@ struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Where to train: cpu, cuda or cuda:N (a resume may move the run).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Weights and activations: f32, bf16 or f16 (default: f32 on the CPU, bf16 on a GPU).
+    /// Optimizer state and master weights stay f32.
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 #[derive(Args)]
@@ -1258,6 +1265,8 @@ fn train_cmd(
     cfg.max_seq = a.max_seq;
     cfg.seed = a.seed;
     cfg.save_every = a.save_every;
+    cfg.device = a.device.clone();
+    cfg.dtype = a.dtype.clone();
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     on_ctrl_c(cancel.clone());
     let bar = indicatif::ProgressBar::new(cfg.steps as u64);

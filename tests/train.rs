@@ -210,6 +210,113 @@ fn sft_overfits_four_scenarios_and_saves_a_loadable_adapter() {
     assert_eq!(keys.len(), 30 * 7 * 2);
 }
 
+/// `dtype = bf16` (what a GPU gets by default) trains on the CPU too: the adapter is saved in
+/// bf16, the optimizer keeps f32 moments and master weights, and the run may resume in f32.
+#[test]
+fn sft_in_bf16_keeps_f32_optimizer_state_and_resumes_in_f32() {
+    let data = tempfile::tempdir().unwrap();
+    tiny_dataset(data.path());
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path().join("bf16");
+    let mut cfg = sft_config(data.path());
+    cfg.dtype = Some("bf16".into());
+    cfg.steps = 12;
+    cfg.save_every = 6;
+    let mut losses = vec![];
+    let mut stop_after = |n: usize| {
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let mut seen = 0;
+        let r = run(
+            &cfg,
+            &out,
+            &common::checkpoints(),
+            false,
+            Some(&cancel),
+            &mut |e| {
+                if let TrainEvent::Step(s) = e {
+                    losses.push(s.loss);
+                    seen += 1;
+                    if seen == n {
+                        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            },
+        );
+        r.unwrap_err().to_string()
+    };
+    let err = stop_after(6);
+    assert!(err.contains("interrupted at step 6"), "{err}");
+    let ck = out.join("checkpoint-6");
+    let adapter = candle_core::safetensors::load(
+        ck.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(adapter
+        .values()
+        .all(|t| t.dtype() == candle_core::DType::BF16));
+    let opt =
+        candle_core::safetensors::load(ck.join("optimizer.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let masters: Vec<_> = opt.keys().filter(|k| k.starts_with("master.")).collect();
+    assert_eq!(masters.len(), 30 * 7 * 2);
+    assert!(opt.values().all(|t| t.dtype() == candle_core::DType::F32));
+    // The same run, moved to f32: accepted, and it continues from step 6.
+    let mut f32_cfg = cfg.clone();
+    f32_cfg.dtype = Some("f32".into());
+    run(
+        &f32_cfg,
+        &out,
+        &common::checkpoints(),
+        true,
+        None,
+        &mut |e| {
+            if let TrainEvent::Step(s) = e {
+                losses.push(s.loss)
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(losses.len(), 12, "{losses:?}");
+    assert!(losses.iter().all(|l| l.is_finite()));
+    let (first, last) = (
+        losses[0],
+        losses[10..].iter().cloned().fold(f64::MAX, f64::min),
+    );
+    assert!(
+        last < first * 0.8,
+        "loss {first:.3} → {last:.3}: {losses:?}"
+    );
+    // A different run is still refused.
+    let mut other = f32_cfg.clone();
+    other.rank = 4;
+    let err = run(
+        &other,
+        &out,
+        &common::checkpoints(),
+        true,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("different configuration"), "{err}");
+    // A device this build cannot use is named.
+    let mut gpu = cfg.clone();
+    gpu.device = "cuda:0".into();
+    let err = run(
+        &gpu,
+        &out.with_extension("gpu"),
+        &common::checkpoints(),
+        false,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--device 'cuda:0'"), "{err}");
+}
+
 /// Interrupted after two steps and resumed, a run ends bit-identical to an uninterrupted one.
 #[test]
 fn resume_continues_exactly() {

@@ -31,15 +31,7 @@ pub struct MergeReport {
     pub bytes: u64,
 }
 
-/// Parse `--dtype`.
-pub fn parse_dtype(s: &str) -> Option<DType> {
-    match s {
-        "f32" | "float32" => Some(DType::F32),
-        "bf16" | "bfloat16" => Some(DType::BF16),
-        "f16" | "float16" => Some(DType::F16),
-        _ => None,
-    }
-}
+pub use crate::model::device::parse_dtype;
 
 fn hf_dtype_name(d: DType) -> &'static str {
     match d {

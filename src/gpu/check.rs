@@ -82,12 +82,8 @@ fn parse_batch(s: &str) -> Result<(usize, usize), String> {
 }
 
 fn parse_dtype(s: &str) -> anyhow::Result<DType> {
-    Ok(match s {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        "f32" => DType::F32,
-        _ => anyhow::bail!("--dtype '{s}': expected bf16, f16 or f32"),
-    })
+    crate::model::device::parse_dtype(s)
+        .ok_or_else(|| anyhow::anyhow!("--dtype '{s}': expected bf16, f16 or f32"))
 }
 
 fn dtype_name(d: DType) -> &'static str {

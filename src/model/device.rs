@@ -1,7 +1,7 @@
 //! Device selection: CPU by default, `cuda:N` when built with the `cuda` feature.
 
 use super::{Error, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 /// Parse a `--device` value (`cpu`, `cuda`, `cuda:N`).
 pub fn parse_device(spec: &str) -> Result<Device> {
@@ -42,5 +42,16 @@ pub fn device_name(device: &Device) -> String {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// A float dtype by its short or PyTorch name (`f32`/`float32`, `bf16`/`bfloat16`,
+/// `f16`/`float16`).
+pub fn parse_dtype(s: &str) -> Option<DType> {
+    match s.trim() {
+        "f32" | "float32" => Some(DType::F32),
+        "bf16" | "bfloat16" => Some(DType::BF16),
+        "f16" | "float16" => Some(DType::F16),
+        _ => None,
     }
 }

@@ -25,7 +25,7 @@ use crate::model::weights::LoadOptions;
 use crate::model::{Checkpoint, Model};
 use crate::prompts::PromptSet;
 use crate::scenario::Scenario;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use optim::{AdamW, AdamWParams};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -151,6 +151,18 @@ pub struct TrainConfig {
     pub save_every: usize,
     #[serde(default)]
     pub adamw: AdamWParams,
+    /// Where the pass runs (`cpu`, `cuda`, `cuda:N`). Not part of a run's identity: a resume
+    /// may move it.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// Weights' and activations' dtype (`f32`, `bf16`, `f16`); None: f32 on the CPU, bf16 on a
+    /// GPU. May change across a resume (the optimizer keeps f32 state either way).
+    #[serde(default)]
+    pub dtype: Option<String>,
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }
 
 impl TrainConfig {
@@ -186,6 +198,8 @@ impl TrainConfig {
             seed: 0,
             save_every: 0,
             adamw: AdamWParams::default(),
+            device: cpu(),
+            dtype: None,
         }
     }
 
@@ -195,6 +209,33 @@ impl TrainConfig {
 
     pub fn grpo(base: &str, data: Data) -> TrainConfig {
         TrainConfig::new(Method::Grpo(GrpoParams::default()), base, data)
+    }
+
+    /// Whether `other` is the same run (what a resume requires): everything but where it runs.
+    fn same_run(&self, other: &TrainConfig) -> bool {
+        let placed = TrainConfig {
+            device: other.device.clone(),
+            dtype: other.dtype.clone(),
+            ..self.clone()
+        };
+        placed == *other
+    }
+
+    /// The device and load options this configuration asks for.
+    fn load_options(&self) -> anyhow::Result<LoadOptions> {
+        let device = crate::model::device::parse_device(&self.device)?;
+        let dtype = match &self.dtype {
+            None => None,
+            Some(d) => Some(
+                crate::model::device::parse_dtype(d)
+                    .ok_or_else(|| anyhow::anyhow!("--dtype '{d}': expected f32, bf16 or f16"))?,
+            ),
+        };
+        Ok(LoadOptions {
+            device,
+            dtype,
+            dequantize: true,
+        })
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -278,13 +319,19 @@ pub struct StepEvent {
 
 /// Read a run's `events.jsonl` (lines that do not parse, e.g. one being written, are skipped).
 pub fn read_events(out: &Path) -> Vec<StepEvent> {
-    std::fs::read_to_string(out.join("events.jsonl"))
-        .map(|t| {
-            t.lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut events = vec![];
+    let text = std::fs::read_to_string(out.join("events.jsonl")).unwrap_or_default();
+    for ev in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+        push_event(&mut events, ev);
+    }
+    events
+}
+
+/// Append a step to a run's history. A resumed run repeats the steps after its last checkpoint,
+/// and the repeat replaces what the interrupted run logged for them.
+pub fn push_event(events: &mut Vec<StepEvent>, ev: StepEvent) {
+    events.retain(|e| e.step < ev.step);
+    events.push(ev);
 }
 
 /// What a training run reports as it goes.
@@ -477,7 +524,7 @@ impl LoraParams {
                 } else {
                     x.clone()
                 };
-                v.set(&x)?;
+                v.set(&x.to_device(v.device())?.to_dtype(v.dtype())?)?;
             }
         }
         Ok(())
@@ -548,11 +595,7 @@ impl Trainer {
             .or(ckpt.default_prompt_set()?)
             .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
         let set = PromptSet::load(&set_name, &crate::prompts::default_root())?;
-        let mut model = ckpt.load(&LoadOptions {
-            dequantize: true,
-            dtype: Some(DType::F32),
-            ..Default::default()
-        })?;
+        let mut model = ckpt.load(&cfg.load_options()?)?;
         let lora = LoraParams::init(&model, cfg)?;
         let vars = lora.named();
         let mut opt = AdamW::new(vars.clone(), cfg.adamw)?;
@@ -570,7 +613,7 @@ impl Trainer {
                 .map_err(anyhow::Error::from)
                 .and_then(|t| Ok(serde_json::from_str(&t)?))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            if state.config != *cfg {
+            if !state.config.same_run(cfg) {
                 anyhow::bail!(
                     "{}: was trained with a different configuration; resume with the same options",
                     dir.display()
@@ -795,4 +838,35 @@ fn no_examples(data: &Data, skipped: &[String]) -> anyhow::Error {
             .map(|s| format!("; first: {s}"))
             .unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_runs_repeated_steps_replace_the_interrupted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |step: usize, loss: f64| {
+            format!(
+                r#"{{"step":{step},"steps":5,"loss":{loss},"lr":0.1,"grad_norm":1.0,"tokens":3,"tokens_per_s":1.0,"eta_s":0.0}}"#
+            )
+        };
+        // Stopped after step 3 with checkpoint-1; the resume ran 2..5 again.
+        let text = [
+            line(1, 9.0),
+            line(2, 8.0),
+            line(3, 7.0),
+            line(2, 8.5),
+            line(3, 7.5),
+            "{\"step\": 4, \"truncated".into(),
+            line(4, 6.5),
+            line(5, 6.0),
+        ]
+        .join("\n");
+        std::fs::write(dir.path().join("events.jsonl"), text).unwrap();
+        let events = read_events(dir.path());
+        let got: Vec<(usize, f64)> = events.iter().map(|e| (e.step, e.loss)).collect();
+        assert_eq!(got, [(1, 9.0), (2, 8.5), (3, 7.5), (4, 6.5), (5, 6.0)]);
+    }
 }

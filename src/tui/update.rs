@@ -2244,7 +2244,12 @@ fn start_train(app: &mut App, fx: &mut Vec<Effect>) {
         rank: cfg.rank,
         steps: cfg.steps,
         judge,
-        events: vec![],
+        // A resumed run shows its whole history, not just the steps from here on.
+        events: if app.train.form.resume {
+            crate::train::read_events(&out)
+        } else {
+            vec![]
+        },
         examples: None,
         log: vec![],
         saved: None,
@@ -2276,7 +2281,7 @@ fn train_msg(app: &mut App, job: u64, msg: TrainMsg, fx: &mut Vec<Effect>) {
             });
         }
         TrainMsg::Note(n) => run.log.push(n),
-        TrainMsg::Step(e) => run.events.push(*e),
+        TrainMsg::Step(e) => crate::train::push_event(&mut run.events, *e),
         TrainMsg::Saved(p) => {
             run.log.push(format!("saved {}", p.display()));
             run.saved = Some(p);
