@@ -305,7 +305,7 @@ struct TrainArgs {
         default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     )]
     targets: Vec<String>,
-    /// Peak learning rate (default: 1e-3 for SFT, 1e-4 for GRPO).
+    /// Peak learning rate (default: 1e-3 for SFT, 1e-4 for GRPO; a fiftieth of that with --full).
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long, default_value_t = 2)]
@@ -329,6 +329,10 @@ struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Train every weight instead of LoRA factors (small models: about 16 bytes a parameter
+    /// for weights, gradients and AdamW state in f32). The output is a whole HF checkpoint.
+    #[arg(long)]
+    full: bool,
     /// Where to train: cpu, cuda or cuda:N (a resume may move the run).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -1256,6 +1260,9 @@ fn train_cmd(
     cfg.targets = a.targets.clone();
     if let Some(lr) = a.lr {
         cfg.lr = lr;
+    } else if a.full {
+        // Every weight moves: LoRA's rates would wreck a full model within a few steps.
+        cfg.lr /= 50.0;
     }
     cfg.warmup = a.warmup;
     cfg.steps = a.steps;
@@ -1265,6 +1272,7 @@ fn train_cmd(
     cfg.max_seq = a.max_seq;
     cfg.seed = a.seed;
     cfg.save_every = a.save_every;
+    cfg.full = a.full;
     cfg.device = a.device.clone();
     cfg.dtype = a.dtype.clone();
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -8,6 +8,7 @@
 use super::{replace_dir, Error, Result};
 use crate::model::chat::CHATML_FALLBACK;
 use crate::model::config::{Arch, ModelConfig};
+use crate::model::decoder::permute_qk_rows;
 use crate::model::lora::Adapter;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{gguf_name, Store};
@@ -81,7 +82,7 @@ pub fn export(
     for name in &names {
         let mut t = src.store.dense(name, &Device::Cpu, DType::F32)?;
         if let Some(heads) = src.permuted_heads(name) {
-            t = gguf_rows_to_hf(&t, heads)?;
+            t = permute_qk_rows(&t, heads, true)?;
         }
         if let Some(module) = name.strip_suffix(".weight") {
             if let Some(lora) = pending.remove(module) {
@@ -122,19 +123,7 @@ pub fn export(
     std::fs::create_dir_all(parent)
         .map_err(|e| Error::File(parent.to_path_buf(), format!("cannot create: {e}")))?;
     let tmp = tempdir_beside(out)?;
-    let written = (|| -> Result<u64> {
-        let weights = tmp.join("model.safetensors");
-        candle_core::safetensors::save(&tensors, &weights)
-            .map_err(|e| Error::File(weights.clone(), format!("cannot write: {e}")))?;
-        src.write_side_files(&tmp, dtype, tie)?;
-        if let Some(set) = ckpt.default_prompt_set()? {
-            write(
-                &tmp.join(crate::model::checkpoint::SETTINGS_FILE),
-                &format!("prompts = {}\n", toml_string(&set)),
-            )?;
-        }
-        Ok(std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0))
-    })();
+    let written = write_folder(&src, ckpt, &tensors, &tmp, dtype, tie);
     let bytes = match written {
         Ok(b) => b,
         Err(e) => {
@@ -152,6 +141,48 @@ pub fn export(
         dtype: hf_dtype_name(dtype).into(),
         bytes,
     })
+}
+
+/// `model.safetensors`, the config and tokenizer files, and the prompt-set setting of `ckpt`,
+/// written into the existing folder `dir`. Returns the weights file's size.
+fn write_folder(
+    src: &Source,
+    ckpt: &Checkpoint,
+    tensors: &HashMap<String, Tensor>,
+    dir: &Path,
+    dtype: DType,
+    tie: bool,
+) -> Result<u64> {
+    let weights = dir.join("model.safetensors");
+    candle_core::safetensors::save(tensors, &weights)
+        .map_err(|e| Error::File(weights.clone(), format!("cannot write: {e}")))?;
+    src.write_side_files(dir, dtype, tie)?;
+    if let Some(set) = ckpt.default_prompt_set()? {
+        write(
+            &dir.join(crate::model::checkpoint::SETTINGS_FILE),
+            &format!("prompts = {}\n", toml_string(&set)),
+        )?;
+    }
+    Ok(std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0))
+}
+
+/// Write fully fine-tuned weights of `base` into the existing folder `dir` as a Hugging Face
+/// checkpoint: `tensors` holds every parameter under its HF name in HF row order (a tied model
+/// has no `lm_head.weight`), in the dtype it trained in; config and tokenizer are the base's.
+pub fn write_trained(
+    base: &Checkpoint,
+    tensors: &HashMap<String, Tensor>,
+    dir: &Path,
+) -> Result<()> {
+    let src = Source::open(base)?;
+    let dtype = tensors
+        .values()
+        .next()
+        .map(|t| t.dtype())
+        .unwrap_or(DType::F32);
+    let tie = !tensors.contains_key("lm_head.weight");
+    write_folder(&src, base, tensors, dir, dtype, tie)?;
+    Ok(())
 }
 
 fn toml_string(s: &str) -> String {
@@ -207,26 +238,6 @@ fn merge_into(
     Ok((w + delta)?)
 }
 
-/// llama.cpp's converter stores each q_proj/k_proj head with its two rotary halves interleaved
-/// row by row (GGUF row (h, i, j) is HF row (h, j, i), j ∈ {0, 1}); transformers expects the HF
-/// order. The same permutation as `Decoder::lora_b_layout`, applied to a weight (or a bias).
-pub fn gguf_rows_to_hf(t: &Tensor, heads: usize) -> Result<Tensor> {
-    let dims = t.dims().to_vec();
-    let out = dims[0];
-    let cols: usize = dims[1..].iter().product::<usize>().max(1);
-    let half = out / heads / 2;
-    if half * 2 * heads != out {
-        return Err(Error::Msg(format!(
-            "{out} rows do not split into {heads} heads of two rotary halves"
-        )));
-    }
-    let moved = t
-        .reshape((heads, half, 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    Ok(moved.reshape(dims)?)
-}
-
 /// Every tensor the decoder reads, under its HF name, in a stable order (as `Decoder::load`).
 fn hf_tensor_names(cfg: &ModelConfig, store: &Store) -> Vec<String> {
     let mut names = vec!["model.embed_tokens.weight".to_string()];
@@ -260,7 +271,7 @@ fn hf_tensor_names(cfg: &ModelConfig, store: &Store) -> Vec<String> {
 struct Source {
     store: Store,
     config: ModelConfig,
-    /// Whether q/k rows are in llama.cpp's order (llama GGUFs; see `gguf_rows_to_hf`).
+    /// Whether q/k rows are in llama.cpp's order (llama GGUFs; see `permute_qk_rows`).
     gguf_llama: bool,
     default_dtype: DType,
     kind: SourceKind,
@@ -559,10 +570,15 @@ mod tests {
             .reshape((out, cols))
             .unwrap();
         assert_ne!(gguf.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
-        let back = gguf_rows_to_hf(&gguf, heads).unwrap();
+        let back = permute_qk_rows(&gguf, heads, true).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
         // A bias (one dimension) moves the same way.
-        let b = gguf_rows_to_hf(&gguf.narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), heads).unwrap();
+        let b = permute_qk_rows(
+            &gguf.narrow(1, 0, 1).unwrap().squeeze(1).unwrap(),
+            heads,
+            true,
+        )
+        .unwrap();
         assert_eq!(
             b.to_vec1::<f32>().unwrap(),
             hf.narrow(1, 0, 1)

@@ -742,32 +742,106 @@ impl Decoder {
             .collect()
     }
 
-    /// A LoRA B matrix of `module` moved between PEFT's row order and the decoder's.
+    /// Rows of a matrix (or bias) of `module` moved between Hugging Face's order and the
+    /// decoder's: a LoRA B matrix, or a whole weight.
     ///
     /// llama.cpp's converter permutes the rows of q_proj and k_proj in llama GGUFs (each head's
     /// two rotary halves interleaved), and this decoder runs those weights as they are with
-    /// interleaved RoPE. An adapter's B (out × r) must follow the same permutation; PEFT files
-    /// always hold the Hugging Face order. Other modules and other checkpoints are unchanged.
-    pub fn lora_b_layout(&self, module: &str, b: &Tensor, to_peft: bool) -> Result<Tensor> {
+    /// interleaved RoPE. Anything with q/k output rows (an adapter's B, a trained weight) follows
+    /// the same permutation here; PEFT and HF files always hold the Hugging Face order. Other
+    /// modules and other checkpoints are unchanged.
+    pub fn qk_rows_layout(&self, module: &str, t: &Tensor, to_hf: bool) -> Result<Tensor> {
+        let module = module.strip_suffix(".weight").unwrap_or(module);
+        let module = module.strip_suffix(".bias").unwrap_or(module);
         let heads = if module.ends_with("q_proj") {
             self.config.num_heads
         } else if module.ends_with("k_proj") {
             self.config.num_kv_heads
         } else {
-            return Ok(b.clone());
+            return Ok(t.clone());
         };
         if !self.rope_interleaved {
-            return Ok(b.clone());
+            return Ok(t.clone());
         }
-        let (out, r) = b.dims2()?;
-        let half = out / heads / 2;
-        // HF rows (head, half-index j ∈ {0,1}, i) ↔ GGUF rows (head, i, j).
-        let moved = if to_peft {
-            b.reshape((heads, half, 2, r))?.transpose(1, 2)?
-        } else {
-            b.reshape((heads, 2, half, r))?.transpose(1, 2)?
+        permute_qk_rows(t, heads, to_hf)
+    }
+
+    /// Visit every parameter slot under its HF name (a tied output projection after the
+    /// embedding, holding the same tensor). Quantized or packed weights are refused: training
+    /// them needs a load with `dequantize`.
+    fn visit_parameters(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut Tensor) -> Result<()>,
+    ) -> Result<()> {
+        fn dense<'a>(w: &'a mut Weight, name: &str) -> Result<&'a mut Tensor> {
+            match w {
+                Weight::Dense(t) => Ok(t),
+                _ => Err(Error::Msg(format!(
+                    "'{name}' is quantized; full fine-tuning needs dense weights"
+                ))),
+            }
+        }
+        let linear = |l: &mut Linear, f: &mut dyn FnMut(&str, &mut Tensor) -> Result<()>| {
+            let name = format!("{}.weight", l.name);
+            f(&name, dense(&mut l.weight, &name)?)?;
+            if let Some(b) = l.bias.as_mut() {
+                f(&format!("{}.bias", l.name), b)?;
+            }
+            Ok::<(), Error>(())
         };
-        Ok(moved.contiguous()?.reshape((out, r))?)
+        match &mut self.embed {
+            Embedding::Dense(t) => f("model.embed_tokens.weight", t)?,
+            Embedding::Packed(_) => {
+                return Err(Error::Msg(
+                    "the embedding is quantized; full fine-tuning needs dense weights".into(),
+                ))
+            }
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            f(
+                &format!("{p}.input_layernorm.weight"),
+                &mut layer.attn_norm.weight,
+            )?;
+            for l in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o] {
+                linear(l, f)?;
+            }
+            if let Some(n) = layer.q_norm.as_mut() {
+                f(&format!("{p}.self_attn.q_norm.weight"), &mut n.weight)?;
+            }
+            if let Some(n) = layer.k_norm.as_mut() {
+                f(&format!("{p}.self_attn.k_norm.weight"), &mut n.weight)?;
+            }
+            f(
+                &format!("{p}.post_attention_layernorm.weight"),
+                &mut layer.mlp_norm.weight,
+            )?;
+            for l in [&mut layer.gate, &mut layer.up, &mut layer.down] {
+                linear(l, f)?;
+            }
+        }
+        f("model.norm.weight", &mut self.norm.weight)?;
+        linear(&mut self.lm_head, f)
+    }
+
+    /// Turn every parameter into a `Var` (full fine-tuning) and return them by HF name. A tied
+    /// output projection shares the embedding's variable and is not listed twice.
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, candle_core::Var)>> {
+        let mut made: std::collections::HashMap<candle_core::TensorId, candle_core::Var> =
+            Default::default();
+        let mut out = vec![];
+        self.visit_parameters(&mut |name, t| {
+            if let Some(v) = made.get(&t.id()) {
+                *t = v.as_tensor().clone();
+                return Ok(());
+            }
+            let v = candle_core::Var::from_tensor(t)?;
+            made.insert(t.id(), v.clone());
+            *t = v.as_tensor().clone();
+            out.push((name.to_string(), v));
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Attach a loaded adapter (unmerged). Shapes are checked against the base.
@@ -777,7 +851,7 @@ impl Decoder {
         let mut modules = adapter.modules.clone();
         if adapter.peft_layout {
             for (name, l) in modules.iter_mut() {
-                l.b = self.lora_b_layout(name, &l.b, false)?;
+                l.b = self.qk_rows_layout(name, &l.b, false)?;
             }
         }
         let adapter = &Adapter {
@@ -869,6 +943,27 @@ impl Decoder {
                 .flat_map(|l| l.linears().map(|x| x.weight.kind())),
         )
     }
+}
+
+/// llama.cpp's converter stores each q_proj/k_proj head with its two rotary halves interleaved
+/// row by row: GGUF row (head, i, j) is HF row (head, j, i), j ∈ {0, 1}. Moves the rows of `t`
+/// (a weight, a bias or a LoRA B) from GGUF to HF order (`to_hf`) or back.
+pub fn permute_qk_rows(t: &Tensor, heads: usize, to_hf: bool) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let out = dims[0];
+    let cols: usize = dims[1..].iter().product::<usize>().max(1);
+    let half = out / heads / 2;
+    if half * 2 * heads != out {
+        return Err(Error::Msg(format!(
+            "{out} rows do not split into {heads} heads of two rotary halves"
+        )));
+    }
+    let moved = if to_hf {
+        t.reshape((heads, half, 2, cols))?.transpose(1, 2)?
+    } else {
+        t.reshape((heads, 2, half, cols))?.transpose(1, 2)?
+    };
+    Ok(moved.contiguous()?.reshape(dims)?)
 }
 
 fn check_lora_shape(file: &std::path::Path, lin: &Linear, l: &LoraWeights) -> Result<()> {

@@ -283,11 +283,8 @@ pub(super) fn train(
             groups.push(ex);
         }
         // Reference and behaviour log-probabilities, without gradients and without dropout.
-        t.lora.dropout_off();
-        t.model.decoder.set_active_adapter(None)?;
-        let reference = row_logps(&t.model, &groups, &rows, g.temperature);
-        t.model.decoder.set_active_adapter(Some(super::TRAINING))?;
-        let reference = reference?;
+        t.params.dropout_off();
+        let reference = t.with_reference(|m| row_logps(m, &groups, &rows, g.temperature))?;
         // With one update per step the policy has not moved when the loss is taken, so the
         // behaviour log-probabilities are the (detached) current ones; otherwise they are
         // computed once, before the first update.
@@ -314,9 +311,9 @@ pub(super) fn train(
                 while j < range.end && rows[j].group == gi {
                     j += 1;
                 }
-                t.lora.dropout_on(t.cfg.seed ^ ((step * 7919 + i) as u64));
+                t.params.dropout_on(t.cfg.seed ^ ((step * 7919 + i) as u64));
                 let new = group_logps(&t.model, groups[gi], &rows[i..j], g.temperature)?;
-                t.lora.dropout_off();
+                t.params.dropout_off();
                 let (mask, adv, refp, oldp) = {
                     let (n, l) = new.dims2()?;
                     let mut mask = vec![0f32; n * l];

@@ -151,6 +151,11 @@ pub struct TrainConfig {
     pub save_every: usize,
     #[serde(default)]
     pub adamw: AdamWParams,
+    /// Train every weight instead of LoRA factors (small models: weights, gradients and AdamW
+    /// state take about 16 bytes a parameter in f32). `rank`, `alpha`, `dropout` and `targets`
+    /// do not apply.
+    #[serde(default)]
+    pub full: bool,
     /// Where the pass runs (`cpu`, `cuda`, `cuda:N`). Not part of a run's identity: a resume
     /// may move it.
     #[serde(default = "cpu")]
@@ -198,6 +203,7 @@ impl TrainConfig {
             seed: 0,
             save_every: 0,
             adamw: AdamWParams::default(),
+            full: false,
             device: cpu(),
             dtype: None,
         }
@@ -241,6 +247,9 @@ impl TrainConfig {
     fn check(&self) -> anyhow::Result<()> {
         if self.rank == 0 {
             anyhow::bail!("--rank must be at least 1");
+        }
+        if self.full && self.dropout > 0.0 {
+            anyhow::bail!("--dropout applies to LoRA factors, not to --full");
         }
         if !(0.0..1.0).contains(&self.dropout) {
             anyhow::bail!("--dropout must be in [0, 1), not {}", self.dropout);
@@ -494,7 +503,7 @@ impl LoraParams {
             tensors.insert(peft_key(n, 'A'), a.as_tensor().clone());
             tensors.insert(
                 peft_key(n, 'B'),
-                decoder.lora_b_layout(n, b.as_tensor(), true)?,
+                decoder.qk_rows_layout(n, b.as_tensor(), true)?,
             );
         }
         candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
@@ -520,12 +529,93 @@ impl LoraParams {
                     anyhow::bail!("{}: '{k}' has the wrong shape", file.display());
                 }
                 let x = if which == 'B' {
-                    decoder.lora_b_layout(n, x, false)?
+                    decoder.qk_rows_layout(n, x, false)?
                 } else {
                     x.clone()
                 };
                 v.set(&x.to_device(v.device())?.to_dtype(v.dtype())?)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// What a run trains.
+pub enum Trainable {
+    /// LoRA factors on the frozen base.
+    Lora(LoraParams),
+    /// Every weight (`--full`). GRPO's reference policy is then a frozen second copy of the
+    /// base, since there is no adapter to switch off.
+    Full {
+        vars: Vec<(String, Var)>,
+        reference: Option<Box<Model>>,
+    },
+}
+
+impl Trainable {
+    /// Switch LoRA dropout on for the next gradient pass (nothing to do for full training).
+    pub fn dropout_on(&self, seed: u64) {
+        if let Trainable::Lora(l) = self {
+            l.dropout_on(seed)
+        }
+    }
+
+    pub fn dropout_off(&self) {
+        if let Trainable::Lora(l) = self {
+            l.dropout_off()
+        }
+    }
+
+    /// The optimizer's view: every trainable tensor with a stable name.
+    fn named(&self) -> Vec<(String, Var)> {
+        match self {
+            Trainable::Lora(l) => l.named(),
+            Trainable::Full { vars, .. } => vars.clone(),
+        }
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.named().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Write the trained state into `dir`: a PEFT adapter, or a whole Hugging Face checkpoint.
+    fn save(
+        &self,
+        dir: &Path,
+        decoder: &crate::model::Decoder,
+        base: &Checkpoint,
+    ) -> anyhow::Result<()> {
+        match self {
+            Trainable::Lora(l) => l.save(dir, decoder),
+            Trainable::Full { vars, .. } => {
+                let tensors = vars
+                    .iter()
+                    .map(|(n, v)| Ok((n.clone(), decoder.qk_rows_layout(n, v.as_tensor(), true)?)))
+                    .collect::<anyhow::Result<HashMap<_, _>>>()?;
+                crate::export::merge::write_trained(base, &tensors, dir)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Load what [`Trainable::save`] wrote (resume).
+    fn load(&self, dir: &Path, decoder: &crate::model::Decoder) -> anyhow::Result<()> {
+        let vars = match self {
+            Trainable::Lora(l) => return l.load_into(dir, decoder),
+            Trainable::Full { vars, .. } => vars,
+        };
+        let file = dir.join("model.safetensors");
+        let t = candle_core::safetensors::load(&file, &Device::Cpu)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        for (n, v) in vars {
+            let x = t
+                .get(n)
+                .ok_or_else(|| anyhow::anyhow!("{}: lacks '{n}'", file.display()))?;
+            if x.dims() != v.dims() {
+                anyhow::bail!("{}: '{n}' has the wrong shape", file.display());
+            }
+            let x = decoder.qk_rows_layout(n, x, false)?;
+            v.set(&x.to_device(v.device())?.to_dtype(v.dtype())?)?;
         }
         Ok(())
     }
@@ -561,7 +651,9 @@ pub fn run(
 pub struct Trainer {
     pub cfg: TrainConfig,
     pub model: Model,
-    pub lora: LoraParams,
+    pub params: Trainable,
+    /// The base checkpoint (a full run's saves take its config and tokenizer).
+    base: Checkpoint,
     pub opt: AdamW,
     vars: Vec<(String, Var)>,
     pub out: PathBuf,
@@ -596,8 +688,17 @@ impl Trainer {
             .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
         let set = PromptSet::load(&set_name, &crate::prompts::default_root())?;
         let mut model = ckpt.load(&cfg.load_options()?)?;
-        let lora = LoraParams::init(&model, cfg)?;
-        let vars = lora.named();
+        let params = if cfg.full {
+            let vars = model.decoder.make_trainable()?;
+            let reference = match cfg.method {
+                Method::Grpo(_) => Some(Box::new(ckpt.load(&cfg.load_options()?)?)),
+                Method::Sft { .. } => None,
+            };
+            Trainable::Full { vars, reference }
+        } else {
+            Trainable::Lora(LoraParams::init(&model, cfg)?)
+        };
+        let vars = params.named();
         let mut opt = AdamW::new(vars.clone(), cfg.adamw)?;
         std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
         let mut start = 0;
@@ -619,7 +720,7 @@ impl Trainer {
                     dir.display()
                 );
             }
-            lora.load_into(&dir, &model.decoder)?;
+            params.load(&dir, &model.decoder)?;
             let moments =
                 candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
             opt.restore(&moments, state.optimizer_t)
@@ -631,7 +732,9 @@ impl Trainer {
                 out.display()
             );
         }
-        lora.attach(&mut model.decoder, out)?;
+        if let Trainable::Lora(l) = &params {
+            l.attach(&mut model.decoder, out)?;
+        }
         let events = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -641,7 +744,8 @@ impl Trainer {
             Trainer {
                 cfg: cfg.clone(),
                 model,
-                lora,
+                params,
+                base: ckpt.clone(),
                 opt,
                 vars,
                 out: out.to_path_buf(),
@@ -652,6 +756,30 @@ impl Trainer {
             },
             set,
         ))
+    }
+
+    /// Run `f` on the reference policy: the base with the adapter switched off, or the frozen
+    /// copy a full run keeps.
+    pub fn with_reference<R>(
+        &mut self,
+        f: impl FnOnce(&Model) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        match &self.params {
+            Trainable::Full {
+                reference: Some(r), ..
+            } => f(r),
+            Trainable::Full {
+                reference: None, ..
+            } => {
+                anyhow::bail!("this run keeps no reference model")
+            }
+            Trainable::Lora(_) => {
+                self.model.decoder.set_active_adapter(None)?;
+                let r = f(&self.model);
+                self.model.decoder.set_active_adapter(Some(TRAINING))?;
+                r
+            }
+        }
     }
 
     /// Stop with a saved checkpoint when cancelled.
@@ -733,7 +861,7 @@ impl Trainer {
         let _ = std::fs::remove_dir_all(&tmp);
         let write = || -> anyhow::Result<()> {
             std::fs::create_dir_all(&tmp)?;
-            self.lora.save(&tmp, &self.model.decoder)?;
+            self.params.save(&tmp, &self.model.decoder, &self.base)?;
             candle_core::safetensors::save(&self.opt.state(), tmp.join("optimizer.safetensors"))?;
             let state = TrainerState {
                 step,
@@ -746,11 +874,21 @@ impl Trainer {
             )?;
             let _ = std::fs::remove_dir_all(&final_dir);
             std::fs::rename(&tmp, &final_dir)?;
-            // The top-level adapter: each file replaced by a rename, never half-written.
-            for f in ["adapter_model.safetensors", "adapter_config.json"] {
-                let t = out.join(format!(".{f}.tmp"));
-                std::fs::copy(final_dir.join(f), &t)?;
-                std::fs::rename(&t, out.join(f))?;
+            // The top level is the latest model (adapter or whole checkpoint): each file
+            // replaced by a rename, never half-written. Checkpoint files are never modified
+            // in place, so a hard link is as good as a copy (and free for a full model).
+            for entry in std::fs::read_dir(&final_dir)? {
+                let f = entry?.file_name();
+                let name = f.to_string_lossy();
+                if name == "optimizer.safetensors" || name == "trainer_state.json" {
+                    continue;
+                }
+                let t = out.join(format!(".{name}.tmp"));
+                let _ = std::fs::remove_file(&t);
+                if std::fs::hard_link(final_dir.join(&f), &t).is_err() {
+                    std::fs::copy(final_dir.join(&f), &t)?;
+                }
+                std::fs::rename(&t, out.join(&f))?;
             }
             Ok(())
         };

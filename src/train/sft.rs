@@ -160,10 +160,10 @@ pub(super) fn train(
             let mb: Vec<&Example> = (first..first + batch)
                 .map(|k| &examples[nth_example(examples.len(), t.cfg.seed, k)])
                 .collect();
-            t.lora
+            t.params
                 .dropout_on(t.cfg.seed ^ (first as u64).wrapping_mul(0x2545_F491));
             let (loss, n) = sft_loss(&t.model, &mb)?;
-            t.lora.dropout_off();
+            t.params.dropout_off();
             let g = t.grads(&(loss.clone() / accum as f64)?)?;
             if grads.is_empty() {
                 grads = g;
