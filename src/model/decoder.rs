@@ -49,6 +49,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let lora = self.active.map(|i| &self.loras[i].1);
+        // A dense frozen weight with an adapter (training, HF checkpoints) runs as one node.
+        let mut fused = false;
         let mut y = match &self.weight {
             Weight::Packed(p, rows) => p.forward_rows(x, rows.clone())?,
             Weight::Quant(q) => q.forward(x)?,
@@ -56,7 +59,14 @@ impl Linear {
                 // Fold the leading dims so the matmul is one GEMM.
                 let dims = x.dims().to_vec();
                 let rows: usize = dims[..dims.len() - 1].iter().product();
-                let y = super::grad::matmul_t(&x.reshape((rows, self.in_dim))?, w)?;
+                let x2 = x.reshape((rows, self.in_dim))?;
+                let y = match lora {
+                    Some(l) if !l.dropout_live() && !w.track_op() => {
+                        fused = true;
+                        super::grad::lora_matmul_t(&x2, w, &l.a, &l.b, l.scale)?
+                    }
+                    _ => super::grad::matmul_t(&x2, w)?,
+                };
                 let mut out = dims;
                 *out.last_mut().expect("non-empty dims") = self.out_dim;
                 y.reshape(out)?
@@ -65,8 +75,8 @@ impl Linear {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
-        if let Some(i) = self.active {
-            y = (y + self.loras[i].1.delta(x)?)?;
+        if let (Some(l), false) = (lora, fused) {
+            y = (y + l.delta(x)?)?;
         }
         Ok(y)
     }

@@ -46,6 +46,11 @@ impl Dropout {
         *st = (seed.is_some(), StdRng::seed_from_u64(seed.unwrap_or(0)));
     }
 
+    /// Whether masks are being drawn (a gradient pass with p > 0).
+    pub fn live(&self) -> bool {
+        self.p > 0.0 && self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !st.0 || self.p <= 0.0 {
@@ -82,6 +87,11 @@ impl LoraWeights {
             .broadcast_matmul(&self.a.t()?)?
             .broadcast_matmul(&self.b.t()?)?
             * self.scale)?)
+    }
+
+    /// Whether this pass drops the adapter's inputs.
+    pub fn dropout_live(&self) -> bool {
+        self.dropout.as_ref().is_some_and(|d| d.live())
     }
 
     /// `s·B·A`, the change to W when the adapter is merged.
