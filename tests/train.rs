@@ -425,18 +425,7 @@ fn full_grpo_measures_kl_against_a_frozen_copy() {
     tiny_dataset(data.path());
     let out = tempfile::tempdir().unwrap();
     let out = out.path().join("full-grpo");
-    let mut cfg = grpo_config(
-        data.path(),
-        GrpoParams {
-            states: vec!["response".into()],
-            max_new_tokens: 12,
-            reward: RewardSpec::Contains {
-                word: "human".into(),
-                max_tokens: 12,
-            },
-            ..Default::default()
-        },
-    );
+    let mut cfg = says_human_config(data.path(), 12);
     cfg.full = true;
     cfg.steps = 2;
     cfg.lr = 1e-4;
@@ -697,6 +686,22 @@ fn grpo_config(scenarios: &Path, params: GrpoParams) -> TrainConfig {
     cfg
 }
 
+/// GRPO on the replies only, rewarded by saying "human" within `tokens` tokens.
+fn says_human_config(scenarios: &Path, tokens: usize) -> TrainConfig {
+    grpo_config(
+        scenarios,
+        GrpoParams {
+            states: vec!["response".into()],
+            max_new_tokens: tokens,
+            reward: RewardSpec::Contains {
+                word: "human".into(),
+                max_tokens: tokens,
+            },
+            ..Default::default()
+        },
+    )
+}
+
 /// GRPO with a verifiable reward (the reply says "human" within 24 tokens — the default model
 /// does so about half the time) raises the mean reward clearly in a short CPU run, starting
 /// from zero KL (the adapter starts as the identity). Rollouts are seeded, so the run is
@@ -707,18 +712,7 @@ fn grpo_raises_a_verifiable_reward() {
     tiny_dataset(data.path());
     let out = tempfile::tempdir().unwrap();
     let out = out.path().join("grpo");
-    let mut cfg = grpo_config(
-        data.path(),
-        GrpoParams {
-            states: vec!["response".into()],
-            max_new_tokens: 24,
-            reward: RewardSpec::Contains {
-                word: "human".into(),
-                max_tokens: 24,
-            },
-            ..Default::default()
-        },
-    );
+    let mut cfg = says_human_config(data.path(), 24);
     cfg.steps = 12;
     cfg.batch = 2;
     cfg.lr = 3e-3;
