@@ -167,6 +167,51 @@ fn sft_config(scenarios: &Path) -> TrainConfig {
     cfg
 }
 
+/// Run `cfg` into `out` to the end; its step events.
+fn train_steps(cfg: &TrainConfig, out: &Path, resume: bool) -> Vec<humanlm::train::StepEvent> {
+    let mut steps = vec![];
+    run(cfg, out, &common::checkpoints(), resume, None, &mut |e| {
+        if let TrainEvent::Step(s) = e {
+            steps.push(s.clone())
+        }
+    })
+    .unwrap();
+    steps
+}
+
+/// Run `cfg` into a fresh `out`, interrupting it (as Ctrl-C does) once step `n` is done; the
+/// steps it ran and the run's error.
+fn train_until(
+    cfg: &TrainConfig,
+    out: &Path,
+    n: usize,
+) -> (Vec<humanlm::train::StepEvent>, String) {
+    let cancel = AtomicBool::new(false);
+    let mut steps = vec![];
+    let err = run(
+        cfg,
+        out,
+        &common::checkpoints(),
+        false,
+        Some(&cancel),
+        &mut |e| {
+            if let TrainEvent::Step(s) = e {
+                steps.push(s.clone());
+                if s.step == n {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    (steps, err)
+}
+
+fn step_losses(steps: &[humanlm::train::StepEvent]) -> Vec<f64> {
+    steps.iter().map(|s| s.loss).collect()
+}
+
 #[test]
 fn sft_overfits_four_scenarios_and_saves_a_loadable_adapter() {
     let data = tempfile::tempdir().unwrap();
@@ -174,13 +219,7 @@ fn sft_overfits_four_scenarios_and_saves_a_loadable_adapter() {
     let out = tempfile::tempdir().unwrap();
     let out = out.path().join("adapter");
     let cfg = sft_config(data.path());
-    let mut losses = vec![];
-    run(&cfg, &out, &common::checkpoints(), false, None, &mut |e| {
-        if let TrainEvent::Step(s) = e {
-            losses.push(s.loss)
-        }
-    })
-    .unwrap();
+    let losses = step_losses(&train_steps(&cfg, &out, false));
     assert_eq!(losses.len(), 30);
     let first = losses[0];
     let last = losses[25..].iter().cloned().fold(f64::MAX, f64::min);
@@ -222,29 +261,7 @@ fn sft_in_bf16_keeps_f32_optimizer_state_and_resumes_in_f32() {
     cfg.dtype = Some("bf16".into());
     cfg.steps = 12;
     cfg.save_every = 6;
-    let mut losses = vec![];
-    let mut stop_after = |n: usize| {
-        let cancel = std::sync::atomic::AtomicBool::new(false);
-        let mut seen = 0;
-        let r = run(
-            &cfg,
-            &out,
-            &common::checkpoints(),
-            false,
-            Some(&cancel),
-            &mut |e| {
-                if let TrainEvent::Step(s) = e {
-                    losses.push(s.loss);
-                    seen += 1;
-                    if seen == n {
-                        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            },
-        );
-        r.unwrap_err().to_string()
-    };
-    let err = stop_after(6);
+    let (first_part, err) = train_until(&cfg, &out, 6);
     assert!(err.contains("interrupted at step 6"), "{err}");
     let ck = out.join("checkpoint-6");
     let adapter = candle_core::safetensors::load(
@@ -264,19 +281,8 @@ fn sft_in_bf16_keeps_f32_optimizer_state_and_resumes_in_f32() {
     // The same run, moved to f32: accepted, and it continues from step 6.
     let mut f32_cfg = cfg.clone();
     f32_cfg.dtype = Some("f32".into());
-    run(
-        &f32_cfg,
-        &out,
-        &common::checkpoints(),
-        true,
-        None,
-        &mut |e| {
-            if let TrainEvent::Step(s) = e {
-                losses.push(s.loss)
-            }
-        },
-    )
-    .unwrap();
+    let mut losses = step_losses(&first_part);
+    losses.extend(step_losses(&train_steps(&f32_cfg, &out, true)));
     assert_eq!(losses.len(), 12, "{losses:?}");
     assert!(losses.iter().all(|l| l.is_finite()));
     let (first, last) = (
@@ -346,13 +352,7 @@ fn full_sft_saves_a_loadable_checkpoint_and_resumes_exactly() {
     cfg.steps = 6;
     cfg.save_every = 3;
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let mut losses = vec![];
-    run(&cfg, &a, &common::checkpoints(), false, None, &mut |e| {
-        if let TrainEvent::Step(s) = e {
-            losses.push(s.loss)
-        }
-    })
-    .unwrap();
+    let losses = step_losses(&train_steps(&cfg, &a, false));
     assert!(losses[5] < losses[0] * 0.7, "{losses:?}");
     for f in ["model.safetensors", "config.json", "tokenizer.json"] {
         assert!(a.join(f).is_file(), "{f}");
@@ -360,23 +360,8 @@ fn full_sft_saves_a_loadable_checkpoint_and_resumes_exactly() {
     assert!(!a.join("adapter_config.json").exists());
 
     // Stopped after step 3, then resumed.
-    let cancel = AtomicBool::new(false);
-    let err = run(
-        &cfg,
-        &b,
-        &common::checkpoints(),
-        false,
-        Some(&cancel),
-        &mut |e| {
-            if let TrainEvent::Step(s) = e {
-                if s.step == 3 {
-                    cancel.store(true, Ordering::Relaxed);
-                }
-            }
-        },
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("interrupted at step 3"), "{err}");
+    let (_, err) = train_until(&cfg, &b, 3);
+    assert!(err.contains("interrupted at step 3"), "{err}");
     run(&cfg, &b, &common::checkpoints(), true, None, &mut |_| {}).unwrap();
     let load = |d: &Path| {
         candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu)
@@ -430,13 +415,10 @@ fn full_grpo_measures_kl_against_a_frozen_copy() {
     cfg.steps = 2;
     cfg.lr = 1e-4;
     cfg.warmup = 0;
-    let mut kls = vec![];
-    run(&cfg, &out, &common::checkpoints(), false, None, &mut |e| {
-        if let TrainEvent::Step(s) = e {
-            kls.push(s.kl.unwrap())
-        }
-    })
-    .unwrap();
+    let kls: Vec<f64> = train_steps(&cfg, &out, false)
+        .iter()
+        .map(|s| s.kl.unwrap())
+        .collect();
     assert_eq!(kls.len(), 2);
     assert!(kls[0].abs() < 1e-6, "{kls:?}");
     assert!(kls[1].is_finite() && kls[1] >= 0.0, "{kls:?}");
@@ -466,23 +448,7 @@ fn resume_continues_exactly() {
     .unwrap();
 
     let resumed = tmp.path().join("resumed");
-    let stop = AtomicBool::new(false);
-    let e = run(
-        &cfg,
-        &resumed,
-        &common::checkpoints(),
-        false,
-        Some(&stop),
-        &mut |e| {
-            if let TrainEvent::Step(s) = e {
-                if s.step == 2 {
-                    stop.store(true, Ordering::Relaxed);
-                }
-            }
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let (_, e) = train_until(&cfg, &resumed, 2);
     assert!(e.contains("interrupted at step 2"), "{e}");
     // Without --resume the folder is not overwritten.
     let e = run(
@@ -496,20 +462,10 @@ fn resume_continues_exactly() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("--resume"), "{e}");
-    let mut steps = vec![];
-    run(
-        &cfg,
-        &resumed,
-        &common::checkpoints(),
-        true,
-        None,
-        &mut |e| {
-            if let TrainEvent::Step(s) = e {
-                steps.push(s.step)
-            }
-        },
-    )
-    .unwrap();
+    let steps: Vec<usize> = train_steps(&cfg, &resumed, true)
+        .iter()
+        .map(|s| s.step)
+        .collect();
     assert_eq!(steps, [3, 4]);
     let load = |p: &Path| {
         candle_core::safetensors::load(
