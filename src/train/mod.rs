@@ -516,28 +516,35 @@ impl LoraParams {
 
     /// Load factors saved by [`LoraParams::save`] (resume).
     pub fn load_into(&self, dir: &Path, decoder: &crate::model::Decoder) -> anyhow::Result<()> {
-        let file = dir.join("adapter_model.safetensors");
-        let t = candle_core::safetensors::load(&file, &Device::Cpu)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        for (n, a, b) in &self.vars {
-            for (which, v) in [('A', a), ('B', b)] {
-                let k = peft_key(n, which);
-                let x = t
-                    .get(&k)
-                    .ok_or_else(|| anyhow::anyhow!("{}: lacks '{k}'", file.display()))?;
-                if x.dims() != v.dims() {
-                    anyhow::bail!("{}: '{k}' has the wrong shape", file.display());
-                }
-                let x = if which == 'B' {
-                    decoder.qk_rows_layout(n, x, false)?
-                } else {
-                    x.clone()
-                };
-                v.set(&x.to_device(v.device())?.to_dtype(v.dtype())?)?;
-            }
-        }
-        Ok(())
+        let vars = self.vars.iter().flat_map(|(n, a, b)| {
+            // A's rows are the rank; B's are the layer's outputs (q/k permuted on llama GGUFs).
+            [(peft_key(n, 'A'), "", a), (peft_key(n, 'B'), n.as_str(), b)]
+        });
+        set_from_file(&dir.join("adapter_model.safetensors"), vars, decoder)
     }
+}
+
+/// Set each `(key, module, var)` from tensor `key` of a saved safetensors `file`, its rows moved
+/// from Hugging Face order to the decoder's for `module` (see `Decoder::qk_rows_layout`), on the
+/// variable's device in its dtype.
+fn set_from_file<'a>(
+    file: &Path,
+    vars: impl Iterator<Item = (String, &'a str, &'a Var)>,
+    decoder: &crate::model::Decoder,
+) -> anyhow::Result<()> {
+    let t = candle_core::safetensors::load(file, &Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    for (k, module, v) in vars {
+        let x = t
+            .get(&k)
+            .ok_or_else(|| anyhow::anyhow!("{}: lacks '{k}'", file.display()))?;
+        if x.dims() != v.dims() {
+            anyhow::bail!("{}: '{k}' has the wrong shape", file.display());
+        }
+        let x = decoder.qk_rows_layout(module, x, false)?;
+        v.set(&x.to_device(v.device())?.to_dtype(v.dtype())?)?;
+    }
+    Ok(())
 }
 
 /// What a run trains.
@@ -574,10 +581,6 @@ impl Trainable {
         }
     }
 
-    pub fn parameter_count(&self) -> usize {
-        self.named().iter().map(|(_, v)| v.elem_count()).sum()
-    }
-
     /// Write the trained state into `dir`: a PEFT adapter, or a whole Hugging Face checkpoint.
     fn save(
         &self,
@@ -600,24 +603,14 @@ impl Trainable {
 
     /// Load what [`Trainable::save`] wrote (resume).
     fn load(&self, dir: &Path, decoder: &crate::model::Decoder) -> anyhow::Result<()> {
-        let vars = match self {
-            Trainable::Lora(l) => return l.load_into(dir, decoder),
-            Trainable::Full { vars, .. } => vars,
-        };
-        let file = dir.join("model.safetensors");
-        let t = candle_core::safetensors::load(&file, &Device::Cpu)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        for (n, v) in vars {
-            let x = t
-                .get(n)
-                .ok_or_else(|| anyhow::anyhow!("{}: lacks '{n}'", file.display()))?;
-            if x.dims() != v.dims() {
-                anyhow::bail!("{}: '{n}' has the wrong shape", file.display());
-            }
-            let x = decoder.qk_rows_layout(n, x, false)?;
-            v.set(&x.to_device(v.device())?.to_dtype(v.dtype())?)?;
+        match self {
+            Trainable::Lora(l) => l.load_into(dir, decoder),
+            Trainable::Full { vars, .. } => set_from_file(
+                &dir.join("model.safetensors"),
+                vars.iter().map(|(n, v)| (n.clone(), n.as_str(), v)),
+                decoder,
+            ),
         }
-        Ok(())
     }
 }
 
@@ -687,11 +680,13 @@ impl Trainer {
             .or(ckpt.default_prompt_set()?)
             .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
         let set = PromptSet::load(&set_name, &crate::prompts::default_root())?;
-        let mut model = ckpt.load(&cfg.load_options()?)?;
+        // One device for the model and a full run's reference copy.
+        let opts = cfg.load_options()?;
+        let mut model = ckpt.load(&opts)?;
         let params = if cfg.full {
             let vars = model.decoder.make_trainable()?;
             let reference = match cfg.method {
-                Method::Grpo(_) => Some(Box::new(ckpt.load(&cfg.load_options()?)?)),
+                Method::Grpo(_) => Some(Box::new(ckpt.load(&opts)?)),
                 Method::Sft { .. } => None,
             };
             Trainable::Full { vars, reference }
