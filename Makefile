@@ -1,5 +1,5 @@
 # The two set-up commands of the README: `make run` and `make test`.
-.PHONY: run test fetch build bench
+.PHONY: run test deps fetch build bench
 
 fetch:
 	./scripts/fetch-checkpoints.sh
@@ -11,14 +11,19 @@ build:
 run: fetch build
 	./target/release/humanlm
 
+# What the tests need beyond cargo (checkpoints, the test venv, tmux, cargo-nextest), installed
+# only when missing; scripts/deps.sh says what it installs.
+deps:
+	./scripts/deps.sh
+
 # Every test, formatting and lints. Tests run in the release profile: they drive the real default
-# model, and one optimised build serves `make run`, the tests and the benchmarks.
-test: fetch
-	./scripts/test-venv.sh >/dev/null
-	command -v tmux >/dev/null || ./scripts/install-test-tools.sh
+# model, and one optimised build serves `make run`, the tests and the benchmarks. nextest runs each
+# test in its own process with its time, the 60 s budget and the test groups of
+# .config/nextest.toml (tests/README.md).
+test: deps
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
-	cargo test --release
+	cargo nextest run --release --profile ci
 
 # Speed against llama.cpp (needs the llama-cpp-python venv; see README, "Speed").
 bench: build

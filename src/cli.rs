@@ -219,6 +219,10 @@ struct SimSamplingArgs {
 
 impl SimSamplingArgs {
     fn params(&self, set: &crate::prompts::PromptSet) -> SamplingParams {
+        self.choice().params(set)
+    }
+
+    fn choice(&self) -> crate::sim::SamplingChoice {
         crate::sim::SamplingChoice {
             n: self.n,
             seed: self.seed,
@@ -228,7 +232,6 @@ impl SimSamplingArgs {
             no_repeat_ngram: self.no_repeat_ngram,
             max_tokens: self.max_tokens,
         }
-        .params(set)
     }
 }
 
@@ -237,10 +240,7 @@ fn prompt_set(
     named: Option<&str>,
     default: Option<String>,
 ) -> anyhow::Result<crate::prompts::PromptSet> {
-    let name = named
-        .map(str::to_string)
-        .or(default)
-        .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
+    let name = crate::prompts::set_for(named, default);
     Ok(crate::prompts::PromptSet::load(
         &name,
         &crate::prompts::default_root(),
@@ -291,40 +291,37 @@ struct TrainArgs {
     /// Prompt set framing the target (default: the base's own).
     #[arg(long)]
     prompts: Option<String>,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().rank)]
     rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    alpha: f64,
+    /// LoRA alpha (default: twice the rank, a scale alpha/rank of 2).
+    #[arg(long)]
+    alpha: Option<f64>,
     /// Dropout on the adapters' inputs during training.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().dropout)]
     dropout: f64,
     /// Comma-separated module names to adapt.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    )]
+    #[arg(long, value_delimiter = ',', default_values_t = crate::train::TrainConfig::defaults().targets)]
     targets: Vec<String>,
     /// Peak learning rate (default: 1e-3 for SFT, 1e-4 for GRPO; a fiftieth of that with --full).
     #[arg(long)]
     lr: Option<f64>,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().warmup)]
     warmup: usize,
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().steps)]
     steps: usize,
     /// SFT: examples per micro-batch; GRPO: prompts (groups) per step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().batch)]
     batch: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().grad_accum)]
     grad_accum: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().max_grad_norm)]
     max_grad_norm: f64,
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().max_seq)]
     max_seq: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().seed)]
     seed: u64,
     /// Save a checkpoint every N steps (0: only at the end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().save_every)]
     save_every: usize,
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
@@ -357,19 +354,19 @@ struct GrpoArgs {
     #[command(flatten)]
     common: TrainArgs,
     /// Rollouts per prompt.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = crate::train::GrpoParams::default().n)]
     n: usize,
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = crate::train::GrpoParams::default().temperature)]
     temperature: f32,
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = crate::train::GrpoParams::default().kl_coef)]
     kl_coef: f64,
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = crate::train::GrpoParams::default().clip)]
     clip: f64,
     /// Optimizer updates per step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = crate::train::GrpoParams::default().mini_batches)]
     mini_batches: usize,
     /// Cap on each state's token budget (0: the prompt set's budgets).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = crate::train::GrpoParams::default().max_new_tokens)]
     max_new_tokens: usize,
     /// Comma-separated states to train (default: the six states and response).
     #[arg(long, value_delimiter = ',')]
@@ -396,16 +393,8 @@ struct EvalArgs {
     /// Judge configuration file (default: embedding similarity, which needs no key).
     #[arg(long)]
     judge: Option<PathBuf>,
-    #[arg(long, default_value_t = 1)]
-    n: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// The method's evaluation temperature.
-    #[arg(long, default_value_t = 0.4)]
-    temperature: f32,
-    /// Cap every call's new tokens below its state's limit.
-    #[arg(long)]
-    max_tokens: Option<usize>,
+    #[command(flatten)]
+    sampling: SimSamplingArgs,
     #[arg(long, value_enum, default_value = "none")]
     truncate: crate::sim::Truncate,
     /// Folder the run folder is created in.
@@ -1079,10 +1068,7 @@ fn eval_cmd(root: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         mode: a.mode,
         prompts: a.prompts.clone(),
         judge,
-        n: a.n,
-        seed: a.seed,
-        temperature: a.temperature,
-        max_tokens: a.max_tokens,
+        sampling: a.sampling.choice(),
         truncate: a.truncate,
         out: a.out.clone(),
     };
@@ -1094,7 +1080,8 @@ fn eval_cmd(root: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         .expect("valid template"),
     );
     let mut skipped = vec![];
-    let dir = eval::run(&spec, root, None, &mut |p| match p {
+    let roots = crate::roots::Roots::new(root, crate::prompts::default_root());
+    let dir = eval::run(&spec, &roots, None, &mut |p| match p {
         Progress::Started { total, resumed } => {
             bar.set_length(total as u64);
             bar.set_position(resumed as u64);
@@ -1254,8 +1241,7 @@ fn train_cmd(
     };
     let mut cfg = TrainConfig::new(method, &a.checkpoint, data);
     cfg.prompts = a.prompts.clone();
-    cfg.rank = a.rank;
-    cfg.alpha = a.alpha;
+    cfg.set_rank(a.rank, a.alpha);
     cfg.dropout = a.dropout;
     cfg.targets = a.targets.clone();
     if let Some(lr) = a.lr {
@@ -1296,7 +1282,7 @@ fn train_cmd(
     let out = crate::train::run(
         &cfg,
         &a.out,
-        root,
+        &crate::roots::Roots::new(root, crate::prompts::default_root()),
         a.resume,
         Some(&cancel),
         &mut |e| match e {

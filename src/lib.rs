@@ -6,12 +6,14 @@
 pub mod cli;
 pub mod eval;
 pub mod export;
+pub mod files;
 pub mod generate;
 pub mod gpu;
 pub mod judge;
 pub mod model;
 pub mod prompts;
 pub mod remote;
+pub mod roots;
 pub mod scenario;
 pub mod serve;
 pub mod sim;

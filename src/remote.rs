@@ -801,10 +801,7 @@ pub fn save_endpoints(
         "# OpenAI-compatible endpoints added in the workbench (Checkpoints, a). Each is used as the\n\
          # checkpoint `endpoint:BASE_URL#MODEL`; api_key_env names the variable holding the key.\n\n{body}"
     );
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::files::write(&path, text).map_err(|e| e.to_string())?;
     Ok(path)
 }
 

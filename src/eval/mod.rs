@@ -37,11 +37,9 @@ pub struct EvalSpec {
     /// `None`: each checkpoint's own default set.
     pub prompts: Option<String>,
     pub judge: JudgeConfig,
-    pub n: usize,
-    pub seed: u64,
-    pub temperature: f32,
-    /// Cap on every call's new tokens (`None`: the states' limits).
-    pub max_tokens: Option<usize>,
+    /// Samples, seed and decoding: the same choice `simulate` and the workbench take, resolved
+    /// against each checkpoint's prompt set (its defaults fill what is unset).
+    pub sampling: sim::SamplingChoice,
     pub truncate: sim::Truncate,
     /// The folder run folders are created in.
     pub out: PathBuf,
@@ -186,20 +184,14 @@ fn sha_hex(bytes: &[u8], n: usize) -> String {
         .collect()
 }
 
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))
-}
-
 /// Resolve everything a run needs, then simulate, judge and summarise. Returns the run folder.
 pub fn run(
     spec: &EvalSpec,
-    checkpoints_root: &Path,
+    roots: &crate::roots::Roots,
     cancel: Option<&AtomicBool>,
     progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<PathBuf> {
+    let checkpoints_root = &roots.checkpoints;
     if spec.checkpoints.is_empty() {
         anyhow::bail!("no checkpoint to evaluate");
     }
@@ -227,7 +219,7 @@ pub fn run(
             spec.scenarios.display()
         );
     }
-    let prompts_root = crate::prompts::default_root();
+    let prompts_root = &roots.prompts;
     // Each checkpoint: a local one (resolved now, loaded when its turn comes) or an endpoint.
     let mut resolved = vec![];
     for name in &spec.checkpoints {
@@ -239,29 +231,26 @@ pub fn run(
             Some(c) => c.default_prompt_set()?,
             None => None,
         };
-        let set_name = spec
-            .prompts
-            .clone()
-            .or(own)
-            .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
-        let set = Arc::new(PromptSet::load(&set_name, &prompts_root)?);
+        let set_name = crate::prompts::set_for(spec.prompts.as_deref(), own);
+        let set = Arc::new(PromptSet::load(&set_name, prompts_root)?);
         let label = ckpt
             .as_ref()
             .map(|c| c.name.clone())
             .unwrap_or(name.clone());
         resolved.push((name.clone(), label, ckpt, set));
     }
-    let judge = spec.judge.build(checkpoints_root, resolved[0].3.clone())?;
+    let judge = spec.judge.build(roots, resolved[0].3.clone())?;
     // Embedding similarity of the reply is always reported when the embedder is present.
     let embedder_dir = checkpoints_root.join(crate::judge::embedding::DEFAULT_EMBEDDER);
     let embedder = crate::judge::EmbeddingJudge::load(&embedder_dir).ok();
 
+    let sampling = &spec.sampling;
     let run_info = serde_json::json!({
         "program": {"name": "humanlm", "version": env!("CARGO_PKG_VERSION")},
         "mode": spec.mode,
-        "n": spec.n,
-        "seed": spec.seed,
-        "sampling": {"temperature": spec.temperature, "max_tokens": spec.max_tokens},
+        "n": spec.sampling.n,
+        "seed": spec.sampling.seed,
+        "sampling": spec.sampling,
         "truncate": spec.truncate,
         "scenarios": {
             "path": spec.scenarios,
@@ -283,6 +272,7 @@ pub fn run(
             "prompt_set": set.name,
             "prompt_hash": set.hash,
             "sampling_defaults": set.sampling,
+            "sampling_used": sampling.params(set),
         })).collect::<Vec<_>>(),
     });
     let id = sha_hex(run_info.to_string().as_bytes(), 4);
@@ -318,14 +308,14 @@ pub fn run(
         let mut info = run_info.clone();
         info["id"] = id.clone().into();
         info["created"] = now_rfc3339().into();
-        write_atomic(&run_json, &serde_json::to_string_pretty(&info)?)?;
+        crate::files::write(&run_json, &serde_json::to_string_pretty(&info)?)?;
     }
     let cache = Cache::new(spec.out.join(".judge-cache"));
 
     // Resume: keep complete scenarios, drop partial ones (and a line cut off by a crash).
     let samples_path = dir.join("samples.jsonl");
     let mut done: Vec<SampleRecord> = read_samples(&samples_path);
-    let n = spec.n.max(1);
+    let n = spec.sampling.n.max(1);
     let mut counts: HashMap<(String, String), usize> = HashMap::new();
     for r in &done {
         *counts
@@ -338,7 +328,7 @@ pub fn run(
         text.push_str(&serde_json::to_string(r)?);
         text.push('\n');
     }
-    write_atomic(&samples_path, &text)?;
+    crate::files::write(&samples_path, &text)?;
     let complete: std::collections::HashSet<(String, String)> = done
         .iter()
         .map(|r| (r.checkpoint.clone(), r.scenario.clone()))
@@ -365,15 +355,9 @@ pub fn run(
             checkpoint: name.clone(),
         });
         let simulator = sim::Simulator::open(spec_name, checkpoints_root, &LoadOptions::default())?;
-        let d = &set.sampling;
         let params = SamplingParams {
-            max_new_tokens: spec.max_tokens.unwrap_or(usize::MAX),
-            temperature: spec.temperature,
-            seed: spec.seed,
-            repetition_penalty: d.repetition_penalty.unwrap_or(1.0),
-            no_repeat_ngram: d.no_repeat_ngram.unwrap_or(4),
             n,
-            ..Default::default()
+            ..spec.sampling.params(set)
         };
         let opts = Options {
             mode: spec.mode,
@@ -415,8 +399,8 @@ pub fn run(
     }
     let records = read_samples(&samples_path);
     let names: Vec<String> = resolved.iter().map(|r| r.1.clone()).collect();
-    let summary = summarise(&dir, &names, &records, skipped, spec.seed);
-    write_atomic(
+    let summary = summarise(&dir, &names, &records, skipped, spec.sampling.seed);
+    crate::files::write(
         &dir.join("summary.json"),
         &serde_json::to_string_pretty(&summary)?,
     )?;

@@ -5,7 +5,7 @@
 //! in f32 (`W += s·B·A`, PEFT's definition) and only then cast to the output dtype, so a merge
 //! loses no more than the final rounding.
 
-use super::{replace_dir, Error, Result};
+use super::{Error, Result};
 use crate::model::chat::CHATML_FALLBACK;
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::decoder::permute_qk_rows;
@@ -116,22 +116,10 @@ pub fn export(
         .map(|(n, t)| Ok((n, t.to_dtype(dtype)?)))
         .collect::<Result<_>>()?;
     let count = tensors.len();
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .map_err(|e| Error::File(parent.to_path_buf(), format!("cannot create: {e}")))?;
-    let tmp = tempdir_beside(out)?;
-    let written = write_folder(&src, ckpt, &tensors, &tmp, dtype, tie);
-    let bytes = match written {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    replace_dir(&tmp, out)?;
+    // Written whole in a folder beside `out`, then renamed over it (removed if anything fails).
+    let tmp = crate::files::temp_dir_beside(out)?;
+    let bytes = write_folder(&src, ckpt, &tensors, tmp.path(), dtype, tie)?;
+    crate::files::replace_dir(tmp, out)?;
     Ok(MergeReport {
         out: out.to_path_buf(),
         base: base.name.clone(),
@@ -187,23 +175,6 @@ pub fn write_trained(
 
 fn toml_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
-}
-
-/// A fresh, empty folder next to `out` (same file system, so the final rename is atomic).
-fn tempdir_beside(out: &Path) -> Result<PathBuf> {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "export".into());
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp)
-        .map_err(|e| Error::File(tmp.clone(), format!("cannot create: {e}")))?;
-    Ok(tmp)
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

@@ -30,49 +30,11 @@ pub enum Error {
     Prompt(#[from] crate::prompts::Error),
     #[error("tensor error: {}", crate::model::first_line(&.0.to_string()))]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Write(#[from] crate::files::WriteError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// Move the finished folder `tmp` to `out`. An existing `out` (the caller checked `--force`) is
-/// first moved aside, so a failure at any point leaves either the old or the new folder.
-pub(crate) fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
-    let aside = if out.exists() {
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let aside = out.with_file_name(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &aside).map_err(|e| {
-            let _ = std::fs::remove_dir_all(tmp);
-            Error::File(
-                out.to_path_buf(),
-                format!("cannot move the old folder aside: {e}"),
-            )
-        })?;
-        Some(aside)
-    } else {
-        None
-    };
-    if let Err(e) = std::fs::rename(tmp, out) {
-        if let Some(a) = &aside {
-            let _ = std::fs::rename(a, out);
-        }
-        let _ = std::fs::remove_dir_all(tmp);
-        return Err(Error::File(
-            out.to_path_buf(),
-            format!("cannot rename into place: {e}"),
-        ));
-    }
-    if let Some(a) = aside {
-        let _ = if a.is_dir() {
-            std::fs::remove_dir_all(&a)
-        } else {
-            std::fs::remove_file(&a)
-        };
-    }
-    Ok(())
-}
 
 /// `humanlm export`.
 #[derive(Args, Debug)]
@@ -185,11 +147,7 @@ pub fn export_dataset_cmd(root: &Path, a: ExportDatasetArgs) -> anyhow::Result<(
         anyhow::bail!("{}: already exists (--force replaces it)", a.out.display());
     }
     let ckpt = Checkpoint::resolve(&a.checkpoint, root)?;
-    let name = a
-        .prompts
-        .clone()
-        .or(ckpt.default_prompt_set()?)
-        .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
+    let name = crate::prompts::set_for(a.prompts.as_deref(), ckpt.default_prompt_set()?);
     let set = crate::prompts::PromptSet::load(&name, &crate::prompts::default_root())?;
     let model = ckpt.load(&LoadOptions::default())?;
     let report = verl::export_dataset(

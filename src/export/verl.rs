@@ -336,7 +336,7 @@ fn columns(rows: &[Row]) -> Vec<Column> {
     ]
 }
 
-/// Write `rows` to `out` through a temporary file in the same folder, renamed into place.
+/// Write `rows` to `out`, atomically (`files::write_with`).
 pub fn write_parquet(rows: &[Row], out: &Path) -> Result<()> {
     let fail = |e: parquet::errors::ParquetError| {
         Error::File(out.to_path_buf(), format!("cannot write Parquet: {e}"))
@@ -347,20 +347,7 @@ pub fn write_parquet(rows: &[Row], out: &Path) -> Result<()> {
             .set_compression(Compression::SNAPPY)
             .build(),
     );
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .map_err(|e| Error::File(parent.to_path_buf(), format!("cannot create: {e}")))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "dataset.parquet".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp)
-            .map_err(|e| Error::File(tmp.clone(), format!("cannot create: {e}")))?;
+    crate::files::write_with(out, |file| -> Result<()> {
         let mut writer = SerializedFileWriter::new(file, schema, props).map_err(fail)?;
         let mut group = writer.next_row_group().map_err(fail)?;
         for col in columns(rows) {
@@ -395,17 +382,7 @@ pub fn write_parquet(rows: &[Row], out: &Path) -> Result<()> {
             return Err(Error::Msg("fewer columns than the schema has".into()));
         }
         group.close().map_err(fail)?;
-        let file = writer.into_inner().map_err(fail)?;
-        file.sync_all()
-            .map_err(|e| Error::File(tmp.clone(), format!("cannot write: {e}")))?;
+        writer.close().map_err(fail)?;
         Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::File(out.to_path_buf(), format!("cannot rename into place: {e}"))
     })
 }

@@ -194,10 +194,7 @@ struct Report {
 impl Report {
     fn save(&self) -> anyhow::Result<()> {
         if let Some(path) = &self.out {
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_string_pretty(&self.v)?)
-                .and_then(|_| std::fs::rename(&tmp, path))
-                .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
+            crate::files::write(path, serde_json::to_string_pretty(&self.v)?)?;
         }
         Ok(())
     }

@@ -17,15 +17,7 @@ use serde_json::{json, Value};
 use std::time::Instant;
 
 /// The projections PEFT's benchmark adapts ("all projections").
-const TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+const TARGETS: [&str; 7] = crate::model::lora::PROJECTIONS;
 
 /// Train LoRA factors on `dec` (a clone: the adapter is attached to the copy only) for one
 /// warm-up step and `a.train_steps` timed steps of `a.train_batch` random tokens.

@@ -146,9 +146,10 @@ impl JudgeConfig {
     /// Build the judge. `prompts` is the set whose judge templates a rubric judge renders.
     pub fn build(
         &self,
-        checkpoints: &Path,
+        roots: &crate::roots::Roots,
         prompts: Arc<PromptSet>,
     ) -> anyhow::Result<Box<dyn Judge>> {
+        let checkpoints = &roots.checkpoints;
         Ok(match self {
             JudgeConfig::Embedding { model } => {
                 let dir = resolve_dir(model, checkpoints);
@@ -160,10 +161,10 @@ impl JudgeConfig {
             }
             JudgeConfig::Lexical { metric } => Box::new(LexicalJudge { metric: *metric }),
             JudgeConfig::Rubric(cfg) => {
-                Box::new(rubric::RubricJudge::new(cfg.clone(), checkpoints, prompts)?)
+                Box::new(rubric::RubricJudge::new(cfg.clone(), roots, prompts)?)
             }
             JudgeConfig::Aspects(cfg) => Box::new(rubric::AspectsJudge::new(
-                rubric::RubricJudge::new(cfg.clone(), checkpoints, prompts)?,
+                rubric::RubricJudge::new(cfg.clone(), roots, prompts)?,
             )),
         })
     }
@@ -283,16 +284,11 @@ impl Cache {
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
     }
 
-    fn put<T: Serialize>(&self, path: &Path, value: &T) {
-        if let Some(parent) = path.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        let tmp = path.with_extension("tmp");
-        if let Ok(text) = serde_json::to_string(value) {
-            if std::fs::write(&tmp, text).is_ok() {
-                let _ = std::fs::rename(&tmp, path);
-            }
-        }
+    /// A cache that cannot be written is an error, not a silent miss: a run would otherwise
+    /// pay for every judgement again on its next resume without saying why.
+    fn put<T: Serialize>(&self, path: &Path, value: &T) -> anyhow::Result<()> {
+        crate::files::write(path, serde_json::to_string(value)?)?;
+        Ok(())
     }
 
     /// Per-dimension scores of one reply from an aspects judge, cached like groups.
@@ -310,7 +306,9 @@ impl Cache {
         let out = judge.score_aspects(context, reference, response)?;
         if let Ok(scores) = &out {
             if scores.values().all(|s| s.error.is_none()) {
-                self.put(&path, scores);
+                if let Err(e) = self.put(&path, scores) {
+                    return Some(Err(e));
+                }
             }
         }
         Some(out)
@@ -327,7 +325,7 @@ impl Cache {
         }
         let scores = judge.score_group(group)?;
         if scores.iter().all(|s| s.error.is_none()) {
-            self.put(&path, &scores);
+            self.put(&path, &scores)?;
         }
         Ok(scores)
     }

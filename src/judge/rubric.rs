@@ -65,12 +65,12 @@ pub struct RubricJudge {
 impl RubricJudge {
     pub fn new(
         cfg: RubricConfig,
-        checkpoints: &Path,
+        roots: &crate::roots::Roots,
         run_prompts: Arc<PromptSet>,
     ) -> anyhow::Result<RubricJudge> {
-        let model = cfg.open_model(checkpoints)?;
+        let model = cfg.open_model(&roots.checkpoints)?;
         let prompts = match &cfg.prompts {
-            Some(name) => Arc::new(PromptSet::load(name, &crate::prompts::default_root())?),
+            Some(name) => Arc::new(PromptSet::load(name, &roots.prompts)?),
             None => run_prompts,
         };
         Ok(RubricJudge {

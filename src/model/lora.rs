@@ -12,6 +12,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// Every linear projection of a llama-family decoder layer, by the last part of its HF name: what
+/// "all projections" means for an adapter (PEFT's `all-linear` without the head).
+pub const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
 /// The low-rank factors of one adapted linear layer.
 #[derive(Debug, Clone)]
 pub struct LoraWeights {

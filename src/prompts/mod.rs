@@ -125,6 +125,15 @@ pub fn default_root() -> PathBuf {
 
 pub const DEFAULT_SET: &str = "humanlm";
 
+/// Which prompt set a run uses: the one the user named, else the checkpoint's own (its
+/// `humanlm.toml`), else [`DEFAULT_SET`]. Every command and the workbench choose through this.
+pub fn set_for(named: Option<&str>, checkpoints_own: Option<String>) -> String {
+    named
+        .map(str::to_string)
+        .or(checkpoints_own)
+        .unwrap_or_else(|| DEFAULT_SET.to_string())
+}
+
 /// A loaded prompt set.
 #[derive(Debug)]
 pub struct PromptSet {

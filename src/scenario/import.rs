@@ -394,13 +394,8 @@ pub fn import(
         // What we write must load back as the same scenario.
         let back = Scenario::from_toml(&text, &path)?;
         debug_assert_eq!(back, sc);
-        let tmp = out.join(format!(".{}.toml.tmp", sc.id));
-        std::fs::write(&tmp, format!("{header}{text}"))
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                Error::at(&path, format!("cannot write: {e}"))
-            })?;
+        crate::files::write(&path, format!("{header}{text}"))
+            .map_err(|e| Error::at(&path, format!("cannot write: {}", e.source)))?;
         report.written.push(path);
     }
     Ok(report)

@@ -19,7 +19,7 @@ use crate::sim::{self, parse, Mode};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -163,9 +163,9 @@ struct Row {
 
 pub(super) fn train(
     t: &mut Trainer,
-    set: &PromptSet,
+    set: &Arc<PromptSet>,
     g: &GrpoParams,
-    checkpoints: &Path,
+    roots: &crate::roots::Roots,
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<()> {
@@ -179,8 +179,7 @@ pub(super) fn train(
     if examples.is_empty() {
         return Err(no_examples(&t.cfg.data, &skipped));
     }
-    let set = Arc::new(PromptSet::load(&set.name, &crate::prompts::default_root())?);
-    let reward = g.reward.build(checkpoints, set)?;
+    let reward = g.reward.build(roots, set.clone())?;
     on_event(TrainEvent::Note(&format!("reward: {}", reward.name())));
     let batch = t.cfg.batch.max(1);
     for step in t.start..t.cfg.steps {

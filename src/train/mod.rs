@@ -166,33 +166,31 @@ pub struct TrainConfig {
     pub dtype: Option<String>,
 }
 
+/// LoRA's alpha when none is given: twice the rank, a scale α/r of 2 at every rank (at the
+/// default rank 8, alpha 16).
+pub fn default_alpha(rank: usize) -> f64 {
+    2.0 * rank as f64
+}
+
 fn cpu() -> String {
     "cpu".into()
 }
 
 impl TrainConfig {
-    /// Defaults of a short LoRA pass (rank 8 on every projection).
+    /// Defaults of a short LoRA pass (rank 8 on every projection, alpha twice the rank). The one
+    /// source of training defaults: the CLI's flags and the workbench's Train form show these.
     pub fn new(method: Method, base: &str, data: Data) -> TrainConfig {
         let grpo = matches!(method, Method::Grpo(_));
+        let rank = 8;
         TrainConfig {
             method,
             base: base.into(),
             data,
             prompts: None,
-            rank: 8,
-            alpha: 16.0,
+            rank,
+            alpha: default_alpha(rank),
             dropout: 0.0,
-            targets: [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ]
-            .map(String::from)
-            .to_vec(),
+            targets: crate::model::lora::PROJECTIONS.map(String::from).to_vec(),
             lr: if grpo { 1e-4 } else { 1e-3 },
             warmup: 2,
             steps: 30,
@@ -215,6 +213,23 @@ impl TrainConfig {
 
     pub fn grpo(base: &str, data: Data) -> TrainConfig {
         TrainConfig::new(Method::Grpo(GrpoParams::default()), base, data)
+    }
+
+    /// The defaults with no base or data yet: what the CLI's `--help` and the Train form show.
+    pub fn defaults() -> TrainConfig {
+        TrainConfig::sft(
+            "",
+            Data::Scenarios {
+                path: Default::default(),
+            },
+        )
+    }
+
+    /// Sets the LoRA rank, and alpha to `alpha` or else to its default for that rank, so the
+    /// adapter's scale α/r is the same whichever face (CLI or workbench) chose the rank.
+    pub fn set_rank(&mut self, rank: usize, alpha: Option<f64>) {
+        self.rank = rank;
+        self.alpha = alpha.unwrap_or_else(|| default_alpha(rank));
     }
 
     /// Whether `other` is the same run (what a resume requires): everything but where it runs.
@@ -618,23 +633,19 @@ impl Trainable {
 pub fn run(
     cfg: &TrainConfig,
     out: &Path,
-    checkpoints: &Path,
+    roots: &crate::roots::Roots,
     resume: bool,
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<PathBuf> {
     cfg.check()?;
-    let (mut trainer, set) = Trainer::open(cfg, out, checkpoints, resume)?;
+    let (mut trainer, set) = Trainer::open(cfg, out, roots, resume)?;
+    let set = Arc::new(set);
     match &cfg.method {
-        Method::Sft { think } => sft::train(
-            &mut trainer,
-            &set,
-            think.as_ref(),
-            checkpoints,
-            cancel,
-            on_event,
-        )?,
-        Method::Grpo(g) => grpo::train(&mut trainer, &set, g, checkpoints, cancel, on_event)?,
+        Method::Sft { think } => {
+            sft::train(&mut trainer, &set, think.as_ref(), roots, cancel, on_event)?
+        }
+        Method::Grpo(g) => grpo::train(&mut trainer, &set, g, roots, cancel, on_event)?,
     }
     Ok(out.to_path_buf())
 }
@@ -661,10 +672,10 @@ impl Trainer {
     fn open(
         cfg: &TrainConfig,
         out: &Path,
-        checkpoints: &Path,
+        roots: &crate::roots::Roots,
         resume: bool,
     ) -> anyhow::Result<(Trainer, PromptSet)> {
-        let ckpt = Checkpoint::resolve(&cfg.base, checkpoints)?;
+        let ckpt = Checkpoint::resolve(&cfg.base, &roots.checkpoints)?;
         if matches!(
             ckpt.kind,
             crate::model::checkpoint::CheckpointKind::Adapter { .. }
@@ -674,12 +685,8 @@ impl Trainer {
                 ckpt.path.display()
             );
         }
-        let set_name = cfg
-            .prompts
-            .clone()
-            .or(ckpt.default_prompt_set()?)
-            .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
-        let set = PromptSet::load(&set_name, &crate::prompts::default_root())?;
+        let set_name = crate::prompts::set_for(cfg.prompts.as_deref(), ckpt.default_prompt_set()?);
+        let set = PromptSet::load(&set_name, &roots.prompts)?;
         // One device for the model and a full run's reference copy.
         let opts = cfg.load_options()?;
         let mut model = ckpt.load(&opts)?;
@@ -852,43 +859,35 @@ impl Trainer {
     fn save(&mut self, step: usize) -> anyhow::Result<PathBuf> {
         let out = &self.out;
         let final_dir = out.join(format!("checkpoint-{step}"));
-        let tmp = out.join(format!(".checkpoint-{step}.tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
         let write = || -> anyhow::Result<()> {
-            std::fs::create_dir_all(&tmp)?;
-            self.params.save(&tmp, &self.model.decoder, &self.base)?;
-            candle_core::safetensors::save(&self.opt.state(), tmp.join("optimizer.safetensors"))?;
+            let tmp = crate::files::temp_dir_beside(&final_dir)?;
+            let dir = tmp.path();
+            self.params.save(dir, &self.model.decoder, &self.base)?;
+            candle_core::safetensors::save(&self.opt.state(), dir.join("optimizer.safetensors"))?;
             let state = TrainerState {
                 step,
                 optimizer_t: self.opt.t,
                 config: self.cfg.clone(),
             };
             std::fs::write(
-                tmp.join("trainer_state.json"),
+                dir.join("trainer_state.json"),
                 serde_json::to_string_pretty(&state)?,
             )?;
-            let _ = std::fs::remove_dir_all(&final_dir);
-            std::fs::rename(&tmp, &final_dir)?;
+            crate::files::replace_dir(tmp, &final_dir)?;
             // The top level is the latest model (adapter or whole checkpoint): each file
-            // replaced by a rename, never half-written. Checkpoint files are never modified
-            // in place, so a hard link is as good as a copy (and free for a full model).
+            // replaced whole. Checkpoint files are never modified in place, so a hard link is
+            // as good as a copy (and free for a full model).
             for entry in std::fs::read_dir(&final_dir)? {
                 let f = entry?.file_name();
                 let name = f.to_string_lossy();
                 if name == "optimizer.safetensors" || name == "trainer_state.json" {
                     continue;
                 }
-                let t = out.join(format!(".{name}.tmp"));
-                let _ = std::fs::remove_file(&t);
-                if std::fs::hard_link(final_dir.join(&f), &t).is_err() {
-                    std::fs::copy(final_dir.join(&f), &t)?;
-                }
-                std::fs::rename(&t, out.join(&f))?;
+                crate::files::place_copy(&final_dir.join(&f), &out.join(&f))?;
             }
             Ok(())
         };
         write().map_err(|e| {
-            let _ = std::fs::remove_dir_all(&tmp);
             anyhow::anyhow!(
                 "{}: cannot save checkpoint (the previous one is intact): {e}",
                 final_dir.display()

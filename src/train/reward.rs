@@ -5,7 +5,7 @@
 use crate::judge::{Group, Item, Judge, JudgeConfig};
 use crate::prompts::PromptSet;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Which reward a GRPO run uses (saved in its configuration).
@@ -59,7 +59,7 @@ impl RewardSpec {
 
     pub fn build(
         &self,
-        checkpoints: &Path,
+        roots: &crate::roots::Roots,
         set: Arc<PromptSet>,
     ) -> anyhow::Result<Box<dyn Reward>> {
         Ok(match self {
@@ -69,7 +69,7 @@ impl RewardSpec {
                     None => JudgeConfig::default_config(),
                 };
                 Box::new(JudgeReward {
-                    judge: cfg.build(checkpoints, set.clone())?,
+                    judge: cfg.build(roots, set.clone())?,
                     set,
                 })
             }

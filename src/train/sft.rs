@@ -127,13 +127,20 @@ pub(super) fn train(
     t: &mut Trainer,
     set: &PromptSet,
     think: Option<&ThinkConfig>,
-    checkpoints: &Path,
+    roots: &crate::roots::Roots,
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<()> {
     let (scenarios, mut skipped) = t.cfg.data.load()?;
     let traces = match think {
-        Some(th) => Some(write_traces(t, set, th, &scenarios, checkpoints, on_event)?),
+        Some(th) => Some(write_traces(
+            t,
+            set,
+            th,
+            &scenarios,
+            &roots.checkpoints,
+            on_event,
+        )?),
         None => None,
     };
     let (examples, more) = sft_examples(&t.model, set, &scenarios, t.cfg.max_seq, traces.as_ref())?;

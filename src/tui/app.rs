@@ -717,17 +717,19 @@ pub struct TrainForm {
 }
 
 impl Default for TrainForm {
+    /// The training defaults (`TrainConfig::new`), as the CLI's flags show them.
     fn default() -> Self {
+        let defaults = crate::train::TrainConfig::defaults();
         TrainForm {
             method: TrainMethod::Sft,
             base: String::new(),
             scenarios: "scenarios".into(),
             output: String::new(),
-            steps: "10".into(),
+            steps: defaults.steps.to_string(),
             lr: String::new(),
-            rank: "8".into(),
+            rank: defaults.rank.to_string(),
             resume: false,
-            n: "4".into(),
+            n: crate::train::GrpoParams::default().n.to_string(),
             reward: "embedding".into(),
             focus: 0,
             editing: false,
@@ -890,6 +892,13 @@ impl Default for Paths {
             prompts: PathBuf::from("prompts"),
             runs: PathBuf::from("runs"),
         }
+    }
+}
+
+impl Paths {
+    /// The folders library calls resolve names in.
+    pub fn roots(&self) -> crate::roots::Roots {
+        crate::roots::Roots::new(&self.checkpoints, &self.prompts)
     }
 }
 

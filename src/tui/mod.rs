@@ -97,9 +97,9 @@ impl Runtime {
                 resume,
                 cancel,
             } => {
-                let root = self.paths.checkpoints.clone();
+                let roots = self.paths.roots();
                 worker::spawn("train", tx, Some(job), move |tx| {
-                    worker::train(job, &cfg, &out, resume, &root, &cancel, tx)
+                    worker::train(job, &cfg, &out, resume, &roots, &cancel, tx)
                 });
             }
             Effect::ScanScenarios => {
@@ -202,9 +202,9 @@ impl Runtime {
                 });
             }
             Effect::Eval { job, spec, cancel } => {
-                let root = self.paths.checkpoints.clone();
+                let roots = self.paths.roots();
                 worker::spawn("eval", tx, Some(job), move |tx| {
-                    worker::eval(job, &spec, &root, &cancel, tx)
+                    worker::eval(job, &spec, &roots, &cancel, tx)
                 });
             }
             Effect::Edit(path) => {
@@ -307,10 +307,12 @@ pub fn run(checkpoints: &Path) -> anyhow::Result<()> {
         ..Paths::default()
     };
     // The checkpoint's own prompt set is known before it loads (a small settings file).
-    let default_set = Checkpoint::resolve(DEFAULT_CHECKPOINT, checkpoints)
-        .ok()
-        .and_then(|c| c.default_prompt_set().ok().flatten())
-        .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
+    let default_set = crate::prompts::set_for(
+        None,
+        Checkpoint::resolve(DEFAULT_CHECKPOINT, checkpoints)
+            .ok()
+            .and_then(|c| c.default_prompt_set().ok().flatten()),
+    );
     let mut app = App::new(paths.clone(), DEFAULT_CHECKPOINT, &default_set);
     app.seed = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

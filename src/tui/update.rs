@@ -52,10 +52,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             app.model.loading = None;
             app.model.error = None;
             if !app.set_pinned {
-                app.set = info
-                    .default_set
-                    .clone()
-                    .unwrap_or_else(|| crate::prompts::DEFAULT_SET.to_string());
+                app.set = crate::prompts::set_for(None, info.default_set.clone());
             }
             app.info(format!(
                 "{} loaded in {} ({}) · prompt set {}",
@@ -1722,10 +1719,7 @@ fn start_eval(app: &mut App, fx: &mut Vec<Effect>, judge: crate::judge::JudgeCon
         mode: app.mode,
         prompts: Some(app.set.clone()),
         judge,
-        n: app.sampling.n,
-        seed: app.sampling.seed,
-        temperature: app.sampling.temperature.unwrap_or(0.4),
-        max_tokens: app.sampling.max_tokens,
+        sampling: app.sampling.clone(),
         truncate: crate::sim::Truncate::None,
         out: app.paths.runs.clone(),
     };
@@ -2094,8 +2088,7 @@ pub fn train_plan(
         }
     };
     cfg.steps = steps;
-    cfg.rank = rank;
-    cfg.alpha = 2.0 * rank as f64;
+    cfg.set_rank(rank, None);
     if !f.lr.trim().is_empty() {
         match f.lr.trim().parse::<f64>() {
             Ok(lr) if lr.is_finite() && lr > 0.0 => cfg.lr = lr,

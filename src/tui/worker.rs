@@ -603,13 +603,13 @@ pub fn train(
     cfg: &crate::train::TrainConfig,
     out: &Path,
     resume: bool,
-    checkpoints: &Path,
+    roots: &crate::roots::Roots,
     cancel: &std::sync::atomic::AtomicBool,
     tx: &Tx,
 ) {
     use crate::train::TrainEvent;
     let send = |msg: TrainMsg| tx.send(Action::Train { job, msg });
-    let r = crate::train::run(cfg, out, checkpoints, resume, Some(cancel), &mut |e| {
+    let r = crate::train::run(cfg, out, roots, resume, Some(cancel), &mut |e| {
         send(match e {
             TrainEvent::Data { examples, skipped } => TrainMsg::Data {
                 examples,
@@ -790,11 +790,8 @@ pub fn save_session(runs: &Path, mut s: Session) -> Result<PathBuf, String> {
         })
         .collect();
     let path = dir.join(format!("session-{}-{name}.json", s.saved_unix));
-    let tmp = path.with_extension("tmp");
     let text = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::files::write(&path, text).map_err(|e| e.to_string())?;
     Ok(path)
 }
 
@@ -819,12 +816,12 @@ pub fn open_latest_session(runs: &Path) -> Result<Session, String> {
 pub fn eval(
     job: u64,
     spec: &crate::eval::EvalSpec,
-    checkpoints: &Path,
+    roots: &crate::roots::Roots,
     cancel: &std::sync::atomic::AtomicBool,
     tx: &Tx,
 ) {
     use crate::eval::Progress;
-    let r = crate::eval::run(spec, checkpoints, Some(cancel), &mut |p| {
+    let r = crate::eval::run(spec, roots, Some(cancel), &mut |p| {
         let msg = match p {
             Progress::Started { total, resumed } => EvalMsg::Started { total, resumed },
             Progress::Loading { checkpoint } => EvalMsg::Loading { checkpoint },

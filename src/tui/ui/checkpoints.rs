@@ -112,10 +112,9 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
                         Cell::from(text::truncate(&i.dtype, 22)),
                         Cell::from(i.context_length.to_string()),
                         Cell::from(bytes(i.size_bytes)),
-                        Cell::from(match (r.unsupported(), &r.default_set) {
-                            (Some(_), _) => "—".to_string(),
-                            (None, Some(set)) => set.clone(),
-                            (None, None) => crate::prompts::DEFAULT_SET.to_string(),
+                        Cell::from(match r.unsupported() {
+                            Some(_) => "—".to_string(),
+                            None => crate::prompts::set_for(None, r.default_set.clone()),
                         }),
                         Cell::from(Line::from(state)),
                     ],

@@ -1,0 +1,457 @@
+//! Judges and evaluation runs: run folders, resuming, summaries, comparisons, and the rubric
+//! judge's group rules and failure handling over HTTP.
+
+use crate::common;
+
+use humanlm::eval::{self, EvalSpec, Progress};
+use humanlm::judge::rubric::{RubricConfig, RubricJudge};
+use humanlm::judge::{Group, Item, Judge, JudgeConfig};
+use humanlm::prompts::PromptSet;
+use humanlm::remote::EndpointConfig;
+use humanlm::sim::{Mode, SamplingChoice, Truncate};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Three scenarios: two shipped ones with reference replies, one without.
+fn scenario_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::root().join("scenarios");
+    for id in ["opinion-gym-etiquette-06", "chat-monstera-05"] {
+        let l = humanlm::scenario::find(id, &root).unwrap();
+        std::fs::copy(&l.path, dir.path().join(format!("{id}.toml"))).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("no-reference.toml"),
+        "id = \"no-reference\"\ndomain = \"news\"\ntitle = \"t\"\n[[turns]]\nauthor = \"a\"\ntext = \"Rain again.\"\n[target]\nauthor = \"b\"\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn spec(scenarios: &Path, out: &Path) -> EvalSpec {
+    EvalSpec {
+        checkpoints: vec![common::default_gguf()
+            .parent()
+            .unwrap()
+            .display()
+            .to_string()],
+        scenarios: scenarios.to_path_buf(),
+        mode: Mode::Humanlm,
+        prompts: None,
+        judge: JudgeConfig::default_config(),
+        sampling: SamplingChoice {
+            n: 2,
+            seed: 3,
+            temperature: Some(0.8),
+            max_tokens: Some(8),
+            ..Default::default()
+        },
+        truncate: Truncate::None,
+        out: out.to_path_buf(),
+    }
+}
+
+/// Every sampling field a user sets reaches the generation and the run's record: the run's reply
+/// is the one `simulate` gives with the same choice, and `run.json` holds the choice and what it
+/// resolved to against the prompt set (an unset temperature is the set's, else 0.4).
+#[test]
+fn a_run_records_and_applies_every_sampling_field() {
+    let sc = scenario_dir();
+    std::fs::remove_file(sc.path().join("chat-monstera-05.toml")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut s = spec(sc.path(), out.path());
+    s.mode = Mode::Response;
+    s.sampling = SamplingChoice {
+        n: 1,
+        seed: 11,
+        temperature: None,
+        top_p: 0.9,
+        repetition_penalty: Some(1.3),
+        no_repeat_ngram: Some(3),
+        max_tokens: Some(12),
+    };
+    let dir = eval::run(&s, &common::roots(), None, &mut |_| {}).unwrap();
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["sampling"], serde_json::to_value(&s.sampling).unwrap());
+    let set = PromptSet::load(
+        run["checkpoints"][0]["prompt_set"].as_str().unwrap(),
+        &common::root().join("prompts"),
+    )
+    .unwrap();
+    let want = s.sampling.params(&set);
+    let used = &run["checkpoints"][0]["sampling_used"];
+    assert_eq!(used, &serde_json::to_value(&want).unwrap());
+    assert_eq!(used["top_p"].as_f64().unwrap() as f32, 0.9);
+    assert_eq!(used["repetition_penalty"].as_f64().unwrap() as f32, 1.3);
+    assert_eq!(used["no_repeat_ngram"], 3);
+    assert_eq!(used["max_new_tokens"], 12);
+    assert_eq!(used["seed"], 11);
+    let set_temperature = set.sampling.temperature.unwrap_or(0.4);
+    assert_eq!(
+        used["temperature"].as_f64().unwrap() as f32,
+        set_temperature
+    );
+
+    let records = eval::read_samples(&dir.join("samples.jsonl"));
+    assert_eq!(records.len(), 1);
+    let scenario = humanlm::scenario::find("opinion-gym-etiquette-06", sc.path())
+        .unwrap()
+        .scenario;
+    let opts = humanlm::sim::Options::new(Mode::Response, want);
+    let (_, samples) = humanlm::sim::simulate(
+        common::default_model(),
+        &set,
+        &scenario,
+        &opts,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(records[0].response, samples[0].response);
+    // A different choice of any one field changes the reply, so the equality above is not luck.
+    let mut other = opts.clone();
+    other.params.repetition_penalty = 1.0;
+    other.params.no_repeat_ngram = 0;
+    let (_, changed) = humanlm::sim::simulate(
+        common::default_model(),
+        &set,
+        &scenario,
+        &other,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_ne!(changed[0].response, samples[0].response);
+}
+
+#[test]
+fn a_run_writes_its_folder_scores_every_dimension_and_resumes() {
+    let sc = scenario_dir();
+    let out = tempfile::tempdir().unwrap();
+    let s = spec(sc.path(), out.path());
+    let mut events = vec![];
+    let dir = eval::run(&s, &common::roots(), None, &mut |p| events.push(p)).unwrap();
+    assert!(events
+        .iter()
+        .any(|p| matches!(p, Progress::Skipped { scenario, .. } if scenario == "no-reference")));
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["mode"], "humanlm");
+    assert_eq!(run["n"], 2);
+    assert_eq!(run["scenarios"]["with_reference"], 2);
+    assert_eq!(run["checkpoints"][0]["prompt_set"], "instruct");
+    assert_eq!(
+        run["checkpoints"][0]["fingerprint"].as_str().unwrap().len(),
+        16
+    );
+    assert_eq!(run["judge"]["name"], "embedding");
+    assert!(run["program"]["version"].is_string());
+
+    let records = eval::read_samples(&dir.join("samples.jsonl"));
+    assert_eq!(records.len(), 4);
+    for r in &records {
+        for dim in [
+            "response",
+            "stance",
+            "emotion",
+            "belief",
+            "value",
+            "goal",
+            "communication",
+        ] {
+            let s = &r.scores[dim];
+            assert!((-1.0..=1.0).contains(&s.score), "{dim}: {}", s.score);
+        }
+        assert!(r.similarity.contains_key("embedding") && r.similarity.contains_key("rouge_l"));
+        assert!(!r.reference.is_empty());
+    }
+    let summary: eval::Summary =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let c = &summary.checkpoints[0];
+    assert_eq!(c.n_scenarios, 2);
+    assert_eq!(c.diagnostics.skipped_no_reference, 1);
+    assert_eq!(c.diagnostics.samples, 4);
+    for (k, m) in &c.metrics {
+        assert!(
+            m.ci95[0] <= m.mean + 1e-9 && m.mean <= m.ci95[1] + 1e-9,
+            "{k}: {m:?}"
+        );
+        assert_eq!(m.n, 2);
+    }
+    // Scores are ×100 and the reply's embedding score is the embedding similarity itself.
+    assert_eq!(c.metrics["response"].mean, c.metrics["embedding"].mean);
+    let want: f64 = records
+        .iter()
+        .map(|r| r.similarity["embedding"])
+        .sum::<f64>()
+        / 4.0
+        * 100.0;
+    assert!((c.metrics["embedding"].mean - want).abs() < 1e-9);
+
+    // Interrupted: the last scenario's second sample is missing and the file ends mid-line.
+    let samples = dir.join("samples.jsonl");
+    let text = std::fs::read_to_string(&samples).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(
+        &samples,
+        format!("{}\n{}\n{{\"checkp", lines[0], lines[1] /* */) + "",
+    )
+    .unwrap();
+    let first = records[0].scenario.clone();
+    let mut redone = vec![];
+    let again = eval::run(&s, &common::roots(), None, &mut |p| {
+        if let Progress::Scenario { scenario, .. } = p {
+            redone.push(scenario)
+        }
+    })
+    .unwrap();
+    assert_eq!(again, dir, "the same command resumes the same run");
+    assert_eq!(redone.len(), 1);
+    assert_ne!(redone[0], first);
+    let after = eval::read_samples(&samples);
+    assert_eq!(after.len(), 4);
+    assert_eq!(after[0].response, records[0].response);
+
+    // A comparison of a run with itself: zero differences, half the wins.
+    let cmp = eval::compare(&dir, &dir, 0).unwrap();
+    let r = &cmp.metrics["response"];
+    assert_eq!(r.diff.mean, 0.0);
+    assert_eq!(r.win_rate_b, 0.5);
+    let listed = eval::list_runs(out.path());
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].complete);
+}
+
+#[test]
+fn a_folder_without_reference_replies_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("x.toml"),
+        "id = \"x\"\ndomain = \"news\"\ntitle = \"t\"\n[[turns]]\nauthor = \"a\"\ntext = \"Hi\"\n[target]\nauthor = \"b\"\n",
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let e = eval::run(
+        &spec(dir.path(), out.path()),
+        &common::roots(),
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no scenario with a reference reply"), "{e}");
+}
+
+#[test]
+fn shipped_judge_configs_parse_and_bad_ones_name_the_line() {
+    let dir = common::root().join("prompts/judges");
+    let mut kinds = vec![];
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let c = JudgeConfig::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        kinds.push(
+            serde_json::to_value(&c).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(kinds, ["aspects", "embedding", "lexical", "rubric"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "kind = \"rubric\"\ncheckpoint = \"x\"\ntemprature = 0.5\n",
+    )
+    .unwrap();
+    let e = JudgeConfig::read(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.toml:3") && e.contains("temprature"), "{e}");
+    std::fs::write(&bad, "kind = \"oracle\"\n").unwrap();
+    let e = JudgeConfig::read(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.toml:1") && e.contains("oracle"), "{e}");
+}
+
+/// An OpenAI-compatible judge on loopback that answers from a script and records prompts.
+struct ScriptedJudge {
+    url: String,
+    prompts: Arc<Mutex<Vec<String>>>,
+}
+
+fn scripted(replies: Vec<(u16, String)>) -> ScriptedJudge {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let prompts = Arc::new(Mutex::new(vec![]));
+    let seen = prompts.clone();
+    std::thread::spawn(move || {
+        let mut replies = replies.into_iter();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            seen.lock().unwrap().push(
+                req["messages"][0]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            let (status, content) = replies.next().unwrap_or((200, "{}".into()));
+            let body = if status == 200 {
+                serde_json::json!({
+                    "id": "x", "object": "chat.completion", "created": 0, "model": "judge",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+                })
+                .to_string()
+            } else {
+                serde_json::json!({"error": {"message": content, "type": "server_error"}})
+                    .to_string()
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    ScriptedJudge { url, prompts }
+}
+
+fn rubric(url: &str, retries: usize) -> RubricJudge {
+    let mut endpoint = EndpointConfig::new(url, "judge");
+    endpoint.retries = 0;
+    endpoint.timeout_s = 10.0;
+    let cfg = RubricConfig {
+        checkpoint: None,
+        endpoint: Some(endpoint),
+        prompts: None,
+        sampling: Default::default(),
+        retries,
+        backoff_s: 0.0,
+    };
+    let set = Arc::new(PromptSet::load("humanlm", &common::root().join("prompts")).unwrap());
+    RubricJudge::new(cfg, &common::roots(), set).unwrap()
+}
+
+fn group<'a>(set: &'a PromptSet, items: &[(&'a str, bool)]) -> Group<'a> {
+    Group {
+        dimension: set.state("stance").unwrap(),
+        context: "[op]\nShould the council ban cars from the high street?",
+        reference: "Absolutely not, the shops will die.",
+        items: items
+            .iter()
+            .map(|(t, v)| Item { text: t, valid: *v })
+            .collect(),
+    }
+}
+
+#[test]
+fn rubric_group_rules() {
+    let set = PromptSet::load("humanlm", &common::root().join("prompts")).unwrap();
+    // The judge sees two unique items: "strongly against" (1) and "in favour" (2).
+    let reply = r#"Here you go: {"key_points": ["against the ban"], "1": {"thought": "same", "score": 0.9}, "2": {"thought": "opposite", "score": -0.3}}"#;
+    let server = scripted(vec![(200, reply.into())]);
+    let judge = rubric(&server.url, 0);
+    let g = group(
+        &set,
+        &[
+            ("strongly against", true),
+            ("in favour", true),
+            ("strongly   against", false),
+            ("", true),
+            ("Absolutely not, the shops will die.", true),
+        ],
+    );
+    let s = judge.score_group(&g).unwrap();
+    let prompts = server.prompts.lock().unwrap().clone();
+    assert_eq!(prompts.len(), 1, "one call for the group");
+    assert!(prompts[0].contains("<item 1>\nstrongly against\n</item 1>"));
+    assert!(prompts[0].contains("<item 2>\nin favour\n</item 2>"));
+    assert!(
+        !prompts[0].contains("<item 3>"),
+        "identical items are judged once"
+    );
+    assert_eq!(s[0].score, 0.9);
+    assert_eq!(s[0].note.as_deref(), Some("same"));
+    assert!(s[0].raw.as_deref().unwrap().contains("key_points"));
+    assert_eq!(s[1].score, 0.0, "clamped");
+    assert!(
+        (s[2].score - 0.45).abs() < 1e-12,
+        "a malformed item scores half"
+    );
+    assert_eq!(s[3].score, 0.0, "empty");
+    assert!(
+        (s[4].score - 1.0).abs() < 1e-12,
+        "a copy: min(1, best + 0.1)"
+    );
+    assert!(s.iter().all(|x| x.error.is_none()));
+}
+
+#[test]
+fn rubric_retries_an_unparseable_reply_then_fails_visibly() {
+    let set = PromptSet::load("humanlm", &common::root().join("prompts")).unwrap();
+    // Not JSON, then a server error, then prose: three attempts, no score.
+    let server = scripted(vec![
+        (200, "I think item 1 is pretty good!".into()),
+        (500, "overloaded".into()),
+        (200, "Score: high".into()),
+        (200, r#"{"1": {"score": 0.5}}"#.into()),
+    ]);
+    let judge = rubric(&server.url, 2);
+    let s = judge
+        .score_group(&group(&set, &[("against", true)]))
+        .unwrap();
+    assert_eq!(server.prompts.lock().unwrap().len(), 3);
+    assert_eq!(s[0].score, 0.0);
+    let err = s[0].error.as_deref().unwrap();
+    assert!(err.contains("judge failed after 3 attempts"), "{err}");
+    assert_eq!(
+        s[0].raw.as_deref(),
+        Some("Score: high"),
+        "the last reply is kept"
+    );
+
+    // A broken-JSON reply is recovered by the regex fallback on the first try.
+    let server = scripted(vec![(
+        200,
+        r#"{"1": {"thought": "x", "score": 0.6,}"#.into(),
+    )]);
+    let s = rubric(&server.url, 2)
+        .score_group(&group(&set, &[("against", true)]))
+        .unwrap();
+    assert_eq!(s[0].score, 0.6);
+}
+
+#[test]
+fn an_unreachable_judge_is_an_error_in_the_score_not_a_crash() {
+    let set = PromptSet::load("humanlm", &common::root().join("prompts")).unwrap();
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let judge = rubric(&format!("http://127.0.0.1:{port}/v1"), 1);
+    let s = judge
+        .score_group(&group(&set, &[("against", true)]))
+        .unwrap();
+    let err = s[0].error.as_deref().unwrap();
+    assert!(err.contains("unreachable"), "{err}");
+}
