@@ -23,6 +23,15 @@ pub fn roots() -> humanlm::roots::Roots {
     humanlm::roots::Roots::new(checkpoints(), root().join("prompts"))
 }
 
+/// A copy of the shipped prompt set `name` in the new folder `to`, for a test to edit.
+pub fn copy_prompt_set(name: &str, to: &std::path::Path) {
+    std::fs::create_dir(to).unwrap();
+    for entry in std::fs::read_dir(root().join("prompts").join(name)).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }

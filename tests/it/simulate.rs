@@ -273,11 +273,7 @@ fn truncation_drops_oldest_turns_and_says_so() {
     // A set with a one-line system prompt, so a short thread fits the tiny model's 256 tokens.
     let dir = tempfile::tempdir().unwrap();
     let short = dir.path().join("short");
-    std::fs::create_dir(&short).unwrap();
-    for entry in std::fs::read_dir(common::root().join("prompts/humanlm")).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, short.join(p.file_name().unwrap())).unwrap();
-    }
+    common::copy_prompt_set("humanlm", &short);
     std::fs::write(short.join("system.jinja"), "Reply as HUMAN.").unwrap();
     let set = PromptSet::load(short.to_str().unwrap(), dir.path()).unwrap();
     let mut text = String::from(

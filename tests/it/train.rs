@@ -160,14 +160,8 @@ fn tiny_dataset(dir: &Path) {
 fn short_prompts() -> (tempfile::TempDir, humanlm::roots::Roots) {
     let dir = tempfile::tempdir().unwrap();
     // `instruct` inherits from `humanlm`, so both come along.
-    for (from, to) in [("humanlm", "humanlm"), ("instruct", "short")] {
-        let to = dir.path().join(to);
-        std::fs::create_dir(&to).unwrap();
-        for entry in std::fs::read_dir(common::root().join("prompts").join(from)).unwrap() {
-            let p = entry.unwrap().path();
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    common::copy_prompt_set("humanlm", &dir.path().join("humanlm"));
+    common::copy_prompt_set("instruct", &dir.path().join("short"));
     let system = dir.path().join("short/system.jinja");
     std::fs::write(system, "You write HUMAN's next message.").unwrap();
     let roots = humanlm::roots::Roots::new(common::checkpoints(), dir.path());
