@@ -19,11 +19,11 @@ deps:
 # Every test, formatting and lints. Tests run in the release profile: they drive the real default
 # model, and one optimised build serves `make run`, the tests and the benchmarks. nextest runs each
 # test in its own process with its time, the 60 s budget and the test groups of
-# .config/nextest.toml (tests/README.md).
+# .config/nextest.toml (tests/README.md); the log ends with the ten slowest tests.
 test: deps
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
-	cargo nextest run --release --profile ci
+	cargo nextest run --release --profile ci; status=$$?; ./scripts/slowest-tests.py; exit $$status
 
 # Speed against llama.cpp (needs the llama-cpp-python venv; see README, "Speed").
 bench: build

@@ -93,13 +93,20 @@ impl Tmux {
         .to_string()
     }
 
-    /// Poll the screen until `done` holds; panics with the last screen after `timeout`.
+    /// Poll the screen until `done` holds on a settled screen; panics with the last screen after
+    /// `timeout`. Settled means a second capture shortly after is the same: a capture can land
+    /// while the workbench is halfway through writing a frame (the new popup's title drawn, the
+    /// rows under it still the old frame's), and a check on that screen would fail by chance.
     fn wait(&self, what: &str, timeout: Duration, mut done: impl FnMut(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
             let screen = self.capture();
             if done(&screen) {
-                return screen;
+                std::thread::sleep(Duration::from_millis(100));
+                if self.capture() == screen {
+                    return screen;
+                }
+                continue;
             }
             if start.elapsed() > timeout {
                 panic!(
@@ -217,7 +224,7 @@ fn workbench_end_to_end() {
     // Help lists the bindings.
     t.keys(&["?"]);
     let screen = t.wait("the help", Duration::from_secs(10), |s| {
-        s.contains("Help · keys")
+        s.contains("Help · keys") && s.contains("prompt the model saw")
     });
     assert!(screen.contains("quit (Ctrl-C too)"), "{screen}");
     assert!(screen.contains("prompt the model saw"), "{screen}");
