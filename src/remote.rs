@@ -324,57 +324,14 @@ impl Endpoint {
         req.stream_options = Some(wire::StreamOptions {
             include_usage: true,
         });
-        let mut delivered = false;
-        self.with_retries(|_| {
-            let resp = self.post("/chat/completions", &req, true)?;
-            let mut out = ChatResponse {
-                id: String::new(),
-                object: "chat.completion".into(),
-                created: 0,
-                model: String::new(),
-                choices: vec![],
-                usage: None,
-            };
-            self.read_sse(resp, &mut delivered, |v| {
-                let chunk: ChatChunk = serde_json::from_value(v).map_err(|e| {
-                    ErrorKind::Protocol(format!("stream chunk is not a chat completion chunk: {e}"))
-                })?;
-                if out.id.is_empty() {
-                    out.id = chunk.id;
-                    out.created = chunk.created;
-                    out.model = chunk.model;
-                }
-                if chunk.usage.is_some() {
-                    out.usage = chunk.usage;
-                }
-                let mut text = vec![];
-                for c in chunk.choices {
-                    let choice = choice_slot(&mut out.choices, c.index, |index| ChatChoice {
-                        index,
-                        message: Message::new("assistant", ""),
-                        finish_reason: None,
-                    });
-                    if let Some(role) = c.delta.role {
-                        choice.message.role = role;
-                    }
-                    if let Some(t) = c.delta.content.filter(|t| !t.is_empty()) {
-                        choice.message.content.push_str(&t);
-                        text.push((c.index, t));
-                    }
-                    if c.finish_reason.is_some() {
-                        choice.finish_reason = c.finish_reason;
-                    }
-                }
-                for (i, t) in &text {
-                    on_delta(*i, t);
-                }
-                Ok(Progress {
-                    delivered: !text.is_empty(),
-                    finished: !out.choices.is_empty()
-                        && out.choices.iter().all(|c| c.finish_reason.is_some()),
-                })
-            })?;
-            Ok(out)
+        let s = self.stream::<ChatChunk>("/chat/completions", &req, on_delta)?;
+        Ok(ChatResponse {
+            id: s.id,
+            object: "chat.completion".into(),
+            created: s.created,
+            model: s.model,
+            choices: s.choices,
+            usage: s.usage,
         })
     }
 
@@ -401,52 +358,47 @@ impl Endpoint {
         req.stream_options = Some(wire::StreamOptions {
             include_usage: true,
         });
+        let s = self.stream::<CompletionResponse>("/completions", &req, on_delta)?;
+        Ok(CompletionResponse {
+            id: s.id,
+            object: "text_completion".into(),
+            created: s.created,
+            model: s.model,
+            choices: s.choices,
+            usage: s.usage,
+        })
+    }
+
+    /// The one streamed request of both kinds: post `req` to `path`, read its event stream
+    /// into choices, handing each choice's new text to `on_delta(choice, text)` as it arrives.
+    /// A failure before any text arrived is retried; after, it is returned.
+    fn stream<K: Chunk>(
+        &self,
+        path: &str,
+        req: &impl Serialize,
+        on_delta: &mut dyn FnMut(usize, &str),
+    ) -> Result<Streamed<K::Choice>> {
         let mut delivered = false;
         self.with_retries(|_| {
-            let resp = self.post("/completions", &req, true)?;
-            let mut out = CompletionResponse {
+            let resp = self.post(path, req, true)?;
+            let mut out = Streamed {
                 id: String::new(),
-                object: "text_completion".into(),
                 created: 0,
                 model: String::new(),
                 choices: vec![],
                 usage: None,
             };
             self.read_sse(resp, &mut delivered, |v| {
-                let chunk: CompletionResponse = serde_json::from_value(v).map_err(|e| {
-                    ErrorKind::Protocol(format!("stream chunk is not a text completion: {e}"))
+                let chunk: K = serde_json::from_value(v).map_err(|e| {
+                    ErrorKind::Protocol(format!("stream chunk is not {}: {e}", K::WHAT))
                 })?;
-                if out.id.is_empty() {
-                    out.id = chunk.id;
-                    out.created = chunk.created;
-                    out.model = chunk.model;
-                }
-                if chunk.usage.is_some() {
-                    out.usage = chunk.usage;
-                }
-                let mut text = vec![];
-                for c in chunk.choices {
-                    let choice = choice_slot(&mut out.choices, c.index, |index| CompletionChoice {
-                        index,
-                        text: String::new(),
-                        finish_reason: None,
-                        logprobs: None,
-                    });
-                    if !c.text.is_empty() {
-                        choice.text.push_str(&c.text);
-                        text.push((c.index, c.text));
-                    }
-                    if c.finish_reason.is_some() {
-                        choice.finish_reason = c.finish_reason;
-                    }
-                }
+                let text = out.add(chunk.into_parts());
                 for (i, t) in &text {
                     on_delta(*i, t);
                 }
                 Ok(Progress {
                     delivered: !text.is_empty(),
-                    finished: !out.choices.is_empty()
-                        && out.choices.iter().all(|c| c.finish_reason.is_some()),
+                    finished: out.finished(),
                 })
             })?;
             Ok(out)
@@ -698,33 +650,188 @@ struct Progress {
     finished: bool,
 }
 
-/// The choice with `index`, created (and the list kept ordered by index) if new.
-fn choice_slot<T>(choices: &mut Vec<T>, index: usize, make: impl FnOnce(usize) -> T) -> &mut T
-where
-    T: HasIndex,
-{
-    let pos = match choices.iter().position(|c| c.index() == index) {
-        Some(p) => p,
-        None => {
-            let p = choices.partition_point(|c| c.index() < index);
-            choices.insert(p, make(index));
-            p
-        }
-    };
-    &mut choices[pos]
+/// A stream chunk of either kind, as the shared accumulator reads it.
+trait Chunk: DeserializeOwned {
+    /// What a chunk should be, for the error when it is not.
+    const WHAT: &'static str;
+    /// The reply's choice the chunk's deltas grow.
+    type Choice: StreamedChoice;
+    fn into_parts(self) -> ChunkParts;
 }
 
-trait HasIndex {
-    fn index(&self) -> usize;
+/// What a chunk of either kind carries: the reply's head and one delta per choice.
+struct ChunkParts {
+    id: String,
+    created: u64,
+    model: String,
+    usage: Option<Usage>,
+    deltas: Vec<ChoiceDelta>,
 }
-impl HasIndex for ChatChoice {
+
+/// New text (empty: none) for the choice with `index`, and its role or finish reason if sent.
+struct ChoiceDelta {
+    index: usize,
+    role: Option<String>,
+    text: String,
+    finish_reason: Option<String>,
+}
+
+/// A reply's choice as a stream builds it up.
+trait StreamedChoice {
+    /// An empty choice, before any delta.
+    fn new(index: usize) -> Self;
+    fn index(&self) -> usize;
+    fn finish_reason(&self) -> Option<&str>;
+    fn set_finish_reason(&mut self, reason: String);
+    /// Append text, and take the role if the delta names one.
+    fn push(&mut self, role: Option<String>, text: &str);
+}
+
+impl Chunk for ChatChunk {
+    const WHAT: &'static str = "a chat completion chunk";
+    type Choice = ChatChoice;
+    fn into_parts(self) -> ChunkParts {
+        ChunkParts {
+            id: self.id,
+            created: self.created,
+            model: self.model,
+            usage: self.usage,
+            deltas: self
+                .choices
+                .into_iter()
+                .map(|c| ChoiceDelta {
+                    index: c.index,
+                    role: c.delta.role,
+                    text: c.delta.content.unwrap_or_default(),
+                    finish_reason: c.finish_reason,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Chunk for CompletionResponse {
+    const WHAT: &'static str = "a text completion";
+    type Choice = CompletionChoice;
+    fn into_parts(self) -> ChunkParts {
+        ChunkParts {
+            id: self.id,
+            created: self.created,
+            model: self.model,
+            usage: self.usage,
+            deltas: self
+                .choices
+                .into_iter()
+                .map(|c| ChoiceDelta {
+                    index: c.index,
+                    role: None,
+                    text: c.text,
+                    finish_reason: c.finish_reason,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl StreamedChoice for ChatChoice {
+    fn new(index: usize) -> Self {
+        ChatChoice {
+            index,
+            message: Message::new("assistant", ""),
+            finish_reason: None,
+        }
+    }
     fn index(&self) -> usize {
         self.index
     }
+    fn finish_reason(&self) -> Option<&str> {
+        self.finish_reason.as_deref()
+    }
+    fn set_finish_reason(&mut self, reason: String) {
+        self.finish_reason = Some(reason);
+    }
+    fn push(&mut self, role: Option<String>, text: &str) {
+        if let Some(role) = role {
+            self.message.role = role;
+        }
+        self.message.content.push_str(text);
+    }
 }
-impl HasIndex for CompletionChoice {
+
+impl StreamedChoice for CompletionChoice {
+    fn new(index: usize) -> Self {
+        CompletionChoice {
+            index,
+            text: String::new(),
+            finish_reason: None,
+            logprobs: None,
+        }
+    }
     fn index(&self) -> usize {
         self.index
+    }
+    fn finish_reason(&self) -> Option<&str> {
+        self.finish_reason.as_deref()
+    }
+    fn set_finish_reason(&mut self, reason: String) {
+        self.finish_reason = Some(reason);
+    }
+    fn push(&mut self, _role: Option<String>, text: &str) {
+        self.text.push_str(text);
+    }
+}
+
+/// A streamed reply of either kind so far: the first chunk's head, the last usage sent, and
+/// the choices ordered by index.
+struct Streamed<C> {
+    id: String,
+    created: u64,
+    model: String,
+    usage: Option<Usage>,
+    choices: Vec<C>,
+}
+
+impl<C: StreamedChoice> Streamed<C> {
+    /// Add one chunk; returns the new text per choice index, in the chunk's order.
+    fn add(&mut self, chunk: ChunkParts) -> Vec<(usize, String)> {
+        if self.id.is_empty() {
+            self.id = chunk.id;
+            self.created = chunk.created;
+            self.model = chunk.model;
+        }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        let mut text = vec![];
+        for d in chunk.deltas {
+            let choice = self.choice(d.index);
+            choice.push(d.role, &d.text);
+            if let Some(reason) = d.finish_reason {
+                choice.set_finish_reason(reason);
+            }
+            if !d.text.is_empty() {
+                text.push((d.index, d.text));
+            }
+        }
+        text
+    }
+
+    /// Every choice seen so far has its finish reason.
+    fn finished(&self) -> bool {
+        !self.choices.is_empty() && self.choices.iter().all(|c| c.finish_reason().is_some())
+    }
+
+    /// The choice with `index`, created (and the list kept ordered by index) if new.
+    fn choice(&mut self, index: usize) -> &mut C {
+        let pos = match self.choices.iter().position(|c| c.index() == index) {
+            Some(p) => p,
+            None => {
+                let p = self.choices.partition_point(|c| c.index() < index);
+                self.choices.insert(p, C::new(index));
+                p
+            }
+        };
+        &mut self.choices[pos]
     }
 }
 

@@ -3,6 +3,7 @@
 //! Knows tokens and text, nothing about states or scenarios. Output streams through a callback
 //! (a channel sender fits), and a shared flag cancels between tokens and between prefill steps.
 
+pub mod bench;
 mod sampler;
 mod stop;
 

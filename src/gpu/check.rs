@@ -15,70 +15,45 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(clap::Args, Debug, Clone)]
+/// What `humanlm gpu-check` checks and measures (the CLI's flags, parsed).
+#[derive(Debug, Clone)]
 pub struct GpuCheckArgs {
     /// The device under test: cuda, cuda:N, or cpu (the CPU path runs the same checks).
-    #[arg(long, default_value = "cuda")]
     pub device: String,
     /// Activation and weight dtype on the device: bf16, f16 or f32.
-    #[arg(long, default_value = "bf16")]
     pub dtype: String,
     /// Op choice on the device in the parity checks: fast (inference) or diff (training path).
-    #[arg(long, default_value = "fast")]
     pub ops: String,
     /// The checkpoint for the default-model parity check (name or path).
-    #[arg(long, default_value = crate::model::checkpoint::DEFAULT_CHECKPOINT)]
     pub checkpoint: String,
     /// Skip the default-model parity check (its weights are not on this machine).
-    #[arg(long)]
     pub no_default_model: bool,
     /// The small random model of the second parity check (a shape name or config.json).
-    #[arg(long, default_value = "tiny-qwen3")]
     pub parity_shape: String,
     /// Shapes to measure, comma-separated: tiny-qwen3, qwen3-0.6b, qwen3-8b, or config.json paths.
-    #[arg(long, default_value = "qwen3-0.6b,qwen3-8b", value_delimiter = ',')]
     pub shapes: Vec<String>,
     /// Prompt length for prefill and before decoding.
-    #[arg(long, default_value_t = 512)]
     pub prompt: usize,
     /// Batch sizes for prefill and decode, comma-separated.
-    #[arg(long, default_value = "1,8", value_delimiter = ',')]
     pub batches: Vec<usize>,
     /// Tokens decoded after the prompt (per sequence).
-    #[arg(long, default_value_t = 128)]
     pub decode: usize,
     /// LoRA training batch as SEQUENCESxTOKENS; 0x0 skips training.
-    #[arg(long, default_value = "4x512", value_parser = parse_batch)]
     pub train_batch: (usize, usize),
     /// Timed training steps (after one untimed warm-up step).
-    #[arg(long, default_value_t = 3)]
     pub train_steps: usize,
     /// LoRA rank (alpha = 2 × rank), on every projection of every layer.
-    #[arg(long, default_value_t = 16)]
     pub rank: usize,
     /// Timed repeats of each prefill (the median is reported).
-    #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     /// Override the parity tolerance (max |Δlogit| / max |logit|; default by dtype: bf16 0.08,
     /// f16 0.03, f32 0.01).
-    #[arg(long)]
     pub tolerance: Option<f64>,
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also write the JSON summary here (rewritten after every stage).
-    #[arg(long)]
     pub out: Option<PathBuf>,
     /// KEY=VALUE recorded under "meta" (card and driver from nvidia-smi, the command line...).
-    #[arg(long)]
     pub meta: Vec<String>,
-}
-
-fn parse_batch(s: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("'{s}': expected SEQUENCESxTOKENS, e.g. 4x512");
-    let (a, b) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-    let a = a.trim().parse().map_err(|_| bad())?;
-    let b = b.trim().parse().map_err(|_| bad())?;
-    Ok((a, b))
 }
 
 fn parse_dtype(s: &str) -> anyhow::Result<DType> {

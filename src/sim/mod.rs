@@ -80,12 +80,67 @@ impl Simulator {
 /// The name the simulated person always has in prompts.
 pub const HUMAN: &str = "HUMAN";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Humanlm,
     Response,
     Joint,
+}
+
+impl Mode {
+    /// Every mode, in the order `--help` lists them.
+    pub const ALL: [Mode; 3] = [Mode::Humanlm, Mode::Response, Mode::Joint];
+
+    /// The mode's name on the command line and in run files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Humanlm => "humanlm",
+            Mode::Response => "response",
+            Mode::Joint => "joint",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Mode, UnknownName> {
+        UnknownName::find("mode", s, &Mode::ALL, |m| m.name())
+    }
+}
+
+/// A mode or truncation policy named by a string that is none of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} '{name}' (expected one of: {expected})")]
+pub struct UnknownName {
+    what: &'static str,
+    name: String,
+    expected: String,
+}
+
+impl UnknownName {
+    /// The value of `all` whose name is `s`.
+    fn find<T: Copy>(
+        what: &'static str,
+        s: &str,
+        all: &[T],
+        name: impl Fn(T) -> &'static str,
+    ) -> std::result::Result<T, UnknownName> {
+        all.iter()
+            .copied()
+            .find(|&v| name(v) == s)
+            .ok_or_else(|| UnknownName {
+                what,
+                name: s.to_string(),
+                expected: all.iter().map(|&v| name(v)).collect::<Vec<_>>().join(", "),
+            })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,15 +167,48 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// What to do when a prompt does not fit the model's context.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+///
+/// What each policy does is [`Truncate::description`], which `--help` shows too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Truncate {
-    /// Refuse, with the token counts.
     #[default]
     None,
-    /// Drop the oldest turns after the opening post until every call fits; the number dropped
-    /// is reported with the result.
     Oldest,
+}
+
+impl Truncate {
+    /// Every policy, in the order `--help` lists them.
+    pub const ALL: [Truncate; 2] = [Truncate::None, Truncate::Oldest];
+
+    /// The policy's name on the command line and in run files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Truncate::None => "none",
+            Truncate::Oldest => "oldest",
+        }
+    }
+
+    /// What the policy does, in one sentence.
+    pub fn description(self) -> &'static str {
+        match self {
+            Truncate::None => "Refuse, with the token counts",
+            Truncate::Oldest => "Drop the oldest turns after the opening post until every call fits; the number dropped is reported with the result",
+        }
+    }
+}
+
+impl std::fmt::Display for Truncate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Truncate {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Truncate, UnknownName> {
+        UnknownName::find("truncation policy", s, &Truncate::ALL, |t| t.name())
+    }
 }
 
 /// How to simulate: the mode, sampling, and the truncation policy.

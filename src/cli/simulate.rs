@@ -1,0 +1,202 @@
+//! `humanlm simulate`: one scenario simulated, streamed or as JSON; and the sampling flags
+//! `eval` shares.
+
+use super::{mode_parser, set_threads, truncate_parser, RuntimeArgs};
+use crate::generate::SamplingParams;
+use crate::model::device::parse_device;
+use crate::model::weights::LoadOptions;
+use crate::model::Checkpoint;
+use clap::Args;
+use std::io::Write;
+
+#[derive(Args)]
+pub(super) struct SimulateArgs {
+    #[command(flatten)]
+    rt: RuntimeArgs,
+    /// Scenario id (under scenarios/) or file.
+    #[arg(long)]
+    scenario: String,
+    #[arg(long, value_parser = mode_parser(), default_value = "humanlm")]
+    mode: crate::sim::Mode,
+    /// Prompt set: a folder under prompts/ or a path (default: the checkpoint's, else humanlm).
+    #[arg(long)]
+    prompts: Option<String>,
+    #[command(flatten)]
+    sampling: SimSamplingArgs,
+    /// What to do when a thread does not fit the context: refuse, or drop the oldest turns.
+    #[arg(long, value_parser = truncate_parser(), default_value = "none")]
+    truncate: crate::sim::Truncate,
+    /// Print the exact rendered prompts (special tokens included).
+    #[arg(long)]
+    show_prompt: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Sampling for simulations; unset values come from the prompt set, then the method's defaults.
+#[derive(Args, Clone)]
+pub(super) struct SimSamplingArgs {
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Default: the set's, else 0.4 (the method's evaluation temperature).
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Default: the set's, else 1.0 (off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Ban repeating any n-gram of prompt + output (0 = off). Default: the set's, else 4 (the
+    /// method's).
+    #[arg(long)]
+    no_repeat_ngram: Option<usize>,
+    /// Cap every call's new tokens below its state's limit.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+}
+
+impl SimSamplingArgs {
+    fn params(&self, set: &crate::prompts::PromptSet) -> SamplingParams {
+        self.choice().params(set)
+    }
+
+    pub(super) fn choice(&self) -> crate::sim::SamplingChoice {
+        crate::sim::SamplingChoice {
+            n: self.n,
+            seed: self.seed,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram: self.no_repeat_ngram,
+            max_tokens: self.max_tokens,
+        }
+    }
+}
+
+/// The prompt set a command uses: the one named, else the checkpoint's, else the default.
+fn prompt_set(
+    named: Option<&str>,
+    default: Option<String>,
+) -> anyhow::Result<crate::prompts::PromptSet> {
+    let name = crate::prompts::set_for(named, default);
+    Ok(crate::prompts::PromptSet::load(
+        &name,
+        &crate::prompts::default_root(),
+    )?)
+}
+
+pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::Result<()> {
+    use crate::sim::{simulate_with, Options, SimEvent, Simulator};
+    let scenario = crate::scenario::find(&a.scenario, std::path::Path::new("scenarios"))?.scenario;
+    // Resolve the checkpoint (cheap) before loading weights, so a bad set fails fast.
+    let default_set = match crate::remote::Endpoint::parse_spec(&a.rt.checkpoint) {
+        Some(_) => None,
+        None => Checkpoint::resolve(&a.rt.checkpoint, root)?.default_prompt_set()?,
+    };
+    let set = prompt_set(a.prompts.as_deref(), default_set)?;
+    set_threads(a.rt.threads);
+    let sim = Simulator::open(
+        &a.rt.checkpoint,
+        root,
+        &LoadOptions {
+            device: parse_device(&a.rt.device)?,
+            ..Default::default()
+        },
+    )?;
+    let opts = Options {
+        mode: a.mode,
+        params: a.sampling.params(&set),
+        truncate: a.truncate,
+    };
+    let stream = !a.json;
+    let mut stdout = std::io::stdout().lock();
+    let mut io_err: Option<std::io::Error> = None;
+    if stream {
+        writeln!(
+            stdout,
+            "\x1b[2m{} · {} · prompt set {} ({}) · {} mode\x1b[0m",
+            scenario.id,
+            sim.name(),
+            set.name,
+            set.hash,
+            a.mode.name()
+        )?;
+    }
+    let (plan, samples) = simulate_with(sim.engine(), &set, &scenario, &opts, None, &mut |e| {
+        if !stream || io_err.is_some() {
+            return;
+        }
+        let r = match e {
+            SimEvent::CallStarted { call } if a.show_prompt => {
+                write!(
+                    stdout,
+                    "\n\x1b[2m── prompt: {} ({} tokens) ──\n{}\x1b[0m",
+                    call.name, call.prompt_tokens, call.prompt
+                )
+            }
+            SimEvent::CallStarted { call } => {
+                write!(stdout, "\n\x1b[1m{}\x1b[0m: {}", call.name, call.prefill)
+            }
+            SimEvent::Text {
+                sample: 0, delta, ..
+            } => write!(stdout, "{delta}"),
+            SimEvent::CallFinished { .. } => writeln!(stdout),
+            _ => Ok(()),
+        };
+        if let Err(e) = r.and_then(|_| stdout.flush()) {
+            io_err = Some(e);
+        }
+    })?;
+    if let Some(e) = io_err {
+        return Err(e.into());
+    }
+    if a.json {
+        let mut v = serde_json::json!({
+            "scenario": scenario.id,
+            "checkpoint": sim.name(),
+            "mode": a.mode,
+            "prompt_set": set.name,
+            "prompt_hash": set.hash,
+            "truncate": a.truncate,
+            "dropped_turns": plan.dropped_turns,
+            "samples": samples,
+        });
+        if a.show_prompt {
+            v["calls"] = serde_json::to_value(&plan.calls)?;
+        }
+        writeln!(stdout, "{v}")?;
+    } else {
+        if plan.dropped_turns > 0 {
+            writeln!(
+                stdout,
+                "\n[--truncate oldest: dropped the {} oldest turns after the post to fit the context]",
+                plan.dropped_turns
+            )?;
+        }
+        for (i, s) in samples.iter().enumerate() {
+            if samples.len() > 1 {
+                writeln!(stdout, "\n── sample {} ──", i + 1)?;
+                for (k, v) in &s.states {
+                    writeln!(stdout, "{k}: {v}")?;
+                }
+                writeln!(stdout, "response: {}", s.response)?;
+            }
+            writeln!(
+                stdout,
+                "\n[{}; {} tokens, {} ms; prompt set {} ({})]",
+                if s.valid {
+                    "valid format"
+                } else {
+                    "INVALID format (the model broke the tag format)"
+                },
+                s.tokens,
+                s.ms,
+                set.name,
+                set.hash
+            )?;
+        }
+    }
+    Ok(())
+}
