@@ -926,6 +926,86 @@ impl EndpointConfig {
     }
 }
 
+/// Why an endpoint's fields (as typed in the workbench's add-an-endpoint form) are refused,
+/// naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EndpointFieldError {
+    #[error("URL '{0}': it starts with http:// or https:// and ends with the API version, e.g. http://127.0.0.1:8000/v1")]
+    Scheme(String),
+    #[error("URL '{0}': no host")]
+    NoHost(String),
+    #[error("URL '{0}': no spaces or '#'")]
+    UrlChars(String),
+    #[error("model: the model id the server serves (its GET /models lists them)")]
+    NoModel,
+    #[error("model '{0}': no spaces or '#'")]
+    ModelChars(String),
+    // The value is not repeated: it may be the key itself, pasted in the wrong place.
+    #[error("key env: the NAME of the environment variable that holds the key (e.g. OPENAI_API_KEY), never the key itself")]
+    KeyEnv,
+}
+
+/// An endpoint's base URL, trimmed and without a trailing `/`: `http(s)://HOST…`, no spaces or
+/// `#` (the spec `endpoint:URL#MODEL` splits at `#`).
+pub fn endpoint_url(url: &str) -> std::result::Result<String, EndpointFieldError> {
+    let url = url.trim().trim_end_matches('/').to_string();
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match host {
+        None => return Err(EndpointFieldError::Scheme(url)),
+        Some(h) if h.is_empty() || h.starts_with('/') => {
+            return Err(EndpointFieldError::NoHost(url))
+        }
+        _ => {}
+    }
+    if url.chars().any(|c| c.is_whitespace() || c == '#') {
+        return Err(EndpointFieldError::UrlChars(url));
+    }
+    Ok(url)
+}
+
+/// A model id as the server serves it, trimmed: not empty, no spaces or `#`.
+pub fn endpoint_model(model: &str) -> std::result::Result<String, EndpointFieldError> {
+    let model = model.trim().to_string();
+    if model.is_empty() {
+        return Err(EndpointFieldError::NoModel);
+    }
+    if model.chars().any(|c| c.is_whitespace() || c == '#') {
+        return Err(EndpointFieldError::ModelChars(model));
+    }
+    Ok(model)
+}
+
+/// The name of the variable holding the API key, trimmed (`None` when empty): an identifier,
+/// and not a pasted key (`sk-…`).
+pub fn endpoint_key_env(var: &str) -> std::result::Result<Option<String>, EndpointFieldError> {
+    let var = var.trim();
+    if var.is_empty() {
+        return Ok(None);
+    }
+    let ident = var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !var.starts_with(|c: char| c.is_ascii_digit());
+    if !ident || var.starts_with("sk-") {
+        return Err(EndpointFieldError::KeyEnv);
+    }
+    Ok(Some(var.to_string()))
+}
+
+/// An endpoint from its three fields as typed (URL, model, key variable), each checked in that
+/// order.
+pub fn checked_endpoint(
+    url: &str,
+    model: &str,
+    key_env: &str,
+) -> std::result::Result<EndpointConfig, EndpointFieldError> {
+    let url = endpoint_url(url)?;
+    let model = endpoint_model(model)?;
+    let mut cfg = EndpointConfig::new(&url, &model);
+    cfg.api_key_env = endpoint_key_env(key_env)?;
+    Ok(cfg)
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -1038,5 +1118,45 @@ mod tests {
         assert_eq!(*l.free.lock().unwrap(), 0);
         drop(a);
         assert_eq!(*l.free.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn endpoint_fields_are_checked_by_name() {
+        let ok =
+            checked_endpoint(" https://api.example.com/v1/ ", " gpt-5-mini ", " KEY_1 ").unwrap();
+        assert_eq!(ok.base_url, "https://api.example.com/v1");
+        assert_eq!(ok.model, "gpt-5-mini");
+        assert_eq!(ok.api_key_env.as_deref(), Some("KEY_1"));
+        assert_eq!(endpoint_key_env(" "), Ok(None));
+        let err = |u: &str, m: &str, k: &str| checked_endpoint(u, m, k).unwrap_err();
+        assert_eq!(
+            err("ftp://h/v1", "m", ""),
+            EndpointFieldError::Scheme("ftp://h/v1".into())
+        );
+        assert_eq!(
+            err("http:///v1", "m", ""),
+            EndpointFieldError::NoHost("http:///v1".into())
+        );
+        assert_eq!(
+            err("http://h/v#1", "m", ""),
+            EndpointFieldError::UrlChars("http://h/v#1".into())
+        );
+        assert_eq!(err("http://h/v1", " ", ""), EndpointFieldError::NoModel);
+        assert_eq!(
+            err("http://h/v1", "a b", ""),
+            EndpointFieldError::ModelChars("a b".into())
+        );
+        assert_eq!(err("http://h/v1", "m", "1KEY"), EndpointFieldError::KeyEnv);
+        assert_eq!(
+            err("http://h/v1", "m", "sk-abc"),
+            EndpointFieldError::KeyEnv
+        );
+        // A pasted key is never repeated in the message.
+        assert!(!err("http://h/v1", "m", "sk-secret")
+            .to_string()
+            .contains("secret"));
+        // The URL is checked before the model, the model before the key variable.
+        assert!(matches!(err("x", "", "1"), EndpointFieldError::Scheme(_)));
+        assert_eq!(err("http://h/v1", "", "1"), EndpointFieldError::NoModel);
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod grpo;
 pub mod optim;
+pub mod plan;
 pub mod policy;
 pub mod reward;
 pub mod sft;

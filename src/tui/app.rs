@@ -953,6 +953,8 @@ pub struct App {
     pub compare: CompareState,
     pub eval: EvalScreen,
     pub train: TrainScreen,
+    /// The key bindings: the built-in table, or the user's file applied to it.
+    pub keys: crate::tui::keys::Keymap,
 
     pub caches: RefCell<Caches>,
 }
@@ -998,6 +1000,7 @@ impl App {
             compare: CompareState::default(),
             eval: EvalScreen::default(),
             train: TrainScreen::default(),
+            keys: crate::tui::keys::Keymap::default(),
             caches: RefCell::new(Caches::default()),
         }
     }

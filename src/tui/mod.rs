@@ -8,7 +8,8 @@
 //! runtime below owns the terminal, the channel, the loaded model and the judge.
 //!
 //! `HUMANLM_TUI_MAX_TOKENS=N` caps every call's new tokens (quick end-to-end checks);
-//! `HUMANLM_DEVICE=cuda:0` loads checkpoints on a GPU.
+//! `HUMANLM_DEVICE=cuda:0` loads checkpoints on a GPU; `HUMANLM_KEYS=FILE` reads the key
+//! bindings from FILE instead of `~/.config/humanlm/keys.toml` (keys.rs).
 
 pub mod action;
 pub mod app;
@@ -314,6 +315,8 @@ pub fn run(checkpoints: &Path) -> anyhow::Result<()> {
             .and_then(|c| c.default_prompt_set().ok().flatten()),
     );
     let mut app = App::new(paths.clone(), DEFAULT_CHECKPOINT, &default_set);
+    // A bad key file is refused here, before the terminal is taken over.
+    app.keys = keys::Keymap::load()?;
     app.seed = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

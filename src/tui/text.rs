@@ -1,7 +1,8 @@
-//! Text helpers shared by the update logic and the screens: word wrapping by display width, and
-//! what a card or the reply pane shows of a call's raw output.
+//! Text helpers shared by the update logic and the screens: word wrapping by display width,
+//! what a card or the reply pane shows of a call's raw output, and the line diff the Prompts
+//! screen shows of two prompt sets.
 
-use super::app::{CallOut, SampleOut, SimRun};
+use super::app::{CallOut, DiffView, FileDiff, SampleOut, SetInfo, SimRun};
 use crate::sim::parse;
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
@@ -201,6 +202,60 @@ pub fn duration(secs: f64) -> String {
     } else {
         let s = secs.round() as u64;
         format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// A line diff of every file of two sets (by file name).
+pub fn diff_sets(a: &SetInfo, b: &SetInfo) -> DiffView {
+    let mut names: Vec<&str> = a.files.iter().map(|f| f.name.as_str()).collect();
+    for f in &b.files {
+        if !names.contains(&f.name.as_str()) {
+            names.push(&f.name);
+        }
+    }
+    let mut files = vec![];
+    for name in names {
+        let fa = a.files.iter().find(|f| f.name == name);
+        let fb = b.files.iter().find(|f| f.name == name);
+        let (ta, tb) = (
+            fa.map_or("", |f| f.text.as_str()),
+            fb.map_or("", |f| f.text.as_str()),
+        );
+        let status = match (fa, fb) {
+            (Some(_), None) => "only in A",
+            (None, Some(_)) => "only in B",
+            _ if ta == tb => "same",
+            _ => "changed",
+        };
+        let mut lines = vec![];
+        if status != "same" {
+            let d = similar::TextDiff::from_lines(ta, tb);
+            for group in d.grouped_ops(2) {
+                if !lines.is_empty() {
+                    lines.push(('…', String::new()));
+                }
+                for op in group {
+                    for change in d.iter_changes(&op) {
+                        let tag = match change.tag() {
+                            similar::ChangeTag::Delete => '-',
+                            similar::ChangeTag::Insert => '+',
+                            similar::ChangeTag::Equal => ' ',
+                        };
+                        lines.push((tag, change.value().trim_end_matches('\n').to_string()));
+                    }
+                }
+            }
+        }
+        files.push(FileDiff {
+            name: name.to_string(),
+            status,
+            lines,
+        });
+    }
+    DiffView {
+        a: a.name.clone(),
+        b: b.name.clone(),
+        files,
     }
 }
 

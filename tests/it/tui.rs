@@ -2065,3 +2065,170 @@ fn a_finished_pass_is_loaded_as_the_checkpoint() {
         .unwrap_err()
         .starts_with("output name"));
 }
+
+/// A user key file as the workbench reads it: written to a temporary file that `HUMANLM_KEYS`
+/// names. (Only this file's key tests set the variable; nextest runs each test in its own
+/// process.)
+fn keys_from_file(text: &str) -> Result<humanlm::tui::keys::Keymap, String> {
+    use humanlm::tui::keys::{Keymap, KEYS_ENV};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    std::fs::write(&path, text).unwrap();
+    std::env::set_var(KEYS_ENV, &path);
+    let map = Keymap::load().map_err(|e| e.to_string());
+    std::env::remove_var(KEYS_ENV);
+    map
+}
+
+fn ctrl_key(c: char) -> Action {
+    Action::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+}
+
+#[test]
+fn a_key_file_changes_what_keys_do_and_the_help_shows_it() {
+    let mut a = app(120, 40);
+    a.keys =
+        keys_from_file("[global]\nhelp = \"f1\"\n[simulate]\nregenerate = [\"ctrl-r\"]\n").unwrap();
+    // `?` no longer opens the help; F1 does, and the help lists F1 for it.
+    send(&mut a, [key('?')]);
+    assert!(a.help.is_none());
+    send(&mut a, [code(KeyCode::F(1))]);
+    assert_eq!(a.help, Some(0));
+    let screen = render(&mut a, 120, 40);
+    assert!(screen.contains("  F1       this help"), "{screen}");
+    assert!(!screen.contains("  ?        this help"), "{screen}");
+    send(&mut a, [code(KeyCode::Esc)]);
+    assert!(a.help.is_none());
+    // `r` no longer regenerates; Ctrl-R does.
+    let seed = a.sampling.seed;
+    assert!(send(&mut a, [key('r')]).is_empty());
+    assert_eq!(a.sampling.seed, seed);
+    let fx = send(&mut a, [ctrl_key('r')]);
+    assert_eq!(a.sampling.seed, seed.wrapping_add(1));
+    assert!(matches!(fx.first(), Some(Effect::Simulate(_))), "{fx:?}");
+    let help: Vec<String> = humanlm::tui::ui::help::lines_of(&a.keys)
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    assert!(help
+        .iter()
+        .any(|l| l.contains("Ctrl-R") && l.contains("regenerate with a new seed")));
+    // Without a file, the built-in table.
+    assert_eq!(
+        keys_from_file("").unwrap(),
+        humanlm::tui::keys::Keymap::default()
+    );
+}
+
+#[test]
+fn modal_keys_go_through_the_table_and_text_stays_text() {
+    let mut a = app(120, 40);
+    a.keys = humanlm::tui::keys::Keymap::parse(
+        "[filter]\nback = \"f2\"\n[endpoint_form]\nclear_field = \"ctrl-k\"\n[blind]\nscore = [\"f3\", \"f4\"]\n",
+        Path::new("keys.toml"),
+    )
+    .unwrap();
+    // The filter: F2 clears it, Esc is no longer bound there, letters (q too) are text.
+    send(&mut a, [key('/')]);
+    send(&mut a, typed("quit"));
+    assert_eq!(a.browser.filter, "quit");
+    assert!(!a.quit);
+    send(&mut a, [code(KeyCode::Esc)]);
+    assert!(a.browser.filtering);
+    send(&mut a, [code(KeyCode::F(2))]);
+    assert!(!a.browser.filtering && a.browser.filter.is_empty());
+    // The endpoint form: Ctrl-K clears the field, Ctrl-U is no longer bound.
+    send(&mut a, [key('m'), key('a')]);
+    send(&mut a, typed("http://h/v1"));
+    send(&mut a, [ctrl_key('u')]);
+    assert_eq!(a.ckpts.form.as_ref().unwrap().fields[0], "http://h/v1");
+    send(&mut a, [ctrl_key('k')]);
+    assert_eq!(a.ckpts.form.as_ref().unwrap().fields[0], "");
+    // The help lists the filter's keys, the overridden one by its new name.
+    let help: Vec<String> = humanlm::tui::ui::help::lines_of(&a.keys)
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    assert!(help.iter().any(|l| l.starts_with("Scenario filter")));
+    assert!(help
+        .iter()
+        .any(|l| l.contains("F2") && l.contains("clear the filter")));
+    assert!(help
+        .iter()
+        .any(|l| l.contains("F3 F4") && l.contains("score")));
+}
+
+#[test]
+fn a_bad_key_file_is_refused_in_one_line() {
+    let e = keys_from_file("[simulate]\nregenerate = \"hyper-r\"\n").unwrap_err();
+    assert!(
+        e.contains("keys.toml: [simulate] regenerate = \"hyper-r\": not a key name"),
+        "{e}"
+    );
+    let e = keys_from_file("[global]\nhelp = \"j\"\n").unwrap_err();
+    assert!(
+        e.contains("[global] \"j\" is bound to both help and down"),
+        "{e}"
+    );
+    let e = keys_from_file("[sim]\n").unwrap_err();
+    assert!(e.contains("[sim]: unknown context"), "{e}");
+    let e = keys_from_file("[simulate]\nexplode = \"x\"\n").unwrap_err();
+    assert!(e.contains("[simulate] explode: unknown action here"), "{e}");
+    // A file HUMANLM_KEYS names must exist.
+    std::env::set_var(humanlm::tui::keys::KEYS_ENV, "/nonexistent/keys.toml");
+    let e = humanlm::tui::keys::Keymap::load().unwrap_err().to_string();
+    std::env::remove_var(humanlm::tui::keys::KEYS_ENV);
+    assert!(e.starts_with("/nonexistent/keys.toml: "), "{e}");
+}
+
+/// In a real terminal (tmux), a bad key file stops the workbench before it takes the screen:
+/// the error on stderr, exit status 2.
+#[test]
+fn the_workbench_refuses_a_bad_key_file_before_starting() {
+    use std::process::Command;
+    if !Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        panic!("tmux is not installed: this test runs the binary in tmux (apt-get install tmux)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, "[global]\nquit = \"ctrl-\"\n").unwrap();
+    let (err, rc) = (dir.path().join("err"), dir.path().join("rc"));
+    let socket = format!("humanlm-keys-{}", std::process::id());
+    let script = format!(
+        "cd '{}' && HUMANLM_KEYS='{}' '{}' 2>'{}'; echo $? >'{}.tmp' && mv '{}.tmp' '{}'",
+        env!("CARGO_MANIFEST_DIR"),
+        keys.display(),
+        env!("CARGO_BIN_EXE_humanlm"),
+        err.display(),
+        rc.display(),
+        rc.display(),
+        rc.display()
+    );
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let started = tmux(&["new-session", "-d", "-x", "80", "-y", "24", &script]);
+    assert!(started.status.success(), "{started:?}");
+    let t0 = std::time::Instant::now();
+    while !rc.exists() && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = tmux(&["kill-server"]);
+    let status = std::fs::read_to_string(&rc).expect("the workbench did not exit");
+    assert_eq!(status.trim(), "2");
+    let err = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("{}: [global] quit = \"ctrl-\"", keys.display())),
+        "{err}"
+    );
+}

@@ -1,31 +1,23 @@
-//! The help popup (`?`): every binding of the key table, by where it applies.
+//! The help popup (`?`): every binding of the key table in use, by where it applies.
 
 use super::{centered, dim, extent, scrollbar, ACCENT};
 use crate::tui::app::App;
-use crate::tui::keys::{Ctx, BINDINGS};
+use crate::tui::keys::{Ctx, Keymap};
 use ratatui::layout::Rect;
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph};
 use ratatui::Frame;
 
-/// The help text, one line per binding under a heading per context.
+/// The help text of the built-in table.
 pub fn lines() -> Vec<Line<'static>> {
+    lines_of(&Keymap::default())
+}
+
+/// The help text of `keys`, one line per binding under a heading per context.
+pub fn lines_of(keys: &Keymap) -> Vec<Line<'static>> {
     let mut out = vec![];
-    for ctx in [
-        Ctx::Global,
-        Ctx::Simulate,
-        Ctx::PromptView,
-        Ctx::Checkpoints,
-        Ctx::Prompts,
-        Ctx::Compare,
-        Ctx::Blind,
-        Ctx::EndpointForm,
-        Ctx::Eval,
-        Ctx::JudgePicker,
-        Ctx::Train,
-        Ctx::TrainEdit,
-    ] {
+    for ctx in Ctx::ALL {
         if !out.is_empty() {
             out.push(Line::raw(""));
         }
@@ -33,7 +25,7 @@ pub fn lines() -> Vec<Line<'static>> {
             ctx.title(),
             Style::default().fg(ACCENT).add_modifier(Modifier::BOLD),
         ));
-        for b in BINDINGS.iter().filter(|b| b.ctx == ctx) {
+        for b in keys.rows(ctx) {
             out.push(Line::from(vec![
                 Span::styled(
                     format!("  {:<9}", b.label),
@@ -64,7 +56,7 @@ pub fn lines() -> Vec<Line<'static>> {
 }
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect, scroll: usize) {
-    let lines = lines();
+    let lines = lines_of(&app.keys);
     let r = centered(area, 76, area.height);
     f.render_widget(Clear, r);
     let block = Block::bordered()
