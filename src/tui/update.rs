@@ -157,7 +157,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 match result {
                     Ok(plan) => {
                         app.prompt_view.call =
-                            app.prompt_view.call.min(plan.calls.len().max(1) - 1);
+                            app.prompt_view.call.min(plan.plan.calls.len().max(1) - 1);
                         app.prompt_view.plan = Some(plan);
                         app.prompt_view.error = None;
                     }
@@ -989,7 +989,7 @@ fn prompt_view_cmd(app: &mut App, cmd: Cmd) {
         .prompt_view
         .plan
         .as_ref()
-        .map_or(1, |p| p.calls.len())
+        .map_or(1, |p| p.plan.calls.len())
         .max(1);
     let page = extent(app, "prompt").1.max(2) - 1;
     let pv = &mut app.prompt_view;
@@ -1864,12 +1864,9 @@ fn open_session(app: &mut App, s: Session, fx: &mut Vec<Effect>) {
         .unwrap_or_default();
     run.calls = names
         .into_iter()
-        .map(|name| CallInfo {
+        .map(|name| crate::sim::Call {
             name,
-            prompt_tokens: 0,
-            budget: 0,
-            thinking: false,
-            prefill: String::new(),
+            ..Default::default()
         })
         .collect();
     run.expected_calls = run.calls.len();
