@@ -24,9 +24,11 @@ pub enum Engine<'a> {
     Remote(&'a crate::remote::Endpoint),
 }
 
-/// An engine that owns what it runs on: a loaded checkpoint or an endpoint client.
+/// An engine that owns what it runs on: a loaded checkpoint or an endpoint client. Clones share
+/// the model (the TUI's workers each hold one).
+#[derive(Clone)]
 pub enum Simulator {
-    Local(Box<Model>),
+    Local(std::sync::Arc<Model>),
     Remote {
         spec: String,
         endpoint: crate::remote::Endpoint,
@@ -50,7 +52,7 @@ impl Simulator {
             });
         }
         let ckpt = crate::model::Checkpoint::resolve(spec, checkpoints)?;
-        Ok(Simulator::Local(Box::new(ckpt.load(opts)?)))
+        Ok(Simulator::Local(std::sync::Arc::new(ckpt.load(opts)?)))
     }
 
     pub fn engine(&self) -> Engine<'_> {
@@ -279,7 +281,7 @@ impl SamplingChoice {
 }
 
 /// One generation call of a simulation: a state, the reply, or the joint output.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Call {
     /// `stance` … `communication`, `response`, or `joint`.
     pub name: String,
@@ -307,7 +309,7 @@ pub struct Call {
 }
 
 /// The calls of a simulation, rendered (what the simulator sees).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
     pub calls: Vec<Call>,
     /// Thread turns left out to fit the context (`Truncate::Oldest`), oldest first after the post.

@@ -2,8 +2,8 @@
 //! runtime to do (`Effect`: start work on a thread, touch files, run the editor).
 
 use super::app::{
-    CkptRow, EvalMsg, JudgeRow, ModelInfo, PlanView, RunDetail, ScenarioEntry, Session, SetInfo,
-    Side, SimMsg, TrainMsg,
+    CkptRow, EvalMsg, JudgeRow, ModelInfo, PlanView, RunDetail, Session, SetInfo, Side, SimMsg,
+    TrainMsg,
 };
 use crate::eval::{EvalSpec, RunListing};
 use crate::remote::EndpointConfig;
@@ -23,7 +23,7 @@ pub enum Action {
     /// A quarter of a second passed (spinners, elapsed times, message expiry).
     Tick,
     Scenarios {
-        entries: Vec<ScenarioEntry>,
+        entries: Vec<crate::scenario::Loaded>,
         problems: Vec<String>,
     },
     ModelLoaded(ModelInfo),

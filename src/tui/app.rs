@@ -5,8 +5,8 @@ use crate::eval::{RunListing, SampleRecord, Summary};
 use crate::judge::JudgeConfig;
 use crate::model::CheckpointInfo;
 use crate::remote::EndpointConfig;
-use crate::scenario::{Domain, Scenario};
-use crate::sim::{Mode, SamplingChoice};
+use crate::scenario::{self, Domain};
+use crate::sim::{self, Mode, SamplingChoice};
 use crate::train::StepEvent;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -14,16 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-/// The six state dimensions of the method, used until a prompt set says otherwise.
-pub const DIMENSIONS: [&str; 6] = [
-    "stance",
-    "emotion",
-    "belief",
-    "value",
-    "goal",
-    "communication",
-];
 
 /// Ticks per second (the runtime sends `Action::Tick` this often).
 pub const TICKS_PER_S: u64 = 4;
@@ -81,13 +71,6 @@ impl Pane {
 pub enum Level {
     Info,
     Error,
-}
-
-/// A scenario and the file it came from.
-#[derive(Debug, Clone)]
-pub struct ScenarioEntry {
-    pub scenario: Scenario,
-    pub path: PathBuf,
 }
 
 /// The scenario browser: folded domains, the filter, the selected row.
@@ -212,17 +195,6 @@ pub struct SampleOut {
     pub scored: BTreeMap<String, String>,
 }
 
-/// A call of the plan, as the status line needs it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CallInfo {
-    pub name: String,
-    pub prompt_tokens: usize,
-    pub budget: usize,
-    pub thinking: bool,
-    /// The opening tag already in the prompt (sets with `prefill_tag`).
-    pub prefill: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
@@ -243,7 +215,8 @@ pub struct SimRun {
     pub set_hash: String,
     pub mode: Mode,
     pub sampling: SamplingChoice,
-    pub calls: Vec<CallInfo>,
+    /// The plan's calls so far (a reopened session knows only their names).
+    pub calls: Vec<sim::Call>,
     /// The call streaming now.
     pub current: Option<String>,
     pub samples: Vec<SampleOut>,
@@ -319,7 +292,7 @@ pub enum SimMsg {
         set_hash: String,
         calls: usize,
     },
-    Call(CallInfo),
+    Call(sim::Call),
     Text {
         call: String,
         sample: usize,
@@ -336,27 +309,14 @@ pub enum SimMsg {
     Failed(String),
 }
 
-/// One call of the Simulator's-eye view.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CallView {
-    pub name: String,
-    pub prompt: String,
-    pub prompt_tokens: usize,
-    pub ids: Vec<u32>,
-    pub budget: usize,
-    pub prefill: String,
-    pub stop: String,
-    pub thinking: bool,
-}
-
+/// The Simulator's-eye view of one scenario: its plan and what the plan was made for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanView {
     pub scenario: String,
     pub set: String,
     pub set_hash: String,
     pub mode: Mode,
-    pub calls: Vec<CallView>,
-    pub dropped_turns: usize,
+    pub plan: sim::Plan,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -922,7 +882,7 @@ pub struct App {
     pub checkpoint: String,
     pub judge: JudgeState,
 
-    pub scenarios: Vec<ScenarioEntry>,
+    pub scenarios: Vec<scenario::Loaded>,
     pub scenario_problems: Vec<String>,
     pub browser: Browser,
     pub focus: Pane,
@@ -1052,7 +1012,7 @@ impl App {
     }
 
     /// The scenario under the browser's cursor.
-    pub fn selected_scenario(&self) -> Option<&ScenarioEntry> {
+    pub fn selected_scenario(&self) -> Option<&scenario::Loaded> {
         match self.browser_rows().get(self.browser.selected) {
             Some(BrowserRow::Scenario(i)) => self.scenarios.get(*i),
             _ => None,
@@ -1066,7 +1026,7 @@ impl App {
         }
     }
 
-    pub fn scenario_by_id(&self, id: &str) -> Option<&ScenarioEntry> {
+    pub fn scenario_by_id(&self, id: &str) -> Option<&scenario::Loaded> {
         self.scenarios.iter().find(|e| e.scenario.id == id)
     }
 
@@ -1074,12 +1034,12 @@ impl App {
         self.sets.iter().find(|s| s.name == name)
     }
 
-    /// The state dimensions of the active set (the method's six until the sets are read).
+    /// The state dimensions of the active set, from its `states.toml` (none until the sets
+    /// are read, a moment after start).
     pub fn dimensions(&self) -> Vec<String> {
-        match self.set_info(&self.set) {
-            Some(s) if !s.dimensions.is_empty() => s.dimensions.clone(),
-            _ => DIMENSIONS.iter().map(|d| d.to_string()).collect(),
-        }
+        self.set_info(&self.set)
+            .map(|s| s.dimensions.clone())
+            .unwrap_or_default()
     }
 
     pub fn job(&self, kind: JobKind) -> Option<&Job> {

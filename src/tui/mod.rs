@@ -36,7 +36,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use worker::{Loaded, Msg, Tx};
+use worker::{Msg, Tx};
 
 /// The environment variable that caps every call's new tokens.
 pub const MAX_TOKENS_ENV: &str = "HUMANLM_TUI_MAX_TOKENS";
@@ -46,7 +46,7 @@ struct Runtime {
     tx: Tx,
     paths: Paths,
     /// The checkpoint or endpoint simulations run on.
-    model: Option<Loaded>,
+    model: Option<crate::sim::Simulator>,
     embedder: Option<Arc<EmbeddingJudge>>,
     /// The latest checkpoint load asked for; older loads that finish late are dropped.
     load_seq: u64,
@@ -110,10 +110,7 @@ impl Runtime {
                     let mut problems = vec![];
                     for r in crate::scenario::load_all(&dir) {
                         match r {
-                            Ok(l) => entries.push(app::ScenarioEntry {
-                                scenario: l.scenario,
-                                path: l.path,
-                            }),
+                            Ok(l) => entries.push(l),
                             Err(e) => problems.push(e.to_string()),
                         }
                     }

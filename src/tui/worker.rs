@@ -9,7 +9,7 @@ use crate::model::weights::LoadOptions;
 use crate::model::{Checkpoint, CheckpointKind, Model};
 use crate::prompts::PromptSet;
 use crate::remote::{Endpoint, EndpointConfig};
-use crate::sim::{self, Engine, Mode, Options, SimEvent, SimSample, Truncate};
+use crate::sim::{self, Mode, Options, SimEvent, SimSample, Simulator, Truncate};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -24,34 +24,10 @@ pub enum Msg {
     /// the one wanted).
     Model {
         seq: u64,
-        model: Loaded,
+        model: Simulator,
         info: ModelInfo,
     },
     Embedder(Arc<EmbeddingJudge>, String),
-}
-
-/// What simulations run on: a loaded checkpoint, or a model behind an endpoint.
-#[derive(Clone)]
-pub enum Loaded {
-    Local(Arc<Model>),
-    Remote { spec: String, endpoint: Endpoint },
-}
-
-impl Loaded {
-    pub fn engine(&self) -> Engine<'_> {
-        match self {
-            Loaded::Local(m) => Engine::Local(m),
-            Loaded::Remote { endpoint, .. } => Engine::Remote(endpoint),
-        }
-    }
-
-    /// The checkpoint's name, or the endpoint's spec.
-    pub fn name(&self) -> String {
-        match self {
-            Loaded::Local(m) => m.checkpoint.name.clone(),
-            Loaded::Remote { spec, .. } => spec.clone(),
-        }
-    }
 }
 
 pub use crate::remote::{read_endpoints, save_endpoints, ENDPOINTS_FILE};
@@ -89,7 +65,7 @@ pub fn load_endpoint(cfg: EndpointConfig, seq: u64, tx: &Tx) {
             };
             let _ = tx.0.send(Msg::Model {
                 seq,
-                model: Loaded::Remote { spec, endpoint },
+                model: Simulator::Remote { spec, endpoint },
                 info,
             });
         }
@@ -172,7 +148,7 @@ pub fn load_checkpoint(spec: &str, root: &Path, seq: u64, tx: &Tx) {
             };
             let _ = tx.0.send(Msg::Model {
                 seq,
-                model: Loaded::Local(Arc::new(model)),
+                model: Simulator::Local(Arc::new(model)),
                 info,
             });
         }
@@ -248,7 +224,7 @@ fn options(req: &SimRequest, set: &PromptSet) -> Options {
 }
 
 /// Simulate on `model`, streaming every step through `send`.
-pub fn simulate(model: &Loaded, req: &SimRequest, prompts: &Path, send: &dyn Fn(SimMsg)) {
+pub fn simulate(model: &Simulator, req: &SimRequest, prompts: &Path, send: &dyn Fn(SimMsg)) {
     let set = match PromptSet::load(&req.set, prompts) {
         Ok(s) => s,
         Err(e) => {
@@ -281,13 +257,7 @@ pub fn simulate(model: &Loaded, req: &SimRequest, prompts: &Path, send: &dyn Fn(
                 started = Instant::now();
                 first = None;
                 tokens = 0;
-                send(SimMsg::Call(CallInfo {
-                    name: call.name.clone(),
-                    prompt_tokens: call.prompt_tokens,
-                    budget: call.budget,
-                    thinking: call.thinking,
-                    prefill: call.prefill.clone(),
-                }));
+                send(SimMsg::Call(call.clone()));
             }
             SimEvent::Text {
                 call,
@@ -328,7 +298,7 @@ pub fn simulate(model: &Loaded, req: &SimRequest, prompts: &Path, send: &dyn Fn(
 }
 
 /// The prompts a simulation would send, rendered and tokenized.
-pub fn plan(model: &Loaded, req: &SimRequest, prompts: &Path) -> Result<PlanView, String> {
+pub fn plan(model: &Simulator, req: &SimRequest, prompts: &Path) -> Result<PlanView, String> {
     let set = PromptSet::load(&req.set, prompts).map_err(|e| one_line(&e.to_string()))?;
     let opts = options(req, &set);
     let plan = sim::plan_with(&set, &req.scenario, &opts, model.engine())
@@ -338,27 +308,19 @@ pub fn plan(model: &Loaded, req: &SimRequest, prompts: &Path) -> Result<PlanView
         set: set.name.clone(),
         set_hash: set.hash.clone(),
         mode: req.mode,
-        dropped_turns: plan.dropped_turns,
-        calls: plan
-            .calls
-            .into_iter()
-            .map(|c| CallView {
-                name: c.name,
-                prompt: c.prompt,
-                prompt_tokens: c.prompt_tokens,
-                ids: c.ids,
-                budget: c.budget,
-                prefill: c.prefill,
-                stop: c.stop,
-                thinking: c.thinking,
-            })
-            .collect(),
+        plan,
     })
 }
 
 /// One scenario under each side, in turn; a side on another checkpoint loads it for the run.
-pub fn compare(current: Option<Loaded>, req: &SimRequest, sides: &[Side], paths: &Paths, tx: &Tx) {
-    let mut loaded: Vec<Loaded> = current.into_iter().collect();
+pub fn compare(
+    current: Option<Simulator>,
+    req: &SimRequest,
+    sides: &[Side],
+    paths: &Paths,
+    tx: &Tx,
+) {
+    let mut loaded: Vec<Simulator> = current.into_iter().collect();
     for (i, side) in sides.iter().enumerate() {
         let send = |msg: SimMsg| {
             tx.send(Action::Cmp {
@@ -397,18 +359,9 @@ pub fn compare(current: Option<Loaded>, req: &SimRequest, sides: &[Side], paths:
 
 /// A checkpoint by name or path, or an endpoint by its spec (with the API-key variable
 /// `endpoints.toml` gives it, if it is listed there).
-fn open(spec: &str, root: &Path) -> Result<Loaded, String> {
-    if let Some((url, model)) = Endpoint::parse_spec(spec) {
-        let cfg = EndpointConfig::for_spec(&url, &model, root);
-        let endpoint = Endpoint::new(cfg).map_err(|e| one_line(&e.to_string()))?;
-        return Ok(Loaded::Remote {
-            spec: spec.to_string(),
-            endpoint,
-        });
-    }
-    let r = Checkpoint::resolve(spec, root).and_then(|c| c.load(&load_options()?));
-    r.map(|m| Loaded::Local(Arc::new(m)))
-        .map_err(|e| one_line(&e.to_string()))
+fn open(spec: &str, root: &Path) -> Result<Simulator, String> {
+    let opts = load_options().map_err(|e| one_line(&e.to_string()))?;
+    Simulator::open(spec, root, &opts).map_err(|e| one_line(&e.to_string()))
 }
 
 /// The checkpoints under `root`, adapters right after their base, then the endpoints of

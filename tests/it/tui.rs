@@ -8,7 +8,7 @@
 
 use humanlm::eval::{RunListing, SampleRecord, Summary};
 use humanlm::model::CheckpointInfo;
-use humanlm::scenario::Scenario;
+use humanlm::scenario::{self, Scenario};
 use humanlm::sim::Mode;
 use humanlm::tui::action::{Action, Effect};
 use humanlm::tui::app::*;
@@ -95,10 +95,10 @@ response = "最初の一文だけで景色が見える気がします。"
 "#,
 ];
 
-fn scenarios() -> Vec<ScenarioEntry> {
-    let mut out: Vec<ScenarioEntry> = SCENARIOS
+fn scenarios() -> Vec<scenario::Loaded> {
+    let mut out: Vec<scenario::Loaded> = SCENARIOS
         .iter()
-        .map(|t| ScenarioEntry {
+        .map(|t| scenario::Loaded {
             scenario: Scenario::from_toml(t, Path::new("test.toml")).unwrap(),
             path: PathBuf::from("test.toml"),
         })
@@ -114,7 +114,7 @@ fn scenarios() -> Vec<ScenarioEntry> {
         ));
     }
     long.push_str("[target]\nauthor = \"user_3\"\nresponse = \"Closing it saves nothing.\"\n");
-    out.push(ScenarioEntry {
+    out.push(scenario::Loaded {
         scenario: Scenario::from_toml(&long, Path::new("long.toml")).unwrap(),
         path: PathBuf::from("long.toml"),
     });
@@ -131,8 +131,17 @@ fn file(name: &str, set: &str, text: &str, from: Option<&str>) -> FileInfo {
     }
 }
 
+/// The state dimensions of the shipped `humanlm` set, from its `states.toml`.
+fn dimensions() -> Vec<String> {
+    humanlm::prompts::PromptSet::load("humanlm", &crate::common::roots().prompts)
+        .expect("the shipped humanlm set loads")
+        .dimensions()
+        .map(|d| d.key.clone())
+        .collect()
+}
+
 fn sets() -> Vec<SetInfo> {
-    let dims: Vec<String> = DIMENSIONS.iter().map(|d| d.to_string()).collect();
+    let dims = dimensions();
     vec![
         SetInfo {
             name: "humanlm".into(),
@@ -283,12 +292,12 @@ fn started(job: u64) -> Action {
 fn call(job: u64, name: &str) -> Action {
     Action::Sim {
         job,
-        msg: SimMsg::Call(CallInfo {
+        msg: SimMsg::Call(humanlm::sim::Call {
             name: name.into(),
             prompt_tokens: 365,
             budget: 48,
-            thinking: false,
             prefill: format!("<{name}>"),
+            ..Default::default()
         }),
     }
 }
@@ -449,7 +458,7 @@ fn simulate_streaming_snapshots() {
 fn done_and_scored(a: &mut App) {
     finished_run(a, 2);
     let mut fx = vec![];
-    for k in DIMENSIONS.iter().chain(["response"].iter()) {
+    for k in dimensions().iter().map(String::as_str).chain(["response"]) {
         let run = a.sim.as_ref().unwrap();
         fx.push(Effect::Score {
             job: run.job,
@@ -459,10 +468,10 @@ fn done_and_scored(a: &mut App) {
                 .samples
                 .iter()
                 .map(|s| {
-                    if *k == "response" {
+                    if k == "response" {
                         s.response.clone().unwrap_or_default()
                     } else {
-                        s.states[*k].clone()
+                        s.states[k].clone()
                     }
                 })
                 .collect(),
@@ -552,7 +561,7 @@ fn prompt_view_snapshots() {
     assert_eq!(a.screen, Screen::PromptView);
     let calls = ["stance", "response"]
         .iter()
-        .map(|name| CallView {
+        .map(|name| humanlm::sim::Call {
             name: name.to_string(),
             prompt: format!(
                 "<|im_start|>system\nYou predict how one real person, called HUMAN, reacts.<|im_end|>\n<|im_start|>user\nHere is a conversation.\n\n[fence_trouble_22]\nMy (41F) neighbor put up a fence without asking.\n\nWhat is HUMAN's {name}?<|im_end|>\n<|im_start|>assistant\n<{name}>"
@@ -562,7 +571,7 @@ fn prompt_view_snapshots() {
             budget: 48,
             prefill: format!("<{name}>"),
             stop: format!("</{name}>"),
-            thinking: false,
+            ..Default::default()
         })
         .collect();
     send(
@@ -574,8 +583,10 @@ fn prompt_view_snapshots() {
                 set: "instruct".into(),
                 set_hash: "3f2a1b99c0de".into(),
                 mode: Mode::Humanlm,
-                calls,
-                dropped_turns: 0,
+                plan: humanlm::sim::Plan {
+                    calls,
+                    dropped_turns: 0,
+                },
             }),
         }],
     );

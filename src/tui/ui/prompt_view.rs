@@ -2,7 +2,8 @@
 //! with token counts, where generation starts, and the token ids on demand.
 
 use super::{dim, extent, pane, scrollbar, spinner, ACCENT, GOOD, WARN};
-use crate::tui::app::{mode_name, App, CallView, PromptKey};
+use crate::sim::Call;
+use crate::tui::app::{mode_name, App, PromptKey};
 use crate::tui::text;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -37,7 +38,7 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
     let [tabs, main] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(body);
     // The calls as tabs: name and prompt tokens.
     let mut spans = vec![Span::raw(" ")];
-    for (i, c) in plan.calls.iter().enumerate() {
+    for (i, c) in plan.plan.calls.iter().enumerate() {
         let label = format!(" {} {} ", c.name, c.prompt_tokens);
         spans.push(if i == pv.call {
             Span::styled(label, Style::default().fg(Color::Black).bg(ACCENT))
@@ -46,7 +47,7 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
         });
     }
     f.render_widget(Paragraph::new(Line::from(spans)), tabs);
-    let Some(call) = plan.calls.get(pv.call) else {
+    let Some(call) = plan.plan.calls.get(pv.call) else {
         return;
     };
     let title = format!(
@@ -68,9 +69,9 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
         if call.thinking { "on" } else { "off" },
         call.stop
     ))];
-    if plan.dropped_turns > 0 {
+    if plan.plan.dropped_turns > 0 {
         bottom.push(Span::styled(
-            format!("· {} old turns dropped to fit ", plan.dropped_turns),
+            format!("· {} old turns dropped to fit ", plan.plan.dropped_turns),
             Style::default().fg(WARN),
         ));
     }
@@ -157,7 +158,7 @@ fn pieces(line: &str) -> Vec<(bool, &str)> {
 
 /// The prompt text, newlines shown as ⏎, special tokens highlighted, wrapped to `width`; then
 /// the pre-filled tag and where generation starts.
-pub fn prompt_lines(call: &CallView, width: usize) -> Vec<Line<'static>> {
+pub fn prompt_lines(call: &Call, width: usize) -> Vec<Line<'static>> {
     let special = Style::default()
         .fg(Color::Yellow)
         .add_modifier(Modifier::BOLD);
@@ -224,7 +225,7 @@ pub fn prompt_lines(call: &CallView, width: usize) -> Vec<Line<'static>> {
 }
 
 /// The token ids of the prompt, wrapped.
-pub fn id_lines(call: &CallView, width: usize) -> Vec<Line<'static>> {
+pub fn id_lines(call: &Call, width: usize) -> Vec<Line<'static>> {
     let mut out = vec![Line::styled(
         format!(
             "{} token ids (the prompt exactly as the model receives it)",

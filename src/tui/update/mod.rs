@@ -182,7 +182,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 match result {
                     Ok(plan) => {
                         app.prompt_view.call =
-                            app.prompt_view.call.min(plan.calls.len().max(1) - 1);
+                            app.prompt_view.call.min(plan.plan.calls.len().max(1) - 1);
                         app.prompt_view.plan = Some(plan);
                         app.prompt_view.error = None;
                     }

@@ -76,7 +76,7 @@ pub(super) fn prompt_view_cmd(app: &mut App, cmd: Cmd) {
         .prompt_view
         .plan
         .as_ref()
-        .map_or(1, |p| p.calls.len())
+        .map_or(1, |p| p.plan.calls.len())
         .max(1);
     let page = extent(app, "prompt").1.max(2) - 1;
     let pv = &mut app.prompt_view;

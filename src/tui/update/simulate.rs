@@ -461,12 +461,9 @@ pub(super) fn open_session(app: &mut App, s: Session, fx: &mut Vec<Effect>) {
         .unwrap_or_default();
     run.calls = names
         .into_iter()
-        .map(|name| CallInfo {
+        .map(|name| crate::sim::Call {
             name,
-            prompt_tokens: 0,
-            budget: 0,
-            thinking: false,
-            prefill: String::new(),
+            ..Default::default()
         })
         .collect();
     run.expected_calls = run.calls.len();
