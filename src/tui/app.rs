@@ -1061,18 +1061,3 @@ impl App {
         self.error = Some(text);
     }
 }
-
-/// The name a mode has on the command line.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Humanlm => "humanlm",
-        Mode::Response => "response",
-        Mode::Joint => "joint",
-    }
-}
-
-pub fn parse_mode(name: &str) -> Option<Mode> {
-    [Mode::Humanlm, Mode::Response, Mode::Joint]
-        .into_iter()
-        .find(|m| mode_name(*m) == name)
-}

@@ -31,7 +31,7 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
         Span::styled(
             format!(
                 " · {} mode · seed {} · one sample per side",
-                crate::tui::app::mode_name(app.mode),
+                app.mode.name(),
                 app.sampling.seed
             ),
             dim(),

@@ -184,10 +184,7 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
 fn short_settings_line(app: &App) -> Line<'static> {
     Line::from(vec![
         Span::styled(format!("n {} · ", app.sampling.n), dim()),
-        Span::styled(
-            super::app::mode_name(app.mode).to_string(),
-            Style::default().fg(ACCENT),
-        ),
+        Span::styled(app.mode.name().to_string(), Style::default().fg(ACCENT)),
         Span::styled(" · ", dim()),
         Span::raw(format!("{} ", app.set)),
     ])
@@ -212,10 +209,7 @@ fn settings_line(app: &App) -> Line<'static> {
             ),
             dim(),
         ),
-        Span::styled(
-            super::app::mode_name(app.mode).to_string(),
-            Style::default().fg(ACCENT),
-        ),
+        Span::styled(app.mode.name().to_string(), Style::default().fg(ACCENT)),
         Span::styled(" · set ", dim()),
         Span::raw(app.set.clone()),
         Span::styled(format!(" {hash} "), dim()),

@@ -3,7 +3,7 @@
 
 use super::{dim, extent, pane, scrollbar, spinner, ACCENT, GOOD, WARN};
 use crate::sim::Call;
-use crate::tui::app::{mode_name, App, PromptKey};
+use crate::tui::app::{App, PromptKey};
 use crate::tui::text;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -65,7 +65,7 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
     );
     let mut bottom = vec![Span::raw(format!(
         " {} mode · thinking {} · stops at {} ",
-        mode_name(plan.mode),
+        plan.mode.name(),
         if call.thinking { "on" } else { "off" },
         call.stop
     ))];
@@ -80,11 +80,7 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
     let width = inner.width.saturating_sub(1);
     let key = PromptKey {
         scenario: plan.scenario.clone(),
-        set_hash: format!(
-            "{}:{}",
-            plan.set_hash,
-            crate::tui::app::mode_name(plan.mode)
-        ),
+        set_hash: format!("{}:{}", plan.set_hash, plan.mode.name()),
         call: pv.call,
         width,
         ids: pv.ids,

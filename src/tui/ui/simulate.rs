@@ -530,7 +530,7 @@ fn draw_reply(f: &mut Frame, app: &App, area: Rect) {
         _ => {
             let hint = format!(
                 "Enter simulates the selected scenario ({} mode, {} sample{}).",
-                crate::tui::app::mode_name(app.mode),
+                app.mode.name(),
                 app.sampling.n,
                 if app.sampling.n == 1 { "" } else { "s" }
             );

@@ -225,7 +225,7 @@ fn rating_record(app: &App) -> serde_json::Value {
     let run0 = c.runs.first();
     serde_json::json!({
         "scenario": c.scenario,
-        "mode": run0.map(|r| mode_name(r.mode)),
+        "mode": run0.map(|r| r.mode.name()),
         "seed": run0.map(|r| r.sampling.seed),
         "reference": reference,
         "items": items,

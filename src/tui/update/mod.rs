@@ -399,7 +399,7 @@ fn command(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
             };
             app.info(format!(
                 "mode {} (applies to the next run)",
-                mode_name(app.mode)
+                app.mode.name()
             ));
             return;
         }

@@ -385,7 +385,7 @@ pub(super) fn save_session(app: &mut App, fx: &mut Vec<Effect>) {
         checkpoint: run.checkpoint.clone(),
         prompt_set: run.set.clone(),
         prompt_hash: run.set_hash.clone(),
-        mode: mode_name(run.mode).to_string(),
+        mode: run.mode.name().to_string(),
         sampling: run.sampling.clone(),
         dropped_turns: run.dropped_turns,
         samples: run.samples.clone(),
@@ -394,7 +394,7 @@ pub(super) fn save_session(app: &mut App, fx: &mut Vec<Effect>) {
 
 /// Show a saved session as the current run, with its scenario, settings and checkpoint.
 pub(super) fn open_session(app: &mut App, s: Session, fx: &mut Vec<Effect>) {
-    let Some(mode) = parse_mode(&s.mode) else {
+    let Ok(mode) = s.mode.parse::<crate::sim::Mode>() else {
         app.fail(format!("session: unknown mode '{}'", s.mode));
         return;
     };
