@@ -317,7 +317,7 @@ pub struct Plan {
 }
 
 /// What one call produced for one sample.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Output {
     /// Generated text as it came out (the stop string stripped, the prefill not included).
     pub raw: String,
@@ -328,7 +328,7 @@ pub struct Output {
 }
 
 /// One simulated reply with its states.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct SimSample {
     pub states: BTreeMap<String, String>,
     pub response: String,

@@ -6,7 +6,7 @@ use crate::judge::JudgeConfig;
 use crate::model::CheckpointInfo;
 use crate::remote::EndpointConfig;
 use crate::scenario::{self, Domain};
-use crate::sim::{self, Mode, SamplingChoice};
+use crate::sim::{self, Mode, Output, SamplingChoice, SimSample};
 use crate::train::StepEvent;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -155,18 +155,11 @@ pub struct Stats {
     pub tok_s: f64,
 }
 
-/// One call's output for one sample.
+/// One call's text for one sample as it streams (the whole output once the call is done).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CallOut {
     pub text: String,
     pub done: bool,
-    /// `stop`, `eos`, `length`, `context`, `cancelled` once known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub valid: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<usize>,
 }
 
 /// One sample of a simulation, streaming or finished.
@@ -174,19 +167,10 @@ pub struct CallOut {
 pub struct SampleOut {
     /// Per call (`stance` … `response`, or `joint`).
     pub calls: BTreeMap<String, CallOut>,
-    /// Parsed states, once the simulation finished.
-    #[serde(default)]
-    pub states: BTreeMap<String, String>,
+    /// The finished sample (parsed states and reply, each call's stop reason and tokens), once
+    /// the simulation is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub think: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub valid: Option<bool>,
-    #[serde(default)]
-    pub tokens: usize,
-    #[serde(default)]
-    pub ms: u64,
+    pub result: Option<SimSample>,
     /// Embedding similarity with the real reply, per call name.
     #[serde(default)]
     pub scores: BTreeMap<String, f64>,
@@ -277,9 +261,61 @@ impl SimRun {
     pub fn total_tokens(&self) -> usize {
         self.samples
             .iter()
-            .flat_map(|s| s.calls.values())
-            .map(|c| c.tokens.unwrap_or(0))
+            .filter_map(|s| s.result.as_ref())
+            .flat_map(|r| r.outputs.values())
+            .map(|o| o.tokens)
             .sum()
+    }
+}
+
+/// A finished sample as the worker hands it over: every call done, its whole output as text.
+impl From<SimSample> for SampleOut {
+    fn from(s: SimSample) -> SampleOut {
+        SampleOut {
+            calls: s
+                .outputs
+                .iter()
+                .map(|(k, o)| {
+                    let call = CallOut {
+                        text: o.raw.clone(),
+                        done: true,
+                    };
+                    (k.clone(), call)
+                })
+                .collect(),
+            result: Some(s),
+            scores: Default::default(),
+            scored: Default::default(),
+        }
+    }
+}
+
+impl SampleOut {
+    /// Whether the finished sample kept the format (`None` while it runs).
+    pub fn valid(&self) -> Option<bool> {
+        self.result.as_ref().map(|r| r.valid)
+    }
+
+    /// The final reply, once finished, if the run had a call that writes one.
+    pub fn response(&self) -> Option<&str> {
+        let r = self.result.as_ref()?;
+        let has_reply = r.outputs.contains_key("response") || r.outputs.contains_key("joint");
+        has_reply.then_some(r.response.as_str())
+    }
+
+    /// The final reasoning of the reply call, if it thought.
+    pub fn think(&self) -> Option<&str> {
+        self.result.as_ref()?.think.as_deref()
+    }
+
+    /// A state's parsed value, once finished.
+    pub fn state(&self, key: &str) -> Option<&str> {
+        self.result.as_ref()?.states.get(key).map(String::as_str)
+    }
+
+    /// What a finished call produced (its stop reason, tokens and format verdict).
+    pub fn output(&self, call: &str) -> Option<&Output> {
+        self.result.as_ref()?.outputs.get(call)
     }
 }
 
@@ -795,9 +831,13 @@ pub struct TrainScreen {
     pub quit_warned: bool,
 }
 
+/// The layout of a saved session: 2 keeps each finished sample as the simulator's `SimSample`.
+pub const SESSION_VERSION: u32 = 2;
+
 /// A saved session (`s`), as written under `runs/sessions/`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
+    /// [`SESSION_VERSION`] when saved; older files are read through a conversion.
     pub version: u32,
     pub saved_unix: u64,
     pub scenario: String,

@@ -3,7 +3,9 @@
 //! screen shows of two prompt sets.
 
 use super::app::{CallOut, DiffView, FileDiff, SampleOut, SetInfo, SimRun};
+use crate::generate::StopReason;
 use crate::sim::parse;
+use crate::sim::Output;
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// Display width of a string (CJK characters count two columns).
@@ -100,8 +102,8 @@ pub fn state_from_raw(key: &str, prefill: &str, raw: &str) -> String {
 /// A state's text in a sample: the parsed value once finished, else what has streamed so far
 /// (its own call, or its tag inside the joint output). `None` when nothing was generated.
 pub fn state_text(run: &SimRun, s: &SampleOut, key: &str) -> Option<String> {
-    if let Some(v) = s.states.get(key) {
-        return Some(v.clone());
+    if let Some(v) = s.state(key) {
+        return Some(v.to_string());
     }
     if let Some(c) = s.calls.get(key) {
         return Some(state_from_raw(key, &prefill(run, key), &c.text));
@@ -120,11 +122,16 @@ pub fn call_of<'a>(s: &'a SampleOut, key: &str) -> Option<&'a CallOut> {
     s.calls.get(key).or_else(|| s.calls.get("joint"))
 }
 
+/// What the finished call that holds `key` produced (its own, or the joint call).
+pub fn output_of<'a>(s: &'a SampleOut, key: &str) -> Option<&'a Output> {
+    s.output(key).or_else(|| s.output("joint"))
+}
+
 /// The reply of a sample: (think, reply). Final values once finished, else the streaming text
 /// split at `</think>` and cleared of the `<response>` tag.
 pub fn reply_text(run: &SimRun, s: &SampleOut) -> (Option<String>, String) {
-    if let Some(r) = &s.response {
-        return (s.think.clone(), r.clone());
+    if let Some(r) = s.response() {
+        return (s.think().map(str::to_string), r.to_string());
     }
     let thinking = run.calls.iter().any(|c| c.name == "response" && c.thinking);
     if let Some(c) = s.calls.get("response") {
@@ -153,14 +160,14 @@ pub fn reply_text(run: &SimRun, s: &SampleOut) -> (Option<String>, String) {
 }
 
 /// Warnings for a finished call: why its output is not in the format, and whether it loops.
-pub fn flags(c: &CallOut, text: &str) -> Vec<&'static str> {
+pub fn flags(c: Option<&Output>, text: &str) -> Vec<&'static str> {
     let mut out = vec![];
-    match c.stop.as_deref() {
-        Some("length") => out.push("⚠ hit token limit"),
-        Some("eos") => out.push("⚠ no closing tag"),
-        Some("context") => out.push("⚠ context full"),
-        Some("cancelled") => out.push("⚠ cancelled"),
-        Some(_) if c.valid == Some(false) => out.push("⚠ format"),
+    match c.map(|o| (&o.stop_reason, o.valid)) {
+        Some((StopReason::Length, _)) => out.push("⚠ hit token limit"),
+        Some((StopReason::Eos, _)) => out.push("⚠ no closing tag"),
+        Some((StopReason::Context, _)) => out.push("⚠ context full"),
+        Some((StopReason::Cancelled, _)) => out.push("⚠ cancelled"),
+        Some((_, false)) => out.push("⚠ format"),
         _ => {}
     }
     if repetitive(text) {

@@ -9,7 +9,7 @@ use crate::model::weights::LoadOptions;
 use crate::model::{Checkpoint, CheckpointKind, Model};
 use crate::prompts::PromptSet;
 use crate::remote::{Endpoint, EndpointConfig};
-use crate::sim::{self, Mode, Options, SimEvent, SimSample, Simulator, Truncate};
+use crate::sim::{self, Mode, Options, SimEvent, Simulator, Truncate};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -184,36 +184,6 @@ pub fn load_embedder(root: &Path, tx: &Tx) {
     }
 }
 
-fn sample_out(s: SimSample) -> SampleOut {
-    let has_reply = s.outputs.contains_key("response") || s.outputs.contains_key("joint");
-    SampleOut {
-        calls: s
-            .outputs
-            .into_iter()
-            .map(|(k, o)| {
-                (
-                    k,
-                    CallOut {
-                        text: o.raw,
-                        done: true,
-                        stop: Some(o.stop_reason.to_string()),
-                        valid: Some(o.valid),
-                        tokens: Some(o.tokens),
-                    },
-                )
-            })
-            .collect(),
-        states: s.states,
-        response: has_reply.then_some(s.response),
-        think: s.think,
-        valid: Some(s.valid),
-        tokens: s.tokens,
-        ms: s.ms,
-        scores: Default::default(),
-        scored: Default::default(),
-    }
-}
-
 fn options(req: &SimRequest, set: &PromptSet) -> Options {
     Options {
         mode: req.mode,
@@ -290,7 +260,7 @@ pub fn simulate(model: &Simulator, req: &SimRequest, prompts: &Path, send: &dyn 
     );
     match r {
         Ok((plan, samples)) => send(SimMsg::Done {
-            samples: samples.into_iter().map(sample_out).collect(),
+            samples: samples.into_iter().map(SampleOut::from).collect(),
             dropped_turns: plan.dropped_turns,
         }),
         Err(e) => send(SimMsg::Failed(one_line(&e.to_string()))),
@@ -762,7 +732,58 @@ pub fn open_latest_session(runs: &Path) -> Result<Session, String> {
         .ok_or_else(|| format!("no saved sessions in {} (s saves one)", dir.display()))?;
     let text =
         std::fs::read_to_string(&latest).map_err(|e| format!("{}: {e}", latest.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", latest.display()))
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", latest.display()))?;
+    if json["version"] == 1 {
+        session_v1_to_v2(&mut json);
+    }
+    serde_json::from_value(json).map_err(|e| format!("{}: {e}", latest.display()))
+}
+
+/// Version 1 kept a finished sample's parse beside its calls (`states`, `response`, `think`,
+/// `valid`, `tokens`, `ms`, and `stop`/`valid`/`tokens` per call); version 2 keeps it as the
+/// simulator's own `SimSample` under `result`.
+fn session_v1_to_v2(json: &mut serde_json::Value) {
+    use serde_json::{json, Map, Value};
+    json["version"] = json!(SESSION_VERSION);
+    let Some(samples) = json.get_mut("samples").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for s in samples {
+        let Some(old) = s.as_object_mut() else {
+            continue;
+        };
+        if old.get("valid").is_none_or(Value::is_null) {
+            continue; // saved unfinished: no result
+        }
+        let mut outputs = Map::new();
+        let mut stops = Map::new();
+        if let Some(calls) = old.get("calls").and_then(Value::as_object) {
+            for (name, c) in calls {
+                let stop = c.get("stop").cloned().unwrap_or(json!("stop"));
+                stops.insert(name.clone(), stop.clone());
+                let output = json!({
+                    "raw": c.get("text").cloned().unwrap_or(json!("")),
+                    "tokens": c.get("tokens").cloned().unwrap_or(json!(0)),
+                    "stop_reason": stop,
+                    "valid": c.get("valid").cloned().unwrap_or(json!(false)),
+                });
+                outputs.insert(name.clone(), output);
+            }
+        }
+        let field = |k: &str, default: Value| old.get(k).cloned().unwrap_or(default);
+        let result = json!({
+            "states": field("states", json!({})),
+            "response": field("response", Value::Null).as_str().unwrap_or_default(),
+            "think": field("think", Value::Null),
+            "valid": field("valid", json!(false)),
+            "stop_reasons": stops,
+            "tokens": field("tokens", json!(0)),
+            "ms": field("ms", json!(0)),
+            "outputs": outputs,
+        });
+        old.insert("result".into(), result);
+    }
 }
 
 /// Run an evaluation, reporting progress.

@@ -7,9 +7,10 @@
 //! review`) rewrites them; review the diff.
 
 use humanlm::eval::{RunListing, SampleRecord, Summary};
+use humanlm::generate::StopReason;
 use humanlm::model::CheckpointInfo;
 use humanlm::scenario::{self, Scenario};
-use humanlm::sim::Mode;
+use humanlm::sim::{Mode, Output, SimSample};
 use humanlm::tui::action::{Action, Effect};
 use humanlm::tui::app::*;
 use humanlm::tui::{draw, update};
@@ -342,21 +343,15 @@ fn finished_run(app: &mut App, n: usize) -> u64 {
     let fx = send(app, [code(KeyCode::Enter)]);
     let job = sim_job(&fx);
     send(app, [started(job)]);
-    let mut samples = vec![SampleOut::default(); n];
+    let mut samples = vec![SimSample::default(); n];
     for (k, v) in STATES {
         send(app, [call(job, k)]);
         for (i, sample) in samples.iter_mut().enumerate() {
             send(app, [text(job, k, i, v)]);
-            sample.calls.insert(
-                k.to_string(),
-                CallOut {
-                    text: v.into(),
-                    done: true,
-                    stop: Some("stop".into()),
-                    valid: Some(true),
-                    tokens: Some(9),
-                },
-            );
+            sample
+                .outputs
+                .insert(k.to_string(), output(v, 9, StopReason::Stop, true));
+            sample.stop_reasons.insert(k.to_string(), StopReason::Stop);
             sample.states.insert(k.to_string(), v.to_string());
         }
         send(app, [done_call(job, k)]);
@@ -370,18 +365,17 @@ fn finished_run(app: &mut App, n: usize) -> u64 {
             "NTA, her fence, her bill."
         };
         send(app, [text(job, "response", i, r)]);
-        sample.calls.insert(
-            "response".into(),
-            CallOut {
-                text: r.into(),
-                done: true,
-                stop: Some(if i == 0 { "stop" } else { "length" }.into()),
-                valid: Some(i == 0),
-                tokens: Some(30),
-            },
-        );
-        sample.response = Some(r.into());
-        sample.valid = Some(i == 0);
+        let stop = if i == 0 {
+            StopReason::Stop
+        } else {
+            StopReason::Length
+        };
+        sample
+            .outputs
+            .insert("response".into(), output(r, 30, stop.clone(), i == 0));
+        sample.stop_reasons.insert("response".into(), stop);
+        sample.response = r.into();
+        sample.valid = i == 0;
         sample.tokens = 84;
         sample.ms = 2100;
     }
@@ -391,12 +385,22 @@ fn finished_run(app: &mut App, n: usize) -> u64 {
         [Action::Sim {
             job,
             msg: SimMsg::Done {
-                samples,
+                samples: samples.into_iter().map(SampleOut::from).collect(),
                 dropped_turns: 0,
             },
         }],
     );
     job
+}
+
+/// What a finished call produced, as the simulator reports it.
+fn output(raw: &str, tokens: usize, stop_reason: StopReason, valid: bool) -> Output {
+    Output {
+        raw: raw.into(),
+        tokens,
+        stop_reason,
+        valid,
+    }
 }
 
 /// Scores for every dimension and the reply, as the judge worker would send them.
@@ -469,9 +473,9 @@ fn done_and_scored(a: &mut App) {
                 .iter()
                 .map(|s| {
                     if k == "response" {
-                        s.response.clone().unwrap_or_default()
+                        s.response().unwrap_or_default().to_string()
                     } else {
-                        s.states[k].clone()
+                        s.state(k).unwrap_or_default().to_string()
                     }
                 })
                 .collect(),
@@ -786,22 +790,15 @@ fn compared(a: &mut App) -> u64 {
         (0, "NTA, her fence."),
         (1, "You owe her nothing, she never asked."),
     ] {
-        let mut s = SampleOut {
-            response: Some(reply.into()),
+        let mut s = SimSample {
+            response: reply.into(),
             ..Default::default()
         };
         s.states
             .insert("stance".into(), format!("side {side} disagrees"));
-        s.calls.insert(
-            "response".into(),
-            CallOut {
-                text: reply.into(),
-                done: true,
-                stop: Some("stop".into()),
-                valid: Some(true),
-                tokens: Some(8),
-            },
-        );
+        s.outputs
+            .insert("response".into(), output(reply, 8, StopReason::Stop, true));
+        let s = SampleOut::from(s);
         send(
             a,
             [
@@ -1292,18 +1289,13 @@ fn esc_cancels_the_simulation() {
     assert!(a.jobs.is_empty());
     assert_eq!(a.sim.as_ref().unwrap().status, RunStatus::Cancelled);
     // What the worker returns after stopping is kept, still marked cancelled.
-    let mut s = SampleOut::default();
-    s.calls.insert(
+    let mut s = SimSample::default();
+    s.outputs.insert(
         "stance".into(),
-        CallOut {
-            text: "agr".into(),
-            done: true,
-            stop: Some("cancelled".into()),
-            valid: Some(false),
-            tokens: Some(1),
-        },
+        output("agr", 1, StopReason::Cancelled, false),
     );
     s.states.insert("stance".into(), "agr".into());
+    let s = SampleOut::from(s);
     send(
         &mut a,
         [Action::Sim {
@@ -1380,7 +1372,7 @@ fn sessions_save_and_reopen() {
     assert_eq!(s.scenario, "opinion-fence-01");
     assert_eq!(s.prompt_set, "instruct");
     assert_eq!(s.mode, "humanlm");
-    assert_eq!(s.samples[0].states["goal"], "reassure the poster");
+    assert_eq!(s.samples[0].state("goal"), Some("reassure the poster"));
     // Round trip through JSON, into a fresh workbench.
     let json = serde_json::to_string(&**s).unwrap();
     let back: Session = serde_json::from_str(&json).unwrap();
@@ -1395,11 +1387,65 @@ fn sessions_save_and_reopen() {
     let run = b.sim.as_ref().unwrap();
     assert_eq!(run.status, RunStatus::Done);
     assert_eq!(
-        run.samples[0].response.as_deref(),
-        a.sim.as_ref().unwrap().samples[0].response.as_deref()
+        run.samples[0].response(),
+        a.sim.as_ref().unwrap().samples[0].response()
     );
     let out = render(&mut b, 120, 40);
     assert!(out.contains("reassure the poster"), "{out}");
+}
+
+/// A session saved in the first layout (each finished sample's parse beside its calls) opens
+/// with its states, reply, verdicts and stop reasons.
+#[test]
+fn a_version_1_session_still_opens() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let v1 = serde_json::json!({
+        "version": 1,
+        "saved_unix": 1764000000u64,
+        "scenario": "opinion-fence-01",
+        "checkpoint": "smollm2-135m-instruct",
+        "prompt_set": "instruct",
+        "prompt_hash": "3f2a1b99c0de",
+        "mode": "humanlm",
+        "sampling": serde_json::to_value(humanlm::sim::SamplingChoice::default()).unwrap(),
+        "dropped_turns": 0,
+        "samples": [{
+            "calls": {
+                "stance": {"text": "<stance>disagrees</stance>", "done": true, "stop": "stop",
+                           "valid": true, "tokens": 9},
+                "response": {"text": "NTA, her fence.", "done": true, "stop": "length",
+                             "valid": false, "tokens": 30}
+            },
+            "states": {"stance": "disagrees"},
+            "response": "NTA, her fence.",
+            "valid": false,
+            "tokens": 39,
+            "ms": 2100,
+            "scores": {"response": 0.5}
+        }]
+    });
+    std::fs::write(
+        dir.join("session-1764000000-opinion-fence-01.json"),
+        v1.to_string(),
+    )
+    .unwrap();
+    let s = humanlm::tui::worker::open_latest_session(runs.path()).unwrap();
+    assert_eq!(s.version, SESSION_VERSION);
+    let smp = &s.samples[0];
+    assert_eq!(smp.state("stance"), Some("disagrees"));
+    assert_eq!(smp.response(), Some("NTA, her fence."));
+    assert_eq!(smp.valid(), Some(false));
+    assert_eq!(smp.scores["response"], 0.5);
+    let reply = smp.output("response").unwrap();
+    assert_eq!(
+        (reply.tokens, &reply.stop_reason),
+        (30, &StopReason::Length)
+    );
+    assert_eq!(smp.calls["stance"].text, "<stance>disagrees</stance>");
+    let result = smp.result.as_ref().unwrap();
+    assert_eq!((result.tokens, result.ms), (39, 2100));
 }
 
 #[test]
@@ -1659,11 +1705,8 @@ fn an_endpoint_from_the_form_simulates_through_humanlm_serve() {
     let Some(SimMsg::Done { samples, .. }) = msgs.last() else {
         panic!("{msgs:?}")
     };
-    let reply = &samples[0].calls["response"];
-    assert!(
-        reply.tokens.unwrap_or(0) > 0 && !reply.text.is_empty(),
-        "{reply:?}"
-    );
+    let reply = samples[0].output("response").expect("the reply's output");
+    assert!(reply.tokens > 0 && !reply.raw.is_empty(), "{reply:?}");
 }
 
 /// The judges the Eval picker lists: two that run here and one whose key is not set.

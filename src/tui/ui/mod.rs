@@ -277,7 +277,7 @@ fn activity_line(app: &App) -> Line<'static> {
             / super::app::TICKS_PER_S as f64;
         return match &run.status {
             RunStatus::Done => {
-                let valid = run.samples.iter().all(|s| s.valid == Some(true));
+                let valid = run.samples.iter().all(|s| s.valid() == Some(true));
                 let mut spans = vec![
                     Span::styled(" ✓ done", Style::default().fg(GOOD)),
                     Span::raw(format!(

@@ -477,11 +477,11 @@ fn card_content(
     let content = text::state_text(run, s, key).unwrap_or_default();
     let streaming = !call.done && run.running();
     if content.is_empty() && !streaming {
-        let flags = text::flags(call, "");
+        let flags = text::flags(text::output_of(s, key), "");
         return ("(empty)".into(), dim(), false, flags);
     }
     let flags = if call.done {
-        text::flags(call, &content)
+        text::flags(text::output_of(s, key), &content)
     } else {
         vec![]
     };
@@ -559,6 +559,7 @@ fn reply_lines(
 ) {
     let (think, reply) = text::reply_text(run, s);
     let call = s.calls.get("response").or_else(|| s.calls.get("joint"));
+    let output = s.output("response").or_else(|| s.output("joint"));
     let streaming = run.running() && call.is_some_and(|c| !c.done);
     if let Some(t) = think.filter(|t| !t.is_empty()) {
         if app.show_think {
@@ -604,10 +605,10 @@ fn reply_lines(
         }
     }
     let mut notes = vec![];
-    if let (Some(c), false) = (call, streaming) {
-        notes.extend(text::flags(c, &reply));
+    if let (Some(_), false) = (call, streaming) {
+        notes.extend(text::flags(output, &reply));
     }
-    match s.valid {
+    match s.valid() {
         Some(true) => lines.push(Line::styled("✓ valid format", Style::default().fg(GOOD))),
         Some(false) if run.status == RunStatus::Done => {
             notes.push("⚠ invalid format: the model broke the tag format")

@@ -379,7 +379,7 @@ pub(super) fn save_session(app: &mut App, fx: &mut Vec<Effect>) {
         return;
     }
     fx.push(Effect::SaveSession(Box::new(Session {
-        version: 1,
+        version: SESSION_VERSION,
         saved_unix: 0,
         scenario: run.scenario.clone(),
         checkpoint: run.checkpoint.clone(),
@@ -446,11 +446,11 @@ pub(super) fn open_session(app: &mut App, s: Session, fx: &mut Vec<Effect>) {
             .keys()
             .filter_map(|k| {
                 let t = if k == "response" {
-                    smp.response.clone()
+                    smp.response()
                 } else {
-                    smp.states.get(k).cloned()
+                    smp.state(k)
                 };
-                t.map(|t| (k.clone(), t))
+                t.map(|t| (k.clone(), t.to_string()))
             })
             .collect();
     }
