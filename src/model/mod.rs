@@ -13,6 +13,7 @@ pub mod grad;
 pub mod kv_cache;
 pub mod loader;
 pub mod lora;
+pub mod lora_params;
 pub mod packed;
 pub mod tokenizer;
 pub mod weights;
