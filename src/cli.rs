@@ -444,9 +444,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Bench(args)) => bench(&root, args),
         Some(Command::GpuCheck(args)) => crate::gpu::run(args, &root),
         Some(Command::Simulate(args)) => simulate_cmd(&root, args),
-        Some(Command::Serve(args)) => {
-            crate::serve::run(load(&root, &args.rt)?, &args.host, args.port)
-        }
+        Some(Command::Serve(args)) => Ok(crate::serve::run(
+            load(&root, &args.rt)?,
+            &args.host,
+            args.port,
+        )?),
         Some(Command::Eval(args)) => eval_cmd(&root, args),
         Some(Command::Train(TrainCommand::Sft(a))) => {
             let method = crate::train::Method::Sft {
