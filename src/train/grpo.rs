@@ -249,7 +249,13 @@ pub(super) fn train(
                 Ok(r) => r,
                 Err(e) => {
                     let dir = t.save(step)?;
-                    return Err(Error::Msg(format!("reward failed at step {} ({} / {}): {e}; checkpoint saved in {}, --resume continues", step + 1, ex.scenario, ex.state, dir.display())));
+                    return Err(Error::Msg(format!(
+                        "reward failed at step {} ({} / {}): {e}; checkpoint saved in {}, --resume continues",
+                        step + 1,
+                        ex.scenario,
+                        ex.state,
+                        dir.display()
+                    )));
                 }
             };
             let stats = RewardStats::of(&rewards);

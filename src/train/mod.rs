@@ -4,8 +4,8 @@
 //! The base weights stay frozen plain tensors (quantized matrices are dequantized: there is no
 //! backward through a quantized matmul); only the LoRA factors
 //! ([`crate::model::lora_params`]) are `Var`s. Both methods share one configuration
-//! ([`config`]), one output folder layout and one step event ([`events`]); [`run`] is the
-//! trainer loop:
+//! ([`config`]), one output folder layout and one step event ([`events`]); the trainer loop
+//! is [`run`](mod@run):
 //!
 //! - a PEFT-layout adapter (`adapter_config.json`, `adapter_model.safetensors`) loadable as a
 //!   checkpoint;

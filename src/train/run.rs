@@ -176,7 +176,10 @@ impl Trainer {
                 .map_err(|e| Error::file(dir, e.to_string()))?;
             start = step;
         } else if latest_checkpoint(out)?.is_some() {
-            return Err(Error::file(out, "already holds a training run; pass --resume to continue it, or choose another --out"));
+            return Err(Error::file(
+                out,
+                "already holds a training run; pass --resume to continue it, or choose another --out",
+            ));
         }
         if let Trainable::Lora(l) = &params {
             l.attach(&mut model.decoder, out)?;
@@ -257,11 +260,19 @@ impl Trainer {
         step: usize,
     ) -> Result<f64> {
         if !loss.is_finite() {
-            return Err(Error::Msg(format!("loss is {loss} at step {step}: stopped; the last good checkpoint (step {}) is in {}", self.last_good, self.out.display())));
+            return Err(Error::Msg(format!(
+                "loss is {loss} at step {step}: stopped; the last good checkpoint (step {}) is in {}",
+                self.last_good,
+                self.out.display()
+            )));
         }
         let norm = optim::clip(&mut grads, self.cfg.max_grad_norm)?;
         if !norm.is_finite() {
-            return Err(Error::Msg(format!("gradient norm is {norm} at step {step}: stopped; the last good checkpoint (step {}) is in {}", self.last_good, self.out.display())));
+            return Err(Error::Msg(format!(
+                "gradient norm is {norm} at step {step}: stopped; the last good checkpoint (step {}) is in {}",
+                self.last_good,
+                self.out.display()
+            )));
         }
         self.opt.step(&grads, lr)?;
         Ok(norm)
@@ -394,13 +405,15 @@ pub(super) fn planned<'a>(
 
 /// A usable-data error naming the source, the count skipped and the first reason.
 pub(super) fn no_examples(data: &Data, skipped: &[String]) -> Error {
-    Error::Msg(format!(
-        "{}: no usable training example ({} skipped{})",
-        data.path().display(),
-        skipped.len(),
-        skipped
-            .first()
-            .map(|s| format!("; first: {s}"))
-            .unwrap_or_default()
-    ))
+    Error::file(
+        data.path(),
+        format!(
+            "no usable training example ({} skipped{})",
+            skipped.len(),
+            skipped
+                .first()
+                .map(|s| format!("; first: {s}"))
+                .unwrap_or_default()
+        ),
+    )
 }

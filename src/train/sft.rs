@@ -233,7 +233,10 @@ fn write_traces(
         }
     };
     if set.prefill_tag {
-        return Err(Error::Msg(format!("prompt set '{}' pre-fills the reply's opening tag, so no thinking block can precede it; use a set without pre-fill (e.g. --prompts humanlm)", set.name)));
+        return Err(Error::Msg(format!(
+            "prompt set '{}' pre-fills the reply's opening tag, so no thinking block can precede it; use a set without pre-fill (e.g. --prompts humanlm)",
+            set.name
+        )));
     }
     let model = rubric.open_model(checkpoints)?;
     let identity = model.identity();
