@@ -16,5 +16,5 @@ pub(super) struct ServeArgs {
 }
 
 pub(super) fn serve_cmd(root: &std::path::Path, a: ServeArgs) -> anyhow::Result<()> {
-    crate::serve::run(load(root, &a.rt)?, &a.host, a.port)
+    Ok(crate::serve::run(load(root, &a.rt)?, &a.host, a.port)?)
 }

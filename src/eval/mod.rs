@@ -28,6 +28,46 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// What can stop an evaluation run or a comparison of two runs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder of the run (scenarios, run folder, samples) is at fault.
+    #[error("{}: {msg}", path.display())]
+    File { path: PathBuf, msg: String },
+    /// Nothing to evaluate or compare, or the run was cancelled.
+    #[error("{0}")]
+    Msg(String),
+    #[error(transparent)]
+    Model(#[from] crate::model::Error),
+    #[error(transparent)]
+    Prompt(#[from] crate::prompts::Error),
+    #[error(transparent)]
+    Scenario(#[from] crate::scenario::Error),
+    #[error(transparent)]
+    Sim(#[from] crate::sim::Error),
+    #[error(transparent)]
+    Judge(#[from] crate::judge::Error),
+    #[error(transparent)]
+    Write(#[from] crate::files::WriteError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Toml(#[from] toml::ser::Error),
+}
+
+impl Error {
+    pub fn file(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::File {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
 /// What to evaluate.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalSpec {
@@ -190,10 +230,10 @@ pub fn run(
     roots: &crate::roots::Roots,
     cancel: Option<&AtomicBool>,
     progress: &mut dyn FnMut(Progress),
-) -> anyhow::Result<PathBuf> {
+) -> Result<PathBuf> {
     let checkpoints_root = &roots.checkpoints;
     if spec.checkpoints.is_empty() {
-        anyhow::bail!("no checkpoint to evaluate");
+        return Err(Error::Msg("no checkpoint to evaluate".into()));
     }
     // Scenarios: every file must load; those without a reference reply are skipped and counted.
     let mut scenarios: Vec<Scenario> = vec![];
@@ -214,10 +254,10 @@ pub fn run(
     }
     scenarios.sort_by(|a, b| (a.domain, &a.id).cmp(&(b.domain, &b.id)));
     if scenarios.is_empty() {
-        anyhow::bail!(
-            "{}: no scenario with a reference reply ([target] response) to evaluate",
-            spec.scenarios.display()
-        );
+        return Err(Error::file(
+            &spec.scenarios,
+            "no scenario with a reference reply ([target] response) to evaluate",
+        ));
     }
     let prompts_root = &roots.prompts;
     // Each checkpoint: a local one (resolved now, loaded when its turn comes) or an endpoint.
@@ -301,8 +341,7 @@ pub fn run(
     .take(60)
     .collect();
     let dir = spec.out.join(format!("{label}-{id}"));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, format!("cannot create: {e}")))?;
     let run_json = dir.join("run.json");
     if !run_json.exists() {
         let mut info = run_info.clone();
@@ -342,7 +381,7 @@ pub fn run(
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&samples_path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", samples_path.display()))?;
+        .map_err(|e| Error::file(&samples_path, format!("cannot open: {e}")))?;
     for (spec_name, name, _, set) in &resolved {
         let todo: Vec<&Scenario> = scenarios
             .iter()
@@ -354,7 +393,9 @@ pub fn run(
         progress(Progress::Loading {
             checkpoint: name.clone(),
         });
-        let simulator = sim::Simulator::open(spec_name, checkpoints_root, &LoadOptions::default())?;
+        // The simulator's own errors are untyped (anyhow): its first line is the message.
+        let simulator = sim::Simulator::open(spec_name, checkpoints_root, &LoadOptions::default())
+            .map_err(|e| Error::Msg(e.to_string()))?;
         let params = SamplingParams {
             n,
             ..spec.sampling.params(set)
@@ -366,7 +407,9 @@ pub fn run(
         };
         for sc in todo {
             if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                anyhow::bail!("cancelled; run the same command again to resume");
+                return Err(Error::Msg(
+                    "cancelled; run the same command again to resume".into(),
+                ));
             }
             progress(Progress::Scenario {
                 checkpoint: name.clone(),
@@ -390,7 +433,7 @@ pub fn run(
             }
             file.write_all(lines.as_bytes())
                 .and_then(|_| file.flush())
-                .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", samples_path.display()))?;
+                .map_err(|e| Error::file(&samples_path, format!("cannot write: {e}")))?;
             progress(Progress::Done {
                 checkpoint: name.clone(),
                 scenario: sc.id.clone(),
@@ -416,7 +459,7 @@ fn judge_samples(
     judge: &dyn Judge,
     embedder: Option<&crate::judge::EmbeddingJudge>,
     cache: &Cache,
-) -> anyhow::Result<Vec<SampleRecord>> {
+) -> Result<Vec<SampleRecord>> {
     let reference = sc.target.response.as_deref().unwrap_or_default();
     let context = set.thread(&sim::thread_turns(sc))?;
     let mut scores: Vec<BTreeMap<String, Score>> = vec![BTreeMap::new(); samples.len()];
@@ -724,11 +767,11 @@ pub struct MetricComparison {
 
 /// Compare two runs. With one checkpoint each, those are compared; otherwise the first
 /// checkpoint the runs share.
-pub fn compare(a: &Path, b: &Path, seed: u64) -> anyhow::Result<Comparison> {
-    let load = |p: &Path| -> anyhow::Result<Vec<SampleRecord>> {
+pub fn compare(a: &Path, b: &Path, seed: u64) -> Result<Comparison> {
+    let load = |p: &Path| -> Result<Vec<SampleRecord>> {
         let f = p.join("samples.jsonl");
         if !f.is_file() {
-            anyhow::bail!("{}: not a run folder (no samples.jsonl)", p.display());
+            return Err(Error::file(p, "not a run folder (no samples.jsonl)"));
         }
         Ok(read_samples(&f))
     };
@@ -747,7 +790,7 @@ pub fn compare(a: &Path, b: &Path, seed: u64) -> anyhow::Result<Comparison> {
         let shared = na
             .iter()
             .find(|x| nb.contains(x))
-            .ok_or_else(|| anyhow::anyhow!("the runs share no checkpoint to compare"))?;
+            .ok_or_else(|| Error::Msg("the runs share no checkpoint to compare".into()))?;
         (shared.clone(), shared.clone())
     };
     let (ma, mb) = (scenario_means(&ra, &ca), scenario_means(&rb, &cb));
@@ -772,7 +815,9 @@ pub fn compare(a: &Path, b: &Path, seed: u64) -> anyhow::Result<Comparison> {
         );
     }
     if metrics.is_empty() {
-        anyhow::bail!("the runs have no scenario and metric in common");
+        return Err(Error::Msg(
+            "the runs have no scenario and metric in common".into(),
+        ));
     }
     let id = |p: &Path| {
         p.file_name()

@@ -1,6 +1,7 @@
 //! A language model that answers one prompt: a local checkpoint or an OpenAI-compatible
 //! endpoint. Judges (and trace writing) talk to either the same way.
 
+use super::{Error, Result};
 use crate::generate::{self, SamplingParams};
 use crate::model::chat::Message;
 use crate::model::weights::LoadOptions;
@@ -57,7 +58,7 @@ impl std::fmt::Debug for ChatModel {
 
 impl ChatModel {
     /// A checkpoint name or path, or `endpoint:URL#MODEL`.
-    pub fn open(spec: &str, checkpoints: &Path) -> anyhow::Result<ChatModel> {
+    pub fn open(spec: &str, checkpoints: &Path) -> Result<ChatModel> {
         if let Some((url, model)) = Endpoint::parse_spec(spec) {
             return Ok(ChatModel::Remote(Endpoint::new(EndpointConfig::new(
                 &url, &model,
@@ -68,14 +69,14 @@ impl ChatModel {
     }
 
     /// Answer one user message (the model's chat template applied locally or by the server).
-    pub fn ask(&self, prompt: &str, s: &Sampling, attempt: u64) -> anyhow::Result<String> {
+    pub fn ask(&self, prompt: &str, s: &Sampling, attempt: u64) -> Result<String> {
         // A retry at a temperature above zero should not repeat the same sample.
         let seed = s.seed.wrapping_add(attempt);
         match self {
             ChatModel::Local(m) => {
                 let model = m
                     .lock()
-                    .map_err(|_| anyhow::anyhow!("judge model lock poisoned"))?;
+                    .map_err(|_| Error::Msg("judge model lock poisoned".into()))?;
                 let text = model.chat.render(
                     &[Message::new("user", prompt)],
                     true,

@@ -17,6 +17,38 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// What can go wrong while reading a judge configuration, building a judge or scoring with it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A judge file (configuration, cache entry) is at fault.
+    #[error("{}: {msg}", path.display())]
+    File { path: PathBuf, msg: String },
+    /// A judge that cannot work as configured, or a judgement that failed.
+    #[error("{0}")]
+    Msg(String),
+    #[error(transparent)]
+    Model(#[from] crate::model::Error),
+    #[error(transparent)]
+    Prompt(#[from] crate::prompts::Error),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::Error),
+    #[error(transparent)]
+    Write(#[from] crate::files::WriteError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    pub fn file(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::File {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
 /// One group to judge: `items` (n rollouts of one dimension, or n replies) against the real reply.
 #[derive(Debug, Clone, Serialize)]
 pub struct Group<'a> {
@@ -66,7 +98,7 @@ pub trait Judge: Send + Sync {
     /// Everything that changes scores, for the cache key and run.json.
     fn config(&self) -> serde_json::Value;
     /// Score every item of the group, in order.
-    fn score_group(&self, group: &Group) -> anyhow::Result<Vec<Score>>;
+    fn score_group(&self, group: &Group) -> Result<Vec<Score>>;
     /// Judges that score one reply on every state dimension at once (the six-aspect judge)
     /// return the scores per dimension; others `None`.
     fn score_aspects(
@@ -74,7 +106,7 @@ pub trait Judge: Send + Sync {
         _context: &str,
         _reference: &str,
         _response: &str,
-    ) -> Option<anyhow::Result<BTreeMap<String, Score>>> {
+    ) -> Option<Result<BTreeMap<String, Score>>> {
         None
     }
 }
@@ -120,9 +152,9 @@ impl JudgeConfig {
         }
     }
 
-    pub fn read(path: &Path) -> anyhow::Result<JudgeConfig> {
+    pub fn read(path: &Path) -> Result<JudgeConfig> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
         toml::from_str(&text).map_err(|e| {
             let msg = e.message().trim().replace('\n', " ");
             // An internally tagged enum loses the span of a field error; find the line of the
@@ -139,7 +171,7 @@ impl JudgeConfig {
                 })
                 .map(|l| format!(":{}", l + usize::from(e.span().is_none())))
                 .unwrap_or_default();
-            anyhow::anyhow!("{}{line}: {msg}", path.display())
+            Error::Msg(format!("{}{line}: {msg}", path.display()))
         })
     }
 
@@ -148,7 +180,7 @@ impl JudgeConfig {
         &self,
         roots: &crate::roots::Roots,
         prompts: Arc<PromptSet>,
-    ) -> anyhow::Result<Box<dyn Judge>> {
+    ) -> Result<Box<dyn Judge>> {
         let checkpoints = &roots.checkpoints;
         Ok(match self {
             JudgeConfig::Embedding { model } => {
@@ -186,7 +218,7 @@ pub struct EmbeddingJudge {
 }
 
 impl EmbeddingJudge {
-    pub fn load(dir: &Path) -> anyhow::Result<EmbeddingJudge> {
+    pub fn load(dir: &Path) -> Result<EmbeddingJudge> {
         Ok(EmbeddingJudge {
             model: dir
                 .file_name()
@@ -197,7 +229,7 @@ impl EmbeddingJudge {
     }
 
     /// Cosine similarities of each text with the reference.
-    pub fn similarities(&self, reference: &str, texts: &[&str]) -> anyhow::Result<Vec<f64>> {
+    pub fn similarities(&self, reference: &str, texts: &[&str]) -> Result<Vec<f64>> {
         let mut all = vec![reference];
         all.extend_from_slice(texts);
         let v = self.embedder.embed(&all)?;
@@ -215,7 +247,7 @@ impl Judge for EmbeddingJudge {
     fn config(&self) -> serde_json::Value {
         serde_json::json!({ "kind": "embedding", "model": self.model })
     }
-    fn score_group(&self, group: &Group) -> anyhow::Result<Vec<Score>> {
+    fn score_group(&self, group: &Group) -> Result<Vec<Score>> {
         let texts: Vec<&str> = group.items.iter().map(|i| i.text).collect();
         Ok(self
             .similarities(group.reference, &texts)?
@@ -241,7 +273,7 @@ impl Judge for LexicalJudge {
     fn config(&self) -> serde_json::Value {
         serde_json::json!({ "kind": "lexical", "metric": self.metric })
     }
-    fn score_group(&self, group: &Group) -> anyhow::Result<Vec<Score>> {
+    fn score_group(&self, group: &Group) -> Result<Vec<Score>> {
         Ok(group
             .items
             .iter()
@@ -286,7 +318,7 @@ impl Cache {
 
     /// A cache that cannot be written is an error, not a silent miss: a run would otherwise
     /// pay for every judgement again on its next resume without saying why.
-    fn put<T: Serialize>(&self, path: &Path, value: &T) -> anyhow::Result<()> {
+    fn put<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
         crate::files::write(path, serde_json::to_string(value)?)?;
         Ok(())
     }
@@ -298,7 +330,7 @@ impl Cache {
         context: &str,
         reference: &str,
         response: &str,
-    ) -> Option<anyhow::Result<BTreeMap<String, Score>>> {
+    ) -> Option<Result<BTreeMap<String, Score>>> {
         let path = self.path(judge, &("aspects", context, reference, response));
         if let Some(hit) = self.get::<BTreeMap<String, Score>>(&path) {
             return Some(Ok(hit));
@@ -316,7 +348,7 @@ impl Cache {
 
     /// Scores from the cache, else from the judge (and then cached). Failed judgements are not
     /// cached, so a rerun tries again.
-    pub fn score(&self, judge: &dyn Judge, group: &Group) -> anyhow::Result<Vec<Score>> {
+    pub fn score(&self, judge: &dyn Judge, group: &Group) -> Result<Vec<Score>> {
         let path = self.path(judge, group);
         if let Some(scores) = self.get::<Vec<Score>>(&path) {
             if scores.len() == group.items.len() {

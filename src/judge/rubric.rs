@@ -9,7 +9,7 @@
 //! with backoff, and after the last attempt every item scores 0 with the error kept.
 
 use super::llm::{ChatModel, Sampling};
-use super::{Group, Judge, Score};
+use super::{Error, Group, Judge, Result, Score};
 use crate::prompts::PromptSet;
 use crate::remote::{Endpoint, EndpointConfig};
 use serde::{Deserialize, Serialize};
@@ -40,11 +40,15 @@ pub struct RubricConfig {
 
 impl RubricConfig {
     /// The judge's language model: the local checkpoint or the endpoint.
-    pub fn open_model(&self, checkpoints: &Path) -> anyhow::Result<ChatModel> {
+    pub fn open_model(&self, checkpoints: &Path) -> Result<ChatModel> {
         Ok(match (&self.checkpoint, &self.endpoint) {
             (Some(spec), None) => ChatModel::open(spec, checkpoints)?,
             (None, Some(e)) => ChatModel::Remote(Endpoint::new(e.clone())?),
-            _ => anyhow::bail!("a rubric judge needs exactly one of `checkpoint` or `[endpoint]`"),
+            _ => {
+                return Err(Error::Msg(
+                    "a rubric judge needs exactly one of `checkpoint` or `[endpoint]`".into(),
+                ))
+            }
         })
     }
 }
@@ -67,7 +71,7 @@ impl RubricJudge {
         cfg: RubricConfig,
         roots: &crate::roots::Roots,
         run_prompts: Arc<PromptSet>,
-    ) -> anyhow::Result<RubricJudge> {
+    ) -> Result<RubricJudge> {
         let model = cfg.open_model(&roots.checkpoints)?;
         let prompts = match &cfg.prompts {
             Some(name) => Arc::new(PromptSet::load(name, &roots.prompts)?),
@@ -131,7 +135,7 @@ impl Judge for RubricJudge {
         })
     }
 
-    fn score_group(&self, group: &Group) -> anyhow::Result<Vec<Score>> {
+    fn score_group(&self, group: &Group) -> Result<Vec<Score>> {
         let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
         let reference = norm(group.reference);
         // Which unique text each item is; empty items and copies are not sent.
@@ -281,7 +285,7 @@ impl AspectsJudge {
         context: &str,
         reference: &str,
         response: &str,
-    ) -> anyhow::Result<BTreeMap<String, Score>> {
+    ) -> Result<BTreeMap<String, Score>> {
         let keys: Vec<String> = self
             .inner
             .prompts
@@ -342,7 +346,7 @@ impl Judge for AspectsJudge {
     }
 
     /// Each reply scored on all six aspects; its score is their mean.
-    fn score_group(&self, group: &Group) -> anyhow::Result<Vec<Score>> {
+    fn score_group(&self, group: &Group) -> Result<Vec<Score>> {
         group
             .items
             .iter()
@@ -364,7 +368,7 @@ impl Judge for AspectsJudge {
         context: &str,
         reference: &str,
         response: &str,
-    ) -> Option<anyhow::Result<BTreeMap<String, Score>>> {
+    ) -> Option<Result<BTreeMap<String, Score>>> {
         Some(self.score(context, reference, response))
     }
 }

@@ -5,11 +5,14 @@
 //! given one), gradients through everything. Both run candle's fused kernels for norms,
 //! softmax and rotary embedding; [`super::grad`] gives them the backward passes candle's own
 //! fused ops lack (those silently detach their output from the graph).
+//!
+//! The KV cache is [`super::kv_cache`]; building a decoder from a checkpoint is [`super::loader`].
 
 use super::config::ModelConfig;
+use super::kv_cache::KvCache;
 use super::lora::{Adapter, LoraWeights};
 use super::packed::Packed;
-use super::weights::{LoadOptions, Store, Weight};
+use super::weights::Weight;
 use super::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use std::sync::Arc;
@@ -110,7 +113,7 @@ impl Linear {
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     pub weight: Tensor,
-    eps: f32,
+    pub(super) eps: f32,
 }
 
 impl RmsNorm {
@@ -121,41 +124,21 @@ impl RmsNorm {
 
 #[derive(Debug, Clone)]
 pub struct Layer {
-    attn_norm: RmsNorm,
+    pub(super) attn_norm: RmsNorm,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
-    mlp_norm: RmsNorm,
+    pub(super) q_norm: Option<RmsNorm>,
+    pub(super) k_norm: Option<RmsNorm>,
+    pub(super) mlp_norm: RmsNorm,
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
     /// q/k/v stacked into one matrix (and gate/up), so decode runs one parallel matmul and one
     /// activation quantization instead of three (two). The Linears keep row views of it.
-    fused_qkv: Option<Arc<Packed>>,
-    fused_gate_up: Option<Arc<Packed>>,
-}
-
-/// Stack the packed weights of `parts` into one matrix and point each part at its rows.
-fn fuse(parts: &mut [&mut Linear]) -> Option<Arc<Packed>> {
-    let mut packs = vec![];
-    for l in parts.iter() {
-        match &l.weight {
-            Weight::Packed(p, rows) if rows.start == 0 && rows.end == p.n => packs.push(p.clone()),
-            _ => return None,
-        }
-    }
-    let fused = Arc::new(Packed::concat(
-        &packs.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
-    )?);
-    let mut start = 0;
-    for (l, p) in parts.iter_mut().zip(&packs) {
-        l.weight = Weight::Packed(fused.clone(), start..start + p.n);
-        start += p.n;
-    }
-    Some(fused)
+    pub(super) fused_qkv: Option<Arc<Packed>>,
+    pub(super) fused_gate_up: Option<Arc<Packed>>,
 }
 
 /// Outputs of `parts` computed with one matmul on their fused matrix, when they still share it
@@ -239,99 +222,9 @@ enum Past<'a> {
     Prefix(&'a (Tensor, Tensor)),
 }
 
-/// Keys and values of every layer, preallocated to `capacity` positions so decoding writes in
-/// place instead of concatenating a growing tensor each step.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>,
-    len: usize,
-    capacity: usize,
-}
-
-impl KvCache {
-    pub fn new(
-        cfg: &ModelConfig,
-        batch: usize,
-        capacity: usize,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<KvCache> {
-        let shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim);
-        let layers = (0..cfg.num_layers)
-            .map(|_| {
-                Ok((
-                    Tensor::zeros(shape, dtype, device)?,
-                    Tensor::zeros(shape, dtype, device)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache {
-            layers,
-            len: 0,
-            capacity,
-        })
-    }
-
-    /// Positions filled so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-    pub fn batch(&self) -> usize {
-        self.layers.first().map(|(k, _)| k.dims()[0]).unwrap_or(0)
-    }
-
-    /// Copy a batch-1 cache into `n` rows (n samples continuing one prompt).
-    pub fn repeat_batch(&self, n: usize) -> Result<KvCache> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|(k, v)| Ok((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache {
-            layers,
-            len: self.len,
-            capacity: self.capacity,
-        })
-    }
-
-    /// Keep only the given batch rows (finished samples leave the batch).
-    pub fn keep_rows(&mut self, rows: &[u32]) -> Result<()> {
-        let device = self.layers[0].0.device().clone();
-        let idx = Tensor::new(rows, &device)?;
-        for (k, v) in self.layers.iter_mut() {
-            *k = k.index_select(&idx, 0)?;
-            *v = v.index_select(&idx, 0)?;
-        }
-        Ok(())
-    }
-
-    /// Store k, v (batch, kv_heads, s, hd) at the current position.
-    fn store(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
-        let (kb, vb) = &self.layers[layer];
-        kb.slice_set(&k.to_dtype(kb.dtype())?, 2, self.len)?;
-        vb.slice_set(&v.to_dtype(vb.dtype())?, 2, self.len)?;
-        Ok(())
-    }
-
-    /// Keys and values of every position up to `upto`, in `dtype`.
-    fn view(&self, layer: usize, upto: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let (kb, vb) = &self.layers[layer];
-        Ok((
-            kb.narrow(2, 0, upto)?.to_dtype(dtype)?,
-            vb.narrow(2, 0, upto)?.to_dtype(dtype)?,
-        ))
-    }
-}
-
 /// Token embeddings: a dense matrix, or packed rows decoded on lookup.
 #[derive(Debug, Clone)]
-enum Embedding {
+pub(super) enum Embedding {
     Dense(Tensor),
     Packed(Arc<Packed>),
 }
@@ -349,145 +242,21 @@ impl Embedding {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     pub config: ModelConfig,
-    embed: Embedding,
+    pub(super) embed: Embedding,
     pub layers: Vec<Layer>,
-    norm: RmsNorm,
+    pub(super) norm: RmsNorm,
     pub lm_head: Linear,
-    cos: Tensor,
-    sin: Tensor,
+    pub(super) cos: Tensor,
+    pub(super) sin: Tensor,
     /// llama.cpp permutes Q/K rows of llama GGUFs to pair adjacent dims: rotate interleaved.
-    rope_interleaved: bool,
+    pub(super) rope_interleaved: bool,
     pub device: Device,
     pub dtype: DType,
-    adapters: Vec<String>,
-    active_adapter: Option<String>,
+    pub(super) adapters: Vec<String>,
+    pub(super) active_adapter: Option<String>,
 }
 
 impl Decoder {
-    pub fn load(store: &Store, cfg: &ModelConfig, opts: &LoadOptions) -> Result<Decoder> {
-        let dtype = opts.activation_dtype();
-        let dev = &opts.device;
-        let hd = cfg.head_dim;
-        let check = |name: &str, want: &[usize]| -> Result<()> {
-            match store.shape(name) {
-                None => Err(Error::file(
-                    store.path_for(name),
-                    format!("missing tensor '{name}'"),
-                )),
-                Some(got) => {
-                    // GGUF lists dims innermost-first in its header but candle reports them
-                    // outermost-first, like safetensors.
-                    if got == want {
-                        Ok(())
-                    } else {
-                        Err(Error::file(
-                            store.path_for(name),
-                            format!("tensor '{name}' has shape {got:?}, config expects {want:?}"),
-                        ))
-                    }
-                }
-            }
-        };
-        let norm = |name: &str, size: usize| -> Result<RmsNorm> {
-            check(name, &[size])?;
-            Ok(RmsNorm {
-                weight: store.dense(name, dev, dtype)?,
-                eps: cfg.rms_norm_eps as f32,
-            })
-        };
-        let linear = |module: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let wname = format!("{module}.weight");
-            check(&wname, &[out, inp])?;
-            let b = if bias {
-                let bname = format!("{module}.bias");
-                check(&bname, &[out])?;
-                Some(store.dense(&bname, dev, dtype)?)
-            } else {
-                None
-            };
-            Linear::new(module, store.matrix(&wname, opts)?, b)
-        };
-        let (h, q_out, kv_out) = (cfg.hidden_size, cfg.num_heads * hd, cfg.num_kv_heads * hd);
-        check("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        // A packed (quantized) embedding stays packed: rows are decoded per token, and a tied
-        // output projection shares the same matrix instead of a dense f32 copy.
-        let embed = match store.matrix("model.embed_tokens.weight", opts)? {
-            Weight::Packed(p, _) => Embedding::Packed(p),
-            _ => Embedding::Dense(store.dense("model.embed_tokens.weight", dev, dtype)?),
-        };
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let p = format!("model.layers.{i}");
-            let bias = cfg.attention_bias;
-            layers.push(Layer {
-                attn_norm: norm(&format!("{p}.input_layernorm.weight"), h)?,
-                q: linear(&format!("{p}.self_attn.q_proj"), q_out, h, bias)?,
-                k: linear(&format!("{p}.self_attn.k_proj"), kv_out, h, bias)?,
-                v: linear(&format!("{p}.self_attn.v_proj"), kv_out, h, bias)?,
-                o: linear(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
-                q_norm: if cfg.qk_norm {
-                    Some(norm(&format!("{p}.self_attn.q_norm.weight"), hd)?)
-                } else {
-                    None
-                },
-                k_norm: if cfg.qk_norm {
-                    Some(norm(&format!("{p}.self_attn.k_norm.weight"), hd)?)
-                } else {
-                    None
-                },
-                mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: linear(
-                    &format!("{p}.mlp.gate_proj"),
-                    cfg.intermediate_size,
-                    h,
-                    false,
-                )?,
-                up: linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false)?,
-                down: linear(
-                    &format!("{p}.mlp.down_proj"),
-                    h,
-                    cfg.intermediate_size,
-                    false,
-                )?,
-                fused_qkv: None,
-                fused_gate_up: None,
-            });
-            let l = layers.last_mut().expect("just pushed");
-            l.fused_qkv = fuse(&mut [&mut l.q, &mut l.k, &mut l.v]);
-            l.fused_gate_up = fuse(&mut [&mut l.gate, &mut l.up]);
-        }
-        let norm_f = norm("model.norm.weight", h)?;
-        let lm_head = if !cfg.tie_word_embeddings && store.contains("lm_head.weight") {
-            linear("lm_head", cfg.vocab_size, h, false)?
-        } else {
-            // Tied: the embedding matrix doubles as the output projection.
-            let w = match &embed {
-                Embedding::Packed(p) => Weight::Packed(p.clone(), 0..p.n),
-                // A GGUF type without our kernels: candle's quantized matmul.
-                Embedding::Dense(_) if store.is_gguf() && !opts.dequantize => {
-                    store.matrix("model.embed_tokens.weight", opts)?
-                }
-                Embedding::Dense(t) => Weight::Dense(t.clone()),
-            };
-            Linear::new("lm_head", w, None)?
-        };
-        let (cos, sin) = rope_tables(cfg, dev)?;
-        Ok(Decoder {
-            config: cfg.clone(),
-            embed,
-            layers,
-            norm: norm_f,
-            lm_head,
-            cos,
-            sin,
-            rope_interleaved: store.is_gguf() && cfg.arch == super::Arch::Llama,
-            device: dev.clone(),
-            dtype,
-            adapters: vec![],
-            active_adapter: None,
-        })
-    }
-
     /// Rows of the embedding matrix (the largest token id + 1 the model accepts).
     pub fn vocab_rows(&self) -> usize {
         self.config.vocab_size
@@ -635,7 +404,7 @@ impl Decoder {
             x = (x + layer.mlp(&h)?)?;
         }
         if let Some(c) = cache {
-            c.len += s;
+            c.advance(s);
         }
         let x = if from > 0 {
             x.narrow(1, from, s - from)?
@@ -704,8 +473,8 @@ impl Decoder {
             Past::Cache(c) => {
                 c.store(li, &k, &v)?;
                 let upto = c.len() + s;
-                if s == 1 && ops == Ops::Fast && super::attention::supported(&q, &c.layers[li].0) {
-                    let (kb, vb) = &c.layers[li];
+                if s == 1 && ops == Ops::Fast && super::attention::supported(&q, &c.layer(li).0) {
+                    let (kb, vb) = c.layer(li);
                     let y = super::attention::decode_attention(&q, kb, vb, upto)?;
                     return layer
                         .o
@@ -998,43 +767,4 @@ fn causal_mask(s: usize, pos: usize, device: &Device, dtype: DType) -> Result<Te
         .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Ok(Tensor::from_vec(mask, (s, total), device)?.to_dtype(dtype)?)
-}
-
-/// cos/sin tables (positions, head_dim / 2), with Llama 3 frequency scaling if set. Computed in
-/// f32 like the PyTorch reference: f64 tables are more exact but move logits by ~1e-6, enough to
-/// flip near-ties in greedy decoding relative to every other implementation.
-fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
-    let hd = cfg.head_dim;
-    let theta = cfg.rope_theta as f32;
-    let mut inv: Vec<f32> = (0..hd)
-        .step_by(2)
-        .map(|i| 1.0 / theta.powf(i as f32 / hd as f32))
-        .collect();
-    if let Some(sc) = &cfg.rope_scaling {
-        let orig = sc.original_max_position_embeddings as f32;
-        let (factor, low, high) = (
-            sc.factor as f32,
-            sc.low_freq_factor as f32,
-            sc.high_freq_factor as f32,
-        );
-        let low_wavelen = orig / low;
-        let high_wavelen = orig / high;
-        for f in inv.iter_mut() {
-            let wavelen = 2.0 * std::f32::consts::PI / *f;
-            if wavelen > low_wavelen {
-                *f /= factor;
-            } else if wavelen >= high_wavelen {
-                let smooth = (orig / wavelen - low) / (high - low);
-                *f = (1.0 - smooth) * *f / factor + smooth * *f;
-            }
-        }
-    }
-    let n = cfg.max_position_embeddings.min(1 << 17);
-    // Angles as an outer product in f32, cos/sin by candle's kernels (as its own models do).
-    let inv = Tensor::new(inv.as_slice(), device)?;
-    let angles = Tensor::arange(0u32, n as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((n, 1))?
-        .matmul(&inv.reshape((1, hd / 2))?)?;
-    Ok((angles.cos()?, angles.sin()?))
 }

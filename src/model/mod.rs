@@ -10,7 +10,10 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod grad;
+pub mod kv_cache;
+pub mod loader;
 pub mod lora;
+pub mod lora_params;
 pub mod packed;
 pub mod tokenizer;
 pub mod weights;
@@ -19,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 pub use checkpoint::{Checkpoint, CheckpointInfo, CheckpointKind, Model};
 pub use config::{Arch, ModelConfig};
-pub use decoder::{Decoder, KvCache, Ops};
+pub use decoder::{Decoder, Ops};
+pub use kv_cache::KvCache;
 pub use tokenizer::Tokenizer;
 
 /// Everything that can go wrong while finding, reading or running a checkpoint. Every variant

@@ -20,7 +20,7 @@ use crate::model::Model;
 use crate::remote::wire::{
     ChatChoice, ChatChunk, ChatRequest, ChatResponse, ChunkChoice, CompletionChoice,
     CompletionRequest, CompletionResponse, Delta, ErrorBody, GenParams, ModelCard, ModelList,
-    Usage,
+    StreamOptions, Usage,
 };
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -36,12 +36,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
+/// What can stop the server itself (a request's faults are [`ApiError`] replies instead).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the generation worker panicked")]
+    WorkerPanicked,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The server's result; request handlers name their own error type (`Result<T, ApiError>`).
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// Most choices one request may ask for (they decode as one batch).
 pub const MAX_N: usize = 16;
 
 /// Serve `model` on `host:port` (port 0: any free port) until Ctrl-C or SIGTERM. Prints
 /// `listening on http://HOST:PORT` on stdout once bound.
-pub fn run(model: Model, host: &str, port: u16) -> anyhow::Result<()> {
+pub fn run(model: Model, host: &str, port: u16) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("serve-io")
@@ -50,10 +67,13 @@ pub fn run(model: Model, host: &str, port: u16) -> anyhow::Result<()> {
     rt.block_on(serve(model, host, port))
 }
 
-async fn serve(model: Model, host: &str, port: u16) -> anyhow::Result<()> {
+async fn serve(model: Model, host: &str, port: u16) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
+        .map_err(|source| Error::Listen {
+            addr: format!("{host}:{port}"),
+            source,
+        })?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         eprintln!(
@@ -81,8 +101,8 @@ async fn serve(model: Model, host: &str, port: u16) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(complete::<ChatRequest>))
+        .route("/v1/completions", post(complete::<CompletionRequest>))
         .route("/health", get(|| async { "ok" }))
         .fallback(|| async {
             ApiError::new(
@@ -122,15 +142,13 @@ async fn serve(model: Model, host: &str, port: u16) -> anyhow::Result<()> {
         .await?;
     // The router (and its senders) are gone once `serve` returns; dropping ours ends the worker.
     drop(state);
-    worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("the generation worker panicked"))?;
+    worker.join().map_err(|_| Error::WorkerPanicked)?;
     Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
 /// future is first polled, so a signal sent right after the "listening" line is not missed.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -498,197 +516,186 @@ async fn finish(mut rx: mpsc::UnboundedReceiver<WorkEvent>) -> Result<Generation
     Err(server_error("the worker stopped".into()))
 }
 
-async fn chat_completions(State(s): Shared, body: Bytes) -> Response {
-    match chat_inner(s, &body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+/// What differs between the two completion routes: the request's shape, how it becomes a
+/// prompt, and (through [`StreamKind`]) the reply's shape. Everything else is [`complete`].
+trait Endpoint: serde::de::DeserializeOwned + Send + Sync + 'static {
+    const KIND: StreamKind;
+    /// The start of the reply's `id` (`chatcmpl-…`, `cmpl-…`), as OpenAI names them.
+    const ID_PREFIX: &'static str;
+    /// The parameters both request shapes carry.
+    fn common(&self) -> Common<'_>;
+    /// The prompt's tokens, as a 400 when the request cannot make one.
+    fn prompt(&self, model: &Model) -> Result<Vec<u32>, ApiError>;
 }
 
-async fn chat_inner(s: Arc<Server>, body: &[u8]) -> Result<Response, ApiError> {
-    let req: ChatRequest = parse(body)?;
-    s.check_model(&req.model)?;
-    check_extra(&req.extra)?;
-    if req.messages.is_empty() {
-        return Err(ApiError::bad("messages must hold at least one message"));
-    }
-    let messages: Vec<Message> = req
-        .messages
-        .iter()
-        .map(|m| Message {
-            // OpenAI's newer name for the system role; chat templates know `system`.
-            role: if m.role == "developer" {
-                "system".into()
-            } else {
-                m.role.clone()
-            },
-            content: m.content.clone(),
-            name: m.name.clone(),
-        })
-        .collect();
-    let kwargs = serde_json::Value::Object(req.chat_template_kwargs.clone().unwrap_or_default());
-    let text = s
-        .model
-        .chat
-        .render(
-            &messages,
-            req.add_generation_prompt.unwrap_or(true),
-            &kwargs,
-        )
-        .map_err(|e| ApiError::bad(format!("cannot apply the chat template: {e}")))?;
-    let ids = s
-        .model
-        .tokenizer
-        .encode_rendered(&text)
-        .map_err(|e| ApiError::bad(e.to_string()))?;
-    let (id, created, g) = match generate(
-        &s,
-        ids,
-        &req.params,
-        StreamKind::Chat,
-        "chatcmpl",
-        req.stream,
-        req.stream_options.as_ref(),
-    )
-    .await?
-    {
-        Started::Streaming(r) => return Ok(r),
-        Started::Done {
-            id,
-            created,
-            generation,
-        } => (id, created, generation),
-    };
-    let resp = ChatResponse {
-        id,
-        object: "chat.completion".into(),
-        created,
-        model: s.id.clone(),
-        usage: Some(usage(&g)),
-        choices: g
-            .samples
-            .into_iter()
-            .enumerate()
-            .map(|(index, sm)| ChatChoice {
-                index,
-                message: Message::new("assistant", &sm.text),
-                finish_reason: Some(finish_reason(&sm.stop_reason).into()),
-            })
-            .collect(),
-    };
-    Ok(Json(resp).into_response())
-}
-
-async fn completions(State(s): Shared, body: Bytes) -> Response {
-    match completions_inner(s, &body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn completions_inner(s: Arc<Server>, body: &[u8]) -> Result<Response, ApiError> {
-    let req: CompletionRequest = parse(body)?;
-    s.check_model(&req.model)?;
-    check_extra(&req.extra)?;
-    let ids = s
-        .model
-        .tokenizer
-        .encode_raw(&req.prompt)
-        .map_err(|e| ApiError::bad(e.to_string()))?;
-    let (id, created, g) = match generate(
-        &s,
-        ids,
-        &req.params,
-        StreamKind::Completion,
-        "cmpl",
-        req.stream,
-        req.stream_options.as_ref(),
-    )
-    .await?
-    {
-        Started::Streaming(r) => return Ok(r),
-        Started::Done {
-            id,
-            created,
-            generation,
-        } => (id, created, generation),
-    };
-    let resp = CompletionResponse {
-        id,
-        object: "text_completion".into(),
-        created,
-        model: s.id.clone(),
-        usage: Some(usage(&g)),
-        choices: g
-            .samples
-            .into_iter()
-            .enumerate()
-            .map(|(index, sm)| CompletionChoice {
-                index,
-                text: sm.text,
-                finish_reason: Some(finish_reason(&sm.stop_reason).into()),
-                logprobs: None,
-            })
-            .collect(),
-    };
-    Ok(Json(resp).into_response())
-}
-
-/// A request's generation: already streaming, or finished.
-enum Started {
-    Streaming(Response),
-    Done {
-        id: String,
-        created: u64,
-        generation: Generation,
-    },
-}
-
-/// Queue `ids` for generation, then either stream the reply as server-sent events or wait for
-/// it whole: the step chat and text completions share.
-async fn generate(
-    s: &Arc<Server>,
-    ids: Vec<u32>,
-    p: &GenParams,
-    kind: StreamKind,
-    id_prefix: &str,
+/// The fields chat and text completion requests share.
+struct Common<'a> {
+    model: &'a str,
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+    params: &'a GenParams,
     stream: bool,
-    stream_options: Option<&crate::remote::wire::StreamOptions>,
-) -> Result<Started, ApiError> {
-    let params = sampling(p, ids.len(), s.model.decoder.max_positions())?;
+    stream_options: Option<&'a StreamOptions>,
+}
+
+impl Endpoint for ChatRequest {
+    const KIND: StreamKind = StreamKind::Chat;
+    const ID_PREFIX: &'static str = "chatcmpl";
+
+    fn common(&self) -> Common<'_> {
+        Common {
+            model: &self.model,
+            extra: &self.extra,
+            params: &self.params,
+            stream: self.stream,
+            stream_options: self.stream_options.as_ref(),
+        }
+    }
+
+    /// The messages through the checkpoint's chat template.
+    fn prompt(&self, model: &Model) -> Result<Vec<u32>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::bad("messages must hold at least one message"));
+        }
+        let messages: Vec<Message> = self
+            .messages
+            .iter()
+            .map(|m| Message {
+                // OpenAI's newer name for the system role; chat templates know `system`.
+                role: if m.role == "developer" {
+                    "system".into()
+                } else {
+                    m.role.clone()
+                },
+                content: m.content.clone(),
+                name: m.name.clone(),
+            })
+            .collect();
+        let kwargs =
+            serde_json::Value::Object(self.chat_template_kwargs.clone().unwrap_or_default());
+        let text = model
+            .chat
+            .render(
+                &messages,
+                self.add_generation_prompt.unwrap_or(true),
+                &kwargs,
+            )
+            .map_err(|e| ApiError::bad(format!("cannot apply the chat template: {e}")))?;
+        model
+            .tokenizer
+            .encode_rendered(&text)
+            .map_err(|e| ApiError::bad(e.to_string()))
+    }
+}
+
+impl Endpoint for CompletionRequest {
+    const KIND: StreamKind = StreamKind::Completion;
+    const ID_PREFIX: &'static str = "cmpl";
+
+    fn common(&self) -> Common<'_> {
+        Common {
+            model: &self.model,
+            extra: &self.extra,
+            params: &self.params,
+            stream: self.stream,
+            stream_options: self.stream_options.as_ref(),
+        }
+    }
+
+    /// The prompt as raw text, no template.
+    fn prompt(&self, model: &Model) -> Result<Vec<u32>, ApiError> {
+        model
+            .tokenizer
+            .encode_raw(&self.prompt)
+            .map_err(|e| ApiError::bad(e.to_string()))
+    }
+}
+
+/// `POST /v1/chat/completions` and `POST /v1/completions`: one handler, `E` the route's shape.
+async fn complete<E: Endpoint>(State(s): Shared, body: Bytes) -> Response {
+    match complete_inner::<E>(s, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Validate the request, queue its generation, then either stream the reply as server-sent
+/// events or wait for it whole.
+async fn complete_inner<E: Endpoint>(s: Arc<Server>, body: &[u8]) -> Result<Response, ApiError> {
+    let req: E = parse(body)?;
+    let c = req.common();
+    s.check_model(c.model)?;
+    check_extra(c.extra)?;
+    let ids = req.prompt(&s.model)?;
+    let params = sampling(c.params, ids.len(), s.model.decoder.max_positions())?;
     let n = params.n;
     let (rx, guard) = s.submit(ids, params)?;
-    let id = s.request_id(id_prefix);
+    let id = s.request_id(E::ID_PREFIX);
     let created = now();
-    if stream {
-        let st = StreamState {
+    if c.stream {
+        return Ok(sse(StreamState {
             rx,
             _guard: guard,
-            kind,
+            kind: E::KIND,
             id,
             created,
             model: s.id.clone(),
             n,
-            include_usage: stream_options.is_some_and(|o| o.include_usage),
+            include_usage: c.stream_options.is_some_and(|o| o.include_usage),
             pending: VecDeque::new(),
             started: false,
             ended: false,
-        };
-        return Ok(Started::Streaming(sse(st)));
+        }));
     }
     let generation = finish(rx).await?;
     drop(guard);
-    Ok(Started::Done {
-        id,
-        created,
-        generation,
-    })
+    Ok(E::KIND.response(id, created, s.id.clone(), generation))
 }
 
 #[derive(Clone, Copy)]
 enum StreamKind {
     Chat,
     Completion,
+}
+
+impl StreamKind {
+    /// The whole (non-streamed) reply.
+    fn response(self, id: String, created: u64, model: String, g: Generation) -> Response {
+        let usage = Some(usage(&g));
+        let choices = g.samples.into_iter().enumerate();
+        match self {
+            StreamKind::Chat => Json(ChatResponse {
+                id,
+                object: "chat.completion".into(),
+                created,
+                model,
+                usage,
+                choices: choices
+                    .map(|(index, sm)| ChatChoice {
+                        index,
+                        message: Message::new("assistant", &sm.text),
+                        finish_reason: Some(finish_reason(&sm.stop_reason).into()),
+                    })
+                    .collect(),
+            })
+            .into_response(),
+            StreamKind::Completion => Json(CompletionResponse {
+                id,
+                object: "text_completion".into(),
+                created,
+                model,
+                usage,
+                choices: choices
+                    .map(|(index, sm)| CompletionChoice {
+                        index,
+                        text: sm.text,
+                        finish_reason: Some(finish_reason(&sm.stop_reason).into()),
+                        logprobs: None,
+                    })
+                    .collect(),
+            })
+            .into_response(),
+        }
+    }
 }
 
 /// A streamed reply being written: turns worker events into server-sent events.

@@ -11,7 +11,8 @@
 //! consecutive optimizer updates.
 
 use super::reward::{RewardSpec, Rollout, Target};
-use super::{no_examples, nth_example, RewardStats, RolloutSample, StepEvent, TrainEvent, Trainer};
+use super::run::{no_examples, nth_example, planned};
+use super::{Error, Result, RewardStats, RolloutSample, StepEvent, TrainEvent, Trainer};
 use crate::generate::{self, SamplingParams, StopReason};
 use crate::model::Model;
 use crate::prompts::PromptSet;
@@ -58,18 +59,24 @@ impl Default for GrpoParams {
 }
 
 impl GrpoParams {
-    pub(super) fn check(&self) -> anyhow::Result<()> {
+    pub(super) fn check(&self) -> Result<()> {
         if self.n < 2 {
-            anyhow::bail!("--n must be at least 2: advantages are relative within a group");
+            return Err(Error::Msg(
+                "--n must be at least 2: advantages are relative within a group".into(),
+            ));
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            anyhow::bail!("--temperature must be above 0 for rollouts");
+            return Err(Error::Msg(
+                "--temperature must be above 0 for rollouts".into(),
+            ));
         }
         if self.mini_batches == 0 {
-            anyhow::bail!("--mini-batches must be at least 1");
+            return Err(Error::Msg("--mini-batches must be at least 1".into()));
         }
         if !(self.clip > 0.0 && self.kl_coef >= 0.0) {
-            anyhow::bail!("--clip must be above 0 and --kl-coef at least 0");
+            return Err(Error::Msg(
+                "--clip must be above 0 and --kl-coef at least 0".into(),
+            ));
         }
         Ok(())
     }
@@ -96,15 +103,18 @@ pub fn grpo_examples(
     scenarios: &[crate::scenario::Scenario],
     g: &GrpoParams,
     max_seq: usize,
-) -> anyhow::Result<(Vec<GrpoExample>, Vec<String>)> {
+) -> Result<(Vec<GrpoExample>, Vec<String>)> {
     for s in &g.states {
         if set.state(s).is_none() {
-            anyhow::bail!("--states: prompt set '{}' has no state '{s}'", set.name);
+            return Err(Error::Msg(format!(
+                "--states: prompt set '{}' has no state '{s}'",
+                set.name
+            )));
         }
     }
     let mut out = vec![];
     let mut skipped = vec![];
-    for (sc, reply, plan) in super::planned(model, set, scenarios, Mode::Humanlm, &mut skipped) {
+    for (sc, reply, plan) in planned(model, set, scenarios, Mode::Humanlm, &mut skipped) {
         let context = set.thread(&sim::thread_turns(sc))?;
         for call in plan.calls {
             if !g.states.is_empty() && !g.states.contains(&call.name) {
@@ -168,7 +178,7 @@ pub(super) fn train(
     roots: &crate::roots::Roots,
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(TrainEvent),
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let (scenarios, mut skipped) = t.cfg.data.load()?;
     let (examples, more) = grpo_examples(&t.model, set, &scenarios, g, t.cfg.max_seq)?;
     skipped.extend(more);
@@ -239,13 +249,13 @@ pub(super) fn train(
                 Ok(r) => r,
                 Err(e) => {
                     let dir = t.save(step)?;
-                    anyhow::bail!(
+                    return Err(Error::Msg(format!(
                         "reward failed at step {} ({} / {}): {e}; checkpoint saved in {}, --resume continues",
                         step + 1,
                         ex.scenario,
                         ex.state,
                         dir.display()
-                    );
+                    )));
                 }
             };
             let stats = RewardStats::of(&rewards);
@@ -398,12 +408,7 @@ fn split(len: usize, n: usize) -> Vec<std::ops::Range<usize>> {
 /// model, as a (rows, longest) tensor on the differentiable path; positions past a row's end
 /// hold garbage and are masked by the caller. The prompt runs once and every row attends to
 /// its keys and values, so a group costs one prompt plus its rollouts, not n prompts.
-fn group_logps(
-    model: &Model,
-    ex: &GrpoExample,
-    rows: &[Row],
-    temperature: f32,
-) -> anyhow::Result<Tensor> {
+fn group_logps(model: &Model, ex: &GrpoExample, rows: &[Row], temperature: f32) -> Result<Tensor> {
     let dec = &model.decoder;
     let dev = &dec.device;
     let n = rows.len();
@@ -444,7 +449,7 @@ fn row_logps(
     groups: &[&GrpoExample],
     rows: &[Row],
     temperature: f32,
-) -> anyhow::Result<Vec<Vec<f32>>> {
+) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(rows.len());
     let mut i = 0;
     while i < rows.len() {

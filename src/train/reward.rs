@@ -2,6 +2,7 @@
 //! a local model or an endpoint) scoring each rollout's parsed state against the real reply, or
 //! a simple verifiable reward for testing the trainer itself.
 
+use super::{Error, Result};
 use crate::judge::{Group, Item, Judge, JudgeConfig};
 use crate::prompts::PromptSet;
 use serde::{Deserialize, Serialize};
@@ -33,19 +34,19 @@ impl Default for RewardSpec {
 impl RewardSpec {
     /// Parse the CLI form: a judge file path, `judge` (the default judge), or
     /// `contains:WORD:MAX_TOKENS`.
-    pub fn parse(s: &str) -> anyhow::Result<RewardSpec> {
+    pub fn parse(s: &str) -> Result<RewardSpec> {
         if s == "judge" {
             return Ok(RewardSpec::default());
         }
         if let Some(rest) = s.strip_prefix("contains:") {
             let (word, n) = rest.rsplit_once(':').ok_or_else(|| {
-                anyhow::anyhow!("--reward {s}: expected contains:WORD:MAX_TOKENS")
+                Error::Msg(format!("--reward {s}: expected contains:WORD:MAX_TOKENS"))
             })?;
             let max_tokens = n
                 .parse()
-                .map_err(|_| anyhow::anyhow!("--reward {s}: '{n}' is not a token count"))?;
+                .map_err(|_| Error::Msg(format!("--reward {s}: '{n}' is not a token count")))?;
             if word.trim().is_empty() {
-                anyhow::bail!("--reward {s}: the word is empty");
+                return Err(Error::Msg(format!("--reward {s}: the word is empty")));
             }
             return Ok(RewardSpec::Contains {
                 word: word.trim().to_string(),
@@ -61,7 +62,7 @@ impl RewardSpec {
         &self,
         roots: &crate::roots::Roots,
         set: Arc<PromptSet>,
-    ) -> anyhow::Result<Box<dyn Reward>> {
+    ) -> Result<Box<dyn Reward>> {
         Ok(match self {
             RewardSpec::Judge { config } => {
                 let cfg = match config {
@@ -104,7 +105,7 @@ pub trait Reward {
     fn name(&self) -> String;
     /// One score per rollout of a group, in order. An error means the reward could not be
     /// computed (after the judge's own retries): the run stops with a resumable checkpoint.
-    fn score_group(&self, target: &Target, rollouts: &[Rollout]) -> anyhow::Result<Vec<f64>>;
+    fn score_group(&self, target: &Target, rollouts: &[Rollout]) -> Result<Vec<f64>>;
 }
 
 struct JudgeReward {
@@ -117,13 +118,12 @@ impl Reward for JudgeReward {
         self.judge.name()
     }
 
-    fn score_group(&self, target: &Target, rollouts: &[Rollout]) -> anyhow::Result<Vec<f64>> {
+    fn score_group(&self, target: &Target, rollouts: &[Rollout]) -> Result<Vec<f64>> {
         let spec = self.set.state(target.state).ok_or_else(|| {
-            anyhow::anyhow!(
+            Error::Msg(format!(
                 "prompt set '{}' has no state '{}'",
-                self.set.name,
-                target.state
-            )
+                self.set.name, target.state
+            ))
         })?;
         let valid: Vec<usize> = (0..rollouts.len())
             .filter(|&i| rollouts[i].value.is_some())
@@ -146,7 +146,10 @@ impl Reward for JudgeReward {
         };
         let scores = self.judge.score_group(&group)?;
         if let Some(e) = scores.iter().find_map(|s| s.error.as_ref()) {
-            anyhow::bail!("judge {} failed: {e}", self.judge.name());
+            return Err(Error::Msg(format!(
+                "judge {} failed: {e}",
+                self.judge.name()
+            )));
         }
         for (&i, s) in valid.iter().zip(scores) {
             out[i] = s.score;
@@ -165,7 +168,7 @@ impl Reward for ContainsReward {
         format!("contains '{}' within {} tokens", self.word, self.max_tokens)
     }
 
-    fn score_group(&self, _: &Target, rollouts: &[Rollout]) -> anyhow::Result<Vec<f64>> {
+    fn score_group(&self, _: &Target, rollouts: &[Rollout]) -> Result<Vec<f64>> {
         Ok(rollouts
             .iter()
             .map(|r| {

@@ -4,7 +4,8 @@
 //! `<think>trace</think><response>reply</response>`, the traces written by a judge model from
 //! the set's trace prompt and cached in the run folder.
 
-use super::{no_examples, nth_example, StepEvent, TrainEvent, Trainer};
+use super::run::{no_examples, nth_example, planned};
+use super::{Error, Result, StepEvent, TrainEvent, Trainer};
 use crate::judge::llm::ChatModel;
 use crate::judge::rubric::RubricConfig;
 use crate::judge::JudgeConfig;
@@ -43,21 +44,21 @@ pub fn sft_examples(
     scenarios: &[Scenario],
     max_seq: usize,
     traces: Option<&HashMap<String, String>>,
-) -> anyhow::Result<(Vec<Example>, Vec<String>)> {
+) -> Result<(Vec<Example>, Vec<String>)> {
     let mut out = vec![];
     let mut skipped = vec![];
     let eos = *model
         .tokenizer
         .eos_ids
         .first()
-        .ok_or_else(|| anyhow::anyhow!("the tokenizer has no end-of-sequence token"))?;
+        .ok_or_else(|| Error::Msg("the tokenizer has no end-of-sequence token".into()))?;
     // The thinking variant frames the reply as HumanLM's response call does (thinking on).
     let mode = if traces.is_some() {
         Mode::Humanlm
     } else {
         Mode::Response
     };
-    for (sc, reply, plan) in super::planned(model, set, scenarios, mode, &mut skipped) {
+    for (sc, reply, plan) in planned(model, set, scenarios, mode, &mut skipped) {
         let call = plan.calls.last().expect("a plan has a response call");
         // The reply as the model must write it after the prompt (and any pre-filled tag).
         let open = if call.prefill.is_empty() {
@@ -96,7 +97,7 @@ pub fn sft_examples(
 }
 
 /// Mean cross-entropy over the target tokens of a batch, on the differentiable path.
-pub fn sft_loss(model: &Model, batch: &[&Example]) -> anyhow::Result<(Tensor, usize)> {
+pub fn sft_loss(model: &Model, batch: &[&Example]) -> Result<(Tensor, usize)> {
     let mut total: Option<Tensor> = None;
     let mut count = 0usize;
     for ex in batch {
@@ -119,7 +120,7 @@ pub fn sft_loss(model: &Model, batch: &[&Example]) -> anyhow::Result<(Tensor, us
         });
         count += ex.target.len();
     }
-    let total = total.ok_or_else(|| anyhow::anyhow!("empty batch"))?;
+    let total = total.ok_or_else(|| Error::Msg("empty batch".into()))?;
     Ok(((total / count as f64)?, count))
 }
 
@@ -130,7 +131,7 @@ pub(super) fn train(
     roots: &crate::roots::Roots,
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(TrainEvent),
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let (scenarios, mut skipped) = t.cfg.data.load()?;
     let traces = match think {
         Some(th) => Some(write_traces(
@@ -221,19 +222,21 @@ fn write_traces(
     scenarios: &[Scenario],
     checkpoints: &Path,
     on_event: &mut dyn FnMut(TrainEvent),
-) -> anyhow::Result<HashMap<String, String>> {
+) -> Result<HashMap<String, String>> {
     let rubric: RubricConfig = match JudgeConfig::read(&think.judge)? {
         JudgeConfig::Rubric(r) | JudgeConfig::Aspects(r) => r,
-        _ => anyhow::bail!(
-            "{}: thinking traces need a judge with a language model (kind = \"rubric\")",
-            think.judge.display()
-        ),
+        _ => {
+            return Err(Error::file(
+                &think.judge,
+                "thinking traces need a judge with a language model (kind = \"rubric\")",
+            ))
+        }
     };
     if set.prefill_tag {
-        anyhow::bail!(
+        return Err(Error::Msg(format!(
             "prompt set '{}' pre-fills the reply's opening tag, so no thinking block can precede it; use a set without pre-fill (e.g. --prompts humanlm)",
             set.name
-        );
+        )));
     }
     let model = rubric.open_model(checkpoints)?;
     let identity = model.identity();
@@ -248,7 +251,7 @@ fn write_traces(
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| Error::file(path, e.to_string()))?;
     let mut traces = HashMap::new();
     let todo: Vec<&Scenario> = scenarios
         .iter()
@@ -269,9 +272,8 @@ fn write_traces(
                     todo.len(),
                     sc.id
                 )));
-                let raw = ask_with_retries(&model, &rubric, &prompt).map_err(|e| {
-                    anyhow::anyhow!("{}: trace for {}: {e}", think.judge.display(), sc.id)
-                })?;
+                let raw = ask_with_retries(&model, &rubric, &prompt)
+                    .map_err(|e| Error::file(&think.judge, format!("trace for {}: {e}", sc.id)))?;
                 let tr = clean_trace(&raw);
                 if tr.is_empty() {
                     continue;
@@ -295,7 +297,7 @@ fn write_traces(
     Ok(traces)
 }
 
-fn ask_with_retries(model: &ChatModel, cfg: &RubricConfig, prompt: &str) -> anyhow::Result<String> {
+fn ask_with_retries(model: &ChatModel, cfg: &RubricConfig, prompt: &str) -> Result<String> {
     let mut last = None;
     for attempt in 0..=cfg.retries {
         if attempt > 0 {
@@ -304,11 +306,11 @@ fn ask_with_retries(model: &ChatModel, cfg: &RubricConfig, prompt: &str) -> anyh
         }
         match model.ask(prompt, &cfg.sampling, attempt as u64) {
             Ok(r) if !clean_trace(&r).is_empty() => return Ok(r),
-            Ok(_) => last = Some(anyhow::anyhow!("the model wrote an empty trace")),
-            Err(e) => last = Some(e),
+            Ok(_) => last = Some(Error::Msg("the model wrote an empty trace".into())),
+            Err(e) => last = Some(e.into()),
         }
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+    Err(last.unwrap_or_else(|| Error::Msg("no attempt made".into())))
 }
 
 /// The monologue without think blocks or tags a model might wrap it in.
