@@ -670,7 +670,8 @@ fn grpo_raises_a_verifiable_reward() {
     cfg.batch = 1;
     cfg.lr = 3e-3;
     cfg.warmup = 1;
-    const STEPS: usize = 8;
+    // Six steps: the reward has clearly risen by then (8 took 50 of the 60 s budget here).
+    const STEPS: usize = 6;
     let mut events = vec![];
     run(&cfg, &out, &roots, false, None, &mut |e| {
         if let TrainEvent::Step(s) = e {
@@ -688,7 +689,7 @@ fn grpo_raises_a_verifiable_reward() {
     assert_eq!(events.len(), STEPS);
     let reward = |e: &humanlm::train::StepEvent| e.reward.as_ref().unwrap().mean;
     // A step has only 4 rollouts, so single steps are noisy: the start (the first two steps,
-    // before the adapter has moved far) against the whole second half (16 rollouts).
+    // before the adapter has moved far) against the whole second half (12 rollouts).
     let first: f64 = events[..2].iter().map(reward).sum::<f64>() / 2.0;
     let half = &events[STEPS / 2..];
     let last: f64 = half.iter().map(reward).sum::<f64>() / half.len() as f64;
