@@ -98,7 +98,7 @@ pub(super) fn eval_cmd(root: &std::path::Path, a: EvalArgs) -> anyhow::Result<()
     for c in &summary.checkpoints {
         writeln!(out, "\n{} · {} scenarios", c.checkpoint, c.n_scenarios)?;
         let mut keys: Vec<&String> = c.metrics.keys().collect();
-        keys.sort_by_key(|k| crate::eval::metric_order(k));
+        keys.sort_by_key(|k| crate::eval::metric_order(k, &c.dimensions));
         for k in keys {
             let m = &c.metrics[k];
             writeln!(
@@ -178,7 +178,7 @@ pub(super) fn compare_cmd(
         "METRIC", "A", "B", "B−A", "95% CI", "B WINS", "N"
     )?;
     let mut keys: Vec<&String> = c.metrics.keys().collect();
-    keys.sort_by_key(|k| crate::eval::metric_order(k));
+    keys.sort_by_key(|k| crate::eval::metric_order(k, &c.dimensions));
     for k in keys {
         let m = &c.metrics[k];
         writeln!(

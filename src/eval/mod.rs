@@ -16,7 +16,7 @@ use crate::generate::SamplingParams;
 use crate::judge::{Cache, Group, Item, Judge, JudgeConfig, Score};
 use crate::model::weights::LoadOptions;
 use crate::model::Checkpoint;
-use crate::prompts::PromptSet;
+use crate::prompts::{PromptSet, RESPONSE};
 use crate::scenario::Scenario;
 use crate::sim::{self, Mode, Options, SimSample};
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,10 @@ pub struct SampleRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointSummary {
     pub checkpoint: String,
+    /// What it was judged on, in its prompt set's order ([`judged_dimensions`]); tables and
+    /// charts list the metrics in this order. Empty in summaries written before it was recorded.
+    #[serde(default)]
+    pub dimensions: Vec<String>,
     pub n_scenarios: usize,
     /// Scenario means ×100 with bootstrap 95% intervals.
     pub metrics: BTreeMap<String, Estimate>,
@@ -167,24 +171,48 @@ pub enum Progress {
     },
 }
 
-/// Metric names in table order.
-pub fn metric_order(name: &str) -> (usize, &str) {
-    const ORDER: [&str; 11] = [
-        "response",
-        "stance",
-        "emotion",
-        "belief",
-        "value",
-        "goal",
-        "communication",
-        "embedding",
-        "rouge_l",
-        "token_f1",
-        "",
-    ];
-    let base = name.strip_prefix("aspect.").unwrap_or(name);
-    let i = ORDER.iter().position(|x| *x == base).unwrap_or(ORDER.len());
-    (i + if name.starts_with("aspect.") { 20 } else { 0 }, name)
+/// The similarity measures of the reply every run reports beside the judged dimensions, in
+/// table order.
+pub const SIMILARITY: [&str; 3] = [EMBEDDING, ROUGE_L, TOKEN_F1];
+const EMBEDDING: &str = "embedding";
+const ROUGE_L: &str = "rouge_l";
+const TOKEN_F1: &str = "token_f1";
+
+/// The sort key of a metric in tables: the judged dimensions in the prompt set's order
+/// (`dimensions`, as a summary records them; others after, by name), then the similarity
+/// measures, then the six-aspect judge's `aspect.*`.
+pub fn metric_order<'a>(name: &'a str, dimensions: &[String]) -> (usize, usize, &'a str) {
+    if let Some(i) = SIMILARITY.iter().position(|x| *x == name) {
+        return (1, i, name);
+    }
+    if name.starts_with("aspect.") {
+        return (2, 0, name);
+    }
+    let i = dimensions.iter().position(|d| d == name);
+    (0, i.unwrap_or(dimensions.len()), name)
+}
+
+impl CheckpointSummary {
+    /// The judged dimensions in chart order: as recorded, or for an older summary, the metrics
+    /// that are neither similarity measures nor aspects, by name.
+    pub fn judged(&self) -> Vec<String> {
+        if !self.dimensions.is_empty() {
+            return self.dimensions.clone();
+        }
+        self.metrics
+            .keys()
+            .filter(|k| !SIMILARITY.contains(&k.as_str()) && !k.starts_with("aspect."))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The dimensions a set's runs are judged on, in its order: the reply, then its states.
+pub fn judged_dimensions(set: &PromptSet) -> Vec<String> {
+    std::iter::once(set.response())
+        .chain(set.dimensions())
+        .map(|d| d.key.clone())
+        .collect()
 }
 
 /// A fingerprint of a checkpoint's files (sizes, and the first MiB of each), cheap even for
@@ -441,7 +469,10 @@ pub fn run(
         }
     }
     let records = read_samples(&samples_path);
-    let names: Vec<String> = resolved.iter().map(|r| r.1.clone()).collect();
+    let names: Vec<(String, Vec<String>)> = resolved
+        .iter()
+        .map(|r| (r.1.clone(), judged_dimensions(&r.3)))
+        .collect();
     let summary = summarise(&dir, &names, &records, skipped, spec.sampling.seed);
     crate::files::write(
         &dir.join("summary.json"),
@@ -463,7 +494,7 @@ fn judge_samples(
     let reference = sc.target.response.as_deref().unwrap_or_default();
     let context = set.thread(&sim::thread_turns(sc))?;
     let mut scores: Vec<BTreeMap<String, Score>> = vec![BTreeMap::new(); samples.len()];
-    let mut dims: Vec<&crate::prompts::StateSpec> = vec![set.state("response").expect("checked")];
+    let mut dims: Vec<&crate::prompts::StateSpec> = vec![set.response()];
     if samples.iter().any(|s| !s.states.is_empty()) {
         dims.extend(set.dimensions());
     }
@@ -471,7 +502,7 @@ fn judge_samples(
         let texts: Vec<String> = samples
             .iter()
             .map(|s| {
-                if dim.key == "response" {
+                if dim.key == RESPONSE {
                     s.response.clone()
                 } else {
                     s.states.get(&dim.key).cloned().unwrap_or_default()
@@ -487,10 +518,10 @@ fn judge_samples(
                 .zip(samples)
                 .map(|(t, s)| Item {
                     text: t,
-                    valid: if dim.key == "response" {
-                        s.outputs
-                            .get("response")
-                            .or_else(|| s.outputs.get("joint"))
+                    valid: if dim.key == RESPONSE {
+                        sim::REPLY_CALLS
+                            .iter()
+                            .find_map(|c| s.outputs.get(*c))
                             .is_none_or(|o| o.valid)
                     } else {
                         s.outputs.get(&dim.key).is_none_or(|o| o.valid)
@@ -517,7 +548,7 @@ fn judge_samples(
         let mut similarity = BTreeMap::new();
         if let Some(e) = &emb {
             similarity.insert(
-                "embedding".to_string(),
+                EMBEDDING.to_string(),
                 if s.response.trim().is_empty() {
                     0.0
                 } else {
@@ -526,11 +557,11 @@ fn judge_samples(
             );
         }
         similarity.insert(
-            "rouge_l".to_string(),
+            ROUGE_L.to_string(),
             crate::judge::lexical::rouge_l_f1(&s.response, reference),
         );
         similarity.insert(
-            "token_f1".to_string(),
+            TOKEN_F1.to_string(),
             crate::judge::lexical::token_f1(&s.response, reference),
         );
         out.push(SampleRecord {
@@ -598,15 +629,17 @@ pub fn scenario_means(
         .collect()
 }
 
+/// The summary of a run's records; `checkpoints` are the run's checkpoints, each with the
+/// dimensions it was judged on.
 pub fn summarise(
     dir: &Path,
-    checkpoints: &[String],
+    checkpoints: &[(String, Vec<String>)],
     records: &[SampleRecord],
     skipped: usize,
     seed: u64,
 ) -> Summary {
     let mut out = vec![];
-    for ckpt in checkpoints {
+    for (ckpt, dimensions) in checkpoints {
         let mine: Vec<&SampleRecord> = records.iter().filter(|r| &r.checkpoint == ckpt).collect();
         let metrics = scenario_means(records, ckpt)
             .into_iter()
@@ -627,6 +660,7 @@ pub fn summarise(
             mine.iter().map(|r| r.scenario.as_str()).collect();
         out.push(CheckpointSummary {
             checkpoint: ckpt.clone(),
+            dimensions: dimensions.clone(),
             n_scenarios: scenarios.len(),
             metrics,
             diagnostics: Diagnostics {
@@ -736,7 +770,7 @@ pub fn list_runs(root: &Path) -> Vec<RunListing> {
                 .map(|s| {
                     s.checkpoints
                         .into_iter()
-                        .filter_map(|c| c.metrics.get("response").map(|m| (c.checkpoint, m.mean)))
+                        .filter_map(|c| c.metrics.get(RESPONSE).map(|m| (c.checkpoint, m.mean)))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -753,6 +787,8 @@ pub struct Comparison {
     pub b: String,
     pub checkpoint_a: String,
     pub checkpoint_b: String,
+    /// A's judged dimensions in its prompt set's order, for the table.
+    pub dimensions: Vec<String>,
     /// metric → (mean A ×100, mean B ×100, paired B − A ×100 with interval, B's win rate).
     pub metrics: BTreeMap<String, MetricComparison>,
 }
@@ -824,11 +860,19 @@ pub fn compare(a: &Path, b: &Path, seed: u64) -> Result<Comparison> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
+    // The order of A's dimensions, from its summary (none if it has not finished).
+    let dimensions = std::fs::read_to_string(a.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Summary>(&t).ok())
+        .and_then(|s| s.checkpoints.into_iter().find(|c| c.checkpoint == ca))
+        .map(|c| c.dimensions)
+        .unwrap_or_default();
     Ok(Comparison {
         a: id(a),
         b: id(b),
         checkpoint_a: ca,
         checkpoint_b: cb,
+        dimensions,
         metrics,
     })
 }

@@ -31,6 +31,10 @@ fn err(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
+/// The key of the reply in every set's `states.toml` (its last entry): the reply is generated and
+/// judged like a state, and its call is named after it.
+pub const RESPONSE: &str = "response";
+
 /// One state dimension (or the response): its tag, what it asks for, and its token budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,7 +229,7 @@ impl PromptSet {
         let states: StatesFile =
             toml::from_str(&states_text).map_err(|e| toml_err(&states_path, &states_text, e))?;
         let states = states.state;
-        if states.last().map(|s| s.key.as_str()) != Some("response") {
+        if states.last().map(|s| s.key.as_str()) != Some(RESPONSE) {
             return Err(err(&states_path, "the last [[state]] must be `response`"));
         }
         let mut files = vec![
@@ -429,9 +433,16 @@ impl PromptSet {
         self.states.iter().find(|s| s.key == key)
     }
 
-    /// The six state dimensions (everything but the response).
+    /// The reply's entry ([`RESPONSE`], the last of `states.toml`, checked at load).
+    pub fn response(&self) -> &StateSpec {
+        self.states
+            .last()
+            .expect("states.toml ends with the response (checked at load)")
+    }
+
+    /// The state dimensions (everything but the response), in generation order.
     pub fn dimensions(&self) -> impl Iterator<Item = &StateSpec> {
-        self.states.iter().filter(|s| s.key != "response")
+        self.states.iter().filter(|s| s.key != RESPONSE)
     }
 }
 

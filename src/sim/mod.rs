@@ -10,7 +10,7 @@ pub mod parse;
 use crate::generate::{self, Event, SamplingParams, StopReason};
 use crate::model::chat::Message;
 use crate::model::Model;
-use crate::prompts::{Layout, PromptSet, StateSpec, ThreadTurn};
+use crate::prompts::{Layout, PromptSet, StateSpec, ThreadTurn, RESPONSE};
 use crate::scenario::{Role, Scenario};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -280,10 +280,56 @@ impl SamplingChoice {
     }
 }
 
+/// The name of the call that writes every state and the reply in one output (`joint` mode).
+pub const JOINT: &str = "joint";
+
+/// What a call generates. A call is named after it (the state's key, [`RESPONSE`] or
+/// [`JOINT`]), so maps of calls and outputs stay keyed by name and the kind is read back from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind<'a> {
+    /// One state dimension, by its key in `states.toml`.
+    State(&'a str),
+    /// The reply alone.
+    Response,
+    /// Every state and the reply in one output.
+    Joint,
+}
+
+impl<'a> CallKind<'a> {
+    /// The kind of the call named `name`.
+    pub fn of(name: &'a str) -> CallKind<'a> {
+        match name {
+            RESPONSE => CallKind::Response,
+            JOINT => CallKind::Joint,
+            key => CallKind::State(key),
+        }
+    }
+
+    /// The name of a call of this kind.
+    pub fn name(self) -> &'a str {
+        match self {
+            CallKind::State(key) => key,
+            CallKind::Response => RESPONSE,
+            CallKind::Joint => JOINT,
+        }
+    }
+
+    /// Whether the call writes the reply (the response call or the joint one).
+    pub fn writes_reply(self) -> bool {
+        matches!(self, CallKind::Response | CallKind::Joint)
+    }
+}
+
+/// The calls that can hold a sample's reply (or a state, for the joint one), in the order to
+/// look for them: a state or the reply has its own call in `humanlm` mode, or is inside the
+/// joint output.
+pub const REPLY_CALLS: [&str; 2] = [RESPONSE, JOINT];
+
 /// One generation call of a simulation: a state, the reply, or the joint output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Call {
-    /// `stance` … `communication`, `response`, or `joint`.
+    /// What the call generates, as a name: a state's key, [`RESPONSE`] or [`JOINT`]
+    /// ([`Call::kind`] reads it).
     pub name: String,
     /// The exact prompt text, special tokens included (ending with `prefill`, if any).
     pub prompt: String,
@@ -306,6 +352,12 @@ pub struct Call {
     pub stop: String,
     /// How many tokens the call may generate.
     pub budget: usize,
+}
+
+impl Call {
+    pub fn kind(&self) -> CallKind<'_> {
+        CallKind::of(&self.name)
+    }
 }
 
 /// The calls of a simulation, rendered (what the simulator sees).
@@ -408,80 +460,86 @@ fn plan_calls(
     engine: Engine,
 ) -> Result<Vec<Call>> {
     let persona = set.persona(scenario.persona.as_ref())?;
-    let response = set.state("response").expect("checked at load");
+    let response = set.response();
     let turns = thread_turns(scenario);
     let template = match engine {
         Engine::Local(model) => Some(set.chat.as_ref().unwrap_or(&model.chat)),
         Engine::Remote(_) => set.chat.as_ref(),
     };
     let mut calls = vec![];
-    let mut add = |name: &str, specs: &[&StateSpec], thinking: bool, stop: &str| -> Result<()> {
-        let system = set.system(&persona, specs)?;
-        let extra = serde_json::json!({ "enable_thinking": thinking });
-        let messages = match set.layout {
-            Layout::Thread => thread_messages(scenario, &system),
-            Layout::Transcript => {
-                let task = set.task(&persona, &set.thread(&turns)?, specs)?;
-                vec![Message::new("system", &system), Message::new("user", &task)]
-            }
+    let mut add =
+        |kind: CallKind, specs: &[&StateSpec], thinking: bool, stop: &str| -> Result<()> {
+            let system = set.system(&persona, specs)?;
+            let extra = serde_json::json!({ "enable_thinking": thinking });
+            let messages = match set.layout {
+                Layout::Thread => thread_messages(scenario, &system),
+                Layout::Transcript => {
+                    let task = set.task(&persona, &set.thread(&turns)?, specs)?;
+                    vec![Message::new("system", &system), Message::new("user", &task)]
+                }
+            };
+            let chat_messages = messages.clone();
+            let (mut prompt, chat) = match template {
+                Some(t) => (t.render(&messages, true, &extra)?, None),
+                // No template here: the endpoint's chat API applies its own, and cannot continue
+                // a pre-filled assistant turn.
+                None if set.prefill_tag || set.layout == Layout::Thread => {
+                    return Err(Error::NeedsTemplate(set.name.clone()))
+                }
+                None => (
+                    serde_json::to_string_pretty(&messages).unwrap_or_default(),
+                    Some(messages),
+                ),
+            };
+            let prefill = if set.prefill_tag {
+                format!("<{}>", specs[0].key)
+            } else {
+                String::new()
+            };
+            prompt.push_str(&prefill);
+            let ids = match engine {
+                Engine::Local(model) => model.tokenizer.encode_rendered(&prompt)?,
+                Engine::Remote(_) => vec![],
+            };
+            let budget = match kind {
+                CallKind::Joint => specs.iter().map(|x| x.max_tokens).sum(),
+                _ if thinking => specs[0].max_tokens_thinking.unwrap_or(specs[0].max_tokens),
+                _ => specs[0].max_tokens,
+            };
+            calls.push(Call {
+                name: kind.name().into(),
+                prompt,
+                prompt_tokens: ids.len(),
+                ids,
+                messages: chat,
+                chat_messages,
+                thinking,
+                prefill,
+                stop: stop.into(),
+                budget: budget.min(opts.params.max_new_tokens),
+            });
+            Ok(())
         };
-        let chat_messages = messages.clone();
-        let (mut prompt, chat) = match template {
-            Some(t) => (t.render(&messages, true, &extra)?, None),
-            // No template here: the endpoint's chat API applies its own, and cannot continue
-            // a pre-filled assistant turn.
-            None if set.prefill_tag || set.layout == Layout::Thread => {
-                return Err(Error::NeedsTemplate(set.name.clone()))
-            }
-            None => (
-                serde_json::to_string_pretty(&messages).unwrap_or_default(),
-                Some(messages),
-            ),
-        };
-        let prefill = if set.prefill_tag {
-            format!("<{}>", specs[0].key)
-        } else {
-            String::new()
-        };
-        prompt.push_str(&prefill);
-        let ids = match engine {
-            Engine::Local(model) => model.tokenizer.encode_rendered(&prompt)?,
-            Engine::Remote(_) => vec![],
-        };
-        let budget = match name {
-            "joint" => specs.iter().map(|x| x.max_tokens).sum(),
-            _ if thinking => specs[0].max_tokens_thinking.unwrap_or(specs[0].max_tokens),
-            _ => specs[0].max_tokens,
-        };
-        calls.push(Call {
-            name: name.into(),
-            prompt,
-            prompt_tokens: ids.len(),
-            ids,
-            messages: chat,
-            chat_messages,
-            thinking,
-            prefill,
-            stop: stop.into(),
-            budget: budget.min(opts.params.max_new_tokens),
-        });
-        Ok(())
-    };
     match opts.mode {
         Mode::Humanlm => {
             for s in set.dimensions() {
-                add(&s.key, &[s], false, &format!("</{}>", s.key))?;
+                add(
+                    CallKind::State(&s.key),
+                    &[s],
+                    false,
+                    &format!("</{}>", s.key),
+                )?;
             }
             add(
-                "response",
+                CallKind::Response,
                 &[response],
                 set.response_thinking,
                 "</response>",
             )?;
         }
-        Mode::Response => add("response", &[response], false, "</response>")?,
+        Mode::Response => add(CallKind::Response, &[response], false, "</response>")?,
         Mode::Joint => add(
-            "joint",
+            CallKind::Joint,
             &set.states.iter().collect::<Vec<_>>(),
             false,
             "</response>",
@@ -698,27 +756,27 @@ fn remote_call(
 fn absorb(s: &mut SimSample, set: &PromptSet, call: &Call, full: &str) -> bool {
     // The generation prompt of a thinking-off call already holds the empty think block, and a
     // state's opening tag is the model's to write.
-    match call.name.as_str() {
-        "response" => {
+    match call.kind() {
+        CallKind::Response => {
             s.response = parse::extract_response(full);
             if call.thinking {
                 s.think = parse::think(full);
-                parse::strict_thinking(full, &["response"]).is_some()
+                parse::strict_thinking(full, &[RESPONSE]).is_some()
             } else {
-                parse::strict(full, &["response"]).is_some()
+                parse::strict(full, &[RESPONSE]).is_some()
             }
         }
-        "joint" => {
+        CallKind::Joint => {
             let tags: Vec<&str> = set.states.iter().map(|x| x.key.as_str()).collect();
             for (tag, content) in parse::flexible(full) {
-                if tag != "response" && set.state(&tag).is_some() {
+                if tag != RESPONSE && set.state(&tag).is_some() {
                     s.states.entry(tag).or_insert(content);
                 }
             }
             s.response = parse::extract_response(full);
             parse::strict(full, &tags).is_some()
         }
-        key => {
+        CallKind::State(key) => {
             let value = parse::flexible(full)
                 .into_iter()
                 .find(|(t, _)| t == key)

@@ -299,7 +299,10 @@ impl SampleOut {
     /// The final reply, once finished, if the run had a call that writes one.
     pub fn response(&self) -> Option<&str> {
         let r = self.result.as_ref()?;
-        let has_reply = r.outputs.contains_key("response") || r.outputs.contains_key("joint");
+        let has_reply = r
+            .outputs
+            .keys()
+            .any(|k| sim::CallKind::of(k).writes_reply());
         has_reply.then_some(r.response.as_str())
     }
 

@@ -4,8 +4,9 @@
 
 use super::app::{CallOut, DiffView, FileDiff, SampleOut, SetInfo, SimRun};
 use crate::generate::StopReason;
+use crate::prompts::RESPONSE;
 use crate::sim::parse;
-use crate::sim::Output;
+use crate::sim::{CallKind, Output, JOINT};
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// Display width of a string (CJK characters count two columns).
@@ -108,7 +109,7 @@ pub fn state_text(run: &SimRun, s: &SampleOut, key: &str) -> Option<String> {
     if let Some(c) = s.calls.get(key) {
         return Some(state_from_raw(key, &prefill(run, key), &c.text));
     }
-    let joint = s.calls.get("joint")?;
+    let joint = s.calls.get(JOINT)?;
     let open = format!("<{key}>");
     let lower = joint.text.to_ascii_lowercase();
     let start = lower.find(&open)? + open.len();
@@ -119,12 +120,12 @@ pub fn state_text(run: &SimRun, s: &SampleOut, key: &str) -> Option<String> {
 
 /// The call whose output holds `key` (its own, or the joint call).
 pub fn call_of<'a>(s: &'a SampleOut, key: &str) -> Option<&'a CallOut> {
-    s.calls.get(key).or_else(|| s.calls.get("joint"))
+    s.calls.get(key).or_else(|| s.calls.get(JOINT))
 }
 
 /// What the finished call that holds `key` produced (its own, or the joint call).
 pub fn output_of<'a>(s: &'a SampleOut, key: &str) -> Option<&'a Output> {
-    s.output(key).or_else(|| s.output("joint"))
+    s.output(key).or_else(|| s.output(JOINT))
 }
 
 /// The reply of a sample: (think, reply). Final values once finished, else the streaming text
@@ -133,8 +134,11 @@ pub fn reply_text(run: &SimRun, s: &SampleOut) -> (Option<String>, String) {
     if let Some(r) = s.response() {
         return (s.think().map(str::to_string), r.to_string());
     }
-    let thinking = run.calls.iter().any(|c| c.name == "response" && c.thinking);
-    if let Some(c) = s.calls.get("response") {
+    let thinking = run
+        .calls
+        .iter()
+        .any(|c| c.kind() == CallKind::Response && c.thinking);
+    if let Some(c) = s.calls.get(RESPONSE) {
         let raw = c.text.as_str();
         let (think, rest) = if thinking {
             match raw.find("</think>") {
@@ -151,7 +155,7 @@ pub fn reply_text(run: &SimRun, s: &SampleOut) -> (Option<String>, String) {
         let rest = rest.strip_prefix("<response>").unwrap_or(rest);
         return (think, rest.trim().to_string());
     }
-    if let Some(c) = s.calls.get("joint") {
+    if let Some(c) = s.calls.get(JOINT) {
         if let Some(i) = c.text.find("<response>") {
             return (None, c.text[i + "<response>".len()..].trim().to_string());
         }

@@ -150,18 +150,15 @@ fn a_run_writes_its_folder_scores_every_dimension_and_resumes() {
     assert_eq!(run["judge"]["name"], "embedding");
     assert!(run["program"]["version"].is_string());
 
+    // The reply and every state of the run's set (its states.toml), in that order.
+    let set = humanlm::prompts::PromptSet::load("instruct", &common::roots().prompts).unwrap();
+    let dimensions = eval::judged_dimensions(&set);
+    assert_eq!(dimensions[0], "response");
+    assert_eq!(dimensions.len(), set.states.len());
     let records = eval::read_samples(&dir.join("samples.jsonl"));
     assert_eq!(records.len(), 4);
     for r in &records {
-        for dim in [
-            "response",
-            "stance",
-            "emotion",
-            "belief",
-            "value",
-            "goal",
-            "communication",
-        ] {
+        for dim in &dimensions {
             let s = &r.scores[dim];
             assert!((-1.0..=1.0).contains(&s.score), "{dim}: {}", s.score);
         }
@@ -171,6 +168,7 @@ fn a_run_writes_its_folder_scores_every_dimension_and_resumes() {
     let summary: eval::Summary =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let c = &summary.checkpoints[0];
+    assert_eq!(c.dimensions, dimensions);
     assert_eq!(c.n_scenarios, 2);
     assert_eq!(c.diagnostics.skipped_no_reference, 1);
     assert_eq!(c.diagnostics.samples, 4);

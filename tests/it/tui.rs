@@ -901,6 +901,7 @@ fn summary(run: &str, base: f64) -> Summary {
         "run": run,
         "checkpoints": [{
             "checkpoint": "smollm2-135m-instruct",
+            "dimensions": std::iter::once("response".to_string()).chain(dimensions()).collect::<Vec<_>>(),
             "n_scenarios": 22,
             "metrics": metrics,
             "diagnostics": {

@@ -3,6 +3,7 @@
 
 use super::{dim, pane, spinner, ACCENT, BAD, GOOD, WARN};
 use crate::eval::{CheckpointSummary, SampleRecord};
+use crate::prompts::RESPONSE;
 use crate::tui::app::{App, EvalProgress, RunDetail, TICKS_PER_S};
 use crate::tui::text;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -10,17 +11,6 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Gauge, Paragraph, Row, Table, TableState};
 use ratatui::Frame;
-
-/// The dimensions of the bar chart, in the method's order.
-const CHART: [&str; 7] = [
-    "response",
-    "stance",
-    "emotion",
-    "belief",
-    "value",
-    "goal",
-    "communication",
-];
 
 pub fn draw(f: &mut Frame, app: &App, body: Rect) {
     draw_screen(f, app, body);
@@ -266,7 +256,7 @@ fn draw_detail(f: &mut Frame, app: &App, area: Rect) {
 
     // Metrics with intervals and the change since the previous run.
     let mut keys: Vec<&String> = cur.metrics.keys().collect();
-    keys.sort_by_key(|k| crate::eval::metric_order(k));
+    keys.sort_by_key(|k| crate::eval::metric_order(k, &cur.dimensions));
     let rows: Vec<Row> = keys
         .iter()
         .map(|k| {
@@ -323,7 +313,7 @@ fn draw_detail(f: &mut Frame, app: &App, area: Rect) {
     let inner = block.inner(chart_area);
     let bar_w = (inner.width as usize).saturating_sub(14 + 6).max(4);
     let mut lines = vec![];
-    for k in CHART {
+    for k in &cur.judged() {
         let Some(m) = cur.metrics.get(k) else {
             continue;
         };
@@ -371,7 +361,7 @@ fn draw_detail(f: &mut Frame, app: &App, area: Rect) {
 /// The samples of the run, worst reply first.
 pub fn sorted(d: &RunDetail) -> Vec<&SampleRecord> {
     let mut v: Vec<&SampleRecord> = d.samples.iter().collect();
-    let score = |r: &SampleRecord| r.scores.get("response").map_or(0.0, |s| s.score);
+    let score = |r: &SampleRecord| r.scores.get(RESPONSE).map_or(0.0, |s| s.score);
     v.sort_by(|a, b| {
         score(a)
             .total_cmp(&score(b))
@@ -387,7 +377,7 @@ fn draw_drill(f: &mut Frame, area: Rect, d: &RunDetail, sel: usize) {
     let rows: Vec<Row> = samples
         .iter()
         .map(|r| {
-            let s = r.scores.get("response").map_or(0.0, |s| s.score);
+            let s = r.scores.get(RESPONSE).map_or(0.0, |s| s.score);
             Row::new(vec![
                 Cell::from(Span::styled(
                     format!("{:>5.1}", s * 100.0),

@@ -1,6 +1,7 @@
 //! Simulate (home): the scenario browser, the thread, the six state cards and the reply.
 
 use super::{dim, extent, pane, scrollbar, spinner, ACCENT, BAD, DIM, GOOD, HUMAN, WARN};
+use crate::prompts::RESPONSE;
 use crate::scenario::{Persona, Role, Scenario};
 use crate::tui::app::{App, BrowserRow, Pane, RunStatus, SampleOut, SimRun, ThreadKey};
 use crate::tui::text;
@@ -499,7 +500,7 @@ fn draw_reply(f: &mut Frame, app: &App, area: Rect) {
         " Reply ".to_string()
     };
     let mut block = pane(title, focused);
-    if let Some(v) = sample.and_then(|s| s.scores.get("response")) {
+    if let Some(v) = sample.and_then(|s| s.scores.get(RESPONSE)) {
         block = block.title(
             Line::from(vec![
                 Span::raw(" sim"),
@@ -558,8 +559,8 @@ fn reply_lines(
     lines: &mut Vec<Line<'static>>,
 ) {
     let (think, reply) = text::reply_text(run, s);
-    let call = s.calls.get("response").or_else(|| s.calls.get("joint"));
-    let output = s.output("response").or_else(|| s.output("joint"));
+    let call = text::call_of(s, RESPONSE);
+    let output = text::output_of(s, RESPONSE);
     let streaming = run.running() && call.is_some_and(|c| !c.done);
     if let Some(t) = think.filter(|t| !t.is_empty()) {
         if app.show_think {

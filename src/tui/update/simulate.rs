@@ -2,6 +2,7 @@
 //! and reply with their scores, and saving a finished run as a session or reopening one.
 
 use super::{cancel, command, extent, new_job, scroll_delta, shift};
+use crate::prompts::RESPONSE;
 use crate::tui::action::{Effect, SimRequest};
 use crate::tui::app::*;
 use crate::tui::keys::{Cmd, Ctx};
@@ -325,22 +326,14 @@ pub(super) fn rescore(app: &mut App) -> Vec<Effect> {
     let Some(run) = &mut app.sim else {
         return fx;
     };
-    keys.push("response".to_string());
+    keys.push(RESPONSE.to_string());
     for key in keys {
         let mut texts = vec![];
         for s in &run.samples {
-            let done = if key == "response" {
-                s.calls
-                    .get("response")
-                    .or_else(|| s.calls.get("joint"))
-                    .is_some_and(|c| c.done)
-            } else {
-                text::call_of(s, &key).is_some_and(|c| c.done)
-            };
-            if !done {
+            if !text::call_of(s, &key).is_some_and(|c| c.done) {
                 break;
             }
-            texts.push(if key == "response" {
+            texts.push(if key == RESPONSE {
                 text::reply_text(run, s).1
             } else {
                 text::state_text(run, s, &key).unwrap_or_default()
@@ -445,7 +438,7 @@ pub(super) fn open_session(app: &mut App, s: Session, fx: &mut Vec<Effect>) {
             .scores
             .keys()
             .filter_map(|k| {
-                let t = if k == "response" {
+                let t = if k == RESPONSE {
                     smp.response()
                 } else {
                     smp.state(k)
