@@ -114,13 +114,14 @@ pub(super) fn export_dataset_cmd(root: &Path, a: ExportDatasetArgs) -> anyhow::R
     if a.format != "verl" {
         anyhow::bail!("--format '{}' is not supported (supported: verl)", a.format);
     }
-    let states = verl::parse_states(&a.states).map_err(|e| anyhow::anyhow!("--states: {e}"))?;
     if a.out.exists() && !a.force {
         anyhow::bail!("{}: already exists (--force replaces it)", a.out.display());
     }
     let ckpt = Checkpoint::resolve(&a.checkpoint, root)?;
     let name = crate::prompts::set_for(a.prompts.as_deref(), ckpt.default_prompt_set()?);
     let set = crate::prompts::PromptSet::load(&name, &crate::prompts::default_root())?;
+    let states =
+        verl::parse_states(&a.states, &set).map_err(|e| anyhow::anyhow!("--states: {e}"))?;
     let model = ckpt.load(&LoadOptions::default())?;
     let report = verl::export_dataset(
         &model,

@@ -24,30 +24,38 @@ use parquet::file::writer::SerializedFileWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The state keys in generation order, with the one-letter names `--states` accepts.
-pub const STATE_LETTERS: [(char, &str); 7] = [
-    ('s', "stance"),
-    ('e', "emotion"),
-    ('b', "belief"),
-    ('v', "value"),
-    ('g', "goal"),
-    ('c', "communication"),
-    ('r', "response"),
-];
-
-/// Parse `--states`: `all`, or a comma-separated list of letters (`s,e,b,v,g,c,r`) or names.
-pub fn parse_states(spec: &str) -> std::result::Result<Vec<String>, String> {
+/// Parse `--states` against the set's `states.toml`: `all`, or a comma-separated list of keys
+/// or their one-letter names (each key's first letter, where no other key shares it: `s,e,b,v,g,c,r`
+/// for the method's). Returns keys in the set's generation order, whatever order they were named
+/// in.
+pub fn parse_states(spec: &str, set: &PromptSet) -> std::result::Result<Vec<String>, String> {
+    let keys: Vec<&str> = set.states.iter().map(|s| s.key.as_str()).collect();
+    let letter = |k: &str| {
+        k.chars()
+            .next()
+            .filter(|c| keys.iter().filter(|o| o.starts_with(*c)).count() == 1)
+    };
     if spec.trim() == "all" {
-        return Ok(STATE_LETTERS.iter().map(|(_, k)| k.to_string()).collect());
+        return Ok(keys.iter().map(|k| k.to_string()).collect());
     }
     let mut out: Vec<String> = vec![];
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let key = STATE_LETTERS
+        let key = keys
             .iter()
-            .find(|(c, k)| *k == part || (part.len() == 1 && part.starts_with(*c)))
-            .map(|(_, k)| k.to_string())
+            .find(|k| {
+                **k == part || (part.chars().count() == 1 && letter(k) == part.chars().next())
+            })
+            .map(|k| k.to_string())
             .ok_or_else(|| {
-                format!("unknown state '{part}' (expected s,e,b,v,g,c,r, their full names, or all)")
+                let letters: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| letter(k))
+                    .map(String::from)
+                    .collect();
+                format!(
+                    "unknown state '{part}' (expected {}, their full names, or all)",
+                    letters.join(",")
+                )
             })?;
         if !out.contains(&key) {
             out.push(key);
@@ -56,8 +64,7 @@ pub fn parse_states(spec: &str) -> std::result::Result<Vec<String>, String> {
     if out.is_empty() {
         return Err("no states given".into());
     }
-    // Rows follow the method's generation order whatever order they were named in.
-    out.sort_by_key(|k| STATE_LETTERS.iter().position(|(_, n)| n == k));
+    out.sort_by_key(|k| keys.iter().position(|n| n == k));
     Ok(out)
 }
 
@@ -385,4 +392,32 @@ pub fn write_parquet(rows: &[Row], out: &Path) -> Result<()> {
         writer.close().map_err(fail)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> PromptSet {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+        PromptSet::load(name, &root).unwrap()
+    }
+
+    #[test]
+    fn states_are_named_by_the_sets_keys_and_their_letters() {
+        let set = shipped("humanlm");
+        let keys: Vec<String> = set.states.iter().map(|s| s.key.clone()).collect();
+        assert_eq!(parse_states("all", &set).unwrap(), keys);
+        // Letters or names, in any order and repeated: the set's order, once each.
+        assert_eq!(
+            parse_states("r,b,belief", &set).unwrap(),
+            vec!["belief".to_string(), "response".to_string()]
+        );
+        let err = parse_states("s,q", &set).unwrap_err();
+        assert_eq!(
+            err,
+            "unknown state 'q' (expected s,e,b,v,g,c,r, their full names, or all)"
+        );
+        assert_eq!(parse_states(" , ", &set).unwrap_err(), "no states given");
+    }
 }
