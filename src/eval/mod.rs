@@ -421,9 +421,8 @@ pub fn run(
         progress(Progress::Loading {
             checkpoint: name.clone(),
         });
-        // The simulator's own errors are untyped (anyhow): its first line is the message.
-        let simulator = sim::Simulator::open(spec_name, checkpoints_root, &LoadOptions::default())
-            .map_err(|e| Error::Msg(e.to_string()))?;
+        let simulator =
+            sim::Simulator::open(spec_name, checkpoints_root, &LoadOptions::default())?;
         let params = SamplingParams {
             n,
             ..spec.sampling.params(set)

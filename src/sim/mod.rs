@@ -41,7 +41,7 @@ impl Simulator {
         spec: &str,
         checkpoints: &std::path::Path,
         opts: &crate::model::weights::LoadOptions,
-    ) -> anyhow::Result<Simulator> {
+    ) -> Result<Simulator> {
         use crate::remote::{Endpoint, EndpointConfig};
         if let Some((url, model)) = Endpoint::parse_spec(spec) {
             // A saved endpoint brings its API-key variable (checkpoints/endpoints.toml).
