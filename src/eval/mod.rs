@@ -85,20 +85,17 @@ pub struct EvalSpec {
     pub out: PathBuf,
 }
 
-/// One line of `samples.jsonl`.
+/// One line of `samples.jsonl`: the simulated sample as the simulator returned it (its fields
+/// at the top level of the line), and what the evaluation measured on it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SampleRecord {
     pub checkpoint: String,
     pub scenario: String,
     pub domain: String,
     pub sample: usize,
-    pub states: BTreeMap<String, String>,
-    pub response: String,
-    pub think: Option<String>,
+    #[serde(flatten)]
+    pub sim: SimSample,
     pub reference: String,
-    pub valid: bool,
-    pub tokens: usize,
-    pub ms: u64,
     /// The judge's score per judged dimension (`response`, and the states in humanlm mode;
     /// `aspect.<dim>` for the six-aspect judge), in [0, 1].
     pub scores: BTreeMap<String, Score>,
@@ -421,8 +418,7 @@ pub fn run(
         progress(Progress::Loading {
             checkpoint: name.clone(),
         });
-        let simulator =
-            sim::Simulator::open(spec_name, checkpoints_root, &LoadOptions::default())?;
+        let simulator = sim::Simulator::open(spec_name, checkpoints_root, &LoadOptions::default())?;
         let params = SamplingParams {
             n,
             ..spec.sampling.params(set)
@@ -568,13 +564,8 @@ fn judge_samples(
             scenario: sc.id.clone(),
             domain: sc.domain.name().to_string(),
             sample: i,
-            states: s.states.clone(),
-            response: s.response.clone(),
-            think: s.think.clone(),
+            sim: s.clone(),
             reference: reference.to_string(),
-            valid: s.valid,
-            tokens: s.tokens,
-            ms: s.ms,
             scores: std::mem::take(&mut scores[i]),
             similarity,
             reply_words: diagnostics::word_count(&s.response),
@@ -663,9 +654,9 @@ pub fn summarise(
             n_scenarios: scenarios.len(),
             metrics,
             diagnostics: Diagnostics {
-                valid_rate: rate(&|r| r.valid),
+                valid_rate: rate(&|r| r.sim.valid),
                 length_ratio: stats::mean(&ratios),
-                distinct_2: diagnostics::distinct_2(mine.iter().map(|r| r.response.as_str())),
+                distinct_2: diagnostics::distinct_2(mine.iter().map(|r| r.sim.response.as_str())),
                 assistant_speak_rate: rate(&|r| r.assistant_speak),
                 context_copy_rate: rate(&|r| r.context_copy),
                 judge_failures: mine

@@ -386,9 +386,12 @@ pub struct SimSample {
     pub response: String,
     pub think: Option<String>,
     pub valid: bool,
+    /// Absent from eval records written before they kept the whole sample.
+    #[serde(default)]
     pub stop_reasons: BTreeMap<String, StopReason>,
     pub tokens: usize,
     pub ms: u64,
+    #[serde(default)]
     pub outputs: BTreeMap<String, Output>,
 }
 

@@ -110,7 +110,9 @@ fn a_run_records_and_applies_every_sampling_field() {
         &mut |_| {},
     )
     .unwrap();
-    assert_eq!(records[0].response, samples[0].response);
+    assert_eq!(records[0].sim.response, samples[0].response);
+    // The record keeps the whole sample: each call's raw output and stop reason too.
+    assert_eq!(records[0].sim.outputs, samples[0].outputs);
     // A different choice of any one field changes the reply, so the equality above is not luck.
     let mut other = opts.clone();
     other.params.repetition_penalty = 1.0;
@@ -211,7 +213,7 @@ fn a_run_writes_its_folder_scores_every_dimension_and_resumes() {
     assert_ne!(redone[0], first);
     let after = eval::read_samples(&samples);
     assert_eq!(after.len(), 4);
-    assert_eq!(after[0].response, records[0].response);
+    assert_eq!(after[0].sim.response, records[0].sim.response);
 
     // A comparison of a run with itself: zero differences, half the wins.
     let cmp = eval::compare(&dir, &dir, 0).unwrap();

@@ -407,7 +407,7 @@ fn draw_drill(f: &mut Frame, area: Rect, d: &RunDetail, sel: usize) {
     let inner = block.inner(detail);
     let w = inner.width as usize;
     let mut lines = vec![];
-    for (k, v) in &r.states {
+    for (k, v) in &r.sim.states {
         let score = r
             .scores
             .get(k)
@@ -419,14 +419,14 @@ fn draw_drill(f: &mut Frame, area: Rect, d: &RunDetail, sel: usize) {
             Span::styled(score, dim()),
         ]));
     }
-    if !r.states.is_empty() {
+    if !r.sim.states.is_empty() {
         lines.push(Line::raw(""));
     }
     lines.push(Line::styled(
         "reply",
         Style::default().fg(ACCENT).add_modifier(Modifier::BOLD),
     ));
-    lines.extend(text::wrap(&r.response, w).into_iter().map(Line::raw));
+    lines.extend(text::wrap(&r.sim.response, w).into_iter().map(Line::raw));
     lines.push(Line::raw(""));
     lines.push(Line::styled(
         "real reply",
@@ -446,14 +446,14 @@ fn draw_drill(f: &mut Frame, area: Rect, d: &RunDetail, sel: usize) {
     lines.push(Line::styled(
         format!(
             "{} · {} · {} tokens · {} ms{}{}",
-            if r.valid {
+            if r.sim.valid {
                 "valid format"
             } else {
                 "invalid format"
             },
             sims.join(" · "),
-            r.tokens,
-            r.ms,
+            r.sim.tokens,
+            r.sim.ms,
             if r.assistant_speak {
                 " · assistant-speak"
             } else {
