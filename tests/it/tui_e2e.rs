@@ -12,14 +12,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "opinion-gym-etiquette-06";
-const DIMENSIONS: [&str; 6] = [
-    "stance",
-    "emotion",
-    "belief",
-    "value",
-    "goal",
-    "communication",
-];
 
 /// A tmux server of our own, killed when dropped (also when an assertion fails).
 struct Tmux {
@@ -155,6 +147,18 @@ fn workbench_end_to_end() {
         .scenario
         .title;
     let title_start: String = title.chars().take(18).collect();
+    // The cards the workbench shows: the states of the set the default checkpoint uses.
+    let ckpt =
+        humanlm::model::Checkpoint::resolve("smollm2-135m-instruct", &root.join("checkpoints"))
+            .expect("the default checkpoint resolves");
+    let set_name = humanlm::prompts::set_for(None, ckpt.default_prompt_set().unwrap());
+    let dimensions: Vec<String> =
+        humanlm::prompts::PromptSet::load(&set_name, &root.join("prompts"))
+            .expect("the default checkpoint's prompt set loads")
+            .dimensions()
+            .map(|d| d.key.clone())
+            .collect();
+    assert!(!dimensions.is_empty());
 
     let t = Tmux::start(100, 30);
     t.wait("the shell's prompt", Duration::from_secs(10), |s| {
@@ -194,11 +198,11 @@ fn workbench_end_to_end() {
         Duration::from_secs(240),
         |s| {
             saw_streaming |= s.contains("generating") && s.contains("tok/s");
-            s.contains("✓ done") && DIMENSIONS.iter().all(|d| filled(s, d))
+            s.contains("✓ done") && dimensions.iter().all(|d| filled(s, d))
         },
     );
     assert!(saw_streaming, "the status bar never showed the generation");
-    for d in DIMENSIONS {
+    for d in &dimensions {
         assert!(filled(&screen, d), "card {d} is empty:\n{screen}");
     }
     assert!(screen.contains(SCENARIO), "{screen}");
