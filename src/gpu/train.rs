@@ -8,9 +8,9 @@
 //! benchmark does.
 
 use super::check::GpuCheckArgs;
+use crate::model::lora_params::{LoraParams, LoraShape};
 use crate::model::{Decoder, Ops};
 use crate::train::optim::{self, AdamW, AdamWParams};
-use crate::train::{LoraParams, LoraShape};
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};

@@ -25,7 +25,6 @@ pub mod reward;
 pub mod run;
 pub mod sft;
 
-pub use crate::model::lora_params::{LoraParams, LoraShape};
 pub use config::{default_alpha, Data, Method, TrainConfig};
 pub use error::{Error, Result};
 pub use events::{push_event, read_events, RewardStats, RolloutSample, StepEvent, TrainEvent};

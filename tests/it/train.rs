@@ -4,12 +4,11 @@
 use crate::common;
 
 use candle_core::{DType, Tensor, Var};
+use humanlm::model::lora_params::LoraParams;
 use humanlm::model::weights::LoadOptions;
 use humanlm::model::Checkpoint;
 use humanlm::train::reward::RewardSpec;
-use humanlm::train::{
-    run, sft_loss, Data, Example, GrpoParams, LoraParams, Method, TrainConfig, TrainEvent,
-};
+use humanlm::train::{run, sft_loss, Data, Example, GrpoParams, Method, TrainConfig, TrainEvent};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
