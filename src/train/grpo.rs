@@ -16,7 +16,7 @@ use super::{Error, Result, RewardStats, RolloutSample, StepEvent, TrainEvent, Tr
 use crate::generate::{self, SamplingParams, StopReason};
 use crate::model::Model;
 use crate::prompts::PromptSet;
-use crate::sim::{self, parse, Mode};
+use crate::sim::{self, parse, CallKind, Mode};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -151,17 +151,12 @@ pub fn grpo_examples(
 
 /// What the strict format yields for a rollout: the state's value or the reply, or `None`.
 pub fn parse_rollout(ex: &GrpoExample, full: &str) -> Option<String> {
-    match ex.state.as_str() {
-        "response" => {
-            let ok = if ex.thinking {
-                parse::strict_thinking(full, &["response"])
-            } else {
-                parse::strict(full, &["response"])
-            };
-            ok.map(|v| v.into_iter().next().unwrap_or_default())
-        }
-        key => parse::strict(full, &[key]).map(|v| v.into_iter().next().unwrap_or_default()),
-    }
+    let key = ex.state.as_str();
+    let values = match CallKind::of(key) {
+        CallKind::Response if ex.thinking => parse::strict_thinking(full, &[key]),
+        _ => parse::strict(full, &[key]),
+    };
+    values.map(|v| v.into_iter().next().unwrap_or_default())
 }
 
 /// One sampled continuation, ready for the loss.
