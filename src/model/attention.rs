@@ -59,7 +59,8 @@ static HAS_F16C: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
 fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if *HAS_F16C && q.len() % 8 == 0 {
-        // SAFETY: features checked above; both slices hold q.len() elements.
+        // SAFETY: features checked above; q.len() is a multiple of 8 and both slices hold
+        // q.len() elements (one head of hd values each).
         return unsafe { simd::dot_f16(q, k) };
     }
     q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum()
@@ -68,7 +69,8 @@ fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
 fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
     #[cfg(target_arch = "x86_64")]
     if *HAS_F16C && out.len() % 8 == 0 {
-        // SAFETY: features checked above; both slices hold out.len() elements.
+        // SAFETY: features checked above; out.len() is a multiple of 8 and both slices hold
+        // out.len() elements (one head of hd values each).
         return unsafe { simd::axpy_f16(out, w, v) };
     }
     for (a, b) in out.iter_mut().zip(v) {
@@ -81,25 +83,46 @@ mod simd {
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// Σ q·k over q.len() elements.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; q.len() is a multiple of 8 and k holds at least
+    /// q.len() elements.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for i in (0..q.len()).step_by(8) {
-            let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i) as *const __m128i));
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), kv, acc);
+            // SAFETY: i + 8 ≤ q.len() ≤ k.len() (the caller's contract), so the 8 elements at i
+            // lie inside both slices.
+            let (kv, qv) = unsafe {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i) as *const __m128i)),
+                    _mm256_loadu_ps(q.as_ptr().add(i)),
+                )
+            };
+            acc = _mm256_fmadd_ps(qv, kv, acc);
         }
         let s = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 
+    /// out += w · v over out.len() elements.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; out.len() is a multiple of 8 and v holds at least
+    /// out.len() elements.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
         let wv = _mm256_set1_ps(w);
         for i in (0..out.len()).step_by(8) {
-            let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i) as *const __m128i));
-            let o = out.as_mut_ptr().add(i);
-            _mm256_storeu_ps(o, _mm256_fmadd_ps(wv, x, _mm256_loadu_ps(o)));
+            // SAFETY: i + 8 ≤ out.len() ≤ v.len() (the caller's contract), so the 8 elements at
+            // i lie inside both slices; `out` is borrowed mutably, so nothing else aliases them.
+            unsafe {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i) as *const __m128i));
+                let o = out.as_mut_ptr().add(i);
+                _mm256_storeu_ps(o, _mm256_fmadd_ps(wv, x, _mm256_loadu_ps(o)));
+            }
         }
     }
 }

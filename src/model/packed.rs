@@ -206,7 +206,9 @@ impl Packed {
                     let mut res = [0f32; 4];
                     self.dot_rows(wrows.start + r, &act, i, take, &mut res);
                     for (j, v) in res.iter().take(take).enumerate() {
-                        // SAFETY: (i + j, r) is written by exactly one task (weight row r).
+                        // SAFETY: i + j < rows and r < n, so the offset lies inside `out`
+                        // (rows · n, alive until the loop ends); (i + j, r) is written by
+                        // exactly one task (weight row r).
                         unsafe { *p.0.add((i + j) * n + r) = *v };
                     }
                     i += take;
@@ -232,8 +234,9 @@ impl Packed {
         #[cfg(target_arch = "x86_64")]
         {
             if *HAS_AVX2 {
-                // SAFETY: AVX2 and FMA are present (checked at run time); slices are in bounds
-                // by construction (bpr blocks per row, 16 or 32 bytes per block).
+                // SAFETY: AVX2, FMA and F16C are present (checked at run time); the slices hold
+                // bpr blocks (16 or 32 bytes each), `act` was quantized from all `rows` rows of
+                // k = bpr · 32 and first + count ≤ rows with count ≤ 4, as the kernels require.
                 unsafe {
                     if self.is_q8() {
                         avx2::q8_0_rows(
@@ -351,6 +354,10 @@ mod avx2 {
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// Σ of the 8 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -366,6 +373,11 @@ mod avx2 {
     ///
     /// Two accumulators per row (even and odd blocks) break the FMA latency chain; the offset
     /// term Σ m_w·s_x is a plain dot product over blocks, done after the loop.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `wd` and `wm` hold `bpr` scales, `wq` holds
+    /// `bpr · 16` bytes, `act` holds whole rows of `bpr` blocks with rows `first..first + count`
+    /// among them, and `count ≤ 4`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q4_rows(
@@ -383,24 +395,34 @@ mod avx2 {
         let mut acc0 = [_mm256_setzero_ps(); 4];
         let mut acc1 = [_mm256_setzero_ps(); 4];
         let expand = |b: usize| {
-            let q = _mm_loadu_si128(wq.as_ptr().add(b * 16) as *const __m128i);
+            // SAFETY: b < bpr, so the 16 bytes at b · 16 lie inside `wq` (bpr · 16 bytes).
+            let q = unsafe { _mm_loadu_si128(wq.as_ptr().add(b * 16) as *const __m128i) };
             let lo = _mm_and_si128(q, low);
             let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
             _mm256_set_m128i(hi, lo)
         };
         let term = |w: __m256i, b: usize, xb: usize| {
-            let x = _mm256_loadu_si256(act.q.as_ptr().add(xb * 32) as *const __m256i);
+            // SAFETY: xb = row · bpr + b for a row of `act` and b < bpr, so block xb (its 32
+            // bytes in `act.q`, its scale in `act.d`) and scale b of `wd` exist.
+            let (x, scale) = unsafe {
+                (
+                    _mm256_loadu_si256(act.q.as_ptr().add(xb * 32) as *const __m256i),
+                    wd.get_unchecked(b).to_f32() * *act.d.get_unchecked(xb),
+                )
+            };
             let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
-            (
-                _mm256_cvtepi32_ps(p),
-                _mm256_set1_ps(wd.get_unchecked(b).to_f32() * *act.d.get_unchecked(xb)),
-            )
+            (_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale))
         };
         let mut b = 0;
         while b + 1 < bpr {
             // The next rows follow this one in memory: fetch ahead, since the hardware
             // prefetchers alone leave a core streaming at a few GB/s here.
-            _mm_prefetch(wq.as_ptr().add(b * 16 + PREFETCH) as *const i8, _MM_HINT_T0);
+            // A prefetch never faults, so the address may run past the end of `wq`: `wrapping_add`
+            // computes it without `add`'s in-bounds requirement.
+            _mm_prefetch(
+                wq.as_ptr().wrapping_add(b * 16 + PREFETCH) as *const i8,
+                _MM_HINT_T0,
+            );
             let w0 = expand(b);
             let w1 = expand(b + 1);
             for j in 0..count {
@@ -422,22 +444,33 @@ mod avx2 {
         }
         for j in 0..count {
             let xs = &act.s[(first + j) * bpr..(first + j + 1) * bpr];
-            out[j] = hsum(_mm256_add_ps(acc0[j], acc1[j])) + dot8(wm, xs);
+            // SAFETY: this function's own target features are the ones hsum and dot8 need.
+            out[j] = unsafe { hsum(_mm256_add_ps(acc0[j], acc1[j])) + dot8(wm, xs) };
         }
     }
 
     /// Σ a·b (a in f16) with 8-lane FMAs.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot8(a: &[f16], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
         while i + 8 <= n {
-            let av = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
-            acc = _mm256_fmadd_ps(av, _mm256_loadu_ps(b.as_ptr().add(i)), acc);
+            // SAFETY: i + 8 ≤ n ≤ both lengths, so the 8 elements at i lie inside `a` and `b`.
+            let (av, bv) = unsafe {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                )
+            };
+            acc = _mm256_fmadd_ps(av, bv, acc);
             i += 8;
         }
-        let mut s = hsum(acc);
+        // SAFETY: this function's own target features are the ones hsum needs.
+        let mut s = unsafe { hsum(acc) };
         while i < n {
             s += a[i].to_f32() * b[i];
             i += 1;
@@ -449,6 +482,11 @@ mod avx2 {
     const PREFETCH: usize = 1024;
 
     /// Q8_0 weight row against up to 4 activation rows.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `wd` holds `bpr` scales, `wq` holds `bpr · 32`
+    /// bytes, `act` holds whole rows of `bpr` blocks with rows `first..first + count` among them,
+    /// and `count ≤ 4`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q8_0_rows(
         bpr: usize,
@@ -462,21 +500,34 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 4];
         for b in 0..bpr {
-            _mm_prefetch(wq.as_ptr().add(b * 32 + PREFETCH) as *const i8, _MM_HINT_T0);
-            let w = _mm256_loadu_si256(wq.as_ptr().add(b * 32) as *const __m256i);
+            // As in q4_rows: the prefetch address may run past `wq`, hence `wrapping_add`.
+            _mm_prefetch(
+                wq.as_ptr().wrapping_add(b * 32 + PREFETCH) as *const i8,
+                _MM_HINT_T0,
+            );
+            // SAFETY: b < bpr, so the 32 bytes at b · 32 lie inside `wq` (bpr · 32 bytes).
+            let w = unsafe { _mm256_loadu_si256(wq.as_ptr().add(b * 32) as *const __m256i) };
             // maddubs needs an unsigned operand: |w| against x with w's sign moved onto it.
             let wabs = _mm256_sign_epi8(w, w);
             for j in 0..count {
                 let xb = (first + j) * bpr + b;
-                let x = _mm256_loadu_si256(act.q.as_ptr().add(xb * 32) as *const __m256i);
+                // SAFETY: xb = row · bpr + b for a row of `act` and b < bpr, so block xb (its 32
+                // bytes in `act.q`, its scale in `act.d`) and scale b of `wd` exist.
+                let (x, d) = unsafe {
+                    (
+                        _mm256_loadu_si256(act.q.as_ptr().add(xb * 32) as *const __m256i),
+                        wd.get_unchecked(b).to_f32() * *act.d.get_unchecked(xb),
+                    )
+                };
                 let xs = _mm256_sign_epi8(x, w);
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, xs), ones);
-                let scale = _mm256_set1_ps(wd.get_unchecked(b).to_f32() * *act.d.get_unchecked(xb));
+                let scale = _mm256_set1_ps(d);
                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[j]);
             }
         }
         for j in 0..count {
-            out[j] = hsum(acc[j]);
+            // SAFETY: this function's own target features are the ones hsum needs.
+            out[j] = unsafe { hsum(acc[j]) };
         }
     }
 }

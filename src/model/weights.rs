@@ -207,8 +207,9 @@ impl Store {
             Store::Safetensors { paths, .. } => {
                 if paths.len() > 1 {
                     for p in paths {
-                        // SAFETY: read-only map; used only to find the owning shard for a message.
                         if let Ok(one) =
+                            // SAFETY: read-only map; used only to find the owning shard for a
+                            // message.
                             unsafe { candle_core::safetensors::MmapedSafetensors::new(p) }
                         {
                             if one.get(name).is_ok() {

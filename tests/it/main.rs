@@ -2,6 +2,9 @@
 //! once per file. Each module is one area of the workbench; `common` holds what they share.
 //! Timings, the budget and the test groups are in `tests/README.md` and `.config/nextest.toml`.
 
+// Helpers shared by the tests unwrap too: in a test, the panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 // The allocator the binary runs on (src/main.rs), so model and training tests run as users'
 // commands do: with glibc's, every large training buffer is page-faulted back in, and a full
 // fine-tuning step takes twice as long.
