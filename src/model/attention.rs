@@ -58,7 +58,7 @@ static HAS_F16C: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
 
 fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if *HAS_F16C && q.len() % 8 == 0 {
+    if *HAS_F16C && q.len().is_multiple_of(8) {
         // SAFETY: features checked above; q.len() is a multiple of 8 and both slices hold
         // q.len() elements (one head of hd values each).
         return unsafe { simd::dot_f16(q, k) };
@@ -68,7 +68,7 @@ fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
 
 fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
     #[cfg(target_arch = "x86_64")]
-    if *HAS_F16C && out.len() % 8 == 0 {
+    if *HAS_F16C && out.len().is_multiple_of(8) {
         // SAFETY: features checked above; out.len() is a multiple of 8 and both slices hold
         // out.len() elements (one head of hd values each).
         return unsafe { simd::axpy_f16(out, w, v) };

@@ -310,7 +310,7 @@ impl ModelConfig {
                 return Err(Error::file(path, format!("'{name}' must be positive")));
             }
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::file(
                 path,
                 format!(

@@ -292,7 +292,7 @@ impl Trainer {
         self.events.flush()?;
         on_event(TrainEvent::Step(&ev));
         let every = self.cfg.save_every;
-        if ev.step == ev.steps || (every > 0 && ev.step % every == 0) {
+        if ev.step == ev.steps || (every > 0 && ev.step.is_multiple_of(every)) {
             let dir = self.save(ev.step)?;
             on_event(TrainEvent::Saved(&dir));
         }
