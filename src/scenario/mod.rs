@@ -108,7 +108,11 @@ pub struct Demographics {
 pub struct Persona {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "demographics_table"
+    )]
     pub demographics: Option<Demographics>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interests: Vec<String>,
@@ -118,6 +122,30 @@ pub struct Persona {
     pub communication: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statistics: Vec<String>,
+}
+
+/// Demographics only as a table: serde would also take a list and assign its items to the
+/// fields in declaration order, silently making `["male", "30s"]` a gender of "30s".
+fn demographics_table<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Demographics>, D::Error> {
+    struct Table;
+    impl<'de> serde::de::Visitor<'de> for Table {
+        type Value = Demographics;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(
+                "a table (age_group, gender, location, occupation, nationality, other) for \
+                 persona.demographics",
+            )
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            map: A,
+        ) -> std::result::Result<Demographics, A::Error> {
+            Demographics::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(Table).map(Some)
 }
 
 impl Persona {

@@ -77,6 +77,28 @@ fn unknown_fields_and_mixed_personas_are_refused() {
     );
 }
 
+/// Demographics are a table; a list is refused with the field named, not assigned to the fields
+/// in order.
+#[test]
+fn demographics_as_a_list_are_refused() {
+    let table = GOOD.replace(
+        "interests = [\"testing\"]",
+        "interests = [\"testing\"]\ndemographics = { age_group = \"25-34\", gender = \"male\" }",
+    );
+    let p = Scenario::from_toml(&table, Path::new("x.toml"))
+        .unwrap()
+        .persona
+        .unwrap();
+    assert_eq!(p.demographics.unwrap().gender.as_deref(), Some("male"));
+    let e = err_of(&GOOD.replace(
+        "interests = [\"testing\"]",
+        "interests = [\"testing\"]\ndemographics = [\"25-34\", \"male\"]",
+    ));
+    assert!(e.contains("persona.demographics"), "{e}");
+    assert!(e.contains("x.toml") || e.contains("line"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+}
+
 #[test]
 fn missing_persona_is_allowed() {
     let text = GOOD.replace("[persona]\ninterests = [\"testing\"]\n", "");
