@@ -222,6 +222,166 @@ fn slug(s: &str, max: usize) -> String {
     out.trim_end_matches('-').to_string()
 }
 
+/// Who wrote a thread turn, as the HumanLM recipe reads it for each HUMANUAL dataset (its
+/// `get_message_usr_id`): the turn's `role` holds the author id (a post author, a commenter, a
+/// store, a video title, a hashed user id, a model, a sender), and some datasets name the author
+/// in the turn's metadata instead. A turn by the row's `user_id` is the simulated person.
+/// Rows in the older `user`/`assistant` layout fall back to the author-like metadata fields.
+fn dataset_author(domain: Domain, msg: &Value, meta: &Value, role: &str) -> Option<String> {
+    let text = |v: Option<&Value>| {
+        v.and_then(text_of)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let named_role = (!role.is_empty() && role != "user").then(|| role.to_string());
+    match domain {
+        // Reddit: the metadata's author.
+        Domain::Opinion => text(meta.get("author")).or(named_role),
+        // Amazon: the item's store.
+        Domain::Book => text(meta.get("store"))
+            .or(named_role)
+            .map(|s| format!("Amazon store: {s}")),
+        // YouTube: the video's channel, or the commenter's display name.
+        Domain::News => {
+            let kind = text(meta.get("kind")).unwrap_or_default();
+            let snippet = meta.get("snippet");
+            if kind.contains("#video") {
+                text(snippet.and_then(|s| s.get("channelTitle")))
+            } else if kind.contains("#comment") {
+                text(snippet.and_then(|s| s.get("authorDisplayName")))
+            } else {
+                None
+            }
+            .or(named_role)
+        }
+        // Medium, Enron (and chat, handled by the caller): the role itself.
+        _ => named_role,
+    }
+    .or_else(|| author_of(msg))
+}
+
+/// A turn's text as the recipe renders it for the dataset (its `get_message_content`): a YouTube
+/// video as its title, description and transcript; an Amazon item as its sheet; a Medium
+/// article without its leading `POLITICS` line; everything else as written.
+fn dataset_content(
+    domain: Domain,
+    meta: &Value,
+    content: String,
+) -> std::result::Result<String, String> {
+    let field = |k: &str| meta.get(k).and_then(text_of).unwrap_or_default();
+    match domain {
+        Domain::News if field("kind").contains("#video") => Ok(format!(
+            "- Title: {}\n\n- Description: {}\n\n- Transcript: {}",
+            field("title"),
+            field("description"),
+            field("transcript")
+        )),
+        Domain::Book if meta.get("categories").is_some() => item_sheet(meta),
+        Domain::Politics => Ok(content
+            .strip_prefix("POLITICS\n\n")
+            .map(str::to_string)
+            .unwrap_or(content)),
+        _ => Ok(content),
+    }
+}
+
+/// An Amazon item's sheet from its metadata: category path, title, subtitle, price, the author
+/// (with their about text) when there is one, description, features and details.
+fn item_sheet(meta: &Value) -> std::result::Result<String, String> {
+    let field = |k: &str| {
+        meta.get(k)
+            .and_then(text_of)
+            .unwrap_or_else(|| "None".into())
+    };
+    let list = |k: &str| -> std::result::Result<Vec<String>, String> {
+        match meta.get(k).map(unstring) {
+            Some(Value::Array(a)) => Ok(a.iter().filter_map(text_of).collect()),
+            _ => Err(format!("the item's `{k}` is not a list")),
+        }
+    };
+    // `details` and `author` are Python-literal strings in the published rows, or JSON already.
+    let table = |k: &str| {
+        meta.get(k).map(|v| match v {
+            Value::String(s) => python_literal(s),
+            other => other.clone(),
+        })
+    };
+    let mut out = format!(
+        "- Category: {}\n- Title: {}\n- Subtitle: {}\n- Price: {}\n",
+        list("categories")?.join("->"),
+        field("title"),
+        field("subtitle"),
+        field("price")
+    );
+    if let Some(Value::Object(author)) = table("author") {
+        let name = author.get("name").and_then(text_of).unwrap_or_default();
+        out.push_str(&format!("- Author: {name}\n"));
+        if let Some(about) = author.get("about") {
+            let about: Vec<String> = match about {
+                Value::Array(a) => a.iter().filter_map(text_of).collect(),
+                v => text_of(v).into_iter().collect(),
+            };
+            out.push_str(&format!("  {}\n", about.join(" ")));
+        }
+    }
+    let details = match table("details") {
+        Some(Value::Object(d)) => d,
+        _ => return Err("the item's `details` is not a table".into()),
+    };
+    let details: Vec<String> = details
+        .iter()
+        .map(|(k, v)| format!("  {k}: {}", text_of(v).unwrap_or_default()))
+        .collect();
+    out.push_str(&format!(
+        "- Description: {}\n- Features:\n{}\n- Details:\n{}",
+        list("description")?.join(" "),
+        list("features")?.join(" "),
+        details.join("\n")
+    ));
+    Ok(out)
+}
+
+/// A Python literal (`{'a': 'b'}`, as `str(dict)` writes it) read as JSON, as far as simple
+/// dicts, lists, strings, numbers, `None`, `True` and `False` go; the text itself otherwise.
+fn python_literal(s: &str) -> Value {
+    if let Ok(v) = serde_json::from_str(s) {
+        return v;
+    }
+    let mut json = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                json.push('"');
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            if let Some(e) = chars.next() {
+                                if e == '\'' {
+                                    json.push('\'');
+                                } else {
+                                    json.push('\\');
+                                    json.push(e);
+                                }
+                            }
+                        }
+                        '"' if c == '\'' => json.push_str("\\\""),
+                        d if d == c => break,
+                        d => json.push(d),
+                    }
+                }
+                json.push('"');
+            }
+            _ => json.push(c),
+        }
+    }
+    let json = json
+        .replace(": None", ": null")
+        .replace(": True", ": true")
+        .replace(": False", ": false");
+    serde_json::from_str(&json).unwrap_or_else(|_| Value::String(s.to_string()))
+}
+
 /// Convert one row; `Err` says why the row cannot become a scenario.
 pub fn row_to_scenario(row: &Row, domain: Domain) -> std::result::Result<Scenario, String> {
     let v = &row.value;
@@ -242,38 +402,45 @@ pub fn row_to_scenario(row: &Row, domain: Domain) -> std::result::Result<Scenari
     let mut turns = vec![];
     for (i, m) in messages.iter().enumerate() {
         let m = unstring(m);
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-        let Some(text) = m.get("content").and_then(text_of) else {
+        let role = m.get("role").and_then(text_of).unwrap_or_default();
+        if role == "system" {
+            continue; // a system message is not a thread turn
+        }
+        let meta = m.get("metadata").map(unstring).unwrap_or(Value::Null);
+        let Some(content) = m.get("content").and_then(text_of) else {
             return Err(format!("prompt[{i}] has no `content`"));
         };
+        let text =
+            dataset_content(domain, &meta, content).map_err(|e| format!("prompt[{i}]: {e}"))?;
         if text.trim().is_empty() {
             continue;
         }
-        let turn = match role {
-            "assistant" => Turn {
-                author: author_of(&m).unwrap_or_else(|| "assistant".into()),
-                text,
-                role: Role::Assistant,
-            },
-            "user" => Turn {
-                author: author_of(&m).unwrap_or_else(|| {
-                    // Chat rows (WildChat) have unnamed user turns: the person themself.
-                    if domain == Domain::Chat {
-                        target_author.clone()
-                    } else if i == 0 {
-                        "original_poster".into()
-                    } else {
-                        format!("commenter_{i}")
-                    }
-                }),
-                text,
-                role: Role::User,
-            },
-            // A system message is not a thread turn.
-            "system" => continue,
-            other => return Err(format!("prompt[{i}] has unknown role '{other}'")),
+        // Chat rows: the assistant is the turn whose role names a GPT model (or says
+        // `assistant`); every other turn is the person themself.
+        let assistant =
+            role == "assistant" || (domain == Domain::Chat && role.to_lowercase().contains("gpt"));
+        let author = if assistant {
+            role.clone()
+        } else if domain == Domain::Chat {
+            target_author.clone()
+        } else {
+            dataset_author(domain, &m, &meta, &role).unwrap_or_else(|| {
+                if i == 0 {
+                    "original_poster".into()
+                } else {
+                    format!("commenter_{i}")
+                }
+            })
         };
-        turns.push(turn);
+        turns.push(Turn {
+            author,
+            text,
+            role: if assistant {
+                Role::Assistant
+            } else {
+                Role::User
+            },
+        });
     }
     if turns.is_empty() {
         return Err("empty thread".into());

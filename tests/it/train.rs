@@ -789,7 +789,7 @@ fn sft_from_a_humanual_file() {
     );
     assert!(run.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("3 training examples; skipped 2"),
+        stdout.contains("4 training examples; skipped 1"),
         "{stdout}"
     );
     assert!(out.path().join("a/adapter_model.safetensors").is_file());
