@@ -183,7 +183,10 @@ fn persona_of(v: Option<&Value>) -> Option<Persona> {
                         .filter(|s| !s.is_empty())
                 };
                 let demo = Demographics {
-                    age_group: f("age_group").or_else(|| f("age")),
+                    // The published personas write `age group`.
+                    age_group: f("age group")
+                        .or_else(|| f("age_group"))
+                        .or_else(|| f("age")),
                     gender: f("gender"),
                     location: f("location"),
                     occupation: f("occupation"),

@@ -272,7 +272,15 @@ fn published_rows_of_every_dataset_import_as_the_recipe_reads_them() {
         ["ward_nurse_k", "night_owl_22", "ward_nurse_k"]
     );
     assert_eq!(sc[0].target.author, "night_owl_22");
-    assert!(sc[0].persona.as_ref().unwrap().demographics.is_some());
+    let demographics = sc[0]
+        .persona
+        .as_ref()
+        .unwrap()
+        .demographics
+        .clone()
+        .unwrap();
+    assert_eq!(demographics.age_group.as_deref(), Some("25-34"));
+    assert_eq!(demographics.occupation.as_deref(), Some("nurse"));
 
     // Amazon: the store, and the item sheet built from the item's metadata.
     assert_eq!(authors(&sc[1]), ["Amazon store: Penguin Classics"]);
