@@ -97,8 +97,7 @@ pub(super) fn eval_cmd(root: &std::path::Path, a: EvalArgs) -> anyhow::Result<()
     writeln!(out, "run {}", dir.display())?;
     for c in &summary.checkpoints {
         writeln!(out, "\n{} · {} scenarios", c.checkpoint, c.n_scenarios)?;
-        let mut keys: Vec<&String> = c.metrics.keys().collect();
-        keys.sort_by_key(|k| crate::eval::metric_order(k, &c.dimensions));
+        let keys = crate::eval::metrics_in_order(&c.metrics, &c.dimensions);
         for k in keys {
             let m = &c.metrics[k];
             writeln!(
@@ -177,8 +176,7 @@ pub(super) fn compare_cmd(
         "{:<22} {:>7} {:>7} {:>8}  {:<16} {:>6}  {:>5}",
         "METRIC", "A", "B", "B−A", "95% CI", "B WINS", "N"
     )?;
-    let mut keys: Vec<&String> = c.metrics.keys().collect();
-    keys.sort_by_key(|k| crate::eval::metric_order(k, &c.dimensions));
+    let keys = crate::eval::metrics_in_order(&c.metrics, &c.dimensions);
     for k in keys {
         let m = &c.metrics[k];
         writeln!(

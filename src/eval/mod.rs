@@ -175,18 +175,36 @@ const EMBEDDING: &str = "embedding";
 const ROUGE_L: &str = "rouge_l";
 const TOKEN_F1: &str = "token_f1";
 
-/// The sort key of a metric in tables: the judged dimensions in the prompt set's order
+/// What a metric is: a judged dimension, a similarity measure (by its place in [`SIMILARITY`])
+/// or one of the six-aspect judge's `aspect.*`, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum MetricGroup {
+    Dimension,
+    Similarity(usize),
+    Aspect,
+}
+
+fn metric_group(name: &str) -> MetricGroup {
+    match SIMILARITY.iter().position(|x| *x == name) {
+        Some(i) => MetricGroup::Similarity(i),
+        None if name.starts_with("aspect.") => MetricGroup::Aspect,
+        None => MetricGroup::Dimension,
+    }
+}
+
+/// The names of `metrics` in table order: the judged dimensions in the prompt set's order
 /// (`dimensions`, as a summary records them; others after, by name), then the similarity
-/// measures, then the six-aspect judge's `aspect.*`.
-pub fn metric_order<'a>(name: &'a str, dimensions: &[String]) -> (usize, usize, &'a str) {
-    if let Some(i) = SIMILARITY.iter().position(|x| *x == name) {
-        return (1, i, name);
-    }
-    if name.starts_with("aspect.") {
-        return (2, 0, name);
-    }
-    let i = dimensions.iter().position(|d| d == name);
-    (0, i.unwrap_or(dimensions.len()), name)
+/// measures, then the aspects.
+pub fn metrics_in_order<'a, V>(
+    metrics: &'a BTreeMap<String, V>,
+    dimensions: &[String],
+) -> Vec<&'a String> {
+    let mut keys: Vec<&String> = metrics.keys().collect();
+    keys.sort_by_key(|k| {
+        let at = dimensions.iter().position(|d| d == *k);
+        (metric_group(k), at.unwrap_or(dimensions.len()), k.as_str())
+    });
+    keys
 }
 
 impl CheckpointSummary {
@@ -198,7 +216,7 @@ impl CheckpointSummary {
         }
         self.metrics
             .keys()
-            .filter(|k| !SIMILARITY.contains(&k.as_str()) && !k.starts_with("aspect."))
+            .filter(|k| metric_group(k) == MetricGroup::Dimension)
             .cloned()
             .collect()
     }
@@ -514,10 +532,10 @@ fn judge_samples(
                 .map(|(t, s)| Item {
                     text: t,
                     valid: if dim.key == RESPONSE {
-                        sim::REPLY_CALLS
+                        s.outputs
                             .iter()
-                            .find_map(|c| s.outputs.get(*c))
-                            .is_none_or(|o| o.valid)
+                            .find(|(c, _)| sim::CallKind::of(c).writes_reply())
+                            .is_none_or(|(_, o)| o.valid)
                     } else {
                         s.outputs.get(&dim.key).is_none_or(|o| o.valid)
                     },

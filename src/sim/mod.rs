@@ -320,11 +320,6 @@ impl<'a> CallKind<'a> {
     }
 }
 
-/// The calls that can hold a sample's reply (or a state, for the joint one), in the order to
-/// look for them: a state or the reply has its own call in `humanlm` mode, or is inside the
-/// joint output.
-pub const REPLY_CALLS: [&str; 2] = [RESPONSE, JOINT];
-
 /// One generation call of a simulation: a state, the reply, or the joint output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Call {

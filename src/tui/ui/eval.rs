@@ -255,8 +255,7 @@ fn draw_detail(f: &mut Frame, app: &App, area: Rect) {
         Layout::horizontal([Constraint::Percentage(52), Constraint::Percentage(48)]).areas(main);
 
     // Metrics with intervals and the change since the previous run.
-    let mut keys: Vec<&String> = cur.metrics.keys().collect();
-    keys.sort_by_key(|k| crate::eval::metric_order(k, &cur.dimensions));
+    let keys = crate::eval::metrics_in_order(&cur.metrics, &cur.dimensions);
     let rows: Vec<Row> = keys
         .iter()
         .map(|k| {
