@@ -375,13 +375,23 @@ fn python_literal(s: &str) -> Value {
                 }
                 json.push('"');
             }
+            c if c.is_ascii_alphabetic() => {
+                // A bare word outside strings: Python's constants.
+                let mut word = String::from(c);
+                while let Some(&d) = chars.peek().filter(|d| d.is_ascii_alphanumeric()) {
+                    word.push(d);
+                    chars.next();
+                }
+                json.push_str(match word.as_str() {
+                    "None" => "null",
+                    "True" => "true",
+                    "False" => "false",
+                    other => other,
+                });
+            }
             _ => json.push(c),
         }
     }
-    let json = json
-        .replace(": None", ": null")
-        .replace(": True", ": true")
-        .replace(": False", ": false");
     serde_json::from_str(&json).unwrap_or_else(|_| Value::String(s.to_string()))
 }
 
@@ -569,4 +579,25 @@ pub fn import(
         report.written.push(path);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_literals_read_as_json() {
+        let v = python_literal(
+            r#"{'a': None, 'b': 'Say "None": True', 'c': [1, False], 'd': 'it\'s'}"#,
+        );
+        assert_eq!(
+            v,
+            serde_json::json!({"a": null, "b": "Say \"None\": True", "c": [1, false], "d": "it's"})
+        );
+        // Not a literal it understands: the text itself.
+        assert_eq!(
+            python_literal("{'a': b'x'"),
+            Value::String("{'a': b'x'".into())
+        );
+    }
 }
