@@ -7,6 +7,7 @@ mod eval;
 mod export;
 mod generate;
 mod gpu;
+mod prompts;
 mod scenarios;
 mod serve;
 mod simulate;
@@ -78,6 +79,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List prompt sets, or import one from the HumanLM recipe's files.
+    #[command(subcommand)]
+    Prompts(prompts::PromptsAction),
     /// List thread scenarios (or `check` them).
     #[command(args_conflicts_with_subcommands = true)]
     Scenarios {
@@ -140,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::ExportDataset(args)) => export::export_dataset_cmd(&root, args),
         Some(Command::Runs { dir, json }) => eval::runs_cmd(&dir, json),
         Some(Command::Compare { run_a, run_b, json }) => eval::compare_cmd(&run_a, &run_b, json),
+        Some(Command::Prompts(action)) => prompts::prompts_cmd(action),
         Some(Command::Scenarios { action, path, json }) => {
             scenarios::scenarios_cmd(action, &path, json)
         }

@@ -26,9 +26,13 @@ pub(super) struct SimulateArgs {
     /// What to do when a thread does not fit the context: refuse, or drop the oldest turns.
     #[arg(long, value_parser = truncate_parser(), default_value = "none")]
     truncate: crate::sim::Truncate,
-    /// Print the exact rendered prompts (special tokens included).
+    /// Print the exact rendered prompts (special tokens included); with --json, every call's
+    /// chat messages, prompt text, thinking flag, stop string and token budget.
     #[arg(long)]
     show_prompt: bool,
+    /// Only render the prompts (as --show-prompt) and generate nothing.
+    #[arg(long)]
+    prompt_only: bool,
     #[arg(long)]
     json: bool,
 }
@@ -110,6 +114,37 @@ pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::R
         params: a.sampling.params(&set),
         truncate: a.truncate,
     };
+    if a.prompt_only {
+        let plan = crate::sim::plan_with(&set, &scenario, &opts, sim.engine())?;
+        let mut stdout = std::io::stdout().lock();
+        if a.json {
+            let v = serde_json::json!({
+                "scenario": scenario.id,
+                "checkpoint": sim.name(),
+                "mode": a.mode,
+                "prompt_set": set.name,
+                "prompt_hash": set.hash,
+                "truncate": a.truncate,
+                "dropped_turns": plan.dropped_turns,
+                "calls": plan.calls,
+            });
+            writeln!(stdout, "{v}")?;
+        } else {
+            for call in &plan.calls {
+                writeln!(
+                    stdout,
+                    "── prompt: {} ({} tokens, budget {}, stop {:?}, thinking {}) ──\n{}",
+                    call.name,
+                    call.prompt_tokens,
+                    call.budget,
+                    call.stop,
+                    call.thinking,
+                    call.prompt
+                )?;
+            }
+        }
+        return Ok(());
+    }
     let stream = !a.json;
     let mut stdout = std::io::stdout().lock();
     let mut io_err: Option<std::io::Error> = None;

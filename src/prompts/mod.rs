@@ -5,8 +5,12 @@
 //! so a misspelt variable fails at load with the file and line rather than producing a prompt
 //! with a hole in it. Every set has a hash over its files; each rendered prompt carries it.
 
+pub mod pyformat;
+pub mod recipe;
+
 use crate::model::chat::ChatTemplate;
 use crate::scenario::Persona;
+use pyformat::PyFormat;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -71,6 +75,37 @@ struct SetFile {
     response_thinking: bool,
     #[serde(default)]
     sampling: SamplingDefaults,
+    /// System prompts written as the HumanLM recipe's Python format strings (a set made by
+    /// `prompts import`), in place of `system.jinja`.
+    #[serde(default)]
+    recipe: Option<RecipeFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipeFile {
+    /// The prompt the recipe stores in every dataset row (all states).
+    dataset_prompt: String,
+    /// Per state, the prompt its StateDataset swaps in for that state's generation.
+    #[serde(default)]
+    state_prompts: std::collections::BTreeMap<String, String>,
+}
+
+/// A recipe set's system prompts, parsed.
+#[derive(Debug)]
+struct RecipeSystem {
+    dataset: PyFormat,
+    states: Vec<(String, PyFormat)>,
+}
+
+/// Who the system prompt is written for, beyond the persona: what the recipe fills its prompts
+/// with. Jinja sets do not use it.
+#[derive(Debug, Clone, Default)]
+pub struct SystemContext {
+    /// The simulated person's id in the data (the recipe's `target_user_id`).
+    pub user_id: String,
+    /// The thread's platform as the recipe names it (`media_source`: Reddit, Amazon, …).
+    pub platform: String,
 }
 
 fn yes() -> bool {
@@ -156,6 +191,7 @@ pub struct PromptSet {
     pub sampling: SamplingDefaults,
     /// The files the set is made of (file name → where it was found, after inheritance).
     pub files: Vec<(String, PathBuf)>,
+    recipe: Option<RecipeSystem>,
     /// First 12 hex digits of the sha256 over the set's files (names and contents).
     pub hash: String,
     env: minijinja::Environment<'static>,
@@ -240,7 +276,10 @@ impl PromptSet {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_trim_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        let mut names: Vec<&str> = TEMPLATES.to_vec();
+        let mut names: Vec<&str> = TEMPLATES
+            .into_iter()
+            .filter(|n| set.recipe.is_none() || *n != "system.jinja")
+            .collect();
         if set.layout == Layout::Transcript {
             names.push(TRANSCRIPT_TEMPLATE);
         }
@@ -257,6 +296,32 @@ impl PromptSet {
                     .map_err(|e| err(&p, e.to_string()))?;
                 files.push((file.clone(), p, text));
                 Some(chat)
+            }
+            None => None,
+        };
+        let recipe = match &set.recipe {
+            Some(r) => {
+                let mut parse = |file: &str, fields: &[&str]| -> Result<PyFormat> {
+                    let (p, text) = find(file)?;
+                    let t = PyFormat::parse(&text, &p, fields)?;
+                    files.push((file.to_string(), p, text));
+                    Ok(t)
+                };
+                let dataset = parse(&r.dataset_prompt, &recipe::DATASET_FIELDS)?;
+                let mut per_state = vec![];
+                for (key, file) in &r.state_prompts {
+                    if !states.iter().any(|s| &s.key == key) {
+                        return Err(err(
+                            &set_path,
+                            format!("recipe.state_prompts names `{key}`, which states.toml lacks"),
+                        ));
+                    }
+                    per_state.push((key.clone(), parse(file, &recipe::STATE_FIELDS)?));
+                }
+                Some(RecipeSystem {
+                    dataset,
+                    states: per_state,
+                })
             }
             None => None,
         };
@@ -288,6 +353,7 @@ impl PromptSet {
             response_thinking: set.response_thinking,
             sampling: set.sampling,
             files: files.into_iter().map(|(n, p, _)| (n, p)).collect(),
+            recipe,
             hash,
             env,
         };
@@ -312,7 +378,11 @@ impl PromptSet {
         }))?;
         self.persona(None)?;
         let all: Vec<&StateSpec> = self.states.iter().collect();
-        self.system("x", &all)?;
+        let who = SystemContext::default();
+        self.system("x", &all, &who)?;
+        for s in &self.states {
+            self.system("x", &[s], &who)?;
+        }
         let turns = [
             ThreadTurn {
                 author: "a".into(),
@@ -371,7 +441,37 @@ impl PromptSet {
     }
 
     /// The system prompt asking for `states` (in order) for the given rendered persona.
-    pub fn system(&self, persona: &str, states: &[&StateSpec]) -> Result<String> {
+    ///
+    /// A recipe set answers a single state with its state prompt (filled as the recipe's
+    /// StateDataset fills it from `extra_info`), and anything else with the dataset prompt
+    /// (filled as its process_dataset does).
+    pub fn system(
+        &self,
+        persona: &str,
+        states: &[&StateSpec],
+        who: &SystemContext,
+    ) -> Result<String> {
+        if let Some(r) = &self.recipe {
+            let own = match states {
+                [one] => r.states.iter().find(|(k, _)| *k == one.key),
+                _ => None,
+            };
+            return Ok(match own {
+                Some((key, t)) => t.render(|f| match f {
+                    "persona" => persona.to_string(),
+                    "name" => crate::sim::HUMAN.to_string(),
+                    "state_name" => key.clone(),
+                    "media_source" => who.platform.clone(),
+                    _ => who.user_id.clone(), // target_user_id (the fields are checked at load)
+                }),
+                None => r.dataset.render(|f| match f {
+                    "persona" => persona.to_string(),
+                    "name" => who.user_id.clone(),
+                    "platform" => who.platform.clone(),
+                    _ => "None".to_string(), // memory: the recipe passes None
+                }),
+            });
+        }
         self.render(
             "system.jinja",
             serde_json::json!({ "persona": persona, "states": states }),

@@ -65,6 +65,18 @@ impl Domain {
         }
     }
 
+    /// The platform the HumanLM recipe names for this kind of thread (its `media_source`).
+    pub fn platform(self) -> &'static str {
+        match self {
+            Domain::Opinion => "Reddit",
+            Domain::Politics => "Medium",
+            Domain::News => "Youtube",
+            Domain::Book => "Amazon",
+            Domain::Chat => "WildChat",
+            Domain::Email => "Enron",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Domain> {
         Domain::ALL.into_iter().find(|d| d.name() == s)
     }

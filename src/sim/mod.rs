@@ -338,8 +338,8 @@ pub struct Call {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<Message>>,
     /// The chat messages the prompt was rendered from (before the chat template and the
-    /// prefill): what a training recipe that applies its own template needs (`export-dataset`).
-    #[serde(skip)]
+    /// prefill): what a training recipe that applies its own template needs (`export-dataset`),
+    /// and what `simulate --show-prompt --json` shows for comparison with it.
     pub chat_messages: Vec<Message>,
     pub thinking: bool,
     /// The opening tag already written at the end of the prompt (sets with `prefill_tag`).
@@ -460,6 +460,10 @@ fn plan_calls(
     let persona = set.persona(scenario.persona.as_ref())?;
     let response = set.response();
     let turns = thread_turns(scenario);
+    let who = crate::prompts::SystemContext {
+        user_id: scenario.target.author.clone(),
+        platform: scenario.domain.platform().to_string(),
+    };
     let template = match engine {
         Engine::Local(model) => Some(set.chat.as_ref().unwrap_or(&model.chat)),
         Engine::Remote(_) => set.chat.as_ref(),
@@ -467,8 +471,9 @@ fn plan_calls(
     let mut calls = vec![];
     let mut add =
         |kind: CallKind, specs: &[&StateSpec], thinking: bool, stop: &str| -> Result<()> {
-            let system = set.system(&persona, specs)?;
-            let extra = serde_json::json!({ "enable_thinking": thinking });
+            let system = set.system(&persona, specs, &who)?;
+            // `speak_as`: who the generation prompt opens a turn for (the recipe's name for it).
+            let extra = serde_json::json!({ "enable_thinking": thinking, "speak_as": HUMAN });
             let messages = match set.layout {
                 Layout::Thread => thread_messages(scenario, &system),
                 Layout::Transcript => {
@@ -549,7 +554,11 @@ fn plan_calls(
 /// The HumanLM thread as messages: the system prompt, turns written by people as named user
 /// messages (the target relabelled HUMAN), assistant turns as they are.
 fn thread_messages(scenario: &Scenario, system: &str) -> Vec<Message> {
-    let mut messages = vec![Message::new("system", system)];
+    // The system message carries an empty name, as the HumanLM recipe's rows do.
+    let mut messages = vec![Message {
+        name: Some(String::new()),
+        ..Message::new("system", system)
+    }];
     for t in thread_turns(scenario) {
         messages.push(match t.role.as_str() {
             "assistant" => Message::new("assistant", &t.text),

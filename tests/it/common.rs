@@ -62,3 +62,17 @@ pub fn run_json(args: &[&str], checkpoints: &std::path::Path) -> serde_json::Val
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The Python of the test venv (`.venv-test/`, made by scripts/test-venv.sh; `HUMANLM_TEST_PYTHON`
+/// overrides it), which reference scripts run under.
+pub fn test_python() -> PathBuf {
+    let python = std::env::var_os("HUMANLM_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv-test/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test-venv.sh",
+        python.display()
+    );
+    python
+}

@@ -27,6 +27,7 @@ mod lexical;
 mod peft_interop;
 mod prompts;
 mod quantized_parity;
+mod recipe_prompts;
 mod reference_logits;
 mod scenarios;
 mod serve;

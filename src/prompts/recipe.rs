@@ -1,0 +1,536 @@
+//! `humanlm prompts import`: a prompt set made from a copy of the HumanLM verl recipe's files.
+//!
+//! The recipe (folder `humanlm/` of verl-recipe) describes a run by a state config
+//! (`state_config/<config>.json`: per state its description, threshold, token budget and,
+//! optionally, its own system prompt file) and builds its system prompts from
+//! `system_prompts/base.txt`. The import reproduces what the recipe gives the model:
+//!
+//! - the *dataset prompt*: what `process_dataset.py` stores in every row, `base.txt` filled with
+//!   the config's state block and notes, then with the row's persona, user id and platform;
+//! - the *state prompts*: the files the config names, which the recipe's `StateDataset` swaps in
+//!   per state at train time (stripped, then filled from the row's `extra_info`);
+//! - the chat template the recipe trains with, and the persona formatted as its `format_persona`.
+//!
+//! The recipe's texts stay the user's: they are copied from the given folder, never shipped.
+
+use super::pyformat::PyFormat;
+use super::{Error, Result, DEFAULT_SET, RESPONSE};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Fields the dataset prompt is filled with (the recipe's `process_dataset` values).
+pub const DATASET_FIELDS: [&str; 4] = ["name", "persona", "platform", "memory"];
+/// Fields a state prompt may use (the part of `extra_info` a simulation knows).
+pub const STATE_FIELDS: [&str; 5] = [
+    "persona",
+    "name",
+    "state_name",
+    "media_source",
+    "target_user_id",
+];
+/// The chat template the recipe's run script trains and evaluates with.
+pub const DEFAULT_CHAT_TEMPLATE: &str = "chat_templates/qwen3_multi_role_template_think.jinja";
+/// The response budget when thinking is on: the run script raises the generation length to
+/// 1024 tokens whenever thinking is enabled.
+const THINKING_BUDGET: usize = 1024;
+
+/// What `prompts import` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ImportSpec {
+    /// The recipe's `humanlm/` folder.
+    pub recipe: PathBuf,
+    /// A state config's name (`sebvgcr`, `r`, `r_no_tag`, `think_r`, …).
+    pub config: String,
+    /// The new set's folder name.
+    pub name: String,
+    /// The chat template, relative to `recipe` (default [`DEFAULT_CHAT_TEMPLATE`]).
+    pub chat_template: Option<PathBuf>,
+    /// Whether the reply is generated with thinking on (the recipe's HumanLM runs: on).
+    pub thinking: bool,
+    pub overwrite: bool,
+}
+
+/// What an import wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Imported {
+    pub dir: PathBuf,
+    pub states: Vec<String>,
+    /// Source files read (relative to the recipe folder) and their sha256.
+    pub sources: Vec<(String, String)>,
+}
+
+struct State {
+    key: String,
+    desc: String,
+    max_tokens: usize,
+    system_prompt: Option<PathBuf>,
+}
+
+fn at(path: &Path, line: Option<usize>, msg: impl Into<String>) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        line,
+        msg: msg.into(),
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| at(path, None, format!("cannot read: {e}")))
+}
+
+/// 1-based line of the first occurrence of `needle` in `text` (for messages about a JSON key).
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.find(needle)
+        .map(|i| text[..i].matches('\n').count() + 1)
+}
+
+fn read_config(path: &Path) -> Result<Vec<State>> {
+    let text = read(path)?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| at(path, Some(e.line()), format!("not JSON: {e}")))?;
+    let Value::Object(map) = v else {
+        return Err(at(path, None, "a state config is a JSON object of states"));
+    };
+    let mut states = vec![];
+    for (key, cfg) in &map {
+        let line = line_of(&text, &format!("\"{key}\""));
+        let bad = |msg: String| at(path, line, format!("state `{key}`: {msg}"));
+        let Value::Object(cfg) = cfg else {
+            return Err(bad("is not an object".into()));
+        };
+        for k in cfg.keys() {
+            if !["desc", "threshold", "max_tokens", "system_prompt"].contains(&k.as_str()) {
+                return Err(bad(format!(
+                    "unknown field `{k}` (known: desc, threshold, max_tokens, system_prompt)"
+                )));
+            }
+        }
+        let desc = cfg
+            .get("desc")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no `desc` string".into()))?;
+        let max_tokens = cfg
+            .get("max_tokens")
+            .and_then(Value::as_u64)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad("no positive integer `max_tokens`".into()))?;
+        let system_prompt = match cfg.get("system_prompt") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) => Some(PathBuf::from(p)),
+            Some(_) => return Err(bad("`system_prompt` is not a path string".into())),
+        };
+        if !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(bad(
+                "a state's key must be a tag name (letters, digits, _ or -)".into(),
+            ));
+        }
+        states.push(State {
+            key: key.clone(),
+            desc: desc.to_string(),
+            max_tokens: max_tokens as usize,
+            system_prompt,
+        });
+    }
+    match states.last() {
+        None => return Err(at(path, None, "no states")),
+        Some(s) if s.key != RESPONSE => {
+            return Err(at(
+                path,
+                None,
+                format!(
+                    "the last state is `{}`, not `response`: a simulation ends with the reply \
+                     (a config without one, like sebvgc, only scores replies)",
+                    s.key
+                ),
+            ))
+        }
+        _ => {}
+    }
+    Ok(states)
+}
+
+/// The note lines `process_dataset.py` appends in tagged mode: the string literal assigned to
+/// `additional_notes` that is not empty (the recipe keeps them in its code, not in a prompt
+/// file, so they are read from there).
+fn tagged_notes(path: &Path) -> Result<String> {
+    let text = read(path)?;
+    let mut found = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        let Some(rest) = t.strip_prefix("additional_notes") else {
+            continue;
+        };
+        let Some(rhs) = rest.trim_start().strip_prefix('=') else {
+            continue;
+        };
+        // The literal may continue over lines ending in a backslash.
+        let start =
+            text.lines().take(i).map(|l| l.len() + 1).sum::<usize>() + (line.len() - rhs.len());
+        let value = python_string_concat(&text[start..])
+            .map_err(|m| at(path, Some(i + 1), format!("additional_notes: {m}")))?;
+        if !value.is_empty() {
+            found = Some(value);
+            break;
+        }
+    }
+    found.ok_or_else(|| {
+        at(
+            path,
+            None,
+            "no non-empty `additional_notes = \"...\"` assignment (the tagged-mode notes)",
+        )
+    })
+}
+
+/// Adjacent Python string literals (implicit concatenation, `\` line continuations) at the
+/// start of `src`, decoded. Only plain '…' / "…" literals with the common escapes.
+fn python_string_concat(src: &str) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut rest = src;
+    let mut any = false;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t']);
+        if let Some(r) = rest.strip_prefix("\\\n") {
+            rest = r;
+            continue;
+        }
+        let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+            break;
+        };
+        if rest.starts_with("\"\"\"") || rest.starts_with("'''") {
+            // A triple-quoted literal: `"""` right after a literal is an empty one plus a quote.
+            let q3 = &rest[..3];
+            if let Some(end) = rest[3..].find(q3) {
+                out.push_str(&unescape(&rest[3..3 + end])?);
+                rest = &rest[3 + end + 3..];
+                any = true;
+                continue;
+            }
+        }
+        let body = &rest[1..];
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in body.char_indices() {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == quote {
+                end = Some(i);
+                break;
+            } else if c == '\n' {
+                return Err("a string literal runs past the end of its line".into());
+            }
+        }
+        let end = end.ok_or("an unterminated string literal")?;
+        out.push_str(&unescape(&body[..end])?);
+        rest = &body[end + 1..];
+        any = true;
+    }
+    if !any {
+        return Err("not a string literal".into());
+    }
+    Ok(out)
+}
+
+fn unescape(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some('\'') => out.push('\''),
+            Some('\n') => {}
+            other => {
+                return Err(format!(
+                    "escape \\{} is not understood",
+                    other.unwrap_or(' ')
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Read the recipe's files for `spec.config` and write the set `root/<name>/`.
+pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
+    let recipe = &spec.recipe;
+    if !recipe.is_dir() {
+        return Err(at(
+            recipe,
+            None,
+            "not a folder (give the recipe's humanlm/ folder)",
+        ));
+    }
+    if spec.name.is_empty()
+        || !spec
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        || spec.name.starts_with('.')
+    {
+        return Err(at(
+            &root.join(&spec.name),
+            None,
+            "a set's name is letters, digits, '-', '_' or '.'",
+        ));
+    }
+    let mut sources: Vec<(String, String)> = vec![];
+    let mut note = |path: &Path, text: &str| {
+        let rel = path
+            .strip_prefix(recipe)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned();
+        sources.push((rel, sha256_hex(text.as_bytes())));
+    };
+
+    let config_path = recipe
+        .join("state_config")
+        .join(format!("{}.json", spec.config));
+    let states = read_config(&config_path)?;
+    note(&config_path, &read(&config_path)?);
+    // The recipe's no-tag runs: a single state whose description is the whole task block, no
+    // notes, and an untagged reply.
+    let no_tag = spec.config.ends_with("_no_tag");
+    if no_tag && states.len() != 1 {
+        return Err(at(
+            &config_path,
+            None,
+            "a _no_tag config must have exactly one state (the recipe's --no_tag rule)",
+        ));
+    }
+
+    // The dataset prompt: base.txt filled with the state block and notes. The recipe's base.txt
+    // names the block `{hierarchy_template}` while process_dataset passes `state_template=`;
+    // the committed per-state files show the block in that slot, so both names fill it.
+    let base_path = recipe.join("system_prompts").join("base.txt");
+    let base_text = read(&base_path)?;
+    note(&base_path, &base_text);
+    let base = PyFormat::parse(
+        &base_text,
+        &base_path,
+        &["state_template", "hierarchy_template", "additional_notes"],
+    )?;
+    let (block, notes) = if no_tag {
+        (states[0].desc.clone(), String::new())
+    } else {
+        let block: Vec<String> = states
+            .iter()
+            .map(|s| format!("<{k}>\n<{d}>\n</{k}>", k = s.key, d = s.desc))
+            .collect();
+        let code = recipe.join("process_dataset.py");
+        let notes = tagged_notes(&code)?;
+        note(&code, &read(&code)?);
+        (block.join("\n"), notes)
+    };
+    let dataset_prompt = base.render(|f| match f {
+        "additional_notes" => notes.clone(),
+        _ => block.clone(),
+    });
+    // The row-time fill must succeed too (a brace in a description would break the recipe).
+    let written_base = Path::new("system").join("dataset.txt");
+    PyFormat::parse(
+        &dataset_prompt,
+        &root.join(&spec.name).join(&written_base),
+        &DATASET_FIELDS,
+    )?;
+
+    let mut state_prompts: Vec<(String, String)> = vec![];
+    for s in &states {
+        let Some(rel) = &s.system_prompt else {
+            continue;
+        };
+        let p = config_path.parent().unwrap_or(Path::new(".")).join(rel);
+        let text = read(&p).map_err(|_| {
+            at(
+                &config_path,
+                line_of(
+                    &read(&config_path).unwrap_or_default(),
+                    &format!("\"{}\"", s.key),
+                ),
+                format!(
+                    "state `{}`: system_prompt {} is missing",
+                    s.key,
+                    p.display()
+                ),
+            )
+        })?;
+        note(&p, &text);
+        // StateDataset strips the file before filling it.
+        let text = text.trim().to_string();
+        PyFormat::parse(&text, &p, &STATE_FIELDS)?;
+        state_prompts.push((s.key.clone(), text));
+    }
+
+    let chat_rel = spec
+        .chat_template
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CHAT_TEMPLATE));
+    let chat_path = recipe.join(&chat_rel);
+    let chat_text = read(&chat_path)?;
+    crate::model::chat::ChatTemplate::new(&chat_text, &chat_path, "", "<|im_end|>")
+        .map_err(|e| at(&chat_path, None, e.to_string()))?;
+    note(&chat_path, &chat_text);
+
+    // The set's files.
+    let mut files: Vec<(PathBuf, String)> = vec![];
+    let mut set_toml = format!(
+        "# Imported by `humanlm prompts import` from the HumanLM recipe at {}, state config {}.\n\
+         # The system prompts are the recipe's Python format strings (see source.toml for the\n\
+         # files and their sha256); judges and thread rendering come from the `{DEFAULT_SET}` set.\n\
+         description = {}\ninherits = {}\nchat_template = \"chat_template.jinja\"\n\
+         layout = \"thread\"\nprefill_tag = false\nresponse_thinking = {}\n\n[recipe]\n\
+         dataset_prompt = \"system/dataset.txt\"\n",
+        recipe.display(),
+        spec.config,
+        toml_str(&format!("HumanLM recipe, state config {}", spec.config)),
+        toml_str(DEFAULT_SET),
+        spec.thinking,
+    );
+    if !state_prompts.is_empty() {
+        set_toml.push_str("\n[recipe.state_prompts]\n");
+        for (k, _) in &state_prompts {
+            set_toml.push_str(&format!("{k} = \"system/{k}.txt\"\n"));
+        }
+    }
+    files.push(("set.toml".into(), set_toml));
+    let mut states_toml = format!(
+        "# From {}: each state's description and token budget.\n",
+        config_path
+            .strip_prefix(recipe)
+            .unwrap_or(&config_path)
+            .display()
+    );
+    for s in &states {
+        states_toml.push_str(&format!(
+            "\n[[state]]\nkey = {}\nmax_tokens = {}\ndescription = {}\n",
+            toml_str(&s.key),
+            s.max_tokens,
+            toml_str(&s.desc)
+        ));
+        if s.key == RESPONSE && spec.thinking {
+            states_toml.push_str(&format!("max_tokens_thinking = {THINKING_BUDGET}\n"));
+        }
+    }
+    files.push(("states.toml".into(), states_toml));
+    files.push(("persona.jinja".into(), RECIPE_PERSONA.to_string()));
+    files.push(("chat_template.jinja".into(), chat_text));
+    files.push((written_base, dataset_prompt));
+    for (k, text) in &state_prompts {
+        files.push((Path::new("system").join(format!("{k}.txt")), text.clone()));
+    }
+    let mut source_toml = format!(
+        "# What `humanlm prompts import` read.\nrecipe = {}\nconfig = {}\nthinking = {}\n\n[sha256]\n",
+        toml_str(&recipe.display().to_string()),
+        toml_str(&spec.config),
+        spec.thinking
+    );
+    for (rel, hash) in &sources {
+        source_toml.push_str(&format!("{} = \"{hash}\"\n", toml_str(rel)));
+    }
+    files.push(("source.toml".into(), source_toml));
+
+    // Written into a fresh folder beside the target, loaded back, then moved into place: a
+    // failed import leaves nothing half-written.
+    let dir = root.join(&spec.name);
+    if dir.exists() && !spec.overwrite {
+        return Err(at(
+            &dir,
+            None,
+            "already exists (pass --force to replace it)",
+        ));
+    }
+    std::fs::create_dir_all(root).map_err(|e| at(root, None, format!("cannot create: {e}")))?;
+    let tmp = root.join(format!(".{}.import-{}", spec.name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let write_all = || -> Result<()> {
+        for (rel, text) in &files {
+            let p = tmp.join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| at(parent, None, format!("cannot create: {e}")))?;
+            }
+            std::fs::write(&p, text).map_err(|e| at(&p, None, format!("cannot write: {e}")))?;
+        }
+        Ok(())
+    };
+    let checked = write_all().and_then(|_| {
+        // The set must load from where it will live (its `inherits` is a sibling).
+        super::PromptSet::load(tmp.to_str().unwrap_or_default(), root).map(|_| ())
+    });
+    if let Err(e) = checked {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| at(&dir, None, format!("cannot replace: {e}")))?;
+    }
+    std::fs::rename(&tmp, &dir)
+        .map_err(|e| at(&dir, None, format!("cannot move into place: {e}")))?;
+    Ok(Imported {
+        dir,
+        states: states.iter().map(|s| s.key.clone()).collect(),
+        sources,
+    })
+}
+
+/// A persona as the recipe's `format_persona` writes it (no dropout: the dropout applies only to
+/// its `test_dropout` split). A plain-text persona verbatim; demographics under the recipe's key
+/// names, skipping empty and "NA" values, "Missing" when none is left; each list as
+/// `Name: ` then two-space-indented lines, or `Name: Missing`.
+const RECIPE_PERSONA: &str = r#"{#- The HumanLM recipe's format_persona, without dropout. Variables: persona (text,
+    demographics, interests, values, communication, statistics) or none (rendered empty). -#}
+{%- if persona is none -%}
+{%- elif persona.text is not none -%}
+{{- persona.text -}}
+{%- else -%}
+{%- set d = persona.demographics -%}
+{%- set ns = namespace(demo=[], lines=[]) -%}
+{%- for key, label in [("age_group", "age group"), ("gender", "gender"), ("location", "location"), ("occupation", "occupation"), ("nationality", "nationality"), ("other", "other")] -%}
+{%- if d[key] and d[key] | trim != "NA" -%}{%- set ns.demo = ns.demo + ["  " ~ label ~ ": " ~ d[key]] -%}{%- endif -%}
+{%- endfor -%}
+{%- if ns.demo -%}{%- set ns.lines = ["Demographics:"] + ns.demo -%}{%- else -%}{%- set ns.lines = ["Demographics: Missing"] -%}{%- endif -%}
+{%- for name, items in [("Interests", persona.interests), ("Values", persona.values), ("Communication", persona.communication), ("Statistics", persona.statistics)] -%}
+{%- if items -%}{%- set ns.lines = ns.lines + [name ~ ": \n  " ~ items | join("\n  ")] -%}{%- else -%}{%- set ns.lines = ns.lines + [name ~ ": Missing"] -%}{%- endif -%}
+{%- endfor -%}
+{{- ns.lines | join("\n") -}}
+{%- endif -%}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_string_literals_concatenate_across_continuations() {
+        let src = "\"- one\\n\" \\\n    \"- two \\\"x\\\"\"\"\"\nrest";
+        assert_eq!(python_string_concat(src).unwrap(), "- one\n- two \"x\"");
+        assert_eq!(python_string_concat("''").unwrap(), "");
+        assert!(python_string_concat("foo").is_err());
+        assert!(python_string_concat("\"open\n").is_err());
+    }
+}
