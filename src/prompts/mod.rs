@@ -74,6 +74,8 @@ struct SetFile {
     #[serde(default = "yes")]
     response_thinking: bool,
     #[serde(default)]
+    untagged_reply: bool,
+    #[serde(default)]
     sampling: SamplingDefaults,
     /// System prompts written as the HumanLM recipe's Python format strings (a set made by
     /// `prompts import`), in place of `system.jinja`.
@@ -188,6 +190,9 @@ pub struct PromptSet {
     pub prefill_tag: bool,
     /// Whether the reply of `humanlm` mode is generated with thinking on.
     pub response_thinking: bool,
+    /// Whether the reply is written bare, without `<response>` tags (the recipe's no-tag
+    /// configs): then the whole output, past any thinking, is the reply.
+    pub untagged_reply: bool,
     pub sampling: SamplingDefaults,
     /// The files the set is made of (file name → where it was found, after inheritance).
     pub files: Vec<(String, PathBuf)>,
@@ -351,6 +356,7 @@ impl PromptSet {
             layout: set.layout,
             prefill_tag: set.prefill_tag,
             response_thinking: set.response_thinking,
+            untagged_reply: set.untagged_reply,
             sampling: set.sampling,
             files: files.into_iter().map(|(n, p, _)| (n, p)).collect(),
             recipe,

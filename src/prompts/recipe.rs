@@ -402,13 +402,14 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
          # The system prompts are the recipe's Python format strings (see source.toml for the\n\
          # files and their sha256); judges and thread rendering come from the `{DEFAULT_SET}` set.\n\
          description = {}\ninherits = {}\nchat_template = \"chat_template.jinja\"\n\
-         layout = \"thread\"\nprefill_tag = false\nresponse_thinking = {}\n\n[recipe]\n\
+         layout = \"thread\"\nprefill_tag = false\nresponse_thinking = {}\nuntagged_reply = {}\n\n[recipe]\n\
          dataset_prompt = \"system/dataset.txt\"\n",
         recipe.display(),
         spec.config,
         toml_str(&format!("HumanLM recipe, state config {}", spec.config)),
         toml_str(DEFAULT_SET),
         spec.thinking,
+        no_tag,
     );
     if !state_prompts.is_empty() {
         set_toml.push_str("\n[recipe.state_prompts]\n");

@@ -764,6 +764,20 @@ fn absorb(s: &mut SimSample, set: &PromptSet, call: &Call, full: &str) -> bool {
     // The generation prompt of a thinking-off call already holds the empty think block, and a
     // state's opening tag is the model's to write.
     match call.kind() {
+        CallKind::Response if set.untagged_reply => {
+            // A bare reply: valid when something is left past the thinking and no tag is used.
+            let body = match full.find("</think>") {
+                Some(end) if call.thinking => &full[end + "</think>".len()..],
+                _ => full,
+            };
+            if call.thinking {
+                s.think = parse::think(full);
+            }
+            s.response = body.trim().to_string();
+            !s.response.is_empty()
+                && !s.response.contains("<response>")
+                && !s.response.contains("</response>")
+        }
         CallKind::Response => {
             s.response = parse::extract_response(full);
             if call.thinking {
@@ -798,5 +812,67 @@ fn absorb(s: &mut SimSample, set: &PromptSet, call: &Call, full: &str) -> bool {
             s.states.insert(key.to_string(), value);
             parse::strict(full, &[key]).is_some()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompts::recipe::{import, ImportSpec};
+    use std::path::Path;
+
+    /// A recipe set imported from the test fixture into a temporary prompts root.
+    fn recipe_set(config: &str) -> (tempfile::TempDir, PromptSet) {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = tempfile::tempdir().unwrap();
+        let to = root.path().join("humanlm");
+        std::fs::create_dir(&to).unwrap();
+        for e in std::fs::read_dir(here.join("prompts/humanlm")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+        let spec = ImportSpec {
+            recipe: here.join("tests/fixtures/recipe/humanlm"),
+            config: config.into(),
+            name: "set".into(),
+            chat_template: None,
+            thinking: true,
+            overwrite: false,
+        };
+        import(&spec, root.path()).unwrap();
+        let set = PromptSet::load("set", root.path()).unwrap();
+        (root, set)
+    }
+
+    fn response_call() -> Call {
+        Call {
+            name: RESPONSE.into(),
+            thinking: true,
+            stop: "</response>".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_bare_reply_is_the_reply_only_for_untagged_sets() {
+        let (_a, bare) = recipe_set("r_no_tag");
+        let (_b, tagged) = recipe_set("r");
+        let out = "hmm, short.</think>\n\nThen put it in writing. NTA.";
+        let mut s = SimSample::default();
+        assert!(absorb(&mut s, &bare, &response_call(), out));
+        assert_eq!(s.response, "Then put it in writing. NTA.");
+        assert_eq!(s.think.as_deref(), Some("hmm, short."));
+        // The same output breaks a tagged set's format; tags break an untagged one's.
+        let mut s = SimSample::default();
+        assert!(!absorb(&mut s, &tagged, &response_call(), out));
+        let mut s = SimSample::default();
+        assert!(!absorb(
+            &mut s,
+            &bare,
+            &response_call(),
+            "x</think><response>y</response>"
+        ));
+        let mut s = SimSample::default();
+        assert!(!absorb(&mut s, &bare, &response_call(), "x</think>\n  \n"));
     }
 }

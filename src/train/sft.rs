@@ -61,10 +61,10 @@ pub fn sft_examples(
     for (sc, reply, plan) in planned(model, set, scenarios, mode, &mut skipped) {
         let call = plan.calls.last().expect("a plan has a response call");
         // The reply as the model must write it after the prompt (and any pre-filled tag).
-        let open = if call.prefill.is_empty() {
-            "<response>"
-        } else {
-            ""
+        let (open, close) = match (set.untagged_reply, call.prefill.is_empty()) {
+            (true, _) => ("", ""),
+            (false, true) => ("<response>", "</response>"),
+            (false, false) => ("", "</response>"),
         };
         let think = match traces {
             Some(t) => match t.get(&sc.id) {
@@ -76,7 +76,7 @@ pub fn sft_examples(
             },
             None => String::new(),
         };
-        let text = format!("{think}{open}{}</response>", reply.trim());
+        let text = format!("{think}{open}{}{close}", reply.trim());
         let mut target = model.tokenizer.encode_raw(&text)?;
         target.push(eos);
         if call.ids.len() + target.len() > max_seq {

@@ -100,6 +100,8 @@ fn imported_sets_render_every_dataset_as_the_recipe_does() {
             .iter()
             .any(|(f, h)| f.ends_with(".json") && h.len() == 64));
         let set = PromptSet::load(&name, root.path()).unwrap();
+        // The recipe's no-tag runs write the reply bare.
+        assert_eq!(set.untagged_reply, config.ends_with("_no_tag"), "{config}");
         for (sc, domain) in scenarios.iter().zip(DOMAINS) {
             let want = &goldens[config][domain.name()];
             for mode in [Mode::Humanlm, Mode::Joint] {
