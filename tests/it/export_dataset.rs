@@ -467,3 +467,45 @@ fn skipped_scenarios_force_and_the_retired_states_flag() {
     export(&dir, &out, &["--force"]);
     assert_eq!(read_rows(&out).1.len(), 1);
 }
+
+/// A set whose only state is the reply (the recipe's `r.json`): its rows name the state
+/// `response`, as the recipe's rows name the first key of their state config.
+#[test]
+fn a_response_only_set_names_its_state_response() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts");
+    std::fs::create_dir(&prompts).unwrap();
+    common::copy_prompt_set("humanlm", &prompts.join("humanlm"));
+    let states = prompts.join("humanlm/states.toml");
+    let text = std::fs::read_to_string(&states).unwrap();
+    let response = &text[text.find("[[state]]\nkey = \"response\"").unwrap()..];
+    std::fs::write(&states, response).unwrap();
+    let scenario = shipped()
+        .into_iter()
+        .find(|s| s.target.response.is_some())
+        .unwrap();
+    let dir = tmp.path().join("scenarios");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{}.toml", scenario.id)),
+        toml::to_string(&scenario).unwrap(),
+    )
+    .unwrap();
+    let out = tmp.path().join("r.parquet");
+    let o = Command::new(env!("CARGO_BIN_EXE_humanlm"))
+        .args(["export-dataset", "--scenarios"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(&out)
+        .args(["--prompts", "humanlm", "--json"])
+        .env("HUMANLM_CHECKPOINTS", common::checkpoints())
+        .env("HUMANLM_PROMPTS", &prompts)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, rows) = read_rows(&out);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["extra_info"]["state_name"], "response");
+    assert_eq!(rows[0]["extra_info"]["hierarchy_name"], "response");
+}
