@@ -293,6 +293,8 @@ pub fn export_dataset(
             Err(Error::Sim(e @ sim::Error::TooLong { .. })) => {
                 skipped.push((sc.id.clone(), e.to_string()))
             }
+            // A fault in the scenario's own fields: name its file.
+            Err(Error::Msg(m)) => return Err(Error::File(loaded.path.clone(), m)),
             Err(e) => return Err(e),
         }
     }

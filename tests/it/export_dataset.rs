@@ -433,6 +433,31 @@ fn skipped_scenarios_force_and_the_retired_states_flag() {
         "{err}"
     );
     assert!(!tmp.path().join("x.parquet").exists());
+    // Metrics that are not JSON (a hand-edited [source]): refused in one line naming the file.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let mut broken = with.clone();
+    broken.source = Some(humanlm::scenario::Source {
+        post_metrics: Some("{not json".into()),
+        ..Default::default()
+    });
+    let bad_file = bad.join("broken.toml");
+    std::fs::write(&bad_file, toml::to_string(&broken).unwrap()).unwrap();
+    let o = humanlm(&[
+        "export-dataset",
+        "--scenarios",
+        bad.to_str().unwrap(),
+        "--out",
+        tmp.path().join("y.parquet").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("broken.toml")
+            && err.contains("source.post_metrics is not JSON")
+            && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
     // An existing file is kept unless --force, in one line.
     let o = humanlm(&[
         "export-dataset",
