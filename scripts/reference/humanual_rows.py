@@ -19,13 +19,15 @@ import pyarrow.parquet as pq
 
 OUT = pathlib.Path("tests/fixtures/humanual")
 
+# Ten list items, so the recipe's persona filter (at least 10) keeps it; one item padded with
+# spaces and one empty, since the importer keeps items as written and drops only empty ones.
 PERSONA = {
     "demographics": {"age_group": "25-34", "gender": "female", "location": "Leeds, UK",
                      "occupation": "nurse", "nationality": "NA", "other": ""},
-    "interests": ["night shifts", "cycling"],
-    "values": ["fairness at work"],
+    "interests": ["night shifts", "cycling", "  board games ", "hill walking"],
+    "values": ["fairness at work", "keeping promises"],
     "communication": ["short paragraphs", "dry humour"],
-    "statistics": ["about 40 comments a month"],
+    "statistics": ["about 40 comments a month", "", "mostly evenings"],
 }
 
 ROWS = [
@@ -52,7 +54,8 @@ ROWS = [
         "post_id": "B00XYZ", "user_id": "R2_booklover", "timestamp": "2024-05-01",
         "metadata": "{}", "persona": "", "turn_id": 0,
     },
-    {   # a chat: unnamed user turns are the person themself
+    {   # a chat: unnamed user turns are the person themself; its persona has one list item
+        # (communication is a string), so the recipe's filter leaves it out by default
         "prompt": [
             {"role": "user", "content": "write me a haiku about my cat", "metadata": {}},
             {"role": "assistant", "content": "Soft paws on the sill / ...", "metadata": {}},

@@ -36,7 +36,8 @@ pub(super) struct ExportArgs {
 /// `humanlm export-dataset`.
 #[derive(Args)]
 pub(super) struct ExportDatasetArgs {
-    /// Row layout; `verl` (the HumanLM verl recipe) is the one there is.
+    /// Row layout; `verl` (the HumanLM verl recipe's RL rows: one per scenario with a reference
+    /// reply, the set's joint prompt as the system message) is the one there is.
     #[arg(long, default_value = "verl")]
     format: String,
     /// A scenario file or a folder of them.
@@ -48,10 +49,10 @@ pub(super) struct ExportDatasetArgs {
     /// Prompt set (default: the checkpoint's, else humanlm).
     #[arg(long)]
     prompts: Option<String>,
-    /// States to write rows for: letters of s,e,b,v,g,c,r (stance … communication, response),
-    /// full names, or all.
-    #[arg(long, default_value = "all")]
-    states: String,
+    /// Gone: the recipe writes one row per example (asking for every state, the set's joint
+    /// prompt) and its StateDataset expands the states at train time. Refused when given.
+    #[arg(long, hide = true)]
+    states: Option<String>,
     /// Checkpoint whose chat template renders sets without their own and whose context the
     /// prompts must fit (as when simulating).
     #[arg(long, default_value = DEFAULT_CHECKPOINT)]
@@ -114,20 +115,23 @@ pub(super) fn export_dataset_cmd(root: &Path, a: ExportDatasetArgs) -> anyhow::R
     if a.format != "verl" {
         anyhow::bail!("--format '{}' is not supported (supported: verl)", a.format);
     }
+    if a.states.is_some() {
+        anyhow::bail!(
+            "--states is gone: each scenario is one row, as in the HumanLM recipe, whose \
+             StateDataset expands the states at train time"
+        );
+    }
     if a.out.exists() && !a.force {
         anyhow::bail!("{}: already exists (--force replaces it)", a.out.display());
     }
     let ckpt = Checkpoint::resolve(&a.checkpoint, root)?;
     let name = crate::prompts::set_for(a.prompts.as_deref(), ckpt.default_prompt_set()?);
     let set = crate::prompts::PromptSet::load(&name, &crate::prompts::default_root())?;
-    let states =
-        verl::parse_states(&a.states, &set).map_err(|e| anyhow::anyhow!("--states: {e}"))?;
     let model = ckpt.load(&LoadOptions::default())?;
     let report = verl::export_dataset(
         &model,
         &set,
         &a.scenarios,
-        &states,
         a.truncate,
         &a.split,
         &a.out,
@@ -143,10 +147,9 @@ pub(super) fn export_dataset_cmd(root: &Path, a: ExportDatasetArgs) -> anyhow::R
     }
     writeln!(
         out,
-        "wrote {} rows ({} scenarios × {} states) to {}; prompt set {} ({}){}",
+        "wrote {} rows (one per scenario, state_name {}) to {}; prompt set {} ({}){}",
         report.rows,
-        report.scenarios,
-        states.len(),
+        report.state_name,
         report.out.display(),
         report.prompt_set,
         report.prompt_hash,

@@ -23,6 +23,11 @@ pub(super) enum ScenarioAction {
         /// Convert at most this many rows.
         #[arg(long)]
         limit: Option<usize>,
+        /// Skip rows whose generated persona has fewer list items (interests, values,
+        /// communication and statistics together) than this, as the HumanLM recipe does;
+        /// plain-text personas are always kept; 0 keeps every row.
+        #[arg(long, default_value_t = crate::scenario::import::MIN_PERSONA_ITEMS)]
+        min_persona_items: usize,
         /// Folder for the scenario files (created if needed).
         #[arg(long)]
         out: PathBuf,
@@ -46,10 +51,11 @@ pub(super) fn scenarios_cmd(
             file,
             domain,
             limit,
+            min_persona_items,
             out,
             force,
             json,
-        }) => import_scenarios(&file, &domain, limit, &out, force, json),
+        }) => import_scenarios(&file, &domain, limit, min_persona_items, &out, force, json),
     }
 }
 
@@ -66,6 +72,9 @@ struct ScenarioRow<'a> {
     target_in_thread: bool,
     has_persona: bool,
     has_response: bool,
+    /// Where the scenario comes from, in one line (a note, or the imported row's identity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
 }
 
 fn list_scenarios(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
@@ -88,6 +97,7 @@ fn list_scenarios(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
             target_in_thread: s.target_in_thread(),
             has_persona: s.persona.is_some(),
             has_response: s.target.response.is_some(),
+            source: s.source.as_ref().map(|x| x.summary()),
         });
     }
     rows.sort_by(|a, b| (a.domain, a.id).cmp(&(b.domain, b.id)));
@@ -151,12 +161,14 @@ fn import_scenarios(
     file: &std::path::Path,
     domain: &str,
     limit: Option<usize>,
+    min_persona_items: usize,
     out: &std::path::Path,
     force: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     let domain = parse_domain(domain)?;
-    let report = crate::scenario::import::import(file, domain, limit, out, force)?;
+    let report =
+        crate::scenario::import::import(file, domain, limit, min_persona_items, out, force)?;
     let mut stdout = std::io::stdout().lock();
     if json {
         writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;

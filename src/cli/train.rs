@@ -31,6 +31,10 @@ pub(super) struct TrainArgs {
     /// Use at most this many --data rows.
     #[arg(long)]
     limit: Option<usize>,
+    /// Skip --data rows whose generated persona has fewer list items than this (the HumanLM
+    /// recipe's filter, as in `scenarios import`); 0 keeps every row.
+    #[arg(long, default_value_t = crate::scenario::import::MIN_PERSONA_ITEMS)]
+    min_persona_items: usize,
     /// Output folder, e.g. checkpoints/my-adapter (then usable as --checkpoint my-adapter).
     #[arg(long)]
     out: PathBuf,
@@ -158,6 +162,7 @@ fn train(root: &std::path::Path, method: crate::train::Method, a: TrainArgs) -> 
                 file,
                 domain,
                 limit: a.limit,
+                min_persona_items: a.min_persona_items,
             }
         }
         _ => anyhow::bail!("give either --scenarios or --data"),

@@ -5,6 +5,7 @@
 //! replace what exists unless asked to.
 
 pub mod merge;
+pub mod pyjson;
 pub mod verl;
 
 use std::path::PathBuf;

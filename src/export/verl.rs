@@ -1,72 +1,32 @@
-//! `humanlm export-dataset --format verl`: scenarios as the rows of the HumanLM verl recipe.
+//! `humanlm export-dataset --format verl`: scenarios as the RL rows of the HumanLM verl recipe
+//! (`process_dataset.py`'s `RL_TEMPLATE`; docs/humanual-and-recipe-formats.md §2.6).
 //!
-//! The recipe trains on one Parquet row per (example, state): `prompt` is the chat (a list of
-//! `{role, content, name}` messages; `name` labels thread authors, the recipe's multi-role
-//! template reads it), `reward_model.ground_truth` is the person's real reply (every state is
-//! judged against it), and `extra_info` says which state the row asks for. Each row's messages
-//! come from `sim::plan`, so they are exactly what this simulator sends for that call; the
-//! rendered text (chat template and pre-filled tag included) is kept beside them as
-//! `extra_info.raw_prompt`, for trainers that take a finished prompt string.
+//! The recipe writes one row per example: `prompt` is the chat (the system prompt, then each
+//! thread turn as a `user` message named by its author, the person as HUMAN, an assistant's turn
+//! without a name), `reward_model.ground_truth` the person's real reply, and `extra_info` the
+//! example's identity (persona, post, user, metrics, top-level or not) with `raw_prompt`, the
+//! messages as `json.dumps` text. The states are not rows: the recipe's `StateDataset` expands
+//! each row into one per state at train time and swaps in that state's system prompt, so the row
+//! carries the prompt that asks for every state, which here is the set's joint call
+//! (`sim::Mode::Joint`). Our own fields (scenario id, the joint call's rendered prompt and
+//! limits, the prompt set) follow the recipe's in `extra_info`; its loader ignores them.
 //!
 //! Written with the parquet crate's column writer (no Arrow): the only nested column is
-//! `prompt`, a list of structs, whose levels are spelled out in `write_rows`.
+//! `prompt`, a list of structs, whose levels are spelled out in `message_column`.
 
-use super::{Error, Result};
+use super::{pyjson, Error, Result};
 use crate::model::chat::Message;
 use crate::model::Model;
 use crate::prompts::PromptSet;
-use crate::scenario::Scenario;
+use crate::scenario::{Persona, Scenario};
 use crate::sim::{self, Mode, Options, SamplingChoice, Truncate};
 use parquet::basic::Compression;
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Parse `--states` against the set's `states.toml`: `all`, or a comma-separated list of keys
-/// or their one-letter names (each key's first letter, where no other key shares it: `s,e,b,v,g,c,r`
-/// for the method's). Returns keys in the set's generation order, whatever order they were named
-/// in.
-pub fn parse_states(spec: &str, set: &PromptSet) -> std::result::Result<Vec<String>, String> {
-    let keys: Vec<&str> = set.states.iter().map(|s| s.key.as_str()).collect();
-    let letter = |k: &str| {
-        k.chars()
-            .next()
-            .filter(|c| keys.iter().filter(|o| o.starts_with(*c)).count() == 1)
-    };
-    if spec.trim() == "all" {
-        return Ok(keys.iter().map(|k| k.to_string()).collect());
-    }
-    let mut out: Vec<String> = vec![];
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let key = keys
-            .iter()
-            .find(|k| {
-                **k == part || (part.chars().count() == 1 && letter(k) == part.chars().next())
-            })
-            .map(|k| k.to_string())
-            .ok_or_else(|| {
-                let letters: Vec<String> = keys
-                    .iter()
-                    .filter_map(|k| letter(k))
-                    .map(String::from)
-                    .collect();
-                format!(
-                    "unknown state '{part}' (expected {}, their full names, or all)",
-                    letters.join(",")
-                )
-            })?;
-        if !out.contains(&key) {
-            out.push(key);
-        }
-    }
-    if out.is_empty() {
-        return Err("no states given".into());
-    }
-    out.sort_by_key(|k| keys.iter().position(|n| n == k));
-    Ok(out)
-}
 
 /// One training row.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -79,27 +39,44 @@ pub struct Row {
     pub extra: Extra,
 }
 
-/// `extra_info` of a row.
+/// `extra_info` of a row: the recipe's fields in its order, then ours.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Extra {
-    /// The scenario's position among the exported ones: the rows of one example share it.
-    pub index: i64,
     pub split: String,
+    /// The row's position in the file.
+    pub index: i64,
+    /// Who the model speaks as (the recipe's `speak_as`): HUMAN.
+    pub name: String,
+    /// Declared by the recipe and never set: always null.
+    pub post: Option<String>,
+    /// The set's first state (the recipe's first state-config key); `StateDataset` rewrites it.
+    pub state_name: String,
+    /// `json.dumps` of the persona as the recipe holds it: an object in its key names, or a
+    /// JSON string for a text persona (`""` when the scenario has none).
+    pub persona: String,
+    /// The platform (Reddit, Amazon, Youtube, Medium, WildChat, Enron).
+    pub media_source: String,
+    pub target_user_id: String,
+    /// `json.dumps(prompt)`, before the Parquet cast: assistant messages have no `name` key.
+    pub raw_prompt: String,
+    /// `json.dumps` of the row's metrics, the text `null` when it had none.
+    pub post_metrics: String,
+    pub comment_metrics: String,
+    pub post_id: String,
+    pub is_top_level: bool,
     pub scenario_id: String,
     pub domain: String,
-    pub state_name: String,
-    /// The same, under the name the recipe's reward manager reads.
+    /// `state_name` under the name the recipe's reward manager reads.
     pub hierarchy_name: String,
-    /// Who the model speaks as (the recipe's `speak_as`).
-    pub name: String,
-    /// The scenario's persona as JSON (`{}` when it has none).
-    pub persona: String,
+    /// The joint call's switches and limits, as this simulator runs it.
     pub enable_thinking: bool,
     /// The opening tag the set pre-fills after the generation prompt ("" if none).
     pub prefill: String,
     pub stop: String,
     pub max_tokens: i64,
-    pub raw_prompt: String,
+    /// The joint call's prompt as this simulator renders it (chat template and prefill
+    /// included; a transcript-layout set lays the thread out in one user message there).
+    pub prompt_text: String,
     pub prompt_set: String,
     pub prompt_hash: String,
 }
@@ -109,24 +86,79 @@ pub struct Extra {
 pub struct DatasetReport {
     pub out: PathBuf,
     pub rows: usize,
-    pub scenarios: usize,
     /// (scenario id or file, why).
     pub skipped: Vec<(String, String)>,
     pub prompt_set: String,
     pub prompt_hash: String,
+    /// The set's first state, every row's `state_name`.
+    pub state_name: String,
 }
 
-/// The rows of one scenario, one per state in `states`, as `sim::plan` renders its calls in
-/// humanlm mode. `None` when the scenario has no reference reply.
-pub fn scenario_rows(
+/// The persona as the recipe's rows hold it before `json.dumps`: a text persona as a string; a
+/// structured one as the generator's object (`demographics` with `age group` first, then the
+/// four lists), with only the parts the scenario has.
+pub fn recipe_persona(persona: Option<&Persona>) -> Value {
+    let Some(p) = persona else {
+        return Value::String(String::new());
+    };
+    if let Some(t) = &p.text {
+        return Value::String(t.clone());
+    }
+    let mut out = serde_json::Map::new();
+    if let Some(d) = &p.demographics {
+        let mut demo = serde_json::Map::new();
+        for (k, v) in [
+            ("age group", &d.age_group),
+            ("gender", &d.gender),
+            ("location", &d.location),
+            ("occupation", &d.occupation),
+            ("nationality", &d.nationality),
+            ("other", &d.other),
+        ] {
+            if let Some(v) = v {
+                demo.insert(k.into(), Value::String(v.clone()));
+            }
+        }
+        out.insert("demographics".into(), Value::Object(demo));
+    }
+    for (k, v) in [
+        ("interests", &p.interests),
+        ("values", &p.values),
+        ("communication", &p.communication),
+        ("statistics", &p.statistics),
+    ] {
+        if !v.is_empty() {
+            out.insert(k.into(), json!(v));
+        }
+    }
+    Value::Object(out)
+}
+
+/// `json.dumps` of metrics kept as JSON text in the scenario's source, `null` when absent.
+fn metrics(scenario: &Scenario, field: &str, text: Option<&String>) -> Result<String> {
+    match text {
+        None => Ok("null".into()),
+        Some(t) => serde_json::from_str::<Value>(t)
+            .map(|v| pyjson::dumps(&v))
+            .map_err(|e| {
+                Error::Msg(format!(
+                    "scenario {}: source.{field} is not JSON: {e}",
+                    scenario.id
+                ))
+            }),
+    }
+}
+
+/// The row of one scenario, its prompt the set's joint call as `sim::plan` makes it. `None`
+/// when the scenario has no reference reply.
+pub fn scenario_row(
     model: &Model,
     set: &PromptSet,
     scenario: &Scenario,
-    states: &[String],
     truncate: Truncate,
     index: i64,
     split: &str,
-) -> Result<Option<Vec<Row>>> {
+) -> Result<Option<Row>> {
     let Some(reply) = scenario
         .target
         .response
@@ -135,60 +167,109 @@ pub fn scenario_rows(
     else {
         return Ok(None);
     };
+    let state_name = first_state(set)?;
     let opts = Options {
-        mode: Mode::Humanlm,
-        // No cap below each state's own budget: the rows carry the set's limits.
+        mode: Mode::Joint,
+        // No cap below the set's own budgets: the rows carry the set's limits.
         params: SamplingChoice::default().params(set),
         truncate,
     };
     let plan = sim::plan(set, scenario, &opts, model)?;
-    let persona = match &scenario.persona {
-        Some(p) => serde_json::to_string(p).unwrap_or_default(),
-        None => "{}".into(),
-    };
-    let mut rows = vec![];
-    for key in states {
-        let call =
-            plan.calls.iter().find(|c| &c.name == key).ok_or_else(|| {
-                Error::Msg(format!("prompt set '{}' has no state '{key}'", set.name))
-            })?;
-        rows.push(Row {
-            data_source: format!("humanlm/{}", scenario.domain.name()),
-            prompt: call.chat_messages.clone(),
-            ability: "user_simulation".into(),
-            // Scored by an LLM judge against the real reply, not by a rule.
-            style: "model".into(),
-            ground_truth: reply.clone(),
-            extra: Extra {
-                index,
-                split: split.into(),
-                scenario_id: scenario.id.clone(),
-                domain: scenario.domain.name().into(),
-                state_name: key.clone(),
-                hierarchy_name: key.clone(),
-                name: sim::HUMAN.into(),
-                persona: persona.clone(),
-                enable_thinking: call.thinking,
-                prefill: call.prefill.clone(),
-                stop: call.stop.clone(),
-                max_tokens: call.budget as i64,
-                raw_prompt: call.prompt.clone(),
-                prompt_set: set.name.clone(),
-                prompt_hash: set.hash.clone(),
-            },
-        });
+    let call = plan
+        .calls
+        .first()
+        .ok_or_else(|| Error::Msg(format!("prompt set '{}' planned no joint call", set.name)))?;
+    let system = call
+        .chat_messages
+        .first()
+        .filter(|m| m.role == "system")
+        .map(|m| m.content.clone())
+        .ok_or_else(|| {
+            Error::Msg(format!(
+                "prompt set '{}': the joint call has no system message",
+                set.name
+            ))
+        })?;
+    // The thread the plan fitted into the context: it drops turns after the opening post.
+    let mut shown = scenario.clone();
+    let end = (1 + plan.dropped_turns).min(shown.turns.len());
+    if end > 1 {
+        shown.turns.drain(1..end);
     }
-    Ok(Some(rows))
+    let mut prompt = vec![Message {
+        role: "system".into(),
+        content: system,
+        name: Some(String::new()),
+    }];
+    let mut raw = vec![json!({"role": "system", "name": "", "content": prompt[0].content})];
+    for t in sim::thread_turns(&shown) {
+        if t.role == "assistant" {
+            raw.push(json!({"role": "assistant", "content": t.text}));
+            prompt.push(Message::new("assistant", &t.text));
+        } else {
+            raw.push(json!({"role": "user", "name": t.author, "content": t.text}));
+            prompt.push(Message {
+                role: "user".into(),
+                content: t.text,
+                name: Some(t.author),
+            });
+        }
+    }
+    let source = scenario.source.clone().unwrap_or_default();
+    Ok(Some(Row {
+        data_source: scenario.domain.recipe_dataset().into(),
+        prompt,
+        ability: "generation".into(),
+        style: "custom".into(),
+        ground_truth: reply.clone(),
+        extra: Extra {
+            split: split.into(),
+            index,
+            name: sim::HUMAN.into(),
+            post: None,
+            state_name: state_name.clone(),
+            persona: pyjson::dumps(&recipe_persona(scenario.persona.as_ref())),
+            media_source: scenario.domain.platform().into(),
+            target_user_id: source
+                .user_id
+                .clone()
+                .unwrap_or_else(|| scenario.target.author.clone()),
+            raw_prompt: pyjson::dumps(&Value::Array(raw)),
+            post_metrics: metrics(scenario, "post_metrics", source.post_metrics.as_ref())?,
+            comment_metrics: metrics(scenario, "comment_metrics", source.comment_metrics.as_ref())?,
+            post_id: source.post_id.clone().unwrap_or_default(),
+            // A reply to the post itself: the row's turn 1, or a hand-written thread of one turn.
+            is_top_level: match source.turn_id {
+                Some(t) => t == 1,
+                None => scenario.turns.len() == 1,
+            },
+            scenario_id: scenario.id.clone(),
+            domain: scenario.domain.name().into(),
+            hierarchy_name: state_name,
+            enable_thinking: call.thinking,
+            prefill: call.prefill.clone(),
+            stop: call.stop.clone(),
+            max_tokens: call.budget as i64,
+            prompt_text: call.prompt.clone(),
+            prompt_set: set.name.clone(),
+            prompt_hash: set.hash.clone(),
+        },
+    }))
+}
+
+fn first_state(set: &PromptSet) -> Result<String> {
+    set.states
+        .first()
+        .map(|s| s.key.clone())
+        .ok_or_else(|| Error::Msg(format!("prompt set '{}' has no states", set.name)))
 }
 
 /// Export every scenario under `scenarios` with a reference reply; others are skipped and
 /// reported. Refuses to replace `out` unless `force`.
-#[allow(clippy::too_many_arguments)]
 pub fn export_dataset(
     model: &Model,
     set: &PromptSet,
     scenarios: &Path,
-    states: &[String],
     truncate: Truncate,
     split: &str,
     out: &Path,
@@ -202,20 +283,18 @@ pub fn export_dataset(
     }
     let mut rows = vec![];
     let mut skipped = vec![];
-    let mut exported = 0;
     for loaded in crate::scenario::load_all(scenarios) {
         let loaded = loaded?;
         let sc = &loaded.scenario;
-        match scenario_rows(model, set, sc, states, truncate, exported as i64, split) {
-            Ok(Some(r)) => {
-                rows.extend(r);
-                exported += 1;
-            }
+        match scenario_row(model, set, sc, truncate, rows.len() as i64, split) {
+            Ok(Some(r)) => rows.push(r),
             Ok(None) => skipped.push((sc.id.clone(), "no reference reply".to_string())),
             // A thread too long for the context is one example lost, not a failed export.
             Err(Error::Sim(e @ sim::Error::TooLong { .. })) => {
                 skipped.push((sc.id.clone(), e.to_string()))
             }
+            // A fault in the scenario's own fields: name its file.
+            Err(Error::Msg(m)) => return Err(Error::File(loaded.path.clone(), m)),
             Err(e) => return Err(e),
         }
     }
@@ -232,10 +311,10 @@ pub fn export_dataset(
     Ok(DatasetReport {
         out: out.to_path_buf(),
         rows: rows.len(),
-        scenarios: exported,
         skipped,
         prompt_set: set.name.clone(),
         prompt_hash: set.hash.clone(),
+        state_name: first_state(set)?,
     })
 }
 
@@ -259,19 +338,27 @@ message verl_humanlm {
     required binary ground_truth (STRING);
   }
   required group extra_info {
-    required int64 index;
     required binary split (STRING);
+    required int64 index;
+    required binary name (STRING);
+    optional binary post (STRING);
+    required binary state_name (STRING);
+    required binary persona (STRING);
+    required binary media_source (STRING);
+    required binary target_user_id (STRING);
+    required binary raw_prompt (STRING);
+    required binary post_metrics (STRING);
+    required binary comment_metrics (STRING);
+    required binary post_id (STRING);
+    required boolean is_top_level;
     required binary scenario_id (STRING);
     required binary domain (STRING);
-    required binary state_name (STRING);
     required binary hierarchy_name (STRING);
-    required binary name (STRING);
-    required binary persona (STRING);
     required boolean enable_thinking;
     required binary prefill (STRING);
     required binary stop (STRING);
     required int64 max_tokens;
-    required binary raw_prompt (STRING);
+    required binary prompt_text (STRING);
     required binary prompt_set (STRING);
     required binary prompt_hash (STRING);
   }
@@ -282,12 +369,25 @@ message verl_humanlm {
 /// required column outside any list, where every row has exactly one value).
 enum Column {
     Bytes(Vec<ByteArray>, Option<(Vec<i16>, Vec<i16>)>),
+    /// Values and definition levels of an optional string outside any list.
+    Optional(Vec<ByteArray>, Vec<i16>),
     Int(Vec<i64>),
     Bool(Vec<bool>),
 }
 
 fn strings<'a>(rows: &'a [Row], f: impl Fn(&'a Row) -> &'a str) -> Column {
     Column::Bytes(rows.iter().map(|r| ByteArray::from(f(r))).collect(), None)
+}
+
+/// An optional string directly in a required group: definition 1 present, 0 null; no
+/// repetition levels (the column is in no list).
+fn optional_strings<'a>(rows: &'a [Row], f: impl Fn(&'a Row) -> Option<&'a str>) -> Column {
+    let vals = rows
+        .iter()
+        .filter_map(|r| f(r).map(ByteArray::from))
+        .collect();
+    let def = rows.iter().map(|r| i16::from(f(r).is_some())).collect();
+    Column::Optional(vals, def)
 }
 
 /// A leaf of `prompt.list.element`. Levels: repetition 0 starts a row's list, 1 continues it;
@@ -325,19 +425,27 @@ fn columns(rows: &[Row]) -> Vec<Column> {
         strings(rows, |r| &r.ability),
         strings(rows, |r| &r.style),
         strings(rows, |r| &r.ground_truth),
-        Column::Int(rows.iter().map(|r| r.extra.index).collect()),
         strings(rows, |r| &r.extra.split),
+        Column::Int(rows.iter().map(|r| r.extra.index).collect()),
+        strings(rows, |r| &r.extra.name),
+        optional_strings(rows, |r| r.extra.post.as_deref()),
+        strings(rows, |r| &r.extra.state_name),
+        strings(rows, |r| &r.extra.persona),
+        strings(rows, |r| &r.extra.media_source),
+        strings(rows, |r| &r.extra.target_user_id),
+        strings(rows, |r| &r.extra.raw_prompt),
+        strings(rows, |r| &r.extra.post_metrics),
+        strings(rows, |r| &r.extra.comment_metrics),
+        strings(rows, |r| &r.extra.post_id),
+        Column::Bool(rows.iter().map(|r| r.extra.is_top_level).collect()),
         strings(rows, |r| &r.extra.scenario_id),
         strings(rows, |r| &r.extra.domain),
-        strings(rows, |r| &r.extra.state_name),
         strings(rows, |r| &r.extra.hierarchy_name),
-        strings(rows, |r| &r.extra.name),
-        strings(rows, |r| &r.extra.persona),
         Column::Bool(rows.iter().map(|r| r.extra.enable_thinking).collect()),
         strings(rows, |r| &r.extra.prefill),
         strings(rows, |r| &r.extra.stop),
         Column::Int(rows.iter().map(|r| r.extra.max_tokens).collect()),
-        strings(rows, |r| &r.extra.raw_prompt),
+        strings(rows, |r| &r.extra.prompt_text),
         strings(rows, |r| &r.extra.prompt_set),
         strings(rows, |r| &r.extra.prompt_hash),
     ]
@@ -372,6 +480,11 @@ pub fn write_parquet(rows: &[Row], out: &Path) -> Result<()> {
                         .write_batch(&v, def, rep)
                         .map_err(fail)?;
                 }
+                Column::Optional(v, def) => {
+                    w.typed::<ByteArrayType>()
+                        .write_batch(&v, Some(&def), None)
+                        .map_err(fail)?;
+                }
                 Column::Int(v) => {
                     w.typed::<Int64Type>()
                         .write_batch(&v, None, None)
@@ -397,27 +510,32 @@ pub fn write_parquet(rows: &[Row], out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shipped(name: &str) -> PromptSet {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
-        PromptSet::load(name, &root).unwrap()
-    }
+    use crate::scenario::Demographics;
 
     #[test]
-    fn states_are_named_by_the_sets_keys_and_their_letters() {
-        let set = shipped("humanlm");
-        let keys: Vec<String> = set.states.iter().map(|s| s.key.clone()).collect();
-        assert_eq!(parse_states("all", &set).unwrap(), keys);
-        // Letters or names, in any order and repeated: the set's order, once each.
+    fn personas_take_the_recipes_shape() {
+        assert_eq!(pyjson::dumps(&recipe_persona(None)), r#""""#);
+        let text = Persona {
+            text: Some("A user who is chatting with an AI assistant.".into()),
+            ..Default::default()
+        };
         assert_eq!(
-            parse_states("r,b,belief", &set).unwrap(),
-            vec!["belief".to_string(), "response".to_string()]
+            pyjson::dumps(&recipe_persona(Some(&text))),
+            r#""A user who is chatting with an AI assistant.""#
         );
-        let err = parse_states("s,q", &set).unwrap_err();
+        let p = Persona {
+            demographics: Some(Demographics {
+                age_group: Some("25-34".into()),
+                location: Some("NA".into()),
+                ..Default::default()
+            }),
+            interests: vec!["café".into()],
+            statistics: vec!["40 a month".into()],
+            ..Default::default()
+        };
         assert_eq!(
-            err,
-            "unknown state 'q' (expected s,e,b,v,g,c,r, their full names, or all)"
+            pyjson::dumps(&recipe_persona(Some(&p))),
+            r#"{"demographics": {"age group": "25-34", "location": "NA"}, "interests": ["caf\u00e9"], "statistics": ["40 a month"]}"#
         );
-        assert_eq!(parse_states(" , ", &set).unwrap_err(), "no states given");
     }
 }

@@ -6,7 +6,9 @@
 //! differ in whether `prompt`, `metadata` and `persona` are nested values or JSON strings, so
 //! both are accepted.
 
-use super::{Demographics, Domain, Error, Persona, Result, Role, Scenario, Target, Turn};
+use super::{
+    Demographics, Domain, Error, Persona, Result, Role, Scenario, Source, Target, Timestamp, Turn,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -122,13 +124,14 @@ fn text_of(v: &Value) -> Option<String> {
     }
 }
 
-/// A list of strings from a list, a single string, or a newline-separated string.
+/// A persona section's items. A list is kept item for item as written (the recipe renders
+/// them verbatim), dropping only items that are exactly empty; a single string (not the
+/// recipe's shape, seen in hand-made dumps) is read as one item per line, bullets removed.
 fn strings(v: Option<&Value>) -> Vec<String> {
     match v.map(unstring) {
         Some(Value::Array(a)) => a
             .iter()
             .filter_map(text_of)
-            .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect(),
         Some(Value::String(s)) => s
@@ -167,21 +170,18 @@ fn author_of(msg: &Value) -> Option<String> {
     None
 }
 
+/// The row's persona, its values as written: the recipe puts them into the prompt verbatim,
+/// and leaves out a demographic that says "NA" when it renders (so the importer keeps it).
 fn persona_of(v: Option<&Value>) -> Option<Persona> {
     let v = unstring(v?);
     match &v {
-        Value::String(s) if !s.trim().is_empty() => Some(Persona {
-            text: Some(s.trim().to_string()),
+        Value::String(s) if !s.is_empty() => Some(Persona {
+            text: Some(s.clone()),
             ..Default::default()
         }),
         Value::Object(o) => {
             let demographics = o.get("demographics").map(unstring).and_then(|d| {
-                let f = |k: &str| {
-                    d.get(k)
-                        .and_then(text_of)
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                };
+                let f = |k: &str| d.get(k).and_then(text_of);
                 let demo = Demographics {
                     // The published personas write `age group`.
                     age_group: f("age group")
@@ -206,6 +206,71 @@ fn persona_of(v: Option<&Value>) -> Option<Persona> {
             (p != Persona::default()).then_some(p)
         }
         _ => None,
+    }
+}
+
+/// The recipe's default persona filter (`is_valid_persona_json`): a generated persona with
+/// fewer list items than this says too little to condition on (the generator's fallback
+/// persona has four).
+pub const MIN_PERSONA_ITEMS: usize = 10;
+
+/// The recipe's persona filter: a dict persona is kept only when its `interests`, `values`,
+/// `communication` and `statistics` lists hold at least `min` items together (a section that
+/// is not a list counts nothing, as there); a plain-string persona, or none, is always kept.
+/// `min` 0 keeps every row.
+pub fn persona_filter(row: &Row, min: usize) -> std::result::Result<(), String> {
+    if min == 0 {
+        return Ok(());
+    }
+    let Some(Value::Object(p)) = row.value.get("persona").map(unstring) else {
+        return Ok(());
+    };
+    let items: usize = ["interests", "values", "communication", "statistics"]
+        .iter()
+        .filter_map(|k| p.get(*k).and_then(Value::as_array).map(Vec::len))
+        .sum();
+    if items < min {
+        return Err(format!(
+            "persona has {items} list items, fewer than --min-persona-items {min}"
+        ));
+    }
+    Ok(())
+}
+
+/// The JSON text of a metrics value the row has, as the recipe's `json.dumps` writes it (the
+/// text its rows carry); `null` counts as absent, as `json.dumps(d.get(k))` cannot tell them
+/// apart.
+fn metrics_text(v: Option<&Value>) -> Option<String> {
+    v.filter(|m| !m.is_null()).map(crate::export::pyjson::dumps)
+}
+
+/// The row's identity: dataset, row number, post, user, time, turn and the metrics the recipe
+/// carries into its training rows.
+fn source_of(row: &Row, domain: Domain, first_meta: &Value, metadata: &Value) -> Source {
+    let v = &row.value;
+    let text = |k: &str| v.get(k).and_then(text_of).filter(|s| !s.trim().is_empty());
+    let timestamp = match v.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.is_i64() => n.as_i64().map(Timestamp::Int),
+        Some(Value::String(s)) => Some(Timestamp::Text(s.clone())),
+        Some(other) => Some(Timestamp::Text(other.to_string())),
+    };
+    let turn_id = v.get("turn_id").and_then(|t| match t {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    });
+    Source {
+        note: None,
+        dataset: Some(domain.recipe_dataset().to_string()),
+        file: None,
+        row: Some(row.number as u64),
+        post_id: text("post_id"),
+        user_id: text("user_id"),
+        timestamp,
+        turn_id,
+        post_metrics: metrics_text(first_meta.get("post_metrics")),
+        comment_metrics: metrics_text(metadata.get("comment_metrics")),
     }
 }
 
@@ -458,11 +523,11 @@ pub fn row_to_scenario(row: &Row, domain: Domain) -> std::result::Result<Scenari
     if turns.is_empty() {
         return Err("empty thread".into());
     }
+    // The reply as written: it is the recipe's `ground_truth`, compared as it stands.
     let response = v
         .get("completion")
         .and_then(text_of)
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
+        .filter(|s| !s.trim().is_empty());
     let metadata = v.get("metadata").map(unstring).unwrap_or(Value::Null);
     let title = metadata
         .get("title")
@@ -485,17 +550,12 @@ pub fn row_to_scenario(row: &Row, domain: Domain) -> std::result::Result<Scenari
         _ => format!("row-{}", row.number),
     };
     let id = format!("{}-{}", domain.name(), slug(&key, 48));
-    let mut source = format!("HUMANUAL {}", domain.name());
-    for (label, field) in [
-        ("post", "post_id"),
-        ("user", "user_id"),
-        ("turn", "turn_id"),
-        ("time", "timestamp"),
-    ] {
-        if let Some(x) = v.get(field).and_then(text_of) {
-            source.push_str(&format!(", {label} {x}"));
-        }
-    }
+    let first_meta = messages
+        .first()
+        .map(unstring)
+        .and_then(|m| m.get("metadata").map(unstring))
+        .unwrap_or(Value::Null);
+    let source = source_of(row, domain, &first_meta, &metadata);
     let sc = Scenario {
         id,
         domain,
@@ -525,13 +585,14 @@ pub struct Report {
     pub existing: Vec<String>,
 }
 
-/// Convert up to `limit` usable rows of `input` into scenario files under `out`. Each file is
-/// written whole (a temporary file renamed into place); existing files are kept unless
-/// `overwrite`.
+/// Convert up to `limit` usable rows of `input` into scenario files under `out`, leaving out
+/// rows whose persona fails [`persona_filter`] at `min_persona_items`. Each file is written
+/// whole (a temporary file renamed into place); existing files are kept unless `overwrite`.
 pub fn import(
     input: &Path,
     domain: Domain,
     limit: Option<usize>,
+    min_persona_items: usize,
     out: &Path,
     overwrite: bool,
 ) -> Result<Report> {
@@ -547,13 +608,19 @@ pub fn import(
         if limit.is_some_and(|l| report.written.len() + report.existing.len() >= l) {
             break;
         }
-        let mut sc = match row_to_scenario(row, domain) {
+        let mut sc = match persona_filter(row, min_persona_items)
+            .and_then(|()| row_to_scenario(row, domain))
+        {
             Ok(sc) => sc,
             Err(why) => {
                 report.skipped.push((row.number, why));
                 continue;
             }
         };
+        let file_name = input.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let Some(src) = sc.source.as_mut() {
+            src.file = file_name;
+        }
         // Two rows of one post and turn (a dump with repeated rows) get distinct ids.
         if !ids.insert(sc.id.clone()) {
             sc.id = format!("{}-r{}", sc.id, row.number);
@@ -566,11 +633,7 @@ pub fn import(
         }
         let text =
             toml::to_string(&sc).map_err(|e| Error::at(&path, format!("cannot serialise: {e}")))?;
-        let header = format!(
-            "# Imported from {} (row {}) by `humanlm scenarios import`.\n",
-            input.file_name().unwrap_or_default().to_string_lossy(),
-            row.number
-        );
+        let header = "# Imported by `humanlm scenarios import` ([source] names the row).\n";
         // What we write must load back as the same scenario.
         let back = Scenario::from_toml(&text, &path)?;
         debug_assert_eq!(back, sc);

@@ -80,6 +80,31 @@ impl Domain {
     pub fn parse(s: &str) -> Option<Domain> {
         Domain::ALL.into_iter().find(|d| d.name() == s)
     }
+
+    /// The HumanLM recipe's `--dataset` name for the domain's HUMANUAL dataset (its
+    /// `data_source` column).
+    pub fn recipe_dataset(self) -> &'static str {
+        match self {
+            Domain::Opinion => "reddit",
+            Domain::Book => "amazon",
+            Domain::News => "youtube",
+            Domain::Politics => "medium",
+            Domain::Chat => "wildchat_english",
+            Domain::Email => "enron",
+        }
+    }
+
+    /// The platform the recipe names in its prompts and `extra_info.media_source`.
+    pub fn platform(self) -> &'static str {
+        match self {
+            Domain::Opinion => "Reddit",
+            Domain::Book => "Amazon",
+            Domain::News => "Youtube",
+            Domain::Politics => "Medium",
+            Domain::Chat => "WildChat",
+            Domain::Email => "Enron",
+        }
+    }
 }
 
 impl std::fmt::Display for Domain {
@@ -192,6 +217,143 @@ pub struct Target {
     pub response: Option<String>,
 }
 
+/// A row's timestamp as the dataset wrote it: an integer (the builders' UTC seconds, Amazon's
+/// milliseconds), or the original JSON value's text for anything else (a float `created_utc`,
+/// a date string), so nothing is lost by forcing one type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Timestamp {
+    Int(i64),
+    Text(String),
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Timestamp::Int(i) => write!(f, "{i}"),
+            Timestamp::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// Where a scenario comes from. A hand-written file says so in a line (`source = "..."`, read
+/// as `note`); an imported HUMANUAL row keeps its identity as a table, which `export-dataset`
+/// writes back into the recipe's `extra_info` (post id, user id, metrics, top-level or not).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The recipe's `--dataset` name (reddit, amazon, youtube, medium, wildchat_english, enron).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// The name of the file the row was imported from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The row's number in that file as the importer counts it (1-based; a JSONL file's line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Timestamp>,
+    /// The row's `turn_id` (`len(prompt)`: 1 is a reply to the post itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<i64>,
+    /// The JSON text of the post's `metadata.post_metrics` (as Python's `json.dumps` writes it),
+    /// only when the row has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_metrics: Option<String>,
+    /// The JSON text of the row `metadata.comment_metrics`, only when the row has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_metrics: Option<String>,
+}
+
+impl Source {
+    /// A source that is only a note (the one-line form).
+    pub fn note(text: &str) -> Source {
+        Source {
+            note: Some(text.to_string()),
+            ..Default::default()
+        }
+    }
+
+    fn is_note_only(&self) -> bool {
+        self.note.is_some()
+            && Source {
+                note: None,
+                ..self.clone()
+            } == Source::default()
+    }
+
+    /// One line for listings: the note, then the row's identity (`reddit test.jsonl row 3,
+    /// post abc, user u, turn 2, time 1700000000`), what of it there is.
+    pub fn summary(&self) -> String {
+        let mut head: Vec<String> = vec![];
+        head.extend(self.dataset.clone());
+        head.extend(self.file.clone());
+        if let Some(r) = self.row {
+            head.push(format!("row {r}"));
+        }
+        let mut parts: Vec<String> = vec![];
+        parts.extend(self.note.clone());
+        if !head.is_empty() {
+            parts.push(head.join(" "));
+        }
+        for (label, v) in [
+            ("post", self.post_id.clone()),
+            ("user", self.user_id.clone()),
+            ("turn", self.turn_id.map(|t| t.to_string())),
+            ("time", self.timestamp.as_ref().map(|t| t.to_string())),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{label} {v}"));
+            }
+        }
+        if self.post_metrics.is_some() || self.comment_metrics.is_some() {
+            parts.push("with metrics".into());
+        }
+        parts.join(", ")
+    }
+}
+
+/// `source` as a line (a note) or a table. A note-only source is written back as a line, so a
+/// hand-written file keeps its shape through a load and save.
+mod source_field {
+    use super::Source;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Source>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(src) if src.is_note_only() => s.serialize_str(src.note.as_deref().unwrap_or("")),
+            Some(src) => src.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Source>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Source;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a line of text, or a table (note, dataset, file, row, post_id, user_id, \
+                     timestamp, turn_id, post_metrics, comment_metrics) for source",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Source, E> {
+                Ok(Source::note(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Source, A::Error> {
+                Source::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_any(V).map(Some)
+    }
+}
+
 /// One scenario file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,8 +361,12 @@ pub struct Scenario {
     pub id: String,
     pub domain: Domain,
     pub title: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "source_field"
+    )]
+    pub source: Option<Source>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persona: Option<Persona>,
     #[serde(default)]

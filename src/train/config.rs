@@ -47,6 +47,11 @@ pub enum Data {
         domain: crate::scenario::Domain,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
+        /// Rows whose persona fails the recipe's filter at this many list items are skipped
+        /// (`scenario::import::persona_filter`). Configs saved before the filter existed read
+        /// as 0, which is what those runs did.
+        #[serde(default)]
+        min_persona_items: usize,
     },
 }
 
@@ -75,13 +80,17 @@ impl Data {
                 file,
                 domain,
                 limit,
+                min_persona_items,
             } => {
-                let rows = crate::scenario::import::read_rows(file)?;
+                use crate::scenario::import;
+                let rows = import::read_rows(file)?;
                 for (i, row) in rows.iter().enumerate() {
                     if limit.is_some_and(|l| out.len() >= l) {
                         break;
                     }
-                    match crate::scenario::import::row_to_scenario(row, *domain) {
+                    match import::persona_filter(row, *min_persona_items)
+                        .and_then(|()| import::row_to_scenario(row, *domain))
+                    {
                         Ok(sc) => out.push(sc),
                         Err(e) => skipped.push(format!("{} row {}: {e}", file.display(), i + 1)),
                     }

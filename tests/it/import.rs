@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use humanlm::scenario::{load_all, Role, Scenario};
+use humanlm::scenario::{load_all, Role, Scenario, Source, Timestamp};
 use std::path::Path;
 use std::process::Command;
 
@@ -49,12 +49,19 @@ fn jsonl_rows_become_valid_scenarios_and_bad_rows_are_reported() {
     let (code, stdout, stderr) = import("humanual/rows.jsonl", dir.path(), &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("row 4 skipped: empty thread"), "{stdout}");
+    // The recipe's persona filter: the chat row's persona has one list item (its communication
+    // is a string, which counts nothing).
     assert!(
-        stdout.contains("wrote 4 scenarios") && stdout.contains("skipped 1 rows"),
+        stdout
+            .contains("row 3 skipped: persona has 1 list items, fewer than --min-persona-items 10"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("wrote 3 scenarios") && stdout.contains("skipped 2 rows"),
         "{stdout}"
     );
     let all = loaded(dir.path());
-    assert_eq!(all.len(), 4);
+    assert_eq!(all.len(), 3);
     // A role is the author's id in the published layout, whatever it says.
     let told = all.iter().find(|s| s.id == "opinion-p-role-0").unwrap();
     assert_eq!(told.turns[0].author, "narrator");
@@ -77,7 +84,40 @@ fn jsonl_rows_become_valid_scenarios_and_bad_rows_are_reported() {
         Some("nurse")
     );
     assert_eq!(p.communication, ["short paragraphs", "dry humour"]);
-    assert!(aita.source.as_deref().unwrap().contains("post t3_abc123"));
+    // Persona values as written (the recipe renders them verbatim): padding kept, "NA" and an
+    // empty demographic kept, only the exactly empty list item dropped.
+    assert_eq!(
+        p.interests,
+        ["night shifts", "cycling", "  board games ", "hill walking"]
+    );
+    assert_eq!(
+        p.statistics,
+        ["about 40 comments a month", "mostly evenings"]
+    );
+    let demo = p.demographics.as_ref().unwrap();
+    assert_eq!(demo.nationality.as_deref(), Some("NA"));
+    assert_eq!(demo.other.as_deref(), Some(""));
+    // The row's identity, as a table.
+    let src = aita.source.as_ref().unwrap();
+    assert_eq!(
+        src,
+        &Source {
+            dataset: Some("reddit".into()),
+            file: Some("rows.jsonl".into()),
+            row: Some(1),
+            post_id: Some("t3_abc123".into()),
+            user_id: Some("ward_nurse_k".into()),
+            timestamp: Some(Timestamp::Text("2025-12-03T21:14:00Z".into())),
+            turn_id: Some(2),
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        src.summary(),
+        "reddit rows.jsonl row 1, post t3_abc123, user ward_nurse_k, turn 2, time 2025-12-03T21:14:00Z"
+    );
+    let text = std::fs::read_to_string(dir.path().join("opinion-t3-abc123-2.toml")).unwrap();
+    assert!(text.contains("[source]\ndataset = \"reddit\"\n"), "{text}");
     // JSON-string encodings and non-ASCII survive.
     let book = all.iter().find(|s| s.id == "opinion-b00xyz-0").unwrap();
     assert_eq!(
@@ -87,7 +127,17 @@ fn jsonl_rows_become_valid_scenarios_and_bad_rows_are_reported() {
     assert_eq!(book.turns[0].author, "lectrice_lyon");
     assert!(book.persona.is_none());
     assert!(book.target.response.as_deref().unwrap().contains("★★★★"));
-    // Unnamed user turns of a chat-like row fall back to numbered commenters outside `chat`.
+    // Unnamed user turns of a chat-like row fall back to numbered commenters outside `chat`;
+    // the filter off, the chat row with its small persona imports too.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = import(
+        "humanual/rows.jsonl",
+        dir.path(),
+        &["--min-persona-items", "0"],
+    );
+    assert_eq!(code, 0);
+    assert!(stdout.contains("wrote 4 scenarios"), "{stdout}");
+    let all = loaded(dir.path());
     let chat = all.iter().find(|s| s.id == "opinion-conv-77-1").unwrap();
     assert_eq!(chat.turns[1].role, Role::Assistant);
     assert_eq!(
@@ -103,12 +153,22 @@ fn parquet_gives_the_same_scenarios_as_jsonl() {
     assert_eq!(import("humanual/rows.jsonl", a.path(), &[]).0, 0);
     let (code, stdout, stderr) = import("humanual/rows.parquet", b.path(), &[]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("wrote 3 scenarios"), "{stdout}");
-    // The Parquet file holds the JSONL file's usable rows but the one with a story-teller role.
+    // The Parquet file holds the JSONL file's first three rows; the chat row's small persona
+    // is filtered out of both.
+    assert!(
+        stdout.contains("wrote 2 scenarios") && stdout.contains("row 3 skipped: persona has 1"),
+        "{stdout}"
+    );
     let from_jsonl = loaded(a.path());
     let from_parquet = loaded(b.path());
+    assert_eq!(from_parquet.len(), 2);
     for s in &from_parquet {
-        assert_eq!(Some(s), from_jsonl.iter().find(|j| j.id == s.id));
+        // The same row of another file: only the source's file name differs.
+        let mut s = s.clone();
+        let src = s.source.as_mut().unwrap();
+        assert_eq!(src.file.as_deref(), Some("rows.parquet"));
+        src.file = Some("rows.jsonl".into());
+        assert_eq!(Some(&s), from_jsonl.iter().find(|j| j.id == s.id));
     }
 }
 
@@ -122,6 +182,8 @@ fn chat_domain_names_unnamed_user_turns_after_the_person() {
         f.to_str().unwrap(),
         "--domain",
         "chat",
+        "--min-persona-items",
+        "0",
         "--out",
         dir.path().to_str().unwrap(),
     ]);
@@ -149,7 +211,7 @@ fn limit_existing_files_and_force() {
     let (code, stdout, _) = import("humanual/rows.jsonl", dir.path(), &[]);
     assert_eq!(code, 0);
     assert!(
-        stdout.contains("wrote 3 scenarios") && stdout.contains("kept 1 existing"),
+        stdout.contains("wrote 2 scenarios") && stdout.contains("kept 1 existing"),
         "{stdout}"
     );
     assert!(std::fs::read_to_string(&file)
@@ -333,4 +395,113 @@ fn published_rows_of_every_dataset_import_as_the_recipe_reads_them() {
     for s in &sc {
         assert!(s.target.response.is_some(), "{}", s.id);
     }
+
+    // Each row's identity: the recipe's dataset name, the row, post, user, turn and time, and
+    // the metrics as their JSON text where the row has them.
+    let datasets: Vec<_> = sc
+        .iter()
+        .map(|s| s.source.as_ref().unwrap().dataset.clone().unwrap())
+        .collect();
+    assert_eq!(
+        datasets,
+        [
+            "reddit",
+            "amazon",
+            "youtube",
+            "medium",
+            "wildchat_english",
+            "enron"
+        ]
+    );
+    let reddit = sc[0].source.as_ref().unwrap();
+    assert_eq!(reddit.row, Some(1));
+    assert_eq!(reddit.post_id.as_deref(), Some("abc123"));
+    assert_eq!(reddit.user_id.as_deref(), Some("night_owl_22"));
+    assert_eq!(reddit.turn_id, Some(3));
+    assert_eq!(reddit.timestamp, Some(Timestamp::Int(1764796440)));
+    assert_eq!(
+        reddit.post_metrics.as_deref(),
+        Some(r#"{"score": 412, "upvote_ratio": 0.97, "awards": 1e-05}"#)
+    );
+    assert_eq!(
+        reddit.comment_metrics.as_deref(),
+        Some(r#"{"score": 31, "controversiality": 0}"#)
+    );
+    let amazon = sc[1].source.as_ref().unwrap();
+    assert_eq!(amazon.timestamp, Some(Timestamp::Int(1700000000000)));
+    assert_eq!(amazon.post_metrics, None);
+    assert_eq!(amazon.comment_metrics, None);
+    // The generated persona's values as written, "NA" included (the renderer skips it).
+    let demo = sc[0]
+        .persona
+        .as_ref()
+        .unwrap()
+        .demographics
+        .clone()
+        .unwrap();
+    assert_eq!(demo.location.as_deref(), Some("NA"));
+
+    // The persona filter counts the lists of a generated persona: the Reddit row's has 10
+    // items, enough at the default and not at 11; plain-text personas always pass.
+    use humanlm::scenario::import::{persona_filter, MIN_PERSONA_ITEMS};
+    assert_eq!(MIN_PERSONA_ITEMS, 10);
+    assert_eq!(persona_filter(&rows[0], 10), Ok(()));
+    assert_eq!(
+        persona_filter(&rows[0], 11).unwrap_err(),
+        "persona has 10 list items, fewer than --min-persona-items 11"
+    );
+    assert_eq!(persona_filter(&rows[2], 1000), Ok(()));
+    assert_eq!(persona_filter(&rows[0], 0), Ok(()));
+}
+
+/// The one-line `source` of a hand-written file still loads (as a note) and is written back as
+/// a line; the table form refuses unknown fields like the rest of the schema.
+#[test]
+fn source_is_a_line_or_a_table() {
+    let base = "id = \"x\"\ndomain = \"opinion\"\ntitle = \"t\"\n";
+    let rest = "\n[[turns]]\nauthor = \"a\"\ntext = \"hi\"\n\n[target]\nauthor = \"b\"\n";
+    let p = Path::new("x.toml");
+    let line = Scenario::from_toml(
+        &format!("{base}source = \"written for humanlm\"\n{rest}"),
+        p,
+    )
+    .unwrap();
+    assert_eq!(line.source, Some(Source::note("written for humanlm")));
+    assert_eq!(
+        line.source.as_ref().unwrap().summary(),
+        "written for humanlm"
+    );
+    let back = toml::to_string(&line).unwrap();
+    assert!(
+        back.contains("source = \"written for humanlm\"\n"),
+        "{back}"
+    );
+
+    let table = Scenario::from_toml(
+        &format!(
+            "{base}{rest}\n[source]\ndataset = \"reddit\"\npost_id = \"p1\"\ntimestamp = 1700000000\nturn_id = 1\n"
+        ),
+        p,
+    )
+    .unwrap();
+    let src = table.source.clone().unwrap();
+    assert_eq!(src.timestamp, Some(Timestamp::Int(1700000000)));
+    assert_eq!(src.summary(), "reddit, post p1, turn 1, time 1700000000");
+    assert_eq!(
+        Scenario::from_toml(&toml::to_string(&table).unwrap(), p).unwrap(),
+        table
+    );
+
+    let err = Scenario::from_toml(
+        &format!("{base}{rest}\n[source]\ndataset = \"reddit\"\npost = \"p1\"\n"),
+        p,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("x.toml:")
+            && err.contains("unknown field `post`")
+            && err.lines().count() == 1,
+        "{err}"
+    );
 }

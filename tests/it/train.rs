@@ -788,8 +788,10 @@ fn sft_from_a_humanual_file() {
         String::from_utf8_lossy(&run.stderr),
     );
     assert!(run.status.success(), "{stdout}\n{stderr}");
+    // rows.jsonl: an empty thread, and a chat row whose persona fails the recipe's persona
+    // filter (one list item; --min-persona-items defaults to 10).
     assert!(
-        stdout.contains("4 training examples; skipped 1"),
+        stdout.contains("3 training examples; skipped 2"),
         "{stdout}"
     );
     assert!(out.path().join("a/adapter_model.safetensors").is_file());
@@ -798,6 +800,7 @@ fn sft_from_a_humanual_file() {
     )
     .unwrap();
     assert_eq!(state["config"]["data"]["kind"], "humanual");
+    assert_eq!(state["config"]["data"]["min_persona_items"], 10);
     let mut form = crate::tui::app(120, 40);
     form.train.form.base = "smollm2-135m-instruct".into();
     form.train.form.rank = "4".into();

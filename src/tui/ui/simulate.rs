@@ -241,6 +241,20 @@ pub fn thread_lines(sc: &Scenario, width: usize, persona_open: bool) -> Vec<Line
             }
             None => out.push(Line::styled("  (this scenario has no persona)", dim())),
         }
+        // Where the scenario comes from, beside who the person is: for an imported row, the
+        // post and user it was taken from.
+        if let Some(src) = &sc.source {
+            let label = "  source: ";
+            for (j, l) in text::wrap(&src.summary(), text_w.saturating_sub(label.len()).max(10))
+                .into_iter()
+                .enumerate()
+            {
+                out.push(Line::from(vec![
+                    Span::styled(if j == 0 { label } else { "          " }, dim()),
+                    Span::styled(l, dim()),
+                ]));
+            }
+        }
     }
     out
 }
