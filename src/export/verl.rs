@@ -94,44 +94,12 @@ pub struct DatasetReport {
     pub state_name: String,
 }
 
-/// The persona as the recipe's rows hold it before `json.dumps`: a text persona as a string; a
-/// structured one as the generator's object (`demographics` with `age group` first, then the
-/// four lists), with only the parts the scenario has.
+/// The persona as the recipe's rows hold it before `json.dumps` ("" when the scenario has
+/// none).
 pub fn recipe_persona(persona: Option<&Persona>) -> Value {
-    let Some(p) = persona else {
-        return Value::String(String::new());
-    };
-    if let Some(t) = &p.text {
-        return Value::String(t.clone());
-    }
-    let mut out = serde_json::Map::new();
-    if let Some(d) = &p.demographics {
-        let mut demo = serde_json::Map::new();
-        for (k, v) in [
-            ("age group", &d.age_group),
-            ("gender", &d.gender),
-            ("location", &d.location),
-            ("occupation", &d.occupation),
-            ("nationality", &d.nationality),
-            ("other", &d.other),
-        ] {
-            if let Some(v) = v {
-                demo.insert(k.into(), Value::String(v.clone()));
-            }
-        }
-        out.insert("demographics".into(), Value::Object(demo));
-    }
-    for (k, v) in [
-        ("interests", &p.interests),
-        ("values", &p.values),
-        ("communication", &p.communication),
-        ("statistics", &p.statistics),
-    ] {
-        if !v.is_empty() {
-            out.insert(k.into(), json!(v));
-        }
-    }
-    Value::Object(out)
+    persona
+        .map(Persona::recipe_value)
+        .unwrap_or_else(|| Value::String(String::new()))
 }
 
 /// `json.dumps` of metrics kept as JSON text in the scenario's source, `null` when absent.
@@ -230,10 +198,7 @@ pub fn scenario_row(
             state_name: state_name.clone(),
             persona: pyjson::dumps(&recipe_persona(scenario.persona.as_ref())),
             media_source: scenario.domain.platform().into(),
-            target_user_id: source
-                .user_id
-                .clone()
-                .unwrap_or_else(|| scenario.target.author.clone()),
+            target_user_id: scenario.user_id().to_string(),
             raw_prompt: pyjson::dumps(&Value::Array(raw)),
             post_metrics: metrics(scenario, "post_metrics", source.post_metrics.as_ref())?,
             comment_metrics: metrics(scenario, "comment_metrics", source.comment_metrics.as_ref())?,

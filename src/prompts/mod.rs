@@ -441,6 +441,8 @@ impl PromptSet {
                 "values": p.values,
                 "communication": p.communication,
                 "statistics": p.statistics,
+                // The same persona as the HumanLM recipe's rows hold it (recipe sets read it).
+                "recipe": p.recipe_value(),
             })
         });
         self.render("persona.jinja", serde_json::json!({ "persona": value }))

@@ -503,20 +503,24 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
 /// its `test_dropout` split). A plain-text persona verbatim; demographics under the recipe's key
 /// names, skipping empty and "NA" values, "Missing" when none is left; each list as
 /// `Name: ` then two-space-indented lines, or `Name: Missing`.
-const RECIPE_PERSONA: &str = r#"{#- The HumanLM recipe's format_persona, without dropout. Variables: persona (text,
-    demographics, interests, values, communication, statistics) or none (rendered empty). -#}
+const RECIPE_PERSONA: &str = r#"{#- The HumanLM recipe's format_persona, without dropout. Variables: persona (its `recipe`
+    value: a string, or the generator's object with demographics under their key names) or none
+    (rendered empty). -#}
 {%- if persona is none -%}
-{%- elif persona.text is not none -%}
-{{- persona.text -}}
+{%- elif persona.recipe is string -%}
+{{- persona.recipe -}}
 {%- else -%}
-{%- set d = persona.demographics -%}
+{%- set r = persona.recipe -%}
 {%- set ns = namespace(demo=[], lines=[]) -%}
-{%- for key, label in [("age_group", "age group"), ("gender", "gender"), ("location", "location"), ("occupation", "occupation"), ("nationality", "nationality"), ("other", "other")] -%}
-{%- if d[key] and d[key] | trim != "NA" -%}{%- set ns.demo = ns.demo + ["  " ~ label ~ ": " ~ d[key]] -%}{%- endif -%}
+{%- if r.demographics is defined -%}
+{%- for key, value in r.demographics | items -%}
+{%- if value and value | trim != "NA" -%}{%- set ns.demo = ns.demo + ["  " ~ key ~ ": " ~ value] -%}{%- endif -%}
 {%- endfor -%}
+{%- endif -%}
 {%- if ns.demo -%}{%- set ns.lines = ["Demographics:"] + ns.demo -%}{%- else -%}{%- set ns.lines = ["Demographics: Missing"] -%}{%- endif -%}
-{%- for name, items in [("Interests", persona.interests), ("Values", persona.values), ("Communication", persona.communication), ("Statistics", persona.statistics)] -%}
-{%- if items -%}{%- set ns.lines = ns.lines + [name ~ ": \n  " ~ items | join("\n  ")] -%}{%- else -%}{%- set ns.lines = ns.lines + [name ~ ": Missing"] -%}{%- endif -%}
+{%- for key in ["interests", "values", "communication", "statistics"] -%}
+{%- set items = r[key] if r[key] is defined else [] -%}
+{%- if items -%}{%- set ns.lines = ns.lines + [key | capitalize ~ ": \n  " ~ items | join("\n  ")] -%}{%- else -%}{%- set ns.lines = ns.lines + [key | capitalize ~ ": Missing"] -%}{%- endif -%}
 {%- endfor -%}
 {{- ns.lines | join("\n") -}}
 {%- endif -%}

@@ -65,18 +65,6 @@ impl Domain {
         }
     }
 
-    /// The platform the HumanLM recipe names for this kind of thread (its `media_source`).
-    pub fn platform(self) -> &'static str {
-        match self {
-            Domain::Opinion => "Reddit",
-            Domain::Politics => "Medium",
-            Domain::News => "Youtube",
-            Domain::Book => "Amazon",
-            Domain::Chat => "WildChat",
-            Domain::Email => "Enron",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Domain> {
         Domain::ALL.into_iter().find(|d| d.name() == s)
     }
@@ -186,6 +174,45 @@ fn demographics_table<'de, D: serde::Deserializer<'de>>(
 }
 
 impl Persona {
+    /// The persona as the HumanLM recipe's rows hold it (what its `format_persona` reads and
+    /// its `extra_info.persona` dumps): a text persona as a string; a structured one as the
+    /// persona generator's object, `demographics` under its key names (`age group`, …) then
+    /// the four lists, with only the parts this persona has.
+    pub fn recipe_value(&self) -> serde_json::Value {
+        use serde_json::Value;
+        if let Some(t) = &self.text {
+            return Value::String(t.clone());
+        }
+        let mut out = serde_json::Map::new();
+        if let Some(d) = &self.demographics {
+            let mut demo = serde_json::Map::new();
+            for (k, v) in [
+                ("age group", &d.age_group),
+                ("gender", &d.gender),
+                ("location", &d.location),
+                ("occupation", &d.occupation),
+                ("nationality", &d.nationality),
+                ("other", &d.other),
+            ] {
+                if let Some(v) = v {
+                    demo.insert(k.into(), Value::String(v.clone()));
+                }
+            }
+            out.insert("demographics".into(), Value::Object(demo));
+        }
+        for (k, v) in [
+            ("interests", &self.interests),
+            ("values", &self.values),
+            ("communication", &self.communication),
+            ("statistics", &self.statistics),
+        ] {
+            if !v.is_empty() {
+                out.insert(k.into(), serde_json::json!(v));
+            }
+        }
+        Value::Object(out)
+    }
+
     fn is_structured(&self) -> bool {
         self.demographics.is_some()
             || !self.interests.is_empty()
@@ -388,6 +415,15 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl Scenario {
+    /// The simulated person's id in the data: the imported row's `user_id`, else the target's
+    /// author (the recipe's `target_user_id`).
+    pub fn user_id(&self) -> &str {
+        self.source
+            .as_ref()
+            .and_then(|s| s.user_id.as_deref())
+            .unwrap_or(&self.target.author)
+    }
+
     /// Parse and validate scenario TOML; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Scenario> {
         let sc: Scenario = toml::from_str(text).map_err(|e| Error::File {

@@ -461,7 +461,7 @@ fn plan_calls(
     let response = set.response();
     let turns = thread_turns(scenario);
     let who = crate::prompts::SystemContext {
-        user_id: scenario.target.author.clone(),
+        user_id: scenario.user_id().to_string(),
         platform: scenario.domain.platform().to_string(),
     };
     let template = match engine {
