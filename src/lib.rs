@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod judge;
 pub mod model;
 pub mod prompts;
+pub mod pyjson;
 pub mod remote;
 pub mod roots;
 pub mod scenario;

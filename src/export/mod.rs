@@ -5,7 +5,6 @@
 //! replace what exists unless asked to.
 
 pub mod merge;
-pub mod pyjson;
 pub mod verl;
 
 use std::path::PathBuf;

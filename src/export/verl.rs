@@ -14,10 +14,11 @@
 //! Written with the parquet crate's column writer (no Arrow): the only nested column is
 //! `prompt`, a list of structs, whose levels are spelled out in `message_column`.
 
-use super::{pyjson, Error, Result};
+use super::{Error, Result};
 use crate::model::chat::Message;
 use crate::model::Model;
 use crate::prompts::PromptSet;
+use crate::pyjson;
 use crate::scenario::{Persona, Scenario};
 use crate::sim::{self, Mode, Options, SamplingChoice, Truncate};
 use parquet::basic::Compression;

@@ -91,6 +91,11 @@ struct RecipeFile {
     /// Per state, the prompt its StateDataset swaps in for that state's generation.
     #[serde(default)]
     state_prompts: std::collections::BTreeMap<String, String>,
+    /// The recipe's batched judge prompt, its extra guideline and its generations block
+    /// (`metrics/state_reward.py`), in place of `judge.jinja`.
+    judge_prompt: String,
+    judge_guidelines: String,
+    judge_generations: String,
 }
 
 /// A recipe set's system prompts, parsed.
@@ -98,6 +103,9 @@ struct RecipeFile {
 struct RecipeSystem {
     dataset: PyFormat,
     states: Vec<(String, PyFormat)>,
+    judge: PyFormat,
+    guidelines: PyFormat,
+    generations: PyFormat,
 }
 
 /// Who the system prompt is written for, beyond the persona: what the recipe fills its prompts
@@ -283,7 +291,7 @@ impl PromptSet {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         let mut names: Vec<&str> = TEMPLATES
             .into_iter()
-            .filter(|n| set.recipe.is_none() || *n != "system.jinja")
+            .filter(|n| set.recipe.is_none() || !["system.jinja", "judge.jinja"].contains(n))
             .collect();
         if set.layout == Layout::Transcript {
             names.push(TRANSCRIPT_TEMPLATE);
@@ -326,6 +334,9 @@ impl PromptSet {
                 Some(RecipeSystem {
                     dataset,
                     states: per_state,
+                    judge: parse(&r.judge_prompt, &recipe::JUDGE_FIELDS)?,
+                    guidelines: parse(&r.judge_guidelines, &recipe::GUIDELINE_FIELDS)?,
+                    generations: parse(&r.judge_generations, &recipe::GENERATIONS_FIELDS)?,
                 })
             }
             None => None,
@@ -508,6 +519,31 @@ impl PromptSet {
         reference: &str,
         items: &[&str],
     ) -> Result<String> {
+        if let Some(r) = &self.recipe {
+            // As the recipe's state_reward: the items stripped and numbered from 1 in a JSON
+            // object (indent 2), framed by the generations block.
+            let numbered: serde_json::Map<String, serde_json::Value> = items
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ((i + 1).to_string(), serde_json::Value::from(t.trim())))
+                .collect();
+            let json = crate::pyjson::dumps_indented(&serde_json::Value::Object(numbered), 2);
+            let name = &dimension.key;
+            let generations = r.generations.render(|f| match f {
+                "generations" => json.clone(),
+                _ => name.clone(),
+            });
+            let guidelines = r.guidelines.render(|_| name.clone());
+            return Ok(r.judge.render(|f| match f {
+                "context" => context.to_string(),
+                "ground_truth" => reference.to_string(),
+                "generations_text" => generations.clone(),
+                "other_guidelines" => guidelines.clone(),
+                "state_name" => name.clone(),
+                "state_desc" => dimension.description.clone(),
+                _ => items.len().to_string(), // num_generations
+            }));
+        }
         self.render(
             "judge.jinja",
             serde_json::json!({

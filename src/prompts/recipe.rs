@@ -29,6 +29,23 @@ pub const STATE_FIELDS: [&str; 5] = [
     "media_source",
     "target_user_id",
 ];
+/// Fields of the recipe's batched judge prompt (`metrics/state_reward.py`).
+pub const JUDGE_FIELDS: [&str; 7] = [
+    "context",
+    "ground_truth",
+    "generations_text",
+    "other_guidelines",
+    "state_name",
+    "state_desc",
+    "num_generations",
+];
+/// Fields of its extra guideline.
+pub const GUIDELINE_FIELDS: [&str; 1] = ["state_name"];
+/// Fields of its generations block; `generations` stands for the expression the recipe writes
+/// there, `json.dumps(generations_dict, indent=2)`.
+pub const GENERATIONS_FIELDS: [&str; 2] = ["state_name", "generations"];
+const GENERATIONS_EXPR: &str = "{json.dumps(generations_dict, indent=2)}";
+
 /// The chat template the recipe's run script trains and evaluates with.
 pub const DEFAULT_CHAT_TEMPLATE: &str = "chat_templates/qwen3_multi_role_template_think.jinja";
 /// The response budget when thinking is on: the run script raises the generation length to
@@ -157,51 +174,101 @@ fn read_config(path: &Path) -> Result<Vec<State>> {
 /// `additional_notes` that is not empty (the recipe keeps them in its code, not in a prompt
 /// file, so they are read from there).
 fn tagged_notes(path: &Path) -> Result<String> {
+    assigned_literal(path, "additional_notes").map(|(_, text)| text)
+}
+
+/// [`assigned_literal`] checked as a format string with `fields`; a fault is reported at the
+/// assignment's line (a literal's own lines shift under `\` continuations).
+fn format_literal(
+    path: &Path,
+    name: &str,
+    fields: &[&str],
+    expr: Option<(&str, &str)>,
+) -> Result<String> {
+    let (line, text) = assigned_literal(path, name)?;
+    let text = match expr {
+        Some((from, to)) => text.replace(from, to),
+        None => text,
+    };
+    PyFormat::parse(&text, path, fields).map_err(|e| match e {
+        Error::File { msg, .. } => at(path, Some(line), format!("{name}: {msg}")),
+    })?;
+    Ok(text)
+}
+
+/// The first non-empty string literal assigned to `name` in the Python file at `path`: one
+/// literal or several concatenated (adjacent, over `\` continuations or inside parentheses),
+/// plain or f-strings (an f-string's fields are left as `{field}`, for [`PyFormat`]).
+fn assigned_literal(path: &Path, name: &str) -> Result<(usize, String)> {
     let text = read(path)?;
-    let mut found = None;
-    for (i, line) in text.lines().enumerate() {
+    let mut offset = 0;
+    let mut problem = None;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let start = offset;
+        offset += line.len();
         let t = line.trim_start();
-        let Some(rest) = t.strip_prefix("additional_notes") else {
+        let Some(rest) = t.strip_prefix(name) else {
             continue;
         };
         let Some(rhs) = rest.trim_start().strip_prefix('=') else {
             continue;
         };
-        // The literal may continue over lines ending in a backslash.
-        let start =
-            text.lines().take(i).map(|l| l.len() + 1).sum::<usize>() + (line.len() - rhs.len());
-        let value = python_string_concat(&text[start..])
-            .map_err(|m| at(path, Some(i + 1), format!("additional_notes: {m}")))?;
-        if !value.is_empty() {
-            found = Some(value);
-            break;
+        if rhs.starts_with('=') {
+            continue; // a comparison
+        }
+        let at = start + (line.len() - rhs.len());
+        match python_string_concat(&text[at..]) {
+            Ok(v) if !v.is_empty() => return Ok((i + 1, v)),
+            Ok(_) => {}
+            Err(m) => problem = problem.or(Some((i + 1, m))),
         }
     }
-    found.ok_or_else(|| {
-        at(
+    Err(match problem {
+        Some((line, m)) => at(path, Some(line), format!("{name}: {m}")),
+        None => at(
             path,
             None,
-            "no non-empty `additional_notes = \"...\"` assignment (the tagged-mode notes)",
-        )
+            format!("no non-empty `{name} = \"...\"` assignment (the text this import reads)"),
+        ),
     })
 }
 
-/// Adjacent Python string literals (implicit concatenation, `\` line continuations) at the
-/// start of `src`, decoded. Only plain '…' / "…" literals with the common escapes.
+/// Adjacent Python string literals at the start of `src`, decoded: implicit concatenation,
+/// `\` line continuations, an enclosing pair of parentheses, `f` prefixes. Only '…', "…" and
+/// triple-quoted literals with the common escapes.
 fn python_string_concat(src: &str) -> std::result::Result<String, String> {
     let mut out = String::new();
-    let mut rest = src;
+    let mut rest = src.trim_start_matches([' ', '\t']);
+    let paren = rest.starts_with('(');
+    if paren {
+        rest = &rest[1..];
+    }
     let mut any = false;
     loop {
-        rest = rest.trim_start_matches([' ', '\t']);
+        rest = if paren {
+            rest.trim_start()
+        } else {
+            rest.trim_start_matches([' ', '\t'])
+        };
         if let Some(r) = rest.strip_prefix("\\\n") {
             rest = r;
             continue;
         }
-        let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+        if paren && rest.starts_with(')') {
+            break;
+        }
+        let lit = rest
+            .strip_prefix(['f', 'F'])
+            .filter(|r| r.starts_with(['"', '\'']))
+            .unwrap_or(rest);
+        let Some(quote) = lit.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+            if paren {
+                return Err("something other than string literals inside the parentheses".into());
+            }
             break;
         };
-        if rest.starts_with("\"\"\"") || rest.starts_with("'''") {
+        rest = lit;
+        if rest.starts_with("\"\"\"") || rest.starts_with("\'\'\'") {
             // A triple-quoted literal: `"""` right after a literal is an empty one plus a quote.
             let q3 = &rest[..3];
             if let Some(end) = rest[3..].find(q3) {
@@ -385,6 +452,19 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
         state_prompts.push((s.key.clone(), text));
     }
 
+    // The judge: the batched prompt, its generations block and its extra guideline, as
+    // metrics/state_reward.py writes them.
+    let judge_path = recipe.join("metrics").join("state_reward.py");
+    let judge_prompt = format_literal(&judge_path, "STATE_PROMPT_BATCHED", &JUDGE_FIELDS, None)?;
+    let guidelines = format_literal(&judge_path, "other_guidelines", &GUIDELINE_FIELDS, None)?;
+    let generations = format_literal(
+        &judge_path,
+        "generations_text",
+        &GENERATIONS_FIELDS,
+        Some((GENERATIONS_EXPR, "{generations}")),
+    )?;
+    note(&judge_path, &read(&judge_path)?);
+
     let chat_rel = spec
         .chat_template
         .clone()
@@ -403,7 +483,8 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
          # files and their sha256); judges and thread rendering come from the `{DEFAULT_SET}` set.\n\
          description = {}\ninherits = {}\nchat_template = \"chat_template.jinja\"\n\
          layout = \"thread\"\nprefill_tag = false\nresponse_thinking = {}\nuntagged_reply = {}\n\n[recipe]\n\
-         dataset_prompt = \"system/dataset.txt\"\n",
+         dataset_prompt = \"system/dataset.txt\"\njudge_prompt = \"judge/prompt.txt\"\n\
+         judge_guidelines = \"judge/guidelines.txt\"\njudge_generations = \"judge/generations.txt\"\n",
         recipe.display(),
         spec.config,
         toml_str(&format!("HumanLM recipe, state config {}", spec.config)),
@@ -438,6 +519,10 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
     }
     files.push(("states.toml".into(), states_toml));
     files.push(("persona.jinja".into(), RECIPE_PERSONA.to_string()));
+    files.push(("thread.jinja".into(), RECIPE_THREAD.to_string()));
+    files.push(("judge/prompt.txt".into(), judge_prompt));
+    files.push(("judge/guidelines.txt".into(), guidelines));
+    files.push(("judge/generations.txt".into(), generations));
     files.push(("chat_template.jinja".into(), chat_text));
     files.push((written_base, dataset_prompt));
     for (k, text) in &state_prompts {
@@ -498,6 +583,17 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
         sources,
     })
 }
+
+/// The thread as the recipe's `utils.parse_messages` writes a row's messages for its judge (the
+/// system message left out): `**{Role} {name}**: {content}` per message, joined by newlines; an
+/// assistant message has no name, which Python prints as `None`.
+const RECIPE_THREAD: &str = r#"{#- The HumanLM recipe's parse_messages. Variables: turns (author, role, text). -#}
+{%- for t in turns -%}
+{%- if not loop.first %}{{ "\n" }}{% endif -%}
+{%- if t.role == "assistant" -%}**Assistant None**: {% else -%}**User {{ t.author }}**: {% endif -%}
+{{- t.text -}}
+{%- endfor -%}
+"#;
 
 /// A persona as the recipe's `format_persona` writes it (no dropout: the dropout applies only to
 /// its `test_dropout` split). A plain-text persona verbatim; demographics under the recipe's key

@@ -241,7 +241,7 @@ pub fn persona_filter(row: &Row, min: usize) -> std::result::Result<(), String> 
 /// text its rows carry); `null` counts as absent, as `json.dumps(d.get(k))` cannot tell them
 /// apart.
 fn metrics_text(v: Option<&Value>) -> Option<String> {
-    v.filter(|m| !m.is_null()).map(crate::export::pyjson::dumps)
+    v.filter(|m| !m.is_null()).map(crate::pyjson::dumps)
 }
 
 /// The row's identity: dataset, row number, post, user, time, turn and the metrics the recipe

@@ -1,6 +1,7 @@
 //! `humanlm prompts import`: a set made from a recipe-layout folder (the fixture's own texts in
 //! the HumanLM recipe's file layout) renders, for published-layout HUMANUAL rows of every
-//! dataset, exactly what the recipe's logic gives the model: `tests/fixtures/recipe/goldens.json`,
+//! dataset, exactly what the recipe's logic gives the model (and what its judge is asked):
+//! `tests/fixtures/recipe/goldens.json`,
 //! derived by `make_goldens.py` in Python (Jinja2 for the chat template) independently of this
 //! code.
 
@@ -13,6 +14,11 @@ use humanlm::sim::{self, Mode, Options, SamplingChoice, Truncate};
 use serde_json::Value;
 use std::path::Path;
 
+/// The two generations the goldens' judge prompts score (make_goldens.py's JUDGED).
+const JUDGED: [&str; 2] = [
+    "  Then put it in writing ",
+    "NTA \u{2014} \"team player\" is code\nfor doormat",
+];
 const CONFIGS: [&str; 4] = ["sebvgcr", "r", "r_no_tag", "think_r"];
 const DOMAINS: [Domain; 6] = [
     Domain::Opinion,
@@ -104,6 +110,19 @@ fn imported_sets_render_every_dataset_as_the_recipe_does() {
         assert_eq!(set.untagged_reply, config.ends_with("_no_tag"), "{config}");
         for (sc, domain) in scenarios.iter().zip(DOMAINS) {
             let want = &goldens[config][domain.name()];
+            // The judge's request for every state, as the recipe's batched state judge words it.
+            let context = set.thread(&sim::thread_turns(sc)).unwrap();
+            let reference = sc.target.response.as_deref().unwrap();
+            for state in &set.states {
+                let got = set.judge(state, &context, reference, &JUDGED).unwrap();
+                let golden = want["judge"][&state.key].as_str().unwrap();
+                assert!(
+                    got == golden,
+                    "{config} {domain} judge {}: {}",
+                    state.key,
+                    first_difference(&got, golden)
+                );
+            }
             for mode in [Mode::Humanlm, Mode::Joint] {
                 let Some(want) = want.get(mode.name()) else {
                     continue;
@@ -173,6 +192,7 @@ fn the_cli_imports_a_set_and_shows_the_recipes_prompt_as_json() {
         "state_config/sebvgcr.json",
         "system_prompts/base.txt",
         "process_dataset.py",
+        "metrics/state_reward.py",
     ] {
         assert!(source.contains(f), "{source}");
     }
@@ -289,6 +309,16 @@ fn what_the_import_does_not_understand_is_refused_naming_file_and_line() {
             ),
             "r",
             "process_dataset.py: no non-empty `additional_notes",
+        ),
+        (
+            edit(
+                "metrics/state_reward.py",
+                "{json.dumps(generations_dict, indent=2)}",
+                "{json.dumps(generations_dict)}",
+            ),
+            "r",
+            "state_reward.py:36: generations_text: placeholder {json.dumps(generations_dict)} is \
+             not a plain field name",
         ),
         (recipe_copy(), "sebvgc", "sebvgc.json: cannot read"),
     ];
