@@ -62,7 +62,8 @@ pub struct Group<'a> {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Item<'a> {
     pub text: &'a str,
-    /// Whether the simulator kept the tag format; malformed items are scored ×0.5.
+    /// Whether the simulator kept the tag format (the judge is told to halve a malformed item;
+    /// a rubric judge with `halve_malformed` also halves it in code).
     pub valid: bool,
 }
 

@@ -1,12 +1,17 @@
 //! The HumanLM rubric judge and the six-aspect judge: a language model (local or behind an
 //! endpoint) reads the thread, the real reply and the predictions, and answers in JSON.
 //!
-//! Group rules, as the method defines them: identical items are judged once; an empty item
-//! scores 0 without asking; an exact copy of the real reply scores min(1, best other + 0.1), so
-//! copying never beats the group by much; scores are clamped to [0, 1]; an item the simulator
-//! wrote out of format scores half. The judge's reply is parsed leniently (first `{` to last
-//! `}`, then a regex for each item's `"score"`); a reply that still lacks a score is retried
-//! with backoff, and after the last attempt every item scores 0 with the error kept.
+//! Group rules, as the HumanLM recipe's reward function applies them: an empty item scores 0
+//! without asking; on the response only, a copy of the real reply (equal once both are
+//! stripped) is not sent and scores min(1, best other + 0.1), so copying never beats the group
+//! by much, and a group with nothing but copies and empties gives its copies 1.0; scores are
+//! clamped to [0, 1]. The ×0.5 for a malformed item is the judge's instruction (its prompt
+//! says so); halving again in code is an option, off by default (`halve_malformed`), as the
+//! recipe does not. Identical items are judged once (the method's rule; it saves calls). The
+//! judge's reply is parsed leniently (first `{` to last `}`, then a regex for each item's
+//! `"score"`); a reply that still lacks a score is retried with backoff (five attempts by
+//! default, the recipe's count), and after the last attempt every item scores 0 with the error
+//! kept.
 
 use super::llm::{ChatModel, Sampling};
 use super::{Error, Group, Judge, Result, Score};
@@ -36,6 +41,10 @@ pub struct RubricConfig {
     /// Seconds before the first retry; doubled for each further one.
     #[serde(default = "default_backoff")]
     pub backoff_s: f64,
+    /// Also halve, in code, the score of an item the simulator wrote out of format (the judge's
+    /// prompt already asks it to; the recipe halves nowhere else).
+    #[serde(default)]
+    pub halve_malformed: bool,
 }
 
 impl RubricConfig {
@@ -53,8 +62,9 @@ impl RubricConfig {
     }
 }
 
+/// Four retries: five attempts in all, as the recipe's judge makes.
 fn default_retries() -> usize {
-    2
+    4
 }
 fn default_backoff() -> f64 {
     1.0
@@ -132,18 +142,22 @@ impl Judge for RubricJudge {
             "sampling": self.cfg.sampling,
             "prompts": self.prompts.name,
             "prompt_hash": self.prompts.hash,
+            "retries": self.cfg.retries,
+            "halve_malformed": self.cfg.halve_malformed,
         })
     }
 
     fn score_group(&self, group: &Group) -> Result<Vec<Score>> {
         let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        let reference = norm(group.reference);
+        // The copy rule is the reply's: a state may well restate the reply's words.
+        let judges_reply = group.dimension.key == crate::prompts::RESPONSE;
+        let is_copy = |text: &str| judges_reply && text.trim() == group.reference.trim();
         // Which unique text each item is; empty items and copies are not sent.
         let mut unique: Vec<String> = vec![];
         let mut slot: Vec<Option<usize>> = vec![];
         for item in &group.items {
             let t = norm(item.text);
-            if t.is_empty() || t == reference {
+            if t.is_empty() || is_copy(item.text) {
                 slot.push(None);
                 continue;
             }
@@ -182,7 +196,7 @@ impl Judge for RubricJudge {
                 Some(u) => {
                     let (v, thought) = &judged[*u];
                     let mut v = v.clamp(0.0, 1.0);
-                    if !item.valid {
+                    if !item.valid && self.cfg.halve_malformed {
                         v *= 0.5;
                     }
                     Score {
@@ -210,9 +224,15 @@ impl Judge for RubricJudge {
             .filter(|(_, s)| s.is_some())
             .map(|(x, _)| x.score)
             .fold(0.0, f64::max);
+        // Nothing but copies (and empties): the copies are the best the group has.
+        let copy_score = if unique.is_empty() {
+            1.0
+        } else {
+            (best_other + 0.1).min(1.0)
+        };
         for ((score, s), item) in out.iter_mut().zip(&slot).zip(&group.items) {
-            if s.is_none() && !norm(item.text).is_empty() {
-                score.score = (best_other + 0.1).min(1.0);
+            if s.is_none() && is_copy(item.text) && !norm(item.text).is_empty() {
+                score.score = copy_score;
             }
         }
         Ok(out)

@@ -124,6 +124,7 @@ fn the_rubric_judge_runs_over_http() {
         },
         retries: 0,
         backoff_s: 0.0,
+        halve_malformed: false,
     };
     let set = Arc::new(PromptSet::load("humanlm", &common::root().join("prompts")).unwrap());
     let judge = RubricJudge::new(cfg, &common::roots(), set.clone()).unwrap();

@@ -335,6 +335,10 @@ fn scripted(replies: Vec<(u16, String)>) -> ScriptedJudge {
 }
 
 fn rubric(url: &str, retries: usize) -> RubricJudge {
+    rubric_with(url, retries, false)
+}
+
+fn rubric_with(url: &str, retries: usize, halve_malformed: bool) -> RubricJudge {
     let mut endpoint = EndpointConfig::new(url, "judge");
     endpoint.retries = 0;
     endpoint.timeout_s = 10.0;
@@ -345,14 +349,19 @@ fn rubric(url: &str, retries: usize) -> RubricJudge {
         sampling: Default::default(),
         retries,
         backoff_s: 0.0,
+        halve_malformed,
     };
     let set = Arc::new(PromptSet::load("humanlm", &common::root().join("prompts")).unwrap());
     RubricJudge::new(cfg, &common::roots(), set).unwrap()
 }
 
 fn group<'a>(set: &'a PromptSet, items: &[(&'a str, bool)]) -> Group<'a> {
+    group_on(set, "stance", items)
+}
+
+fn group_on<'a>(set: &'a PromptSet, key: &str, items: &[(&'a str, bool)]) -> Group<'a> {
     Group {
-        dimension: set.state("stance").unwrap(),
+        dimension: set.state(key).unwrap(),
         context: "[op]\nShould the council ban cars from the high street?",
         reference: "Absolutely not, the shops will die.",
         items: items
@@ -365,43 +374,71 @@ fn group<'a>(set: &'a PromptSet, items: &[(&'a str, bool)]) -> Group<'a> {
 #[test]
 fn rubric_group_rules() {
     let set = PromptSet::load("humanlm", &common::root().join("prompts")).unwrap();
-    // The judge sees two unique items: "strongly against" (1) and "in favour" (2).
+    // On the response, the judge sees two unique items: "strongly against" (1), "in favour" (2).
     let reply = r#"Here you go: {"key_points": ["against the ban"], "1": {"thought": "same", "score": 0.9}, "2": {"thought": "opposite", "score": -0.3}}"#;
+    let items = [
+        ("strongly against", true),
+        ("in favour", true),
+        ("strongly   against", false),
+        ("", true),
+        ("  Absolutely not, the shops will die.\n", true),
+    ];
     let server = scripted(vec![(200, reply.into())]);
     let judge = rubric(&server.url, 0);
-    let g = group(
-        &set,
-        &[
-            ("strongly against", true),
-            ("in favour", true),
-            ("strongly   against", false),
-            ("", true),
-            ("Absolutely not, the shops will die.", true),
-        ],
-    );
-    let s = judge.score_group(&g).unwrap();
+    let s = judge
+        .score_group(&group_on(&set, "response", &items))
+        .unwrap();
     let prompts = server.prompts.lock().unwrap().clone();
     assert_eq!(prompts.len(), 1, "one call for the group");
     assert!(prompts[0].contains("<item 1>\nstrongly against\n</item 1>"));
     assert!(prompts[0].contains("<item 2>\nin favour\n</item 2>"));
     assert!(
         !prompts[0].contains("<item 3>"),
-        "identical items are judged once"
+        "identical items are judged once, and the copy is not sent"
     );
     assert_eq!(s[0].score, 0.9);
     assert_eq!(s[0].note.as_deref(), Some("same"));
     assert!(s[0].raw.as_deref().unwrap().contains("key_points"));
     assert_eq!(s[1].score, 0.0, "clamped");
-    assert!(
-        (s[2].score - 0.45).abs() < 1e-12,
-        "a malformed item scores half"
+    assert_eq!(
+        s[2].score, 0.9,
+        "malformed: halved by the judge's instruction only"
     );
     assert_eq!(s[3].score, 0.0, "empty");
     assert!(
         (s[4].score - 1.0).abs() < 1e-12,
-        "a copy: min(1, best + 0.1)"
+        "a copy (once stripped): min(1, best + 0.1)"
     );
     assert!(s.iter().all(|x| x.error.is_none()));
+
+    // With halve_malformed the code halves too.
+    let server = scripted(vec![(200, reply.into())]);
+    let s = rubric_with(&server.url, 0, true)
+        .score_group(&group_on(&set, "response", &items))
+        .unwrap();
+    assert!((s[2].score - 0.45).abs() < 1e-12, "{}", s[2].score);
+
+    // On a state, a copy of the reply is an ordinary item, sent and judged.
+    let reply3 = r#"{"1": {"score": 0.9}, "2": {"score": 0.1}, "3": {"score": 0.4}}"#;
+    let server = scripted(vec![(200, reply3.into())]);
+    let s = rubric(&server.url, 0)
+        .score_group(&group(&set, &items))
+        .unwrap();
+    let prompts = server.prompts.lock().unwrap().clone();
+    assert!(prompts[0].contains("<item 3>\nAbsolutely not, the shops will die.\n</item 3>"));
+    assert_eq!(s[4].score, 0.4);
+
+    // Nothing but copies and empties: no call, and the copies score 1.
+    let server = scripted(vec![]);
+    let s = rubric(&server.url, 0)
+        .score_group(&group_on(
+            &set,
+            "response",
+            &[("Absolutely not, the shops will die.", true), (" ", true)],
+        ))
+        .unwrap();
+    assert!(server.prompts.lock().unwrap().is_empty());
+    assert_eq!((s[0].score, s[1].score), (1.0, 0.0));
 }
 
 #[test]
