@@ -7,7 +7,8 @@
 //!   scenarios, and failure-mode diagnostics.
 //!
 //! A run's folder name ends with a hash of its configuration, so running the same command again
-//! resumes it: scenarios whose samples are all in `samples.jsonl` are not redone.
+//! resumes it: scenarios whose samples are all in `samples.jsonl` are not generated again, and
+//! those with a failed judgement are judged again from their recorded samples.
 
 pub mod diagnostics;
 pub mod stats;
@@ -405,6 +406,41 @@ pub fn run(
             .or_default() += 1;
     }
     done.retain(|r| counts[&(r.checkpoint.clone(), r.scenario.clone())] == n);
+    // A judgement that failed (an outage, a reply without scores) is not final: the scenario's
+    // samples, already generated, are judged again (the cache holds only successes, so only
+    // the failed groups are asked again).
+    let mut failed: Vec<(String, String)> = vec![];
+    for r in &done {
+        let key = (r.checkpoint.clone(), r.scenario.clone());
+        if r.scores.values().any(|s| s.error.is_some()) && !failed.contains(&key) {
+            failed.push(key);
+        }
+    }
+    for (checkpoint, scenario) in &failed {
+        let (Some(set), Some(sc)) = (
+            resolved.iter().find(|r| &r.1 == checkpoint).map(|r| &r.3),
+            scenarios.iter().find(|s| &s.id == scenario),
+        ) else {
+            continue; // no longer part of the run: its records stay as they are
+        };
+        let mut old: Vec<&SampleRecord> = done
+            .iter()
+            .filter(|r| &r.checkpoint == checkpoint && &r.scenario == scenario)
+            .collect();
+        old.sort_by_key(|r| r.sample);
+        let samples: Vec<SimSample> = old.iter().map(|r| r.sim.clone()).collect();
+        let fresh = judge_samples(
+            checkpoint,
+            set,
+            sc,
+            &samples,
+            judge.as_ref(),
+            embedder.as_ref(),
+            &cache,
+        )?;
+        done.retain(|r| !(&r.checkpoint == checkpoint && &r.scenario == scenario));
+        done.extend(fresh);
+    }
     let mut text = String::new();
     for r in &done {
         text.push_str(&serde_json::to_string(r)?);

@@ -283,12 +283,17 @@ struct ScriptedJudge {
 }
 
 fn scripted(replies: Vec<(u16, String)>) -> ScriptedJudge {
+    let mut replies = replies.into_iter();
+    serve_judge(move || replies.next().unwrap_or((200, "{}".into())))
+}
+
+/// A loopback judge whose every answer (status, content) comes from `answer`.
+fn serve_judge(mut answer: impl FnMut() -> (u16, String) + Send + 'static) -> ScriptedJudge {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let prompts = Arc::new(Mutex::new(vec![]));
     let seen = prompts.clone();
     std::thread::spawn(move || {
-        let mut replies = replies.into_iter();
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -311,7 +316,7 @@ fn scripted(replies: Vec<(u16, String)>) -> ScriptedJudge {
                     .unwrap_or_default()
                     .to_string(),
             );
-            let (status, content) = replies.next().unwrap_or((200, "{}".into()));
+            let (status, content) = answer();
             let body = if status == 200 {
                 serde_json::json!({
                     "id": "x", "object": "chat.completion", "created": 0, "model": "judge",
@@ -474,6 +479,69 @@ fn rubric_retries_an_unparseable_reply_then_fails_visibly() {
         .score_group(&group(&set, &[("against", true)]))
         .unwrap();
     assert_eq!(s[0].score, 0.6);
+}
+
+/// Judgements that failed in an outage are retried by the next run of the same command, from
+/// the recorded samples (nothing is generated again), and only the failed ones are asked again.
+#[test]
+fn a_rerun_judges_again_what_failed_and_only_that() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sc = tempfile::tempdir().unwrap();
+    let root = common::root().join("scenarios");
+    let l = humanlm::scenario::find("opinion-gym-etiquette-06", &root).unwrap();
+    std::fs::copy(&l.path, sc.path().join("one.toml")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let up = healthy.clone();
+    let server = serve_judge(move || {
+        if up.load(Ordering::SeqCst) {
+            (200, r#"{"1": {"score": 0.6}, "2": {"score": 0.6}}"#.into())
+        } else {
+            (500, "overloaded".into())
+        }
+    });
+    let mut endpoint = EndpointConfig::new(&server.url, "judge");
+    endpoint.retries = 0;
+    endpoint.timeout_s = 10.0;
+    let mut s = spec(sc.path(), out.path());
+    s.mode = Mode::Response;
+    s.judge = JudgeConfig::Rubric(RubricConfig {
+        checkpoint: None,
+        endpoint: Some(endpoint),
+        prompts: None,
+        sampling: Default::default(),
+        retries: 0,
+        backoff_s: 0.0,
+        halve_malformed: false,
+    });
+    let dir = eval::run(&s, &common::roots(), None, &mut |_| {}).unwrap();
+    let first = eval::read_samples(&dir.join("samples.jsonl"));
+    assert!(first.iter().all(|r| r.scores["response"].error.is_some()));
+    let calls_in_outage = server.prompts.lock().unwrap().len();
+    assert!(calls_in_outage > 0);
+
+    healthy.store(true, Ordering::SeqCst);
+    let mut generated = 0;
+    let again = eval::run(&s, &common::roots(), None, &mut |p| {
+        if matches!(p, Progress::Scenario { .. }) {
+            generated += 1;
+        }
+    })
+    .unwrap();
+    assert_eq!(again, dir);
+    assert_eq!(generated, 0, "the samples are reused, not generated again");
+    let second = eval::read_samples(&dir.join("samples.jsonl"));
+    assert_eq!(second.len(), first.len());
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a.sim.response, b.sim.response);
+    }
+    assert!(second.iter().all(|r| r.scores["response"].error.is_none()
+        && (r.scores["response"].score - 0.6).abs() < 1e-12
+        || r.sim.response.trim().is_empty()));
+    // A third run finds nothing failed and asks nothing.
+    let asked = server.prompts.lock().unwrap().len();
+    eval::run(&s, &common::roots(), None, &mut |_| {}).unwrap();
+    assert_eq!(server.prompts.lock().unwrap().len(), asked);
 }
 
 #[test]
