@@ -18,8 +18,21 @@ pub struct Sampling {
     pub temperature: f32,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
+    /// The request field that carries `max_tokens` to an endpoint: OpenAI's reasoning models
+    /// (gpt-5-mini) refuse `max_tokens` and take `max_completion_tokens`.
+    #[serde(default)]
+    pub token_limit: TokenLimit,
     #[serde(default)]
     pub seed: u64,
+}
+
+/// Which request field limits an endpoint judge's reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenLimit {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
 }
 
 fn default_max_tokens() -> usize {
@@ -31,6 +44,7 @@ impl Default for Sampling {
         Sampling {
             temperature: 0.0,
             max_tokens: default_max_tokens(),
+            token_limit: TokenLimit::default(),
             seed: 0,
         }
     }
@@ -96,7 +110,10 @@ impl ChatModel {
                 let req = ChatRequest::new(
                     vec![Message::new("user", prompt)],
                     GenParams {
-                        max_tokens: Some(s.max_tokens),
+                        max_tokens: (s.token_limit == TokenLimit::MaxTokens)
+                            .then_some(s.max_tokens),
+                        max_completion_tokens: (s.token_limit == TokenLimit::MaxCompletionTokens)
+                            .then_some(s.max_tokens),
                         temperature: Some(s.temperature),
                         seed: Some(seed),
                         ..Default::default()

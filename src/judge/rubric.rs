@@ -63,6 +63,12 @@ impl RubricConfig {
 }
 
 /// Four retries: five attempts in all, as the recipe's judge makes.
+/// A refusal by the service: a client error that another attempt would meet again.
+fn refused(kind: &crate::remote::ErrorKind) -> bool {
+    matches!(kind, crate::remote::ErrorKind::Status { code, .. }
+        if (400..500).contains(code) && *code != 408 && *code != 429)
+}
+
 fn default_retries() -> usize {
     4
 }
@@ -96,13 +102,15 @@ impl RubricJudge {
 
     /// Ask until `parse` accepts the reply, or the attempts run out (waiting `backoff_s`,
     /// doubled each time, between them). Returns the parsed value, the last reply, and the
-    /// last problem.
+    /// last problem. A request the service refuses (a 4xx other than 408 and 429: a wrong
+    /// model, parameter or key) is a configuration error, returned at once: asking again would
+    /// be refused the same way, and scoring it 0 would hide it.
     fn ask_until<T>(
         &self,
         prompt: &str,
         parse: impl Fn(&str) -> Option<T>,
         what: &str,
-    ) -> (Option<T>, String, String) {
+    ) -> Result<(Option<T>, String, String)> {
         let mut last_raw = String::new();
         let mut last_err = String::new();
         for attempt in 0..=self.cfg.retries {
@@ -113,15 +121,22 @@ impl RubricJudge {
             match self.model.ask(prompt, &self.cfg.sampling, attempt as u64) {
                 Ok(raw) => {
                     if let Some(v) = parse(&raw) {
-                        return (Some(v), raw, String::new());
+                        return Ok((Some(v), raw, String::new()));
                     }
                     last_err = format!("the reply has no score for every {what}");
                     last_raw = raw;
                 }
+                Err(Error::Remote(e)) if refused(&e.kind) => {
+                    return Err(Error::Msg(format!(
+                        "judge {}: the service refused the request, so the judge \
+                         configuration is at fault: {e}",
+                        self.name()
+                    )))
+                }
                 Err(e) => last_err = e.to_string(),
             }
         }
-        (None, last_raw, last_err)
+        Ok((None, last_raw, last_err))
     }
 }
 
@@ -175,7 +190,7 @@ impl Judge for RubricJudge {
                 self.prompts
                     .judge(group.dimension, group.context, group.reference, &items)?;
             let n = unique.len();
-            let (scores, text, err) = self.ask_until(&prompt, |r| parse_scores(r, n), "item");
+            let (scores, text, err) = self.ask_until(&prompt, |r| parse_scores(r, n), "item")?;
             raw = Some(text);
             match scores {
                 Some(s) => judged = s,
@@ -328,7 +343,7 @@ impl AspectsJudge {
             .judge_aspects(context, reference, response)?;
         let (scores, raw, err) =
             self.inner
-                .ask_until(&prompt, |r| parse_aspects(r, &keys), "aspect");
+                .ask_until(&prompt, |r| parse_aspects(r, &keys), "aspect")?;
         let error = scores.is_none().then(|| {
             format!(
                 "judge failed after {} attempts: {err}",

@@ -120,6 +120,7 @@ fn the_rubric_judge_runs_over_http() {
         sampling: humanlm::judge::llm::Sampling {
             temperature: 0.0,
             max_tokens: 48,
+            token_limit: Default::default(),
             seed: 0,
         },
         retries: 0,

@@ -284,11 +284,13 @@ struct ScriptedJudge {
 
 fn scripted(replies: Vec<(u16, String)>) -> ScriptedJudge {
     let mut replies = replies.into_iter();
-    serve_judge(move || replies.next().unwrap_or((200, "{}".into())))
+    serve_judge(move |_| replies.next().unwrap_or((200, "{}".into())))
 }
 
-/// A loopback judge whose every answer (status, content) comes from `answer`.
-fn serve_judge(mut answer: impl FnMut() -> (u16, String) + Send + 'static) -> ScriptedJudge {
+/// A loopback judge whose every answer (status, content) comes from `answer`, given the request.
+fn serve_judge(
+    mut answer: impl FnMut(&serde_json::Value) -> (u16, String) + Send + 'static,
+) -> ScriptedJudge {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let prompts = Arc::new(Mutex::new(vec![]));
@@ -316,7 +318,7 @@ fn serve_judge(mut answer: impl FnMut() -> (u16, String) + Send + 'static) -> Sc
                     .unwrap_or_default()
                     .to_string(),
             );
-            let (status, content) = answer();
+            let (status, content) = answer(&req);
             let body = if status == 200 {
                 serde_json::json!({
                     "id": "x", "object": "chat.completion", "created": 0, "model": "judge",
@@ -493,7 +495,7 @@ fn a_rerun_judges_again_what_failed_and_only_that() {
     let out = tempfile::tempdir().unwrap();
     let healthy = Arc::new(AtomicBool::new(false));
     let up = healthy.clone();
-    let server = serve_judge(move || {
+    let server = serve_judge(move |_| {
         if up.load(Ordering::SeqCst) {
             (200, r#"{"1": {"score": 0.6}, "2": {"score": 0.6}}"#.into())
         } else {
@@ -542,6 +544,92 @@ fn a_rerun_judges_again_what_failed_and_only_that() {
     let asked = server.prompts.lock().unwrap().len();
     eval::run(&s, &common::roots(), None, &mut |_| {}).unwrap();
     assert_eq!(server.prompts.lock().unwrap().len(), asked);
+}
+
+/// The shipped service judges send what the services accept, checked against a loopback
+/// stand-in that applies their rules: gpt-5-mini (a reasoning model) takes only temperature 1 and
+/// refuses `max_tokens` for `max_completion_tokens`; Claude through Anthropic's OpenAI-compatible
+/// endpoint takes temperature 0..=1 and a token limit. A refused request is a configuration
+/// error, reported with the service's message, asked once, never scored as 0.
+#[test]
+fn shipped_service_judges_send_what_the_services_accept() {
+    let server = serve_judge(|req| {
+        let refuse = |m: &str| (400, m.to_string());
+        match req["model"].as_str().unwrap_or_default() {
+            "gpt-5-mini" => {
+                if req.get("max_tokens").is_some() {
+                    return refuse(
+                        "Unsupported parameter: 'max_tokens' is not supported with this model. \
+                         Use 'max_completion_tokens' instead.",
+                    );
+                }
+                if req["temperature"].as_f64() != Some(1.0) {
+                    return refuse(
+                        "Unsupported value: 'temperature' does not support this value with this \
+                         model. Only the default (1) value is supported.",
+                    );
+                }
+                if req["max_completion_tokens"].as_u64() != Some(4096) {
+                    return refuse("max_completion_tokens: expected the recipe's 4096");
+                }
+            }
+            "claude-haiku-4-5" => {
+                let t = req["temperature"].as_f64().unwrap_or(-1.0);
+                if !(0.0..=1.0).contains(&t) || req["max_tokens"].as_u64() != Some(4096) {
+                    return refuse("temperature must be in [0, 1]; max_tokens 4096 expected");
+                }
+            }
+            other => return refuse(&format!("model {other} not found")),
+        }
+        (
+            200,
+            r#"{"key_points": "x", "1": {"thought": "t", "score": 0.7}}"#.into(),
+        )
+    });
+    let set = PromptSet::load("humanlm", &common::root().join("prompts")).unwrap();
+    let judge_for = |file: &str, edit: &dyn Fn(&mut RubricConfig)| {
+        let path = common::root().join("prompts/judges").join(file);
+        let JudgeConfig::Rubric(mut cfg) = JudgeConfig::read(&path).unwrap() else {
+            panic!("{file} is not a rubric judge");
+        };
+        let e = cfg.endpoint.as_mut().unwrap();
+        e.base_url = server.url.clone();
+        e.api_key_env = None;
+        edit(&mut cfg);
+        RubricJudge::new(
+            cfg,
+            &common::roots(),
+            Arc::new(PromptSet::load("humanlm", &common::root().join("prompts")).unwrap()),
+        )
+        .unwrap()
+    };
+    for file in ["rubric-openai.toml", "rubric-anthropic.toml"] {
+        let s = judge_for(file, &|_| {})
+            .score_group(&group(&set, &[("against", true)]))
+            .unwrap();
+        assert_eq!(s[0].score, 0.7, "{file}: {:?}", s[0]);
+        assert!(s[0].error.is_none(), "{file}: {:?}", s[0].error);
+    }
+    // gpt-5-mini sent the old way (max_tokens, temperature 0): refused once, as a
+    // configuration error that carries the service's message.
+    let before = server.prompts.lock().unwrap().len();
+    let e = judge_for("rubric-openai.toml", &|c| {
+        c.sampling.token_limit = humanlm::judge::llm::TokenLimit::MaxTokens;
+        c.sampling.temperature = 0.0;
+    })
+    .score_group(&group(&set, &[("against", true)]))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("configuration") && e.contains("'max_tokens'"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+    assert_eq!(
+        server.prompts.lock().unwrap().len(),
+        before + 1,
+        "asked once"
+    );
 }
 
 #[test]
