@@ -1,9 +1,11 @@
-//! Parsing a simulator's output into its tagged fields, exactly as the HumanLM method defines.
+//! Parsing a simulator's output into its tagged fields, as the HumanLM recipe's parsers do.
 //!
 //! - flexible: any `<tag>…</tag>` pairs, tag names case-insensitive, contents trimmed;
-//! - strict: the required tags exactly once, in order, separated only by spaces and newlines,
-//!   nothing else (anything else makes the output invalid);
-//! - strict-thinking: everything up to the first `</think>` dropped, then strict;
+//! - strict: the required tags in order, separated only by spaces and newlines, nothing else
+//!   (anything else makes the output invalid), contents kept exactly — the recipe's anchored
+//!   regex, lazy contents included;
+//! - strict-thinking: an output starting with the first tag as it is, else everything up to the
+//!   first `</think>` dropped, then strict;
 //! - response extraction: think blocks stripped, then `<response>…</response>`, else the text
 //!   after `<response>`, else the text before `</response>`, else everything.
 
@@ -37,38 +39,58 @@ pub fn flexible(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The contents of `tags`, if `text` is exactly those tags in order (whitespace between).
+/// The contents of `tags`, if `text` is exactly those tags in order: the HumanLM recipe's
+/// `parse_fields_strict`. The text is stripped of spaces and newlines at both ends; it must then
+/// be `<tag>…</tag>` blocks in order with only spaces and newlines between them, tags matched
+/// case-insensitively, each block's content kept exactly (not trimmed) and as short as the rest
+/// allows (the recipe's lazy `(.*?)` in one anchored regex, which Rust's `regex` matches with
+/// the same leftmost-first semantics, so a content may hold a later copy of its own tag).
 pub fn strict(text: &str, tags: &[&str]) -> Option<Vec<String>> {
-    let mut rest = text;
-    let mut out = Vec::with_capacity(tags.len());
-    for tag in tags {
-        rest = rest.trim_start_matches([' ', '\n', '\r', '\t']);
-        let open = format!("<{tag}>");
-        let close = format!("</{tag}>");
-        rest = rest.strip_prefix(open.as_str())?;
-        let end = rest.find(close.as_str())?;
-        let content = &rest[..end];
-        // A field must not contain another field's tags (a repeated or nested tag).
-        if tags
-            .iter()
-            .any(|t| content.contains(&format!("<{t}>")) || content.contains(&format!("</{t}>")))
-        {
-            return None;
-        }
-        out.push(content.trim().to_string());
-        rest = &rest[end + close.len()..];
+    let s = text.trim_matches([' ', '\n']);
+    if s.is_empty() || tags.is_empty() {
+        return None;
     }
-    if rest.trim_matches([' ', '\n', '\r', '\t']).is_empty() {
-        Some(out)
-    } else {
-        None
-    }
+    let blocks: Vec<String> = tags
+        .iter()
+        .map(|t| {
+            let t = regex::escape(t);
+            format!("<{t}>(.*?)</{t}>")
+        })
+        .collect();
+    let pattern = format!("(?is)^{}$", blocks.join("[ \n]*"));
+    let re = regex::Regex::new(&pattern).ok()?;
+    let caps = re.captures(s)?;
+    Some(
+        (1..=tags.len())
+            .map(|i| caps.get(i).map_or("", |m| m.as_str()).to_string())
+            .collect(),
+    )
 }
 
-/// Strict parsing of a thinking-on output: the part up to the first `</think>` is dropped.
+/// Strict parsing of a thinking-on output: the recipe's `parse_fields_strict_thinking`. An
+/// output that already starts with the first tag is read as it is; otherwise everything up to
+/// the first `</think>` (or `<\think>`) is dropped and the rest must start with the first tag.
+/// A `think` among the tags (a think-then-reply set) is read from the start.
 pub fn strict_thinking(text: &str, tags: &[&str]) -> Option<Vec<String>> {
-    let end = text.find("</think>")?;
-    strict(&text[end + "</think>".len()..], tags)
+    let s = text.trim_matches([' ', '\n']);
+    let first = tags.first()?;
+    let starts = |s: &str| {
+        s.get(..first.len() + 2)
+            .is_some_and(|h| h.eq_ignore_ascii_case(&format!("<{first}>")))
+    };
+    if tags.contains(&"think") || starts(s) {
+        return strict(s, tags);
+    }
+    let lower = s.to_ascii_lowercase();
+    let end = ["</think>", "<\\think>"]
+        .iter()
+        .filter_map(|m| lower.find(m).map(|i| i + m.len()))
+        .min()?;
+    let rest = s[end..].trim_matches([' ', '\n']);
+    if !starts(rest) {
+        return None;
+    }
+    strict(rest, tags)
 }
 
 /// The inner monologue of a thinking-on output (the prompt already opened `<think>`).
@@ -153,8 +175,9 @@ mod tests {
         fn strict_reads_back_what_was_written(fields in proptest::collection::vec(field(), 7), seps in proptest::collection::vec(sep(), 7)) {
             let text = render(&fields, &seps);
             let got = strict(&text, &TAGS).expect("valid");
+            // Strict keeps each content exactly; the flexible parse and the reply trim.
+            prop_assert_eq!(&got, &fields);
             let want: Vec<String> = fields.iter().map(|f| f.trim().to_string()).collect();
-            prop_assert_eq!(&got, &want);
             let flex: Vec<String> = flexible(&text).into_iter().map(|(_, c)| c).collect();
             prop_assert_eq!(flex, want.clone());
             prop_assert_eq!(extract_response(&text), want[6].clone());
@@ -182,7 +205,7 @@ mod tests {
         #[test]
         fn thinking_is_dropped(thought in field(), reply in field()) {
             let text = format!("{thought}</think>\n\n<response>{reply}</response>");
-            prop_assert_eq!(strict_thinking(&text, &["response"]), Some(vec![reply.trim().to_string()]));
+            prop_assert_eq!(strict_thinking(&text, &["response"]), Some(vec![reply.clone()]));
             prop_assert_eq!(think(&text), Some(thought.trim().to_string()));
             prop_assert_eq!(extract_response(&text), reply.trim().to_string());
         }
@@ -215,18 +238,68 @@ mod tests {
         assert_eq!(extract_response("thought only</think> after"), "after");
     }
 
+    /// Cases derived by hand from the recipe's `parse_fields_strict(_thinking)` regexes.
     #[test]
-    fn strict_needs_each_tag_once() {
+    fn strict_follows_the_recipes_regex() {
+        let one = |t: &str| strict(t, &["response"]);
+        assert_eq!(one("<response>a</response>"), Some(vec!["a".into()]));
+        assert_eq!(
+            one(" \n<Response> a \n</RESPONSE>\n "),
+            Some(vec![" a \n".into()])
+        );
+        // The lazy content grows until the anchored end matches: a repeated tag is content.
+        assert_eq!(
+            one("<response>a</response><response>b</response>"),
+            Some(vec!["a</response><response>b".into()])
+        );
+        assert_eq!(
+            one("<response>a <response> b</response>"),
+            Some(vec!["a <response> b".into()])
+        );
+        // Only spaces and newlines are stripped or allowed between blocks.
+        assert!(one("\t<response>a</response>").is_none());
+        assert!(one("<response>a</response>\r\n").is_none());
         assert!(strict(
-            "<response>a</response><response>b</response>",
-            &["response"]
+            "<goal>g</goal>\t<response>r</response>",
+            &["goal", "response"]
         )
         .is_none());
-        assert!(strict("<response>a <response> b</response>", &["response"]).is_none());
-        assert!(strict("<response>a</response>", &["response"]).is_some());
-        assert!(
-            strict_thinking("<response>a</response>", &["response"]).is_none(),
-            "no </think>"
+        assert_eq!(
+            strict(
+                "<goal>g</goal> \n <response>r</response>",
+                &["goal", "response"]
+            ),
+            Some(vec!["g".into(), "r".into()])
+        );
+        assert!(one("").is_none() && one("x<response>a</response>").is_none());
+
+        let think = |t: &str| strict_thinking(t, &["response"]);
+        assert_eq!(
+            think("<response>a</response>"),
+            Some(vec!["a".into()]),
+            "no think block"
+        );
+        assert_eq!(
+            think("hmm</think>\n<response>a</response>"),
+            Some(vec!["a".into()])
+        );
+        assert_eq!(
+            think("hmm<\\think> <response>a</response>"),
+            Some(vec!["a".into()])
+        );
+        assert_eq!(
+            think("hmm</THINK><response>a</response>"),
+            Some(vec!["a".into()])
+        );
+        assert!(think("hmm</think>\nso <response>a</response>").is_none());
+        assert!(think("no end of thought <response>a</response>").is_none());
+        // With `think` among the tags the output is read from its start.
+        assert_eq!(
+            strict_thinking(
+                "<think>t</think>\n<response>r</response>",
+                &["think", "response"]
+            ),
+            Some(vec!["t".into(), "r".into()])
         );
     }
 }
