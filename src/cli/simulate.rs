@@ -114,20 +114,24 @@ pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::R
         params: a.sampling.params(&set),
         truncate: a.truncate,
     };
+    // What every JSON answer starts with: the run's identity and the plan's truncation.
+    let header = |plan: &crate::sim::Plan| {
+        serde_json::json!({
+            "scenario": scenario.id,
+            "checkpoint": sim.name(),
+            "mode": a.mode,
+            "prompt_set": set.name,
+            "prompt_hash": set.hash,
+            "truncate": a.truncate,
+            "dropped_turns": plan.dropped_turns,
+        })
+    };
     if a.prompt_only {
         let plan = crate::sim::plan_with(&set, &scenario, &opts, sim.engine())?;
         let mut stdout = std::io::stdout().lock();
         if a.json {
-            let v = serde_json::json!({
-                "scenario": scenario.id,
-                "checkpoint": sim.name(),
-                "mode": a.mode,
-                "prompt_set": set.name,
-                "prompt_hash": set.hash,
-                "truncate": a.truncate,
-                "dropped_turns": plan.dropped_turns,
-                "calls": plan.calls,
-            });
+            let mut v = header(&plan);
+            v["calls"] = serde_json::to_value(&plan.calls)?;
             writeln!(stdout, "{v}")?;
         } else {
             for call in &plan.calls {
@@ -188,16 +192,8 @@ pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::R
         return Err(e.into());
     }
     if a.json {
-        let mut v = serde_json::json!({
-            "scenario": scenario.id,
-            "checkpoint": sim.name(),
-            "mode": a.mode,
-            "prompt_set": set.name,
-            "prompt_hash": set.hash,
-            "truncate": a.truncate,
-            "dropped_turns": plan.dropped_turns,
-            "samples": samples,
-        });
+        let mut v = header(&plan);
+        v["samples"] = serde_json::to_value(&samples)?;
         if a.show_prompt {
             v["calls"] = serde_json::to_value(&plan.calls)?;
         }

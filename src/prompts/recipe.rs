@@ -102,7 +102,8 @@ fn line_of(text: &str, needle: &str) -> Option<usize> {
         .map(|i| text[..i].matches('\n').count() + 1)
 }
 
-fn read_config(path: &Path) -> Result<Vec<State>> {
+/// The states of a state config, and the file's text (for its hash and for messages).
+fn read_config(path: &Path) -> Result<(Vec<State>, String)> {
     let text = read(path)?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| at(path, Some(e.line()), format!("not JSON: {e}")))?;
@@ -167,7 +168,7 @@ fn read_config(path: &Path) -> Result<Vec<State>> {
         }
         _ => {}
     }
-    Ok(states)
+    Ok((states, text))
 }
 
 /// The note lines `process_dataset.py` appends in tagged mode: the string literal assigned to
@@ -377,8 +378,8 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
     let config_path = recipe
         .join("state_config")
         .join(format!("{}.json", spec.config));
-    let states = read_config(&config_path)?;
-    note(&config_path, &read(&config_path)?);
+    let (states, config_text) = read_config(&config_path)?;
+    note(&config_path, &config_text);
     // The recipe's no-tag runs: a single state whose description is the whole task block, no
     // notes, and an untagged reply.
     let no_tag = spec.config.ends_with("_no_tag");
@@ -434,10 +435,7 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
         let text = read(&p).map_err(|_| {
             at(
                 &config_path,
-                line_of(
-                    &read(&config_path).unwrap_or_default(),
-                    &format!("\"{}\"", s.key),
-                ),
+                line_of(&config_text, &format!("\"{}\"", s.key)),
                 format!(
                     "state `{}`: system_prompt {} is missing",
                     s.key,
