@@ -15,14 +15,36 @@ pub(super) struct EvalArgs {
     /// A scenario file or a folder of them.
     #[arg(long, default_value = "scenarios")]
     scenarios: PathBuf,
-    #[arg(long, value_parser = mode_parser(), default_value = "humanlm")]
-    mode: crate::sim::Mode,
+    /// Default: humanlm.
+    #[arg(long, value_parser = mode_parser())]
+    mode: Option<crate::sim::Mode>,
     /// Prompt set for every checkpoint (default: each checkpoint's own).
     #[arg(long)]
     prompts: Option<String>,
-    /// Judge configuration file (default: embedding similarity, which needs no key).
+    /// Judge configuration file (default: embedding similarity, which needs no key; under
+    /// --protocol, the paper's evaluation judge prompts/judges/rubric-anthropic.toml).
     #[arg(long)]
     judge: Option<PathBuf>,
+    /// Decode and judge as the HumanLM recipe's evaluation did: the reply alone (a set
+    /// imported with --config r), thinking on, n 1, temperature 0.4, 1,024 new tokens (512
+    /// for paper-base), no n-gram ban as in its code (--no-repeat-ngram 4 for the paper's
+    /// text), a judge at temperature 0.
+    #[arg(long, value_enum)]
+    protocol: Option<crate::eval::protocol::Protocol>,
+    /// Show the paper's published numbers for this method beside the checkpoint's (repeat once
+    /// per checkpoint, in order): humanlm, humanlm-recipe, qwen3-8b, grpo-think.
+    #[arg(long = "paper")]
+    paper: Vec<String>,
+    /// Also score each reply on every state dimension with this judge (kind = "aspects"; the
+    /// paper's state alignment), reported as aspect.<dimension>.
+    #[arg(long)]
+    state_judge: Option<PathBuf>,
+    /// Judge every recorded sample of the run again (no regeneration, no judge cache).
+    #[arg(long)]
+    rejudge: bool,
+    /// cpu, cuda or cuda:N for local checkpoints (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     #[command(flatten)]
     sampling: SimSamplingArgs,
     #[arg(long, value_parser = truncate_parser(), default_value = "none")]
@@ -36,19 +58,44 @@ pub(super) struct EvalArgs {
 
 pub(super) fn eval_cmd(root: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
     use crate::eval::{self, EvalSpec, Progress};
-    let judge = match &a.judge {
+    let prompts_root = crate::prompts::default_root();
+    let judge_file = match (&a.judge, a.protocol) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(_)) => Some(prompts_root.join(crate::eval::protocol::PAPER_JUDGE)),
+        (None, None) => None,
+    };
+    let judge = match &judge_file {
         Some(p) => crate::judge::JudgeConfig::read(p)?,
         None => crate::judge::JudgeConfig::default_config(),
     };
+    if let (Some(p), Some(file)) = (a.protocol, &judge_file) {
+        p.check_judge(&judge, file)?;
+        if a.mode.is_some_and(|m| m != crate::sim::Mode::Humanlm) {
+            anyhow::bail!(
+                "--protocol {} runs the set's own calls (the reply alone under an `r` set); \
+                 drop --mode",
+                p.name()
+            );
+        }
+    }
     let spec = EvalSpec {
         checkpoints: a.checkpoint.clone(),
         scenarios: a.scenarios.clone(),
-        mode: a.mode,
+        mode: a.mode.unwrap_or(crate::sim::Mode::Humanlm),
         prompts: a.prompts.clone(),
         judge,
         sampling: a.sampling.choice(),
         truncate: a.truncate,
         out: a.out.clone(),
+        protocol: a.protocol,
+        paper: a.paper.clone(),
+        state_judge: a
+            .state_judge
+            .as_deref()
+            .map(crate::judge::JudgeConfig::read)
+            .transpose()?,
+        rejudge: a.rejudge,
+        device: a.device.clone(),
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -58,7 +105,7 @@ pub(super) fn eval_cmd(root: &std::path::Path, a: EvalArgs) -> anyhow::Result<()
         .expect("valid template"),
     );
     let mut skipped = vec![];
-    let roots = crate::roots::Roots::new(root, crate::prompts::default_root());
+    let roots = crate::roots::Roots::new(root, prompts_root);
     let dir = eval::run(&spec, &roots, None, &mut |p| match p {
         Progress::Started { total, resumed } => {
             bar.set_length(total as u64);
@@ -97,14 +144,9 @@ pub(super) fn eval_cmd(root: &std::path::Path, a: EvalArgs) -> anyhow::Result<()
     writeln!(out, "run {}", dir.display())?;
     for c in &summary.checkpoints {
         writeln!(out, "\n{} · {} scenarios", c.checkpoint, c.n_scenarios)?;
-        let keys = crate::eval::metrics_in_order(&c.metrics, &c.dimensions);
-        for k in keys {
-            let m = &c.metrics[k];
-            writeln!(
-                out,
-                "  {:<22} {:>6.1}  [{:>5.1}, {:>5.1}]",
-                k, m.mean, m.ci95[0], m.ci95[1]
-            )?;
+        write_domain_table(&mut out, c)?;
+        for n in &c.notes {
+            writeln!(out, "  note: {n}")?;
         }
         let d = &c.diagnostics;
         writeln!(
@@ -117,8 +159,89 @@ pub(super) fn eval_cmd(root: &std::path::Path, a: EvalArgs) -> anyhow::Result<()
             d.context_copy_rate * 100.0,
             d.judge_failures
         )?;
+        if d.judge_failures > 0 {
+            writeln!(
+                out,
+                "  {} judgements still failed (scored 0): run the same command again to retry them",
+                d.judge_failures
+            )?;
+        }
     }
     Ok(())
+}
+
+/// One checkpoint's metrics as the paper's Table 1 lays them out: a column per domain, then
+/// the macro average; each cell the mean ×100 ± half its 95% interval. A run that names a
+/// published method gets that method's numbers on the line under each metric it reports.
+fn write_domain_table(
+    out: &mut impl Write,
+    c: &crate::eval::CheckpointSummary,
+) -> std::io::Result<()> {
+    use crate::eval::paper::MACRO;
+    let domains = domain_columns(&c.by_domain);
+    let cell = |e: Option<&crate::eval::stats::Estimate>| match e {
+        Some(e) => format!("{:.1} ±{:.1}", e.mean, (e.ci95[1] - e.ci95[0]) / 2.0),
+        None => "—".to_string(),
+    };
+    write!(out, "  {:<22}", "METRIC (×100, ±95%)")?;
+    for d in &domains {
+        write!(out, " {:>13}", d)?;
+    }
+    writeln!(out, " {:>13}", MACRO)?;
+    for k in crate::eval::metrics_in_order(&c.metrics, &c.dimensions) {
+        write!(out, "  {k:<22}")?;
+        for d in &domains {
+            write!(
+                out,
+                " {:>13}",
+                cell(c.by_domain.get(k).and_then(|m| m.get(*d)))
+            )?;
+        }
+        writeln!(out, " {:>13}", cell(c.macro_average.get(k)))?;
+        if let Some(published) = c.paper.as_ref().and_then(|p| p.values.get(k.as_str())) {
+            let label = &c
+                .paper
+                .as_ref()
+                .map(|p| p.label.as_str())
+                .unwrap_or_default();
+            write!(out, "    {:<20}", label)?;
+            for d in &domains {
+                let v = published.get(d.as_str());
+                write!(
+                    out,
+                    " {:>13}",
+                    v.map(|v| format!("{v:.1}")).unwrap_or("—".into())
+                )?;
+            }
+            let v = published.get(MACRO);
+            writeln!(
+                out,
+                " {:>13}",
+                v.map(|v| format!("{v:.1}")).unwrap_or("—".into())
+            )?;
+        }
+    }
+    if let Some(p) = &c.paper {
+        writeln!(out, "  published numbers: {} ({})", p.label, p.source)?;
+        if domains.len() < crate::scenario::Domain::ALL.len() {
+            writeln!(
+                out,
+                "  this run's macro averages its {} domain(s); the paper's averages all six",
+                domains.len()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The cells of a per-domain table, in column order: the domains any metric has, then macro.
+fn domain_columns<V>(
+    by_domain: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, V>>,
+) -> Vec<&String> {
+    let mut domains: Vec<&String> = by_domain.values().flat_map(|d| d.keys()).collect();
+    domains.sort_by_key(|d| crate::eval::domain_order(d));
+    domains.dedup();
+    domains
 }
 
 pub(super) fn runs_cmd(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
@@ -191,6 +314,32 @@ pub(super) fn compare_cmd(
             m.win_rate_b * 100.0,
             m.diff.n
         )?;
+    }
+    // B − A per domain and for the macro average (each domain weighted equally).
+    let domains = domain_columns(&c.by_domain);
+    write!(out, "\n{:<22}", "B−A BY DOMAIN (±95%)")?;
+    for d in &domains {
+        write!(out, " {:>13}", d)?;
+    }
+    writeln!(out, " {:>13}", crate::eval::paper::MACRO)?;
+    let cell = |m: Option<&crate::eval::MetricComparison>| match m {
+        Some(m) => format!(
+            "{:+.1} ±{:.1}",
+            m.diff.mean,
+            (m.diff.ci95[1] - m.diff.ci95[0]) / 2.0
+        ),
+        None => "—".to_string(),
+    };
+    for k in crate::eval::metrics_in_order(&c.metrics, &c.dimensions) {
+        write!(out, "{k:<22}")?;
+        for d in &domains {
+            write!(
+                out,
+                " {:>13}",
+                cell(c.by_domain.get(k).and_then(|m| m.get(*d)))
+            )?;
+        }
+        writeln!(out, " {:>13}", cell(c.macro_average.get(k)))?;
     }
     Ok(())
 }

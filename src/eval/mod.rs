@@ -11,6 +11,8 @@
 //! those with a failed judgement are judged again from their recorded samples.
 
 pub mod diagnostics;
+pub mod paper;
+pub mod protocol;
 pub mod stats;
 
 use crate::generate::SamplingParams;
@@ -84,6 +86,18 @@ pub struct EvalSpec {
     pub truncate: sim::Truncate,
     /// The folder run folders are created in.
     pub out: PathBuf,
+    /// A preset that fixes the decoding to the paper's evaluation (`--protocol paper`).
+    pub protocol: Option<protocol::Protocol>,
+    /// The published method each checkpoint's numbers are shown beside ([`paper::find`]):
+    /// none, one per checkpoint, or one for a single checkpoint.
+    pub paper: Vec<String>,
+    /// A judge that also scores each reply on every state dimension (the paper's state
+    /// alignment, the recipe's `state_reward_on_response`), as `aspect.<dim>` metrics.
+    pub state_judge: Option<JudgeConfig>,
+    /// Judge every recorded sample again, without regenerating and without the judge cache.
+    pub rejudge: bool,
+    /// Where local checkpoints run: `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
 }
 
 /// One line of `samples.jsonl`: the simulated sample as the simulator returned it (its fields
@@ -117,8 +131,23 @@ pub struct CheckpointSummary {
     #[serde(default)]
     pub dimensions: Vec<String>,
     pub n_scenarios: usize,
-    /// Scenario means ×100 with bootstrap 95% intervals.
+    /// Scenario means ×100 with bootstrap 95% intervals, pooled over every scenario.
     pub metrics: BTreeMap<String, Estimate>,
+    /// Per metric, each domain's scenario mean ×100 with its interval (the paper's Table 1
+    /// columns).
+    #[serde(default)]
+    pub by_domain: BTreeMap<String, BTreeMap<String, Estimate>>,
+    /// Per metric, the mean of the domain means, each domain weighted equally as the paper's
+    /// average is, with a stratified bootstrap interval.
+    #[serde(default)]
+    pub macro_average: BTreeMap<String, Estimate>,
+    /// The published numbers of the method the run reproduces, when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paper: Option<paper::PaperMethod>,
+    /// What the reader must know to trust the numbers (e.g. an n-gram ban an endpoint did not
+    /// apply).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub diagnostics: Diagnostics,
 }
 
@@ -323,18 +352,89 @@ pub fn run(
             .unwrap_or(name.clone());
         resolved.push((name.clone(), label, ckpt, set));
     }
+    // A preset fixes the decoding (and refuses what contradicts it) before anything runs.
+    let sampling = match spec.protocol {
+        Some(p) => {
+            for r in &resolved {
+                p.check_set(&r.3)?;
+            }
+            p.apply(&spec.sampling)?
+        }
+        None => spec.sampling.clone(),
+    };
+    let papers: Vec<Option<paper::PaperMethod>> = match spec.paper.len() {
+        0 => vec![None; resolved.len()],
+        n if n == resolved.len() => spec
+            .paper
+            .iter()
+            .map(|m| paper::find(m).map(Some).map_err(Error::Msg))
+            .collect::<Result<_>>()?,
+        n => {
+            return Err(Error::Msg(format!(
+                "--paper given {n} times for {} checkpoints: name one published method per \
+                 checkpoint, in the same order",
+                resolved.len()
+            )))
+        }
+    };
+    let device = crate::model::device::parse_device(&spec.device)?;
     let judge = spec.judge.build(roots, resolved[0].3.clone())?;
+    let state_judge = match &spec.state_judge {
+        Some(c) => {
+            let j = c.build(roots, resolved[0].3.clone())?;
+            // An empty reply is scored without a call, which shows what the judge scores.
+            match j.score_aspects("", "", "") {
+                None => {
+                    return Err(Error::Msg(format!(
+                        "--state-judge: judge {} scores one dimension at a time; state \
+                         alignment needs a judge that scores a reply on every state \
+                         (kind = \"aspects\")",
+                        j.name()
+                    )))
+                }
+                Some(Ok(dims)) if dims.is_empty() => {
+                    return Err(Error::Msg(format!(
+                        "--state-judge: judge {} has no state dimensions to score (its prompt \
+                         set has only the reply); name a set with states in its `prompts`",
+                        j.name()
+                    )))
+                }
+                _ => {}
+            }
+            Some(j)
+        }
+        None => None,
+    };
     // Embedding similarity of the reply is always reported when the embedder is present.
     let embedder_dir = checkpoints_root.join(crate::judge::embedding::DEFAULT_EMBEDDER);
     let embedder = crate::judge::EmbeddingJudge::load(&embedder_dir).ok();
 
-    let sampling = &spec.sampling;
+    // An endpoint is sent the n-gram size, but servers other than `humanlm serve` (vLLM, the
+    // hosted APIs) ignore fields they do not know: the report says so instead of implying a
+    // ban ran.
+    let notes: Vec<Vec<String>> = resolved
+        .iter()
+        .map(|(_, label, c, set)| {
+            let size = sampling.params(set).no_repeat_ngram;
+            if c.is_none() && size > 0 {
+                vec![format!(
+                    "{label}: ban not applied — the {size}-gram ban was requested, but an \
+                     endpoint applies it only if it is `humanlm serve` (vLLM and hosted APIs \
+                     ignore the field)"
+                )]
+            } else {
+                vec![]
+            }
+        })
+        .collect();
     let run_info = serde_json::json!({
         "program": {"name": "humanlm", "version": env!("CARGO_PKG_VERSION")},
         "mode": spec.mode,
-        "n": spec.sampling.n,
-        "seed": spec.sampling.seed,
-        "sampling": spec.sampling,
+        "protocol": spec.protocol.map(|p| p.describe(&sampling, &resolved[0].3)),
+        "device": spec.device,
+        "n": sampling.n,
+        "seed": sampling.seed,
+        "sampling": sampling,
         "truncate": spec.truncate,
         "scenarios": {
             "path": spec.scenarios,
@@ -343,7 +443,10 @@ pub fn run(
             "hash": scenario_hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect::<String>(),
         },
         "judge": {"name": judge.name(), "config": spec.judge, "resolved": judge.config()},
-        "checkpoints": resolved.iter().map(|(spec, label, c, set)| serde_json::json!({
+        "state_judge": state_judge.as_ref().map(|j| serde_json::json!({
+            "name": j.name(), "config": spec.state_judge, "resolved": j.config(),
+        })),
+        "checkpoints": resolved.iter().zip(&papers).zip(&notes).map(|(((spec, label, c, set), paper), notes)| serde_json::json!({
             "name": label,
             "spec": spec,
             "path": c.as_ref().map(|c| c.path.clone()),
@@ -357,6 +460,8 @@ pub fn run(
             "prompt_hash": set.hash,
             "sampling_defaults": set.sampling,
             "sampling_used": sampling.params(set),
+            "paper": paper.as_ref().map(|m| &m.name),
+            "notes": notes,
         })).collect::<Vec<_>>(),
     });
     let id = sha_hex(run_info.to_string().as_bytes(), 4);
@@ -393,12 +498,14 @@ pub fn run(
         info["created"] = now_rfc3339().into();
         crate::files::write(&run_json, &serde_json::to_string_pretty(&info)?)?;
     }
-    let cache = Cache::new(spec.out.join(".judge-cache"));
+    // Re-judging asks the judge again for everything, so it must not read the cache (it still
+    // writes it).
+    let cache = Cache::new(spec.out.join(".judge-cache")).refreshing(spec.rejudge);
 
     // Resume: keep complete scenarios, drop partial ones (and a line cut off by a crash).
     let samples_path = dir.join("samples.jsonl");
     let mut done: Vec<SampleRecord> = read_samples(&samples_path);
-    let n = spec.sampling.n.max(1);
+    let n = sampling.n.max(1);
     let mut counts: HashMap<(String, String), usize> = HashMap::new();
     for r in &done {
         *counts
@@ -410,12 +517,20 @@ pub fn run(
     // samples, already generated, are judged again (the cache holds only successes, so only
     // the failed groups are asked again).
     let mut failed: Vec<(String, String)> = vec![];
+    // `rejudge` treats every recorded judgement as one to ask again.
     for r in &done {
         let key = (r.checkpoint.clone(), r.scenario.clone());
-        if r.scores.values().any(|s| s.error.is_some()) && !failed.contains(&key) {
+        if (spec.rejudge || r.scores.values().any(|s| s.error.is_some())) && !failed.contains(&key)
+        {
             failed.push(key);
         }
     }
+    let judges = Judges {
+        main: judge.as_ref(),
+        state: state_judge.as_deref(),
+        embedder: embedder.as_ref(),
+        cache: &cache,
+    };
     for (checkpoint, scenario) in &failed {
         let (Some(set), Some(sc)) = (
             resolved.iter().find(|r| &r.1 == checkpoint).map(|r| &r.3),
@@ -429,15 +544,7 @@ pub fn run(
             .collect();
         old.sort_by_key(|r| r.sample);
         let samples: Vec<SimSample> = old.iter().map(|r| r.sim.clone()).collect();
-        let fresh = judge_samples(
-            checkpoint,
-            set,
-            sc,
-            &samples,
-            judge.as_ref(),
-            embedder.as_ref(),
-            &cache,
-        )?;
+        let fresh = judge_samples(checkpoint, set, sc, &samples, &judges)?;
         done.retain(|r| !(&r.checkpoint == checkpoint && &r.scenario == scenario));
         done.extend(fresh);
     }
@@ -472,10 +579,14 @@ pub fn run(
         progress(Progress::Loading {
             checkpoint: name.clone(),
         });
-        let simulator = sim::Simulator::open(spec_name, checkpoints_root, &LoadOptions::default())?;
+        let load = LoadOptions {
+            device: device.clone(),
+            ..LoadOptions::default()
+        };
+        let simulator = sim::Simulator::open(spec_name, checkpoints_root, &load)?;
         let params = SamplingParams {
             n,
-            ..spec.sampling.params(set)
+            ..sampling.params(set)
         };
         let opts = Options {
             mode: spec.mode,
@@ -494,15 +605,7 @@ pub fn run(
             });
             let (_, samples) =
                 sim::simulate_with(simulator.engine(), set, sc, &opts, cancel, &mut |_| {})?;
-            let records = judge_samples(
-                name,
-                set,
-                sc,
-                &samples,
-                judge.as_ref(),
-                embedder.as_ref(),
-                &cache,
-            )?;
+            let records = judge_samples(name, set, sc, &samples, &judges)?;
             let mut lines = String::new();
             for r in &records {
                 lines.push_str(&serde_json::to_string(r)?);
@@ -518,11 +621,18 @@ pub fn run(
         }
     }
     let records = read_samples(&samples_path);
-    let names: Vec<(String, Vec<String>)> = resolved
+    let reported: Vec<Reported> = resolved
         .iter()
-        .map(|r| (r.1.clone(), judged_dimensions(&r.3)))
+        .zip(papers)
+        .zip(notes)
+        .map(|((r, paper), notes)| Reported {
+            checkpoint: r.1.clone(),
+            dimensions: judged_dimensions(&r.3),
+            paper,
+            notes,
+        })
         .collect();
-    let summary = summarise(&dir, &names, &records, skipped, spec.sampling.seed);
+    let summary = summarise(&dir, &reported, &records, skipped, sampling.seed);
     crate::files::write(
         &dir.join("summary.json"),
         &serde_json::to_string_pretty(&summary)?,
@@ -530,16 +640,30 @@ pub fn run(
     Ok(dir)
 }
 
-/// Judge one scenario's samples: the reply as one group, and each state as one group.
+/// The judges of a run.
+struct Judges<'a> {
+    main: &'a dyn Judge,
+    /// Scores each reply on every state dimension (state alignment).
+    state: Option<&'a dyn Judge>,
+    embedder: Option<&'a crate::judge::EmbeddingJudge>,
+    cache: &'a Cache,
+}
+
+/// Judge one scenario's samples: the reply as one group, each state as one group, and with a
+/// state judge each reply on every state dimension.
 fn judge_samples(
     checkpoint: &str,
     set: &PromptSet,
     sc: &Scenario,
     samples: &[SimSample],
-    judge: &dyn Judge,
-    embedder: Option<&crate::judge::EmbeddingJudge>,
-    cache: &Cache,
+    judges: &Judges,
 ) -> Result<Vec<SampleRecord>> {
+    let Judges {
+        main: judge,
+        state: state_judge,
+        embedder,
+        cache,
+    } = *judges;
     let reference = sc.target.response.as_deref().unwrap_or_default();
     let context = set.thread(&sim::thread_turns(sc))?;
     let mut scores: Vec<BTreeMap<String, Score>> = vec![BTreeMap::new(); samples.len()];
@@ -589,10 +713,19 @@ fn judge_samples(
     };
     let mut out = vec![];
     for (i, s) in samples.iter().enumerate() {
-        if let Some(Ok(by)) = cache.score_aspects(judge, &context, reference, &s.response) {
-            for (k, v) in by {
-                scores[i].insert(format!("aspect.{k}"), v);
+        // The state judge when there is one, else the main judge if it scores aspects.
+        let aspects = match state_judge {
+            Some(j) => cache.score_aspects(j, &context, reference, &s.response),
+            None => cache.score_aspects(judge, &context, reference, &s.response),
+        };
+        match aspects {
+            Some(Ok(by)) => {
+                for (k, v) in by {
+                    scores[i].insert(format!("aspect.{k}"), v);
+                }
             }
+            Some(Err(e)) if state_judge.is_some() => return Err(e.into()),
+            _ => {}
         }
         let mut similarity = BTreeMap::new();
         if let Some(e) = &emb {
@@ -673,19 +806,78 @@ pub fn scenario_means(
         .collect()
 }
 
-/// The summary of a run's records; `checkpoints` are the run's checkpoints, each with the
-/// dimensions it was judged on.
+/// What a summary reports of one checkpoint besides its records.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub checkpoint: String,
+    /// What it was judged on, in its prompt set's order.
+    pub dimensions: Vec<String>,
+    pub paper: Option<paper::PaperMethod>,
+    pub notes: Vec<String>,
+}
+
+/// Each scenario's domain, from a checkpoint's records.
+fn scenario_domains(records: &[SampleRecord], checkpoint: &str) -> BTreeMap<String, String> {
+    records
+        .iter()
+        .filter(|r| r.checkpoint == checkpoint)
+        .map(|r| (r.scenario.clone(), r.domain.clone()))
+        .collect()
+}
+
+/// Scenario values ×100 grouped by domain, domains in the benchmark's order.
+fn by_domain_values(
+    by_scenario: &BTreeMap<String, f64>,
+    domains: &BTreeMap<String, String>,
+) -> Vec<(String, Vec<f64>)> {
+    let mut groups: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (sc, v) in by_scenario {
+        let d = domains.get(sc).cloned().unwrap_or_default();
+        groups.entry(d).or_default().push(v * 100.0);
+    }
+    let mut out: Vec<(String, Vec<f64>)> = groups.into_iter().collect();
+    out.sort_by_key(|(d, _)| domain_order(d));
+    out
+}
+
+/// A domain's place in tables: the benchmark's order, unknown names after.
+pub fn domain_order(name: &str) -> (usize, String) {
+    let at = crate::scenario::Domain::ALL
+        .iter()
+        .position(|d| d.name() == name)
+        .unwrap_or(usize::MAX);
+    (at, name.to_string())
+}
+
+/// The summary of a run's records, one entry per reported checkpoint.
 pub fn summarise(
     dir: &Path,
-    checkpoints: &[(String, Vec<String>)],
+    checkpoints: &[Reported],
     records: &[SampleRecord],
     skipped: usize,
     seed: u64,
 ) -> Summary {
     let mut out = vec![];
-    for (ckpt, dimensions) in checkpoints {
+    for rep in checkpoints {
+        let ckpt = &rep.checkpoint;
         let mine: Vec<&SampleRecord> = records.iter().filter(|r| &r.checkpoint == ckpt).collect();
-        let metrics = scenario_means(records, ckpt)
+        let domains = scenario_domains(records, ckpt);
+        let means = scenario_means(records, ckpt);
+        let mut by_domain = BTreeMap::new();
+        let mut macro_average = BTreeMap::new();
+        for (k, by) in &means {
+            let groups = by_domain_values(by, &domains);
+            by_domain.insert(
+                k.clone(),
+                groups
+                    .iter()
+                    .map(|(d, xs)| (d.clone(), stats::bootstrap(xs, seed)))
+                    .collect::<BTreeMap<_, _>>(),
+            );
+            let xs: Vec<Vec<f64>> = groups.into_iter().map(|(_, xs)| xs).collect();
+            macro_average.insert(k.clone(), stats::macro_bootstrap(&xs, seed));
+        }
+        let metrics = means
             .into_iter()
             .map(|(k, by)| {
                 let xs: Vec<f64> = by.values().map(|v| v * 100.0).collect();
@@ -704,9 +896,13 @@ pub fn summarise(
             mine.iter().map(|r| r.scenario.as_str()).collect();
         out.push(CheckpointSummary {
             checkpoint: ckpt.clone(),
-            dimensions: dimensions.clone(),
+            dimensions: rep.dimensions.clone(),
             n_scenarios: scenarios.len(),
             metrics,
+            by_domain,
+            macro_average,
+            paper: rep.paper.clone(),
+            notes: rep.notes.clone(),
             diagnostics: Diagnostics {
                 valid_rate: rate(&|r| r.sim.valid),
                 length_ratio: stats::mean(&ratios),
@@ -833,8 +1029,14 @@ pub struct Comparison {
     pub checkpoint_b: String,
     /// A's judged dimensions in its prompt set's order, for the table.
     pub dimensions: Vec<String>,
-    /// metric → (mean A ×100, mean B ×100, paired B − A ×100 with interval, B's win rate).
+    /// metric → (mean A ×100, mean B ×100, paired B − A ×100 with interval, B's win rate),
+    /// pooled over the scenarios both runs scored.
     pub metrics: BTreeMap<String, MetricComparison>,
+    /// metric → domain → the same, over that domain's shared scenarios.
+    pub by_domain: BTreeMap<String, BTreeMap<String, MetricComparison>>,
+    /// metric → the macro averages (each domain weighted equally) and their paired
+    /// difference, with a stratified bootstrap interval; the win rate is the domains' mean.
+    pub macro_average: BTreeMap<String, MetricComparison>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -874,25 +1076,64 @@ pub fn compare(a: &Path, b: &Path, seed: u64) -> Result<Comparison> {
         (shared.clone(), shared.clone())
     };
     let (ma, mb) = (scenario_means(&ra, &ca), scenario_means(&rb, &cb));
+    let domains = scenario_domains(&ra, &ca);
+    let paired = |pairs: &[(f64, f64)]| {
+        let xa: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+        let xb: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+        let p = stats::paired(&xa, &xb, seed);
+        MetricComparison {
+            a: stats::mean(&xa),
+            b: stats::mean(&xb),
+            diff: p.diff,
+            win_rate_b: p.win_rate,
+        }
+    };
     let mut metrics = BTreeMap::new();
+    let mut by_domain = BTreeMap::new();
+    let mut macro_average = BTreeMap::new();
     for (k, by_a) in &ma {
         let Some(by_b) = mb.get(k) else { continue };
-        let common: Vec<&String> = by_a.keys().filter(|s| by_b.contains_key(*s)).collect();
-        if common.is_empty() {
+        // (domain, (A ×100, B ×100)) for every scenario both scored.
+        let mut pairs: Vec<(String, (f64, f64))> = by_a
+            .iter()
+            .filter_map(|(s, a)| {
+                let b = by_b.get(s)?;
+                let d = domains.get(s).cloned().unwrap_or_default();
+                Some((d, (a * 100.0, b * 100.0)))
+            })
+            .collect();
+        if pairs.is_empty() {
             continue;
         }
-        let xa: Vec<f64> = common.iter().map(|s| by_a[*s] * 100.0).collect();
-        let xb: Vec<f64> = common.iter().map(|s| by_b[*s] * 100.0).collect();
-        let p = stats::paired(&xa, &xb, seed);
-        metrics.insert(
+        pairs.sort_by_key(|x| domain_order(&x.0));
+        let all: Vec<(f64, f64)> = pairs.iter().map(|p| p.1).collect();
+        metrics.insert(k.clone(), paired(&all));
+        let mut groups: Vec<(String, Vec<(f64, f64)>)> = vec![];
+        for (d, p) in pairs {
+            match groups.last_mut() {
+                Some((last, v)) if *last == d => v.push(p),
+                _ => groups.push((d, vec![p])),
+            }
+        }
+        let per: BTreeMap<String, MetricComparison> =
+            groups.iter().map(|(d, v)| (d.clone(), paired(v))).collect();
+        let diffs: Vec<Vec<f64>> = groups
+            .iter()
+            .map(|(_, v)| v.iter().map(|(a, b)| b - a).collect())
+            .collect();
+        let mean_of = |f: &dyn Fn(&MetricComparison) -> f64| {
+            stats::mean(&per.values().map(f).collect::<Vec<_>>())
+        };
+        macro_average.insert(
             k.clone(),
             MetricComparison {
-                a: stats::mean(&xa),
-                b: stats::mean(&xb),
-                diff: p.diff,
-                win_rate_b: p.win_rate,
+                a: mean_of(&|m| m.a),
+                b: mean_of(&|m| m.b),
+                diff: stats::macro_bootstrap(&diffs, seed),
+                win_rate_b: mean_of(&|m| m.win_rate_b),
             },
         );
+        by_domain.insert(k.clone(), per);
     }
     if metrics.is_empty() {
         return Err(Error::Msg(
@@ -918,5 +1159,7 @@ pub fn compare(a: &Path, b: &Path, seed: u64) -> Result<Comparison> {
         checkpoint_b: cb,
         dimensions,
         metrics,
+        by_domain,
+        macro_average,
     })
 }

@@ -49,6 +49,44 @@ pub fn bootstrap(xs: &[f64], seed: u64) -> Estimate {
     }
 }
 
+/// The macro average of several groups (each domain's mean, averaged with equal weight, as the
+/// paper's Table 1 averages its datasets) with a stratified percentile-bootstrap 95% interval:
+/// every resample redraws each group from itself, so a small domain keeps its weight and its
+/// own spread. `n` counts the observations of all groups; empty groups are left out.
+pub fn macro_bootstrap(groups: &[Vec<f64>], seed: u64) -> Estimate {
+    let groups: Vec<&Vec<f64>> = groups.iter().filter(|g| !g.is_empty()).collect();
+    let n = groups.iter().map(|g| g.len()).sum();
+    let m = mean(&groups.iter().map(|g| mean(g)).collect::<Vec<_>>());
+    if groups.is_empty() || groups.iter().all(|g| g.len() < 2) {
+        return Estimate {
+            mean: m,
+            ci95: [m, m],
+            n,
+        };
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut means: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            let mut total = 0.0;
+            for g in &groups {
+                let mut s = 0.0;
+                for _ in 0..g.len() {
+                    s += g[rng.random_range(0..g.len())];
+                }
+                total += s / g.len() as f64;
+            }
+            total / groups.len() as f64
+        })
+        .collect();
+    means.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| means[((q * (RESAMPLES - 1) as f64).round() as usize).min(RESAMPLES - 1)];
+    Estimate {
+        mean: m,
+        ci95: [at(0.025), at(0.975)],
+        n,
+    }
+}
+
 /// B − A over paired observations, with B's win rate (ties count half).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Paired {
@@ -101,6 +139,27 @@ mod tests {
             "{half}"
         );
         assert_eq!(bootstrap(&small, 1), bootstrap(&small, 1));
+    }
+
+    #[test]
+    fn macro_average_weighs_domains_equally_and_resamples_within_them() {
+        // A large domain at 0 and a small one at 1: the pooled mean is near 0, the macro 0.5.
+        let big = vec![0.0; 990];
+        let small = vec![1.0; 10];
+        let m = macro_bootstrap(&[big.clone(), small.clone()], 3);
+        assert!((m.mean - 0.5).abs() < 1e-12);
+        assert_eq!(m.n, 1000);
+        // Constant within each domain: every stratified resample has the same macro mean.
+        assert_eq!(m.ci95, [0.5, 0.5]);
+        // Spread within a domain widens the interval; one domain is its plain bootstrap.
+        let spread: Vec<f64> = (0..40).map(|i| (i % 2) as f64).collect();
+        let w = macro_bootstrap(&[spread.clone(), small], 3);
+        assert!(w.ci95[0] < 0.75 && 0.75 < w.ci95[1], "{w:?}");
+        let one = macro_bootstrap(std::slice::from_ref(&spread), 3);
+        assert!((one.mean - bootstrap(&spread, 3).mean).abs() < 1e-12);
+        assert!(one.ci95[0] < 0.5 && 0.5 < one.ci95[1]);
+        // Empty groups are not domains.
+        assert!((macro_bootstrap(&[vec![], vec![0.2, 0.4]], 1).mean - 0.3).abs() < 1e-12);
     }
 
     #[test]

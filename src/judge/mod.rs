@@ -291,11 +291,21 @@ impl Judge for LexicalJudge {
 /// Judge results on disk: one JSON file per (judge configuration, group) under `dir`.
 pub struct Cache {
     dir: PathBuf,
+    /// Ask the judge even when the cache has an answer (and store the new one).
+    refresh: bool,
 }
 
 impl Cache {
     pub fn new(dir: PathBuf) -> Cache {
-        Cache { dir }
+        Cache {
+            dir,
+            refresh: false,
+        }
+    }
+
+    /// The same cache, asking the judge again for everything when `refresh` is set.
+    pub fn refreshing(self, refresh: bool) -> Cache {
+        Cache { refresh, ..self }
     }
 
     fn path(&self, judge: &dyn Judge, input: &impl Serialize) -> PathBuf {
@@ -314,6 +324,9 @@ impl Cache {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Option<T> {
+        if self.refresh {
+            return None;
+        }
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
     }
 

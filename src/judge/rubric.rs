@@ -7,7 +7,7 @@
 //! by much, and a group with nothing but copies and empties gives its copies 1.0; scores are
 //! clamped to [0, 1]. The ×0.5 for a malformed item is the judge's instruction (its prompt
 //! says so); halving again in code is an option, off by default (`halve_malformed`), as the
-//! recipe does not. Identical items are judged once (the method's rule; it saves calls). The
+//! recipe does not. Items that differ only in whitespace are judged once (the method's rule; it saves calls). The
 //! judge's reply is parsed leniently (first `{` to last `}`, then a regex for each item's
 //! `"score"`); a reply that still lacks a score is retried with backoff (five attempts by
 //! default, the recipe's count), and after the last attempt every item scores 0 with the error
@@ -168,16 +168,20 @@ impl Judge for RubricJudge {
         let judges_reply = group.dimension.key == crate::prompts::RESPONSE;
         let is_copy = |text: &str| judges_reply && text.trim() == group.reference.trim();
         // Which unique text each item is; empty items and copies are not sent.
-        let mut unique: Vec<String> = vec![];
+        // Items are sent as written (the recipe strips them, nothing more); items that differ
+        // only in whitespace are sent once, as the first of them is written.
+        let mut unique: Vec<&str> = vec![];
+        let mut keys: Vec<String> = vec![];
         let mut slot: Vec<Option<usize>> = vec![];
         for item in &group.items {
-            let t = norm(item.text);
-            if t.is_empty() || is_copy(item.text) {
+            let key = norm(item.text);
+            if key.is_empty() || is_copy(item.text) {
                 slot.push(None);
                 continue;
             }
-            let at = unique.iter().position(|u| *u == t).unwrap_or_else(|| {
-                unique.push(t.clone());
+            let at = keys.iter().position(|k| *k == key).unwrap_or_else(|| {
+                keys.push(key);
+                unique.push(item.text.trim());
                 unique.len() - 1
             });
             slot.push(Some(at));
@@ -185,10 +189,9 @@ impl Judge for RubricJudge {
         let mut judged: Vec<ItemScore> = vec![];
         let (mut raw, mut error) = (None, None);
         if !unique.is_empty() {
-            let items: Vec<&str> = unique.iter().map(String::as_str).collect();
             let prompt =
                 self.prompts
-                    .judge(group.dimension, group.context, group.reference, &items)?;
+                    .judge(group.dimension, group.context, group.reference, &unique)?;
             let n = unique.len();
             let (scores, text, err) = self.ask_until(&prompt, |r| parse_scores(r, n), "item")?;
             raw = Some(text);

@@ -50,6 +50,11 @@ fn spec(scenarios: &Path, out: &Path) -> EvalSpec {
         },
         truncate: Truncate::None,
         out: out.to_path_buf(),
+        protocol: None,
+        paper: vec![],
+        state_judge: None,
+        rejudge: false,
+        device: "cpu".into(),
     }
 }
 
@@ -647,4 +652,323 @@ fn an_unreachable_judge_is_an_error_in_the_score_not_a_crash() {
         .unwrap();
     let err = s[0].error.as_deref().unwrap();
     assert!(err.contains("unreachable"), "{err}");
+}
+
+/// A prompt-set root holding the shipped sets and two sets imported from the recipe-layout
+/// fixture: `paper-r` (the evaluation config `r`: the reply alone) and `paper-states`
+/// (`sebvgcr`: the six states, for the state judge).
+fn paper_prompts_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for set in ["humanlm", "instruct", "judges"] {
+        let to = root.path().join(set);
+        std::fs::create_dir(&to).unwrap();
+        for e in std::fs::read_dir(common::root().join("prompts").join(set)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let recipe = common::fixture("recipe/humanlm");
+    for (name, config) in [("paper-r", "r"), ("paper-states", "sebvgcr")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_humanlm"))
+            .args(["prompts", "import"])
+            .arg(&recipe)
+            .args(["--name", name, "--config", config])
+            .env("HUMANLM_PROMPTS", root.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    root
+}
+
+/// `humanlm eval` with `prompts` as the prompt-set root; (exit success, stdout, stderr).
+fn eval_cli(prompts: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_humanlm"))
+        .arg("eval")
+        .args(args)
+        .env("HUMANLM_CHECKPOINTS", common::checkpoints())
+        .env("HUMANLM_PROMPTS", prompts)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The paper's protocol end to end on the default model: the reply alone under the imported
+/// `r` set, decoded as the recipe's evaluation (n 1, temperature 0.4, 1,024 new tokens, no
+/// n-gram ban as its code), judged by a loopback judge at temperature 0 answering in the
+/// recipe's JSON, with the state judge scoring the reply on every state. Checked: the judge
+/// request is the imported set's recipe text, the per-domain scores and their macro average,
+/// the published column, run.json's record of the preset, and `--rejudge` re-scoring without
+/// generating.
+#[test]
+fn the_paper_protocol_runs_end_to_end_with_per_domain_results() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let prompts = paper_prompts_root();
+    let sc = tempfile::tempdir().unwrap();
+    let shipped = common::root().join("scenarios");
+    for id in ["opinion-gym-etiquette-06", "politics-four-day-week-01"] {
+        let l = humanlm::scenario::find(id, &shipped).unwrap();
+        std::fs::copy(&l.path, sc.path().join(format!("{id}.toml"))).unwrap();
+    }
+    // Scores by scenario: the opinion thread is about a gym, the politics one about a council.
+    // After `rejudge_to` is set (non-zero), every reply scores that instead.
+    let rejudge_to = Arc::new(AtomicU64::new(0));
+    let later = rejudge_to.clone();
+    let requests = Arc::new(Mutex::new(vec![]));
+    let seen = requests.clone();
+    let server = serve_judge(move |req| {
+        seen.lock().unwrap().push(req.clone());
+        let prompt = req["messages"][0]["content"].as_str().unwrap_or_default();
+        let mut score = if prompt.contains("borough council") {
+            0.8
+        } else {
+            0.4
+        };
+        let r = later.load(Ordering::SeqCst);
+        if r > 0 {
+            score = r as f64 / 100.0;
+        }
+        if req["model"] == "state-judge" {
+            let by: serde_json::Map<String, serde_json::Value> = [
+                "stance",
+                "emotion",
+                "belief",
+                "value",
+                "goal",
+                "communication",
+            ]
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    serde_json::json!({"thought": "t", "score": 0.5}),
+                )
+            })
+            .collect();
+            return (200, serde_json::Value::Object(by).to_string());
+        }
+        (
+            200,
+            format!(r#"{{"1": {{"thought": "key points", "score": {score}}}}}"#),
+        )
+    });
+    let judges = tempfile::tempdir().unwrap();
+    let judge = judges.path().join("judge.toml");
+    let judge_file = |top: &str, model: &str| {
+        format!(
+            "{top}\n[endpoint]\nbase_url = \"{}\"\nmodel = \"{model}\"\nretries = 0\n\
+             [sampling]\ntemperature = 0.0\nmax_tokens = 4096\n",
+            server.url
+        )
+    };
+    std::fs::write(&judge, judge_file("kind = \"rubric\"", "judge")).unwrap();
+    let state_judge = judges.path().join("state-judge.toml");
+    let top = "kind = \"aspects\"\nprompts = \"paper-states\"";
+    std::fs::write(&state_judge, judge_file(top, "state-judge")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let scenarios = sc.path().to_str().unwrap().to_string();
+    let out_dir = out.path().to_str().unwrap().to_string();
+    let (judge_s, state_s) = (
+        judge.to_str().unwrap().to_string(),
+        state_judge.to_str().unwrap().to_string(),
+    );
+    let args = [
+        "--checkpoint",
+        "smollm2-135m-instruct",
+        "--scenarios",
+        &scenarios,
+        "--protocol",
+        "paper",
+        "--prompts",
+        "paper-r",
+        "--judge",
+        &judge_s,
+        "--state-judge",
+        &state_s,
+        "--paper",
+        "humanlm",
+        "--out",
+        &out_dir,
+    ];
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let (ok, stdout, stderr) = eval_cli(prompts.path(), &with_json);
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let c = &summary["checkpoints"][0];
+    let close = |v: &serde_json::Value, want: f64| {
+        let got = v
+            .as_f64()
+            .unwrap_or_else(|| panic!("no number for {want}: {stdout}"));
+        assert!((got - want).abs() < 1e-9, "{got} != {want}: {stdout}");
+    };
+    close(&c["by_domain"]["response"]["opinion"]["mean"], 40.0);
+    close(&c["by_domain"]["response"]["politics"]["mean"], 80.0);
+    close(&c["macro_average"]["response"]["mean"], 60.0);
+    close(&c["macro_average"]["aspect.stance"]["mean"], 50.0);
+    assert!(c["by_domain"]["embedding"]["politics"]["mean"].is_number());
+    close(&c["paper"]["response"]["opinion"], 25.6);
+    assert_eq!(c["diagnostics"]["judge_failures"], 0);
+
+    // The judge saw the imported set's recipe request for the reply that was generated, at
+    // temperature 0; the state judge was asked once per reply.
+    let dir = Path::new(&out_dir).join(summary["run"].as_str().unwrap());
+    let records = eval::read_samples(&dir.join("samples.jsonl"));
+    assert_eq!(records.len(), 2);
+    let set = PromptSet::load("paper-r", prompts.path()).unwrap();
+    let reqs = requests.lock().unwrap().clone();
+    for r in &records {
+        let scenario = humanlm::scenario::find(&r.scenario, sc.path())
+            .unwrap()
+            .scenario;
+        let context = set.thread(&humanlm::sim::thread_turns(&scenario)).unwrap();
+        if r.sim.response.trim().is_empty() {
+            continue; // scored 0 without a call
+        }
+        let want = set
+            .judge(
+                set.response(),
+                &context,
+                &r.reference,
+                &[r.sim.response.as_str()],
+            )
+            .unwrap();
+        assert!(
+            reqs.iter()
+                .any(|q| q["model"] == "judge" && q["messages"][0]["content"] == want.as_str()),
+            "no judge request with the recipe text for {}",
+            r.scenario
+        );
+    }
+    assert!(reqs.iter().all(|q| q["temperature"] == 0.0));
+    assert_eq!(
+        reqs.iter().filter(|q| q["model"] == "state-judge").count(),
+        2
+    );
+
+    // run.json records the preset as the recipe's code runs it.
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["protocol"]["name"], "paper");
+    assert_eq!(info["protocol"]["no_repeat_ngram"], 0);
+    assert_eq!(info["protocol"]["stop"], "</response>");
+    assert_eq!(info["protocol"]["thinking"], true);
+    let used = &info["checkpoints"][0]["sampling_used"];
+    assert_eq!(used["max_new_tokens"], 1024);
+    assert_eq!(used["no_repeat_ngram"], 0);
+    assert_eq!(used["n"], 1);
+    assert!((used["temperature"].as_f64().unwrap() - 0.4).abs() < 1e-6);
+    assert_eq!(info["checkpoints"][0]["paper"], "humanlm");
+    let calls: Vec<&String> = records[0].sim.outputs.keys().collect();
+    assert_eq!(calls, ["response"], "the reply alone is generated");
+
+    // --rejudge: every reply judged again (the judge now says 0.6), nothing generated again.
+    rejudge_to.store(60, Ordering::SeqCst);
+    let mut again = args.to_vec();
+    again.push("--rejudge");
+    let (ok, report, stderr) = eval_cli(prompts.path(), &again);
+    assert!(ok, "{stderr}");
+    let rejudged = eval::read_samples(&dir.join("samples.jsonl"));
+    for (a, b) in records.iter().zip(&rejudged) {
+        assert_eq!(a.sim.response, b.sim.response);
+        if !b.sim.response.trim().is_empty() {
+            assert!((b.scores["response"].score - 0.6).abs() < 1e-12);
+        }
+    }
+    // The report lays the run out as Table 1: domains, the macro average, the paper's row.
+    let header = report
+        .lines()
+        .find(|l| l.contains("METRIC"))
+        .unwrap_or_else(|| panic!("{report}"));
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        &cols[cols.len() - 3..],
+        ["opinion", "politics", "macro"],
+        "{report}"
+    );
+    let response_row = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("response"))
+        .unwrap();
+    assert!(response_row.contains("60.0"), "{report}");
+    let paper_row = report
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("response"))
+        .nth(1)
+        .unwrap();
+    let cells: Vec<&str> = paper_row.split_whitespace().collect();
+    assert_eq!(&cells[cells.len() - 3..], ["25.6", "—", "13.2"], "{report}");
+}
+
+/// What contradicts the preset is refused before any model loads, with the fix in the message.
+#[test]
+fn the_paper_protocol_refuses_what_contradicts_it() {
+    let prompts = paper_prompts_root();
+    let sc = scenario_dir();
+    let out = tempfile::tempdir().unwrap();
+    let judges = tempfile::tempdir().unwrap();
+    let judge = judges.path().join("judge.toml");
+    std::fs::write(
+        &judge,
+        "kind = \"rubric\"\n[endpoint]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"j\"\n[sampling]\ntemperature = 1.0\n",
+    )
+    .unwrap();
+    let base = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "--checkpoint",
+            "smollm2-135m-instruct",
+            "--scenarios",
+            sc.path().to_str().unwrap(),
+            "--protocol",
+            "paper",
+            "--out",
+            out.path().to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str]| {
+        let a = base(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        eval_cli(prompts.path(), &refs)
+    };
+    let (ok, _, err) = run(&["--prompts", "paper-states", "--judge", "x.toml"]);
+    assert!(!ok && err.contains("x.toml"), "{err}");
+    let j = judge.to_str().unwrap();
+    let (ok, _, err) = run(&["--prompts", "paper-r", "--judge", j]);
+    assert!(
+        !ok && err.contains("judges at temperature 0") && err.contains(j),
+        "{err}"
+    );
+    std::fs::write(
+        &judge,
+        "kind = \"rubric\"\n[endpoint]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"j\"\n[sampling]\ntemperature = 0.0\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["--prompts", "paper-states", "--judge", j]);
+    assert!(!ok && err.contains("--config r"), "{err}");
+    let (ok, _, err) = run(&["--prompts", "paper-r", "--judge", j, "--n", "4"]);
+    assert!(!ok && err.contains("--n 1"), "{err}");
+    let (ok, _, err) = run(&["--prompts", "paper-r", "--judge", j, "--paper", "nope"]);
+    assert!(!ok && err.contains("humanlm-recipe"), "{err}");
+    let (ok, _, err) = run(&["--prompts", "paper-r", "--judge", j, "--mode", "joint"]);
+    assert!(!ok && err.contains("drop --mode"), "{err}");
+    // Nothing was run: no run folder was left behind.
+    assert_eq!(
+        std::fs::read_dir(out.path())
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
 }

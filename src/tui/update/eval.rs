@@ -134,6 +134,11 @@ fn start_eval(app: &mut App, fx: &mut Vec<Effect>, judge: crate::judge::JudgeCon
         sampling: app.sampling.clone(),
         truncate: crate::sim::Truncate::None,
         out: app.paths.runs.clone(),
+        protocol: None,
+        paper: vec![],
+        state_judge: None,
+        rejudge: false,
+        device: "cpu".into(),
     };
     app.eval.progress = Some(EvalProgress {
         job: job.id,
