@@ -32,6 +32,10 @@ pub struct Tokenizer {
     pub add_bos: bool,
     /// Token ids that end generation.
     pub eos_ids: Vec<u32>,
+    /// The checkpoint's own end-of-sequence token (tokenizer_config.json's `eos_token`, a GGUF's
+    /// `tokenizer.ggml.eos_token_id`), what HF calls `tokenizer.eos_token`: the token an SFT
+    /// target ends with. `eos_ids` is sorted, so its first entry need not be this one.
+    pub eos_id: Option<u32>,
     /// Whether `inner` adds the BOS itself (an HF post-processor), so we must not add it again.
     post_processor_adds_bos: bool,
 }
@@ -72,9 +76,15 @@ impl Tokenizer {
             bos_id: None,
             add_bos: special.add_bos.unwrap_or(false) || post_processor_adds_bos,
             eos_ids: vec![],
+            eos_id: None,
             post_processor_adds_bos,
         };
         tok.bos_id = special.bos.as_deref().and_then(|b| tok.token_id(b));
+        tok.eos_id = special
+            .eos_tokens
+            .first()
+            .and_then(|t| tok.token_id(t))
+            .or(special.eos_ids.first().copied());
         tok.finish_eos(&special.eos_ids, &special.eos_tokens);
         Ok(tok)
     }
@@ -177,6 +187,7 @@ impl Tokenizer {
                 .and_then(|v| v.to_bool().ok())
                 .unwrap_or(false),
             eos_ids: vec![],
+            eos_id: get_u32("tokenizer.ggml.eos_token_id"),
             post_processor_adds_bos: false,
         };
         let eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]

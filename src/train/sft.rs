@@ -1,8 +1,15 @@
 //! Supervised fine-tuning: the real reply in the position the simulator speaks from (the
 //! response prompt of the prompt set, so under the HumanLM set the target speaks in the user
-//! role), loss on the reply's tokens only. The SFT-think variant targets
-//! `<think>trace</think><response>reply</response>`, the traces written by a judge model from
-//! the set's trace prompt and cached in the run folder.
+//! role), loss on the reply's tokens only. The SFT-think variant puts a thinking trace before
+//! the reply, the traces written by a judge model from the set's trace prompt and cached in the
+//! run folder.
+//!
+//! The targets are the HumanLM recipe's SFT generations (process_dataset.py,
+//! `make_map_fn_sft`), see `recipe_generation`: the reply bare under a no-tag set,
+//! `<response>\n{reply}\n</response>` otherwise, and `<think>\n{trace}\n</think>\n` before the
+//! tagged reply for SFT-think; then the end-of-sequence token, as the SFT dataset appends it.
+//! What the prompt already ends with (the open `<think>` of a thinking generation prompt, a
+//! pre-filled `<response>`) is not repeated: the target continues the prompt.
 
 use super::run::{no_examples, nth_example, planned};
 use super::{Error, Result, StepEvent, TrainEvent, Trainer};
@@ -36,8 +43,77 @@ pub struct Example {
     pub target: Vec<u32>,
 }
 
+/// The recipe's SFT generation text, split where a prompt may already have written part of it:
+/// `head` is its opening tag and the newline after it (empty for a bare reply), `body` the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Generation {
+    head: &'static str,
+    body: String,
+}
+
+impl Generation {
+    /// What the model writes after `prompt`: the generation less the longest start of its
+    /// opening tag that the prompt already ends with (`<think>` from a thinking generation
+    /// prompt, `<response>` pre-filled by a set).
+    fn after(&self, prompt: &str) -> String {
+        let written = (1..=self.head.len())
+            .rev()
+            .find(|&k| prompt.ends_with(&self.head[..k]))
+            .unwrap_or(0);
+        format!("{}{}", &self.head[written..], self.body)
+    }
+}
+
+/// The reply as the HumanLM recipe's SFT rows hold it (process_dataset.py, `make_map_fn_sft`):
+/// bare under a no-tag set (`--no_tag`), `<response>\n{reply}\n</response>` otherwise, and with
+/// a trace (`--thinking_sft`) `<think>\n{trace}\n</think>\n` before the tagged reply. The reply
+/// is taken as stored (the recipe does not strip it); the trace stripped, as the recipe's trace
+/// writer returns it. The recipe refuses thinking with no tag, and so does this.
+fn recipe_generation(reply: &str, trace: Option<&str>, untagged: bool) -> Result<Generation> {
+    Ok(match (trace, untagged) {
+        (Some(_), true) => return Err(Error::Msg(NO_TAG_THINK.into())),
+        (None, true) => Generation {
+            head: "",
+            body: reply.to_string(),
+        },
+        (None, false) => Generation {
+            head: "<response>\n",
+            body: format!("{reply}\n</response>"),
+        },
+        (Some(t), false) => Generation {
+            head: "<think>\n",
+            body: format!("{}\n</think>\n<response>\n{reply}\n</response>", t.trim()),
+        },
+    })
+}
+
+const NO_TAG_THINK: &str = "SFT-think needs a set whose reply is tagged: the HumanLM recipe builds thinking data only with <response> tags (process_dataset.py refuses --thinking_sft with --no_tag)";
+
+/// Why `set` cannot train SFT-think, if it cannot: its reply prompt must leave room for a
+/// thinking block (no pre-filled tag, thinking on) and its reply must be tagged.
+fn think_refusal(set: &PromptSet) -> Option<String> {
+    if set.prefill_tag {
+        return Some(format!(
+            "prompt set '{}' pre-fills the reply's opening tag, so no thinking block can precede it; use a set without pre-fill (e.g. --prompts humanlm)",
+            set.name
+        ));
+    }
+    if set.untagged_reply {
+        return Some(format!("prompt set '{}': {NO_TAG_THINK}", set.name));
+    }
+    if !set.response_thinking {
+        return Some(format!(
+            "prompt set '{}' writes the reply with thinking off (response_thinking = false), so its prompt already closes the think block; use a set with thinking on",
+            set.name
+        ));
+    }
+    None
+}
+
 /// Build SFT examples from every scenario with a reference reply; `traces` (by scenario id)
-/// turns on the thinking variant.
+/// turns on the thinking variant. Each target is the ids of the recipe's generation as it
+/// continues the prompt (`Generation::after`), then the end-of-sequence token; prompt and target
+/// are tokenized apart (no BOS added to the target), as the recipe's SFT dataset does.
 pub fn sft_examples(
     model: &Model,
     set: &PromptSet,
@@ -47,37 +123,37 @@ pub fn sft_examples(
 ) -> Result<(Vec<Example>, Vec<String>)> {
     let mut out = vec![];
     let mut skipped = vec![];
-    let eos = *model
-        .tokenizer
-        .eos_ids
-        .first()
+    // The tokenizer's own EOS, as the recipe's SFT dataset appends `tokenizer.eos_token`.
+    let tok = &model.tokenizer;
+    let eos = tok
+        .eos_id
+        .or(tok.eos_ids.first().copied())
         .ok_or_else(|| Error::Msg("the tokenizer has no end-of-sequence token".into()))?;
-    // The thinking variant frames the reply as HumanLM's response call does (thinking on).
-    let mode = if traces.is_some() {
-        Mode::Humanlm
-    } else {
-        Mode::Response
+    // The thinking variant prompts as HumanLM's response call does (thinking on); plain SFT as
+    // the response mode does (thinking off), as the recipe's enable_thinking does for each.
+    let mode = match traces {
+        Some(_) => {
+            if let Some(why) = think_refusal(set) {
+                return Err(Error::Msg(why));
+            }
+            Mode::Humanlm
+        }
+        None => Mode::Response,
     };
     for (sc, reply, plan) in planned(model, set, scenarios, mode, &mut skipped) {
         let call = plan.calls.last().expect("a plan has a response call");
-        // The reply as the model must write it after the prompt (and any pre-filled tag).
-        let (open, close) = match (set.untagged_reply, call.prefill.is_empty()) {
-            (true, _) => ("", ""),
-            (false, true) => ("<response>", "</response>"),
-            (false, false) => ("", "</response>"),
-        };
-        let think = match traces {
+        let trace = match traces {
             Some(t) => match t.get(&sc.id) {
-                Some(trace) => format!("<think>\n{}\n</think>\n", trace.trim()),
+                Some(trace) => Some(trace.as_str()),
                 None => {
                     skipped.push(format!("{}: no thinking trace", sc.id));
                     continue;
                 }
             },
-            None => String::new(),
+            None => None,
         };
-        let text = format!("{think}{open}{}{close}", reply.trim());
-        let mut target = model.tokenizer.encode_raw(&text)?;
+        let text = recipe_generation(reply, trace, set.untagged_reply)?.after(&call.prompt);
+        let mut target = tok.encode_rendered(&text)?;
         target.push(eos);
         if call.ids.len() + target.len() > max_seq {
             skipped.push(format!(
@@ -232,11 +308,9 @@ fn write_traces(
             ))
         }
     };
-    if set.prefill_tag {
-        return Err(Error::Msg(format!(
-            "prompt set '{}' pre-fills the reply's opening tag, so no thinking block can precede it; use a set without pre-fill (e.g. --prompts humanlm)",
-            set.name
-        )));
+    // Refused before any trace is asked for.
+    if let Some(why) = think_refusal(set) {
+        return Err(Error::Msg(why));
     }
     let model = rubric.open_model(checkpoints)?;
     let identity = model.identity();
@@ -313,7 +387,9 @@ fn ask_with_retries(model: &ChatModel, cfg: &RubricConfig, prompt: &str) -> Resu
     Err(last.unwrap_or_else(|| Error::Msg("no attempt made".into())))
 }
 
-/// The monologue without think blocks or tags a model might wrap it in.
+/// The monologue as the recipe keeps it (stripped of surrounding whitespace), less what a
+/// thinking model writes before it: everything up to its last `</think>` goes, and stray think
+/// tags are removed, so the trace cannot close the think block it is put in early.
 fn clean_trace(raw: &str) -> String {
     let text = match raw.rfind("</think>") {
         Some(i) => &raw[i + "</think>".len()..],

@@ -34,5 +34,6 @@ mod serve;
 mod simulate;
 mod tokenizer;
 mod train;
+mod train_targets;
 mod tui;
 mod tui_e2e;

@@ -828,7 +828,7 @@ fn sft_from_a_humanual_file() {
 }
 
 /// SFT-think: the judge's model writes a trace per scenario, cached in the run folder (a resumed
-/// run asks for none again), and the target becomes <think>trace</think><response>reply</response>.
+/// run asks for none again), and the target becomes the trace, `</think>` and the tagged reply.
 #[test]
 fn sft_think_writes_caches_and_trains_on_traces() {
     let data = tempfile::tempdir().unwrap();
@@ -922,9 +922,13 @@ fn sft_think_writes_caches_and_trains_on_traces() {
     let (ex, _) =
         humanlm::train::sft_examples(model, &set, &scenarios, 4096, Some(&by_id)).unwrap();
     assert_eq!(ex.len(), 2);
+    // The prompt ends with the open <think>; the target continues it (train_targets.rs checks
+    // the exact ids).
     let text = model.tokenizer.decode(&ex[0].target).unwrap();
     assert!(
-        text.starts_with("<think>") && text.contains("</think>\n<response>"),
+        text.starts_with('\n')
+            && !text.contains("<think>")
+            && text.contains("\n</think>\n<response>\n"),
         "{text}"
     );
 }
