@@ -411,8 +411,22 @@ impl Judge for AspectsJudge {
     }
 }
 
-/// `{"stance": {"score": x, "thought": ...}, ...}` leniently, or `None` if an aspect is missing.
+/// `{"stance": {"score": x, "thought": ...}, ...}`, scores clamped to [0, 1], or `None` if an
+/// aspect is missing.
+///
+/// First as the recipe's response-level judge reads its judge's reply (`state_reward_on_response`
+/// through `utils.extract_json`, see [`recipe_json`]): what it accepts is taken with exactly its
+/// scores. Its parser is lenient about the JSON (single or triple quotes, raw newlines inside
+/// strings, trailing commas, numbers like `.5` or `+1e0`, a score written as a string, text
+/// after the object), strict about the shape: every value an object with a `"score"` that
+/// `float()` takes, and the keys exactly the states. Where it would ask again, this parser still
+/// tries, beyond the recipe: extra keys and bare numbers are accepted, and broken JSON falls
+/// back to a regex per aspect. A NaN score is refused (the recipe would carry it into its
+/// reward).
 pub fn parse_aspects(raw: &str, keys: &[String]) -> Option<BTreeMap<String, ItemScore>> {
+    if let Some(found) = recipe_json::aspects(raw, keys) {
+        return Some(found);
+    }
     let mut found = BTreeMap::new();
     if let (Some(a), Some(b)) = (raw.find('{'), raw.rfind('}')) {
         if a < b {
@@ -449,7 +463,342 @@ pub fn parse_aspects(raw: &str, keys: &[String]) -> Option<BTreeMap<String, Item
             }
         }
     }
-    (found.len() == keys.len()).then_some(found)
+    (found.len() == keys.len()).then(|| {
+        found
+            .into_iter()
+            .map(|(k, (s, t))| (k, (s.clamp(0.0, 1.0), t)))
+            .collect()
+    })
+}
+
+/// The HumanLM recipe's `utils.extract_json` (the parser its judges' replies are read with) and
+/// the checks `metrics/state_reward_on_response.py` applies to what it returns, written from its
+/// source. `extract_json` cuts from the first `{` to the last `}` and parses one value there
+/// (trailing text ignored); keys and strings are quoted with `"` or `'` (escapes: `\n`, `\t`,
+/// `\r`; any other escaped character stands for itself) or triple-quoted (raw); every quoted
+/// string goes through its `convert_value` (`true`/`false`/`null` in any case, else Python's
+/// `float()` when it holds a `.` or an `e`, else `int()`, else the string); a number is a run of
+/// `-+0123456789.eE`; `true`/`false`/`null` are matched case-insensitively; commas may trail.
+/// When that parse fails it falls back to a `"score"` regex whose result is never a valid
+/// aspects reply, so the judge is asked again. Python's `float()` and `int()` of a string are
+/// followed for ASCII digits (whitespace around, `_` between digits, `inf`, `nan`).
+mod recipe_json {
+    use super::ItemScore;
+    use std::collections::BTreeMap;
+
+    /// A value as the recipe's parser returns it.
+    #[derive(Debug, Clone)]
+    pub(super) enum Py {
+        None,
+        Bool(bool),
+        /// An `int`, held as the float it converts to (infinite where `float()` would overflow).
+        Int(f64),
+        Float(f64),
+        Str(String),
+        /// A list (no aspects reply reads into one, so its items are parsed and dropped).
+        List,
+        /// Keys in insertion order; an equal key replaces the value and keeps the first key.
+        Dict(Vec<(Py, Py)>),
+    }
+
+    impl Py {
+        /// The number a key compares as (Python: `True == 1 == 1.0`).
+        fn number(&self) -> Option<f64> {
+            match self {
+                Py::Bool(b) => Some(f64::from(u8::from(*b))),
+                Py::Int(x) | Py::Float(x) => Some(*x),
+                _ => None,
+            }
+        }
+
+        fn key_eq(&self, other: &Py) -> bool {
+            match (self, other) {
+                (Py::Str(a), Py::Str(b)) => a == b,
+                (Py::None, Py::None) => true,
+                _ => matches!((self.number(), other.number()), (Some(a), Some(b)) if a == b),
+            }
+        }
+
+        /// Python's `float(x)`, or `None` where it raises.
+        fn float(&self) -> Option<f64> {
+            match self {
+                Py::Bool(b) => Some(f64::from(u8::from(*b))),
+                Py::Int(x) => x.is_finite().then_some(*x),
+                Py::Float(x) => Some(*x),
+                Py::Str(s) => py_float(s),
+                _ => None,
+            }
+        }
+    }
+
+    type Parsed = Result<(Py, usize), ()>;
+
+    /// Deeper than this, Python's recursion limit would stop the parse.
+    const MAX_DEPTH: usize = 400;
+
+    fn is_py_space(c: char) -> bool {
+        c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+    }
+
+    /// Underscores only between two digits (PEP 515), then removed.
+    fn without_underscores(s: &str) -> Option<String> {
+        let b: Vec<char> = s.chars().collect();
+        for (i, c) in b.iter().enumerate() {
+            if *c == '_'
+                && !(i > 0
+                    && b[i - 1].is_ascii_digit()
+                    && b.get(i + 1).is_some_and(|n| n.is_ascii_digit()))
+            {
+                return None;
+            }
+        }
+        Some(b.into_iter().filter(|c| *c != '_').collect())
+    }
+
+    /// `[+-]` then digits with at most one `.` (at least one digit), then an optional exponent.
+    fn is_decimal(s: &str) -> bool {
+        let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+        let (mantissa, exp) = match s.find(['e', 'E']) {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits = |t: &str| t.chars().all(|c| c.is_ascii_digit());
+        let mantissa_ok = digits(int) && digits(frac) && !(int.is_empty() && frac.is_empty());
+        let exp_ok = exp.is_none_or(|e| {
+            let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+            !e.is_empty() && digits(e)
+        });
+        mantissa_ok && exp_ok
+    }
+
+    /// Python's `float(s)` of a string.
+    pub(super) fn py_float(s: &str) -> Option<f64> {
+        let t = s.trim_matches(is_py_space);
+        let lower = t.to_ascii_lowercase();
+        let (sign, word) = match lower.strip_prefix('-') {
+            Some(w) => (-1.0, w),
+            None => (1.0, lower.strip_prefix('+').unwrap_or(&lower)),
+        };
+        match word {
+            "inf" | "infinity" => return Some(sign * f64::INFINITY),
+            "nan" => return Some(f64::NAN),
+            _ => {}
+        }
+        let t = without_underscores(t)?;
+        if is_decimal(&t) {
+            t.parse().ok()
+        } else {
+            None
+        }
+    }
+
+    /// Python's `int(s)` of a string, as the float `float()` would make of it.
+    fn py_int(s: &str) -> Option<f64> {
+        let t = without_underscores(s.trim_matches(is_py_space))?;
+        let digits = t.strip_prefix(['+', '-']).unwrap_or(&t);
+        if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+            t.parse().ok()
+        } else {
+            None
+        }
+    }
+
+    /// Its `convert_value`, applied to every quoted string.
+    fn convert_value(value: String) -> Py {
+        match value.to_ascii_lowercase().as_str() {
+            "true" => return Py::Bool(true),
+            "false" => return Py::Bool(false),
+            "null" => return Py::None,
+            _ => {}
+        }
+        let converted = if value.contains('.') || value.contains(['e', 'E']) {
+            py_float(&value).map(Py::Float)
+        } else {
+            py_int(&value).map(Py::Int)
+        };
+        converted.unwrap_or(Py::Str(value))
+    }
+
+    fn skip_ws(s: &[char], mut pos: usize) -> usize {
+        while pos < s.len() && matches!(s[pos], ' ' | '\t' | '\n' | '\r') {
+            pos += 1;
+        }
+        pos
+    }
+
+    /// Whether `word` is at `pos`, ASCII letters in any case.
+    fn starts(s: &[char], pos: usize, word: &str) -> bool {
+        let n = word.chars().count();
+        pos + n <= s.len()
+            && s[pos..pos + n]
+                .iter()
+                .zip(word.chars())
+                .all(|(a, b)| a.eq_ignore_ascii_case(&b))
+    }
+
+    fn parse_number(s: &[char], mut pos: usize) -> Parsed {
+        let start = pos;
+        while pos < s.len() && "-+0123456789.eE".contains(s[pos]) {
+            pos += 1;
+        }
+        let text: String = s[start..pos].iter().collect();
+        let value = if text.contains('.') || text.contains(['e', 'E']) {
+            py_float(&text).map(Py::Float)
+        } else {
+            py_int(&text).map(Py::Int)
+        };
+        value.map(|v| (v, pos)).ok_or(())
+    }
+
+    fn parse_string(s: &[char], mut pos: usize) -> Parsed {
+        let quote = s[pos];
+        pos += 1;
+        let mut out = String::new();
+        while pos < s.len() {
+            let c = s[pos];
+            if c == '\\' {
+                pos += 1;
+                out.push(match *s.get(pos).ok_or(())? {
+                    'n' => '\n',
+                    't' => '\t',
+                    'r' => '\r',
+                    c => c,
+                });
+            } else if c == quote {
+                return Ok((convert_value(out), pos + 1));
+            } else {
+                out.push(c);
+            }
+            pos += 1;
+        }
+        Err(())
+    }
+
+    fn parse_triple(s: &[char], pos: usize) -> Parsed {
+        let close = String::from(s[pos]).repeat(3);
+        let mut at = pos + 3;
+        while at < s.len() {
+            if starts(s, at, &close) {
+                let text: String = s[pos + 3..at].iter().collect();
+                return Ok((convert_value(text), at + 3));
+            }
+            at += 1;
+        }
+        Err(())
+    }
+
+    fn parse_object(s: &[char], pos: usize, depth: usize) -> Parsed {
+        let mut obj: Vec<(Py, Py)> = vec![];
+        let mut pos = skip_ws(s, pos + 1);
+        while pos < s.len() && s[pos] != '}' {
+            pos = skip_ws(s, pos);
+            if !matches!(s.get(pos), Some('"' | '\'')) {
+                return Err(());
+            }
+            let (key, p) = parse_string(s, pos)?;
+            pos = skip_ws(s, p);
+            if pos >= s.len() || s[pos] != ':' {
+                return Err(());
+            }
+            pos = skip_ws(s, pos + 1);
+            let (value, p) = parse_value(s, pos, depth + 1)?;
+            match obj.iter_mut().find(|(k, _)| k.key_eq(&key)) {
+                Some(slot) => slot.1 = value,
+                None => obj.push((key, value)),
+            }
+            pos = skip_ws(s, p);
+            if pos < s.len() && s[pos] == ',' {
+                pos = skip_ws(s, pos + 1);
+            } else if pos < s.len() && s[pos] == '}' {
+                break;
+            } else if pos < s.len() {
+                return Err(());
+            }
+        }
+        if pos >= s.len() || s[pos] != '}' {
+            return Err(());
+        }
+        Ok((Py::Dict(obj), pos + 1))
+    }
+
+    fn parse_array(s: &[char], pos: usize, depth: usize) -> Parsed {
+        let mut pos = skip_ws(s, pos + 1);
+        while pos < s.len() && s[pos] != ']' {
+            let (_, p) = parse_value(s, pos, depth + 1)?;
+            pos = skip_ws(s, p);
+            if pos < s.len() && s[pos] == ',' {
+                pos = skip_ws(s, pos + 1);
+            } else if pos < s.len() && s[pos] == ']' {
+                break;
+            } else if pos < s.len() {
+                return Err(());
+            }
+        }
+        if pos >= s.len() || s[pos] != ']' {
+            return Err(());
+        }
+        Ok((Py::List, pos + 1))
+    }
+
+    fn parse_value(s: &[char], pos: usize, depth: usize) -> Parsed {
+        if depth > MAX_DEPTH {
+            return Err(());
+        }
+        let pos = skip_ws(s, pos);
+        let c = *s.get(pos).ok_or(())?;
+        match c {
+            '{' => parse_object(s, pos, depth),
+            '[' => parse_array(s, pos, depth),
+            _ if starts(s, pos, "'''") || starts(s, pos, "\"\"\"") => parse_triple(s, pos),
+            '"' | '\'' => parse_string(s, pos),
+            _ if starts(s, pos, "true") => Ok((Py::Bool(true), pos + 4)),
+            _ if starts(s, pos, "false") => Ok((Py::Bool(false), pos + 5)),
+            _ if starts(s, pos, "null") => Ok((Py::None, pos + 4)),
+            _ if "-+0123456789.".contains(c) => parse_number(s, pos),
+            _ => Err(()),
+        }
+    }
+
+    /// `extract_json`'s full parse (its regex fallback left out: for the aspects judge its
+    /// result is never a valid reply).
+    pub(super) fn extract(raw: &str) -> Option<Py> {
+        let a = raw.find('{')?;
+        let b = raw.rfind('}')?;
+        if b < a {
+            return None;
+        }
+        let sub: Vec<char> = raw[a..=b].chars().collect();
+        parse_value(&sub, 0, 0).ok().map(|(v, _)| v)
+    }
+
+    /// What `state_reward_on_response.compute_score` accepts: every entry an object with a
+    /// `"score"` that `float()` takes (clamped to [0, 1]), the keys exactly `keys`.
+    pub(super) fn aspects(raw: &str, keys: &[String]) -> Option<BTreeMap<String, ItemScore>> {
+        let Py::Dict(entries) = extract(raw)? else {
+            return None;
+        };
+        let mut found = BTreeMap::new();
+        for (key, value) in entries {
+            let (Py::Str(key), Py::Dict(fields)) = (key, value) else {
+                return None;
+            };
+            let field = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| matches!(k, Py::Str(k) if k == name))
+                    .map(|(_, v)| v)
+            };
+            let score = field("score")?.float().filter(|x| !x.is_nan())?;
+            let thought = match field("thought") {
+                Some(Py::Str(t)) => Some(t.clone()),
+                _ => None,
+            };
+            found.insert(key, (score.clamp(0.0, 1.0), thought));
+        }
+        let same = found.len() == keys.len() && keys.iter().all(|k| found.contains_key(k));
+        same.then_some(found)
+    }
 }
 
 #[cfg(test)]
@@ -492,5 +841,109 @@ mod tests {
         .unwrap();
         assert_eq!(s["stance"].0, 0.5);
         assert!(parse_aspects(r#"{"stance": {"score": 0.5}}"#, &keys).is_none());
+    }
+
+    fn keys() -> Vec<String> {
+        ["stance", "emotion"].map(String::from).to_vec()
+    }
+
+    /// Replies the recipe's response-level judge accepts (`extract_json`, then its checks), with
+    /// the scores it takes from them, worked out by hand from its code.
+    #[test]
+    fn aspects_accept_what_the_recipe_accepts_with_its_scores() {
+        let cases: [(&str, [f64; 2]); 9] = [
+            // Prose around the object, and a second object after it (the parse stops after the
+            // first value of the first-{-to-last-} cut).
+            (
+                "Here you go: {\"stance\": {\"thought\": \"a\", \"score\": 0.7}, \"emotion\": \
+                 {\"thought\": \"b\", \"score\": 0}} and {\"note\": 1} thanks",
+                [0.7, 0.0],
+            ),
+            // Single quotes, trailing commas, a raw newline and an escaped quote in a thought.
+            (
+                "{'stance': {'thought': 'line one\nline \\'two\\'', 'score': .5,}, \
+                 'emotion': {'score': +1e-1},}",
+                [0.5, 0.1],
+            ),
+            // Scores written as strings go through convert_value, then float().
+            (
+                r#"{"stance": {"score": "0.8"}, "emotion": {"score": " 1 "}}"#,
+                [0.8, 1.0],
+            ),
+            // Clamped to [0, 1]; float(True) is 1.0; TRUE matched in any case.
+            (
+                r#"{"stance": {"score": 1.7}, "emotion": {"score": TRUE}}"#,
+                [1.0, 1.0],
+            ),
+            (
+                r#"{"stance": {"score": -3}, "emotion": {"score": "true"}}"#,
+                [0.0, 1.0],
+            ),
+            // A triple-quoted thought (raw, quotes inside kept); the thought is optional.
+            (
+                "{\"stance\": {\"thought\": '''it's \"x\"''', \"score\": \"1_0e-2\"}, \
+                 \"emotion\": {\"score\": 0.25}}",
+                [0.1, 0.25],
+            ),
+            // A repeated key: the later value wins, as in a Python dict.
+            (
+                r#"{"stance": {"score": 0.1}, "emotion": {"score": 0.2}, "stance": {"score": 0.3}}"#,
+                [0.3, 0.2],
+            ),
+            // float("inf") of a string score, then clamped; 5. and 007 are numbers to Python.
+            (
+                r#"{"stance": {"score": "-Infinity"}, "emotion": {"score": 5.}}"#,
+                [0.0, 1.0],
+            ),
+            (
+                r#"{"stance": {"score": 007, "score2": [1, {"a": null}]}, "emotion": {"score": 0.0}}"#,
+                [1.0, 0.0],
+            ),
+        ];
+        for (raw, [stance, emotion]) in cases {
+            let s = parse_aspects(raw, &keys()).unwrap_or_else(|| panic!("refused: {raw}"));
+            assert_eq!(s["stance"].0, stance, "{raw}");
+            assert_eq!(s["emotion"].0, emotion, "{raw}");
+            // The recipe's own reading accepts it, not only the fallbacks.
+            assert!(recipe_json::aspects(raw, &keys()).is_some(), "{raw}");
+        }
+        let s = parse_aspects(cases[1].0, &keys()).unwrap();
+        assert_eq!(s["stance"].1.as_deref(), Some("line one\nline 'two'"));
+        let s = parse_aspects(cases[5].0, &keys()).unwrap();
+        assert_eq!(s["stance"].1.as_deref(), Some("it's \"x\""));
+    }
+
+    /// Replies the recipe asks again for: a state missing, a score float() refuses, an entry
+    /// that is not an object, extra keys, broken JSON. Where the lenient fallbacks still find
+    /// every state's score, ours takes it; a missing state or an unreadable score stays refused.
+    #[test]
+    fn aspects_the_recipe_refuses() {
+        let refused_by_both = [
+            r#"{"stance": {"score": 0.5}}"#,
+            r#"{"stance": {"score": 0.5}, "emotion": {"score": "high"}}"#,
+            r#"{"stance": {"score": 0.5}, "emotion": {"score": null}}"#,
+            r#"{"stance": {"score": 0.5}, "emotion": {"thought": "no score"}}"#,
+            "no json at all",
+        ];
+        for raw in refused_by_both {
+            assert!(recipe_json::aspects(raw, &keys()).is_none(), "{raw}");
+            assert!(parse_aspects(raw, &keys()).is_none(), "{raw}");
+        }
+        // float("nan") the recipe takes (and carries into its reward); refused here.
+        let nan = r#"{"stance": {"score": 0.5}, "emotion": {"score": "nan"}}"#;
+        assert!(parse_aspects(nan, &keys()).is_none());
+        let refused_by_the_recipe = [
+            // An extra key (its key set must equal the states').
+            r#"{"stance": {"score": 0.5}, "emotion": {"score": 0.2}, "response": {"score": 1}}"#,
+            // A bare number instead of an object.
+            r#"{"stance": 0.5, "emotion": {"score": 0.2}}"#,
+            // The closing brace of the object missing: its parse fails.
+            r#"{"stance": {"score": 0.5,}, "emotion": {"score": 0.2}"#,
+        ];
+        for raw in refused_by_the_recipe {
+            assert!(recipe_json::aspects(raw, &keys()).is_none(), "{raw}");
+            let s = parse_aspects(raw, &keys()).unwrap_or_else(|| panic!("{raw}"));
+            assert_eq!((s["stance"].0, s["emotion"].0), (0.5, 0.2), "{raw}");
+        }
     }
 }

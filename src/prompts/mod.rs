@@ -96,6 +96,13 @@ struct RecipeFile {
     judge_prompt: String,
     judge_guidelines: String,
     judge_generations: String,
+    /// The recipe's response-level judge (`metrics/state_reward_on_response.py`: one reply
+    /// scored on every state) and its block around the reply, in place of
+    /// `judge_aspects.jinja`; both or neither (older recipe checkouts lack the file).
+    #[serde(default)]
+    judge_aspects: Option<String>,
+    #[serde(default)]
+    judge_aspects_generation: Option<String>,
 }
 
 /// A recipe set's system prompts, parsed.
@@ -106,6 +113,8 @@ struct RecipeSystem {
     judge: PyFormat,
     guidelines: PyFormat,
     generations: PyFormat,
+    /// The response-level judge and its reply block, where the set has them.
+    aspects: Option<(PyFormat, PyFormat)>,
 }
 
 /// Who the system prompt is written for, beyond the persona: what the recipe fills its prompts
@@ -289,9 +298,14 @@ impl PromptSet {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_trim_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        let recipe_aspects = set
+            .recipe
+            .as_ref()
+            .is_some_and(|r| r.judge_aspects.is_some());
         let mut names: Vec<&str> = TEMPLATES
             .into_iter()
             .filter(|n| set.recipe.is_none() || !["system.jinja", "judge.jinja"].contains(n))
+            .filter(|n| !recipe_aspects || *n != "judge_aspects.jinja")
             .collect();
         if set.layout == Layout::Transcript {
             names.push(TRANSCRIPT_TEMPLATE);
@@ -331,12 +345,25 @@ impl PromptSet {
                     }
                     per_state.push((key.clone(), parse(file, &recipe::STATE_FIELDS)?));
                 }
+                let aspects =
+                    match (&r.judge_aspects, &r.judge_aspects_generation) {
+                        (Some(prompt), Some(generation)) => Some((
+                            parse(prompt, &recipe::ASPECTS_FIELDS)?,
+                            parse(generation, &recipe::ASPECTS_GENERATION_FIELDS)?,
+                        )),
+                        (None, None) => None,
+                        _ => return Err(err(
+                            &set_path,
+                            "recipe.judge_aspects and recipe.judge_aspects_generation go together",
+                        )),
+                    };
                 Some(RecipeSystem {
                     dataset,
                     states: per_state,
                     judge: parse(&r.judge_prompt, &recipe::JUDGE_FIELDS)?,
                     guidelines: parse(&r.judge_guidelines, &recipe::GUIDELINE_FIELDS)?,
                     generations: parse(&r.judge_generations, &recipe::GENERATIONS_FIELDS)?,
+                    aspects,
                 })
             }
             None => None,
@@ -554,8 +581,38 @@ impl PromptSet {
 
     /// The six-aspect judge prompt: one reply scored on every state dimension
     /// (`judge_aspects.jinja`).
+    ///
+    /// A recipe set with the recipe's response-level judge fills it as its
+    /// `state_reward_on_response.compute_score` does, over [`Self::dimensions`] in order (the
+    /// recipe's eval passes a config of the states without the reply, `sebvgc.json`): the
+    /// reply stripped (its reward manager strips the parsed field before calling the metric)
+    /// inside the reply block, `other_guidelines` empty (no run script passes one), the names
+    /// as Python's `str()` of a list and `{name: description}` as `json.dumps(indent=2)`.
     pub fn judge_aspects(&self, context: &str, reference: &str, response: &str) -> Result<String> {
         let dimensions: Vec<&StateSpec> = self.dimensions().collect();
+        if let Some((prompt, block)) = self.recipe.as_ref().and_then(|r| r.aspects.as_ref()) {
+            let generation = block.render(|_| response.trim().to_string());
+            let names: Vec<&str> = dimensions.iter().map(|d| d.key.as_str()).collect();
+            let descs: serde_json::Map<String, serde_json::Value> = dimensions
+                .iter()
+                .map(|d| {
+                    (
+                        d.key.clone(),
+                        serde_json::Value::from(d.description.as_str()),
+                    )
+                })
+                .collect();
+            let descs = crate::pyjson::dumps_indented(&serde_json::Value::Object(descs), 2);
+            let names = recipe::py_str_list(&names);
+            return Ok(prompt.render(|f| match f {
+                "context" => context.to_string(),
+                "ground_truth" => reference.to_string(),
+                "generation_text" => generation.clone(),
+                "other_guidelines" => String::new(),
+                "state_names" => names.clone(),
+                _ => descs.clone(), // state_desc (the fields are checked at load)
+            }));
+        }
         self.render(
             "judge_aspects.jinja",
             serde_json::json!({

@@ -9,7 +9,10 @@
 //!   the config's state block and notes, then with the row's persona, user id and platform;
 //! - the *state prompts*: the files the config names, which the recipe's `StateDataset` swaps in
 //!   per state at train time (stripped, then filled from the row's `extra_info`);
-//! - the chat template the recipe trains with, and the persona formatted as its `format_persona`.
+//! - the chat template the recipe trains with, and the persona formatted as its `format_persona`;
+//! - the judges' requests: the batched state judge (`metrics/state_reward.py`) and, where the
+//!   checkout has it, the response-level judge that scores one reply on every state at once
+//!   (`metrics/state_reward_on_response.py`), with the thread as its `parse_messages` writes it.
 //!
 //! The recipe's texts stay the user's: they are copied from the given folder, never shipped.
 
@@ -45,6 +48,21 @@ pub const GUIDELINE_FIELDS: [&str; 1] = ["state_name"];
 /// there, `json.dumps(generations_dict, indent=2)`.
 pub const GENERATIONS_FIELDS: [&str; 2] = ["state_name", "generations"];
 const GENERATIONS_EXPR: &str = "{json.dumps(generations_dict, indent=2)}";
+/// Fields of the recipe's response-level state judge (`metrics/state_reward_on_response.py`):
+/// one reply scored on every state at once.
+pub const ASPECTS_FIELDS: [&str; 6] = [
+    "context",
+    "ground_truth",
+    "generation_text",
+    "other_guidelines",
+    "state_names",
+    "state_desc",
+];
+/// Fields of its block around the reply (`generation_text`).
+pub const ASPECTS_GENERATION_FIELDS: [&str; 1] = ["generation"];
+/// The response-level judge's file: optional, as older recipe checkouts lack it (the set then
+/// keeps the inherited `judge_aspects.jinja`).
+const ASPECTS_JUDGE: &str = "state_reward_on_response.py";
 
 /// The chat template the recipe's run script trains and evaluates with.
 pub const DEFAULT_CHAT_TEMPLATE: &str = "chat_templates/qwen3_multi_role_template_think.jinja";
@@ -331,6 +349,44 @@ fn unescape(s: &str) -> std::result::Result<String, String> {
     Ok(out)
 }
 
+/// Python's `str()` of a list of strings, as the recipe writes its state names into the
+/// response-level judge's prompt: `['stance', 'emotion']`. Each item as `repr(str)` writes it:
+/// in single quotes unless it holds a `'` and no `"`, with `\\`, the quote, `\n`, `\r`, `\t` and
+/// other control characters escaped (exact for printable text, which a state's key always is).
+pub fn py_str_list(items: &[&str]) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let quote = if item.contains('\'') && !item.contains('"') {
+            '"'
+        } else {
+            '\''
+        };
+        out.push(quote);
+        for c in item.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c == quote => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                c if (c as u32) < 0x20 || (0x7f..0xa1).contains(&(c as u32)) || c == '\u{ad}' => {
+                    out.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        out.push(quote);
+    }
+    out.push(']');
+    out
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -462,6 +518,22 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
         Some((GENERATIONS_EXPR, "{generations}")),
     )?;
     note(&judge_path, &read(&judge_path)?);
+    // The response-level judge, where the checkout has it: its prompt and the block it frames
+    // the reply with, as metrics/state_reward_on_response.py writes them.
+    let aspects_path = recipe.join("metrics").join(ASPECTS_JUDGE);
+    let aspects = if aspects_path.is_file() {
+        let prompt = format_literal(&aspects_path, "STATE_PROMPT_BATCHED", &ASPECTS_FIELDS, None)?;
+        let generation = format_literal(
+            &aspects_path,
+            "generation_text",
+            &ASPECTS_GENERATION_FIELDS,
+            None,
+        )?;
+        note(&aspects_path, &read(&aspects_path)?);
+        Some((prompt, generation))
+    } else {
+        None
+    };
 
     let chat_rel = spec
         .chat_template
@@ -477,8 +549,8 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
     let mut files: Vec<(PathBuf, String)> = vec![];
     let mut set_toml = format!(
         "# Imported by `humanlm prompts import` from the HumanLM recipe at {}, state config {}.\n\
-         # The system prompts are the recipe's Python format strings (see source.toml for the\n\
-         # files and their sha256); judges and thread rendering come from the `{DEFAULT_SET}` set.\n\
+         # The system and judge prompts are the recipe's Python format strings (see source.toml\n\
+         # for the files and their sha256); what this folder lacks comes from the `{DEFAULT_SET}` set.\n\
          description = {}\ninherits = {}\nchat_template = \"chat_template.jinja\"\n\
          layout = \"thread\"\nprefill_tag = false\nresponse_thinking = {}\nuntagged_reply = {}\n\n[recipe]\n\
          dataset_prompt = \"system/dataset.txt\"\njudge_prompt = \"judge/prompt.txt\"\n\
@@ -490,6 +562,12 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
         spec.thinking,
         no_tag,
     );
+    if aspects.is_some() {
+        set_toml.push_str(
+            "judge_aspects = \"judge/aspects.txt\"\n\
+             judge_aspects_generation = \"judge/aspects_generation.txt\"\n",
+        );
+    }
     if !state_prompts.is_empty() {
         set_toml.push_str("\n[recipe.state_prompts]\n");
         for (k, _) in &state_prompts {
@@ -521,6 +599,10 @@ pub fn import(spec: &ImportSpec, root: &Path) -> Result<Imported> {
     files.push(("judge/prompt.txt".into(), judge_prompt));
     files.push(("judge/guidelines.txt".into(), guidelines));
     files.push(("judge/generations.txt".into(), generations));
+    if let Some((prompt, generation)) = aspects {
+        files.push(("judge/aspects.txt".into(), prompt));
+        files.push(("judge/aspects_generation.txt".into(), generation));
+    }
     files.push(("chat_template.jinja".into(), chat_text));
     files.push((written_base, dataset_prompt));
     for (k, text) in &state_prompts {
@@ -631,5 +713,19 @@ mod tests {
         assert_eq!(python_string_concat("''").unwrap(), "");
         assert!(python_string_concat("foo").is_err());
         assert!(python_string_concat("\"open\n").is_err());
+    }
+
+    /// Cases written out from Python's `str()` of a list (`repr` of each string).
+    #[test]
+    fn a_list_of_names_prints_as_python_prints_it() {
+        assert_eq!(py_str_list(&["stance", "emotion"]), "['stance', 'emotion']");
+        assert_eq!(py_str_list(&[]), "[]");
+        assert_eq!(py_str_list(&["it's"]), "[\"it's\"]");
+        assert_eq!(py_str_list(&["it's \"x\""]), "['it\\'s \"x\"']");
+        assert_eq!(
+            py_str_list(&["a\\b\tc\n\u{1}\u{7f}"]),
+            "['a\\\\b\\tc\\n\\x01\\x7f']"
+        );
+        assert_eq!(py_str_list(&["caf\u{e9}"]), "['caf\u{e9}']");
     }
 }

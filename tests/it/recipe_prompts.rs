@@ -19,6 +19,10 @@ const JUDGED: [&str; 2] = [
     "  Then put it in writing ",
     "NTA \u{2014} \"team player\" is code\nfor doormat",
 ];
+/// The reply the goldens' response-level judge requests score (make_goldens.py's
+/// ASPECTS_RESPONSE): braces, a non-ASCII character, and spaces around it that the recipe strips.
+const ASPECTS_RESPONSE: &str =
+    "\n  Put the {deposit} rules in writing \u{2014} {{all}} of them }{ \n";
 const CONFIGS: [&str; 4] = ["sebvgcr", "r", "r_no_tag", "think_r"];
 const DOMAINS: [Domain; 6] = [
     Domain::Opinion,
@@ -156,6 +160,58 @@ fn imported_sets_render_every_dataset_as_the_recipe_does() {
 }
 
 #[test]
+fn an_imported_sets_aspects_judge_asks_as_the_recipes_response_level_judge() {
+    let root = root_with_default_set();
+    let goldens = goldens();
+    import(&spec("sebvgcr", "seb"), root.path()).unwrap_or_else(|e| panic!("{e}"));
+    let set = PromptSet::load("seb", root.path()).unwrap();
+    let set_toml = std::fs::read_to_string(root.path().join("seb/set.toml")).unwrap();
+    assert!(
+        set_toml.contains("judge_aspects = \"judge/aspects.txt\""),
+        "{set_toml}"
+    );
+    assert!(set
+        .files
+        .iter()
+        .all(|(name, _)| name != "judge_aspects.jinja"));
+    for (sc, domain) in published().iter().zip(DOMAINS) {
+        let context = set.thread(&sim::thread_turns(sc)).unwrap();
+        let reference = sc.target.response.as_deref().unwrap();
+        let got = set
+            .judge_aspects(&context, reference, ASPECTS_RESPONSE)
+            .unwrap();
+        let golden = goldens["sebvgcr"][domain.name()]["aspects"]
+            .as_str()
+            .unwrap();
+        assert!(
+            got == golden,
+            "{domain} aspects: {}",
+            first_difference(&got, golden)
+        );
+    }
+
+    // A checkout without the file (older recipe versions): the import still works and the set
+    // asks with the inherited judge_aspects.jinja.
+    let copy = recipe_copy();
+    std::fs::remove_file(copy.path().join("metrics/state_reward_on_response.py")).unwrap();
+    let mut s = spec("sebvgcr", "old");
+    s.recipe = copy.path().to_path_buf();
+    let done = import(&s, root.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(done.sources.iter().all(|(f, _)| !f.contains("on_response")));
+    assert!(!root.path().join("old/judge/aspects.txt").exists());
+    let old = PromptSet::load("old", root.path()).unwrap();
+    let own = old.judge_aspects("c", "r", "x").unwrap();
+    let jinja = &old
+        .files
+        .iter()
+        .find(|(name, _)| name == "judge_aspects.jinja")
+        .unwrap()
+        .1;
+    assert!(jinja.starts_with(root.path().join("humanlm")), "{jinja:?}");
+    assert!(own.contains("\"communication\": {\"thought\""), "{own}");
+}
+
+#[test]
 fn the_cli_imports_a_set_and_shows_the_recipes_prompt_as_json() {
     let root = root_with_default_set();
     let scenarios = tempfile::tempdir().unwrap();
@@ -193,6 +249,7 @@ fn the_cli_imports_a_set_and_shows_the_recipes_prompt_as_json() {
         "system_prompts/base.txt",
         "process_dataset.py",
         "metrics/state_reward.py",
+        "metrics/state_reward_on_response.py",
     ] {
         assert!(source.contains(f), "{source}");
     }
@@ -318,6 +375,25 @@ fn what_the_import_does_not_understand_is_refused_naming_file_and_line() {
             ),
             "r",
             "state_reward.py:36: generations_text: placeholder {json.dumps(generations_dict)} is \
+             not a plain field name",
+        ),
+        (
+            edit(
+                "metrics/state_reward_on_response.py",
+                "{state_names}",
+                "{state_list}",
+            ),
+            "sebvgcr",
+            "state_reward_on_response.py:9: STATE_PROMPT_BATCHED: unknown placeholder {state_list}",
+        ),
+        (
+            edit(
+                "metrics/state_reward_on_response.py",
+                "\\n{generation}\\n",
+                "\\n{generation.strip()}\\n",
+            ),
+            "r",
+            "state_reward_on_response.py:44: generation_text: placeholder {generation.strip()} is \
              not a plain field name",
         ),
         (recipe_copy(), "sebvgc", "sebvgc.json: cannot read"),
