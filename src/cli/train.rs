@@ -94,7 +94,8 @@ pub(super) struct SftArgs {
     #[command(flatten)]
     common: TrainArgs,
     /// SFT-think: a judge file (kind = "rubric") whose model writes a thinking trace for each
-    /// reply; the target becomes <think>trace</think><response>reply</response>.
+    /// reply; the target continues the prompt's open think block as the recipe's SFT-think
+    /// rows do: trace, </think>, then <response>\nreply\n</response>.
     #[arg(long)]
     think: Option<PathBuf>,
 }
