@@ -972,3 +972,85 @@ fn the_paper_protocol_refuses_what_contradicts_it() {
         0
     );
 }
+
+/// A loopback chat endpoint that streams `reply` (as server-sent events) for every request; as a
+/// real server does, the reply ends before the stop string.
+fn serve_streaming_chat(reply: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            // A chat chunk's `delta` and a text completion's `text`, so either route reads it.
+            let chunk = serde_json::json!({
+                "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "sim",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": reply},
+                             "text": reply, "finish_reason": "stop"}]
+            });
+            let events = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{events}",
+                events.len()
+            );
+        }
+    });
+    url
+}
+
+/// An endpoint is sent the n-gram size but may ignore it (vLLM and the hosted APIs do): a run
+/// that asked an endpoint for a ban says "ban not applied" in run.json and the summary, and a
+/// run that asked for none says nothing.
+#[test]
+fn an_endpoint_asked_for_an_ngram_ban_is_reported_as_not_applied() {
+    let url = serve_streaming_chat("<response>Wipe the bench, mate.");
+    let sc = tempfile::tempdir().unwrap();
+    let root = common::root().join("scenarios");
+    let l = humanlm::scenario::find("opinion-gym-etiquette-06", &root).unwrap();
+    std::fs::copy(&l.path, sc.path().join("one.toml")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for (size, noted) in [(4, true), (0, false)] {
+        let mut s = spec(sc.path(), out.path());
+        s.checkpoints = vec![format!("endpoint:{url}#sim")];
+        s.mode = Mode::Response;
+        s.judge = JudgeConfig::Lexical {
+            metric: Default::default(),
+        };
+        s.sampling = SamplingChoice {
+            no_repeat_ngram: Some(size),
+            ..Default::default()
+        };
+        let dir = eval::run(&s, &common::roots(), None, &mut |_| {}).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+        let notes = info["checkpoints"][0]["notes"].as_array().unwrap().clone();
+        let summary: eval::Summary =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(notes.len(), usize::from(noted), "{notes:?}");
+        assert_eq!(summary.checkpoints[0].notes.len(), usize::from(noted));
+        if noted {
+            let n = notes[0].as_str().unwrap();
+            assert!(n.contains("ban not applied") && n.contains("4-gram"), "{n}");
+        }
+        let records = eval::read_samples(&dir.join("samples.jsonl"));
+        assert_eq!(
+            records[0].sim.response, "Wipe the bench, mate.",
+            "{:?}",
+            records[0].sim
+        );
+    }
+}
