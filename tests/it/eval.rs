@@ -870,6 +870,11 @@ fn the_paper_protocol_runs_end_to_end_with_per_domain_results() {
     let calls: Vec<&String> = records[0].sim.outputs.keys().collect();
     assert_eq!(calls, ["response"], "the reply alone is generated");
 
+    // Keep the first judgement as a run of its own, to compare with the re-judged one.
+    let before = Path::new(&out_dir).join("before");
+    std::fs::create_dir(&before).unwrap();
+    std::fs::copy(dir.join("samples.jsonl"), before.join("samples.jsonl")).unwrap();
+
     // --rejudge: every reply judged again (the judge now says 0.6), nothing generated again.
     rejudge_to.store(60, Ordering::SeqCst);
     let mut again = args.to_vec();
@@ -883,6 +888,14 @@ fn the_paper_protocol_runs_end_to_end_with_per_domain_results() {
             assert!((b.scores["response"].score - 0.6).abs() < 1e-12);
         }
     }
+    // compare pairs the runs per domain: opinion 40 → 60, politics 80 → 60, macro unchanged.
+    let cmp = eval::compare(&before, &dir, 0).unwrap();
+    let d = &cmp.by_domain["response"];
+    assert!((d["opinion"].diff.mean - 20.0).abs() < 1e-9);
+    assert!((d["politics"].diff.mean + 20.0).abs() < 1e-9);
+    assert_eq!(d["opinion"].win_rate_b, 1.0);
+    let m = &cmp.macro_average["response"];
+    assert!(m.diff.mean.abs() < 1e-9 && (m.a - 60.0).abs() < 1e-9 && (m.b - 60.0).abs() < 1e-9);
     // The report lays the run out as Table 1: domains, the macro average, the paper's row.
     let header = report
         .lines()
