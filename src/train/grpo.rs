@@ -6,7 +6,7 @@
 //! a step, a group of `n` rollouts is sampled from the current policy; the reward scores the
 //! group in one call; advantages are the rewards normalised within the group. The loss is the
 //! clipped policy-gradient surrogate, averaged over rollout tokens, plus a low-variance KL
-//! estimate (k3) against the reference policy — the same base with the adapter switched off, so
+//! estimate (k3, clamped as verl's `low_var_kl`) against the reference policy — the same base with the adapter switched off, so
 //! no second copy of the weights exists. The step's rollouts are split into `mini_batches`
 //! consecutive optimizer updates.
 
@@ -342,9 +342,7 @@ pub(super) fn train(
                 let ratio = (&new - &oldp)?.exp()?;
                 let clipped = ratio.clamp(1.0 - g.clip, 1.0 + g.clip)?;
                 let surrogate = (&ratio * &adv)?.minimum(&(&clipped * &adv)?)?;
-                // k3: exp(ref − new) − (ref − new) − 1, unbiased and never negative.
-                let d = (&refp - &new)?;
-                let kl = ((d.exp()? - &d)? - 1.0)?;
+                let kl = low_var_kl(&refp, &new)?;
                 let per_token = ((kl.clone() * g.kl_coef)? - surrogate)?;
                 let loss = ((per_token * &mask)?.sum_all()? / part_tokens as f64)?;
                 kl_sum += (kl * &mask)?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -460,4 +458,57 @@ fn row_logps(
         i = j;
     }
     Ok(out)
+}
+
+/// The per-token KL estimate against the reference as verl's `low_var_kl` computes it: k3,
+/// exp(ref − new) − (ref − new) − 1 (unbiased, never negative), with the log-ratio clamped to
+/// [−20, 20] before the exponential and the estimate to [−10, 10] after, so one token far from
+/// the reference cannot dominate the loss; a clamped value passes no gradient, as in PyTorch.
+pub fn low_var_kl(reference: &Tensor, new: &Tensor) -> candle_core::Result<Tensor> {
+    let d = (reference - new)?.clamp(-20f32, 20f32)?;
+    ((d.exp()? - &d)? - 1.0)?.clamp(-10f32, 10f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values worked out by hand from verl's `kl_penalty(..., "low_var_kl")`: kl = clamp(ref −
+    /// new, −20, 20); kld = exp(kl) − kl − 1; clamp(kld, −10, 10). Its gradient with respect to
+    /// `new` is 1 − exp(kl) inside both clamps and 0 where either clamps.
+    #[test]
+    fn the_kl_is_clamped_as_verls_low_var_kl() {
+        let dev = candle_core::Device::Cpu;
+        let diffs = [0.0f32, 0.2, -0.2, 2.0, 3.0, 30.0, -30.0];
+        let reference = Tensor::new(&diffs, &dev).unwrap();
+        let new = candle_core::Var::zeros(diffs.len(), DType::F32, &dev).unwrap();
+        let kl = low_var_kl(&reference, new.as_tensor()).unwrap();
+        let got: Vec<f32> = kl.to_vec1().unwrap();
+        let want = [
+            0.0,
+            0.2f32.exp() - 1.2,    // 0.021403
+            (-0.2f32).exp() - 0.8, // 0.018731
+            2.0f32.exp() - 3.0,    // 4.389056
+            10.0,                  // exp(3) − 4 = 16.09, clamped
+            10.0,                  // the log-ratio clamped to 20, the estimate to 10
+            10.0,                  // exp(−20) + 19, clamped
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        let grads = kl.sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = grads.get(new.as_tensor()).unwrap().to_vec1().unwrap();
+        let want_g = [
+            0.0,
+            1.0 - 0.2f32.exp(),
+            1.0 - (-0.2f32).exp(),
+            1.0 - 2.0f32.exp(),
+            0.0,
+            0.0,
+            0.0,
+        ];
+        for (a, b) in g.iter().zip(want_g) {
+            assert!((a - b).abs() < 1e-5, "{g:?} vs {want_g:?}");
+        }
+    }
 }
