@@ -183,42 +183,26 @@ fn write_domain_table(
         Some(e) => format!("{:.1} ±{:.1}", e.mean, (e.ci95[1] - e.ci95[0]) / 2.0),
         None => "—".to_string(),
     };
-    write!(out, "  {:<22}", "METRIC (×100, ±95%)")?;
-    for d in &domains {
-        write!(out, " {:>13}", d)?;
-    }
-    writeln!(out, " {:>13}", MACRO)?;
+    write_row(
+        out,
+        &format!("  {:<22}", "METRIC (×100, ±95%)"),
+        &domains,
+        |d| d.to_string(),
+    )?;
     for k in crate::eval::metrics_in_order(&c.metrics, &c.dimensions) {
-        write!(out, "  {k:<22}")?;
-        for d in &domains {
-            write!(
-                out,
-                " {:>13}",
-                cell(c.by_domain.get(k).and_then(|m| m.get(*d)))
-            )?;
-        }
-        writeln!(out, " {:>13}", cell(c.macro_average.get(k)))?;
-        if let Some(published) = c.paper.as_ref().and_then(|p| p.values.get(k.as_str())) {
-            let label = &c
-                .paper
-                .as_ref()
-                .map(|p| p.label.as_str())
-                .unwrap_or_default();
-            write!(out, "    {:<20}", label)?;
-            for d in &domains {
-                let v = published.get(d.as_str());
-                write!(
-                    out,
-                    " {:>13}",
-                    v.map(|v| format!("{v:.1}")).unwrap_or("—".into())
-                )?;
+        write_row(out, &format!("  {k:<22}"), &domains, |d| match d {
+            MACRO => cell(c.macro_average.get(k)),
+            d => cell(c.by_domain.get(k).and_then(|m| m.get(d))),
+        })?;
+        if let Some(p) = &c.paper {
+            if let Some(published) = p.values.get(k.as_str()) {
+                write_row(out, &format!("    {:<20}", p.label), &domains, |d| {
+                    published
+                        .get(d)
+                        .map(|v| format!("{v:.1}"))
+                        .unwrap_or("—".into())
+                })?;
             }
-            let v = published.get(MACRO);
-            writeln!(
-                out,
-                " {:>13}",
-                v.map(|v| format!("{v:.1}")).unwrap_or("—".into())
-            )?;
         }
     }
     if let Some(p) = &c.paper {
@@ -234,7 +218,22 @@ fn write_domain_table(
     Ok(())
 }
 
-/// The cells of a per-domain table, in column order: the domains any metric has, then macro.
+/// One line of a per-domain table: `label`, then a right-aligned cell per domain and one for
+/// the macro average, each given by `cell` from its column's name.
+fn write_row(
+    out: &mut impl Write,
+    label: &str,
+    domains: &[&String],
+    cell: impl Fn(&str) -> String,
+) -> std::io::Result<()> {
+    write!(out, "{label}")?;
+    for d in domains {
+        write!(out, " {:>13}", cell(d))?;
+    }
+    writeln!(out, " {:>13}", cell(crate::eval::paper::MACRO))
+}
+
+/// The columns of a per-domain table before its macro average: the domains any metric has.
 fn domain_columns<V>(
     by_domain: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, V>>,
 ) -> Vec<&String> {
@@ -317,11 +316,13 @@ pub(super) fn compare_cmd(
     }
     // B − A per domain and for the macro average (each domain weighted equally).
     let domains = domain_columns(&c.by_domain);
-    write!(out, "\n{:<22}", "B−A BY DOMAIN (±95%)")?;
-    for d in &domains {
-        write!(out, " {:>13}", d)?;
-    }
-    writeln!(out, " {:>13}", crate::eval::paper::MACRO)?;
+    writeln!(out)?;
+    write_row(
+        &mut out,
+        &format!("{:<22}", "B−A BY DOMAIN (±95%)"),
+        &domains,
+        |d| d.to_string(),
+    )?;
     let cell = |m: Option<&crate::eval::MetricComparison>| match m {
         Some(m) => format!(
             "{:+.1} ±{:.1}",
@@ -331,15 +332,10 @@ pub(super) fn compare_cmd(
         None => "—".to_string(),
     };
     for k in crate::eval::metrics_in_order(&c.metrics, &c.dimensions) {
-        write!(out, "{k:<22}")?;
-        for d in &domains {
-            write!(
-                out,
-                " {:>13}",
-                cell(c.by_domain.get(k).and_then(|m| m.get(*d)))
-            )?;
-        }
-        writeln!(out, " {:>13}", cell(c.macro_average.get(k)))?;
+        write_row(&mut out, &format!("{k:<22}"), &domains, |d| match d {
+            crate::eval::paper::MACRO => cell(c.macro_average.get(k)),
+            d => cell(c.by_domain.get(k).and_then(|m| m.get(d))),
+        })?;
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ pub fn bootstrap(xs: &[f64], seed: u64) -> Estimate {
         };
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut means: Vec<f64> = (0..RESAMPLES)
+    let means: Vec<f64> = (0..RESAMPLES)
         .map(|_| {
             let mut s = 0.0;
             for _ in 0..xs.len() {
@@ -40,12 +40,17 @@ pub fn bootstrap(xs: &[f64], seed: u64) -> Estimate {
             s / xs.len() as f64
         })
         .collect();
+    percentile_interval(m, means, xs.len())
+}
+
+/// `mean` with the 2.5th and 97.5th percentiles of its bootstrap resamples as its interval.
+fn percentile_interval(mean: f64, mut means: Vec<f64>, n: usize) -> Estimate {
     means.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| means[((q * (RESAMPLES - 1) as f64).round() as usize).min(RESAMPLES - 1)];
     Estimate {
-        mean: m,
+        mean,
         ci95: [at(0.025), at(0.975)],
-        n: xs.len(),
+        n,
     }
 }
 
@@ -65,7 +70,7 @@ pub fn macro_bootstrap(groups: &[Vec<f64>], seed: u64) -> Estimate {
         };
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut means: Vec<f64> = (0..RESAMPLES)
+    let means: Vec<f64> = (0..RESAMPLES)
         .map(|_| {
             let mut total = 0.0;
             for g in &groups {
@@ -78,13 +83,7 @@ pub fn macro_bootstrap(groups: &[Vec<f64>], seed: u64) -> Estimate {
             total / groups.len() as f64
         })
         .collect();
-    means.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| means[((q * (RESAMPLES - 1) as f64).round() as usize).min(RESAMPLES - 1)];
-    Estimate {
-        mean: m,
-        ci95: [at(0.025), at(0.975)],
-        n,
-    }
+    percentile_interval(m, means, n)
 }
 
 /// B − A over paired observations, with B's win rate (ties count half).

@@ -292,6 +292,24 @@ fn scripted(replies: Vec<(u16, String)>) -> ScriptedJudge {
     serve_judge(move |_| replies.next().unwrap_or((200, "{}".into())))
 }
 
+/// The JSON body of one HTTP request on `stream` (null if it is not JSON).
+fn read_request(stream: &std::net::TcpStream) -> serde_json::Value {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap_or_default()
+}
+
 /// A loopback judge whose every answer (status, content) comes from `answer`, given the request.
 fn serve_judge(
     mut answer: impl FnMut(&serde_json::Value) -> (u16, String) + Send + 'static,
@@ -303,20 +321,7 @@ fn serve_judge(
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
-            let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let req = read_request(&stream);
             seen.lock().unwrap().push(
                 req["messages"][0]["content"]
                     .as_str()
@@ -660,12 +665,7 @@ fn an_unreachable_judge_is_an_error_in_the_score_not_a_crash() {
 fn paper_prompts_root() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     for set in ["humanlm", "instruct", "judges"] {
-        let to = root.path().join(set);
-        std::fs::create_dir(&to).unwrap();
-        for e in std::fs::read_dir(common::root().join("prompts").join(set)).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-        }
+        common::copy_prompt_set(set, &root.path().join(set));
     }
     let recipe = common::fixture("recipe/humanlm");
     for (name, config) in [("paper-r", "r"), ("paper-states", "sebvgcr")] {
@@ -994,19 +994,7 @@ fn serve_streaming_chat(reply: &'static str) -> String {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
+            read_request(&stream);
             // A chat chunk's `delta` and a text completion's `text`, so either route reads it.
             let chunk = serde_json::json!({
                 "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "sim",
