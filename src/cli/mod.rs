@@ -59,7 +59,7 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Fine-tune a checkpoint on scenarios (LoRA); writes a PEFT adapter loadable by name.
     #[command(subcommand)]
-    Train(train::TrainCommand),
+    Train(Box<train::TrainCommand>),
     /// Write a checkpoint as a Hugging Face folder (an adapter merged into its base with --merge).
     Export(export::ExportArgs),
     /// Write scenarios as training rows for another trainer (the HumanLM verl recipe's Parquet).
@@ -139,7 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Simulate(args)) => simulate::simulate_cmd(&root, args),
         Some(Command::Serve(args)) => serve::serve_cmd(&root, args),
         Some(Command::Eval(args)) => eval::eval_cmd(&root, args),
-        Some(Command::Train(cmd)) => train::train_cmd(&root, cmd),
+        Some(Command::Train(cmd)) => train::train_cmd(&root, *cmd),
         Some(Command::Export(args)) => export::export_cmd(&root, args),
         Some(Command::ExportDataset(args)) => export::export_dataset_cmd(&root, args),
         Some(Command::Runs { dir, json }) => eval::runs_cmd(&dir, json),

@@ -87,6 +87,30 @@ pub(super) struct TrainArgs {
     /// Optimizer state and master weights stay f32.
     #[arg(long)]
     dtype: Option<String>,
+    /// Validate the policy on held-out scenarios (a scenario file or folder, or a HUMANUAL file
+    /// with --domain) at step 0, every --val-every steps and at the end, decoding as the paper
+    /// protocol does; each pass is an eval run folder in OUT/val/ and a `val` line in
+    /// events.jsonl.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Validate every this many steps (0: only at step 0 and at the end).
+    #[arg(long, default_value_t = 10, requires = "val")]
+    val_every: usize,
+    /// The validation judge file (default: the reward's judge for GRPO, the embedding judge
+    /// for SFT).
+    #[arg(long, requires = "val")]
+    val_judge: Option<PathBuf>,
+    /// Validate on the first N scenarios.
+    #[arg(long, requires = "val")]
+    val_limit: Option<usize>,
+    /// New tokens per validation call (default: the paper protocol's 1024, or GRPO's
+    /// --max-new-tokens when set).
+    #[arg(long, requires = "val")]
+    val_max_tokens: Option<usize>,
+    /// Keep the best validated step's model in OUT/best/ (best: the lowest held-out loss for
+    /// SFT, the highest reply score otherwise).
+    #[arg(long, requires = "val")]
+    keep_best: bool,
 }
 
 #[derive(Args)]
@@ -154,19 +178,53 @@ pub(super) fn train_cmd(root: &std::path::Path, cmd: TrainCommand) -> anyhow::Re
 
 fn train(root: &std::path::Path, method: crate::train::Method, a: TrainArgs) -> anyhow::Result<()> {
     use crate::train::{Data, TrainConfig, TrainEvent};
-    let data = match (a.scenarios, a.data) {
+    let domain = || -> anyhow::Result<crate::scenario::Domain> {
+        let name = a.domain.clone().unwrap_or_default();
+        parse_domain(&name).map_err(|e| anyhow::anyhow!("--domain: {e}"))
+    };
+    let data = match (a.scenarios.clone(), a.data.clone()) {
         (Some(path), None) => Data::Scenarios { path },
-        (None, Some(file)) => {
-            let name = a.domain.unwrap_or_default();
-            let domain = parse_domain(&name).map_err(|e| anyhow::anyhow!("--domain: {e}"))?;
-            Data::Humanual {
-                file,
-                domain,
-                limit: a.limit,
-                min_persona_items: a.min_persona_items,
-            }
-        }
+        (None, Some(file)) => Data::Humanual {
+            file,
+            domain: domain()?,
+            limit: a.limit,
+            min_persona_items: a.min_persona_items,
+        },
         _ => anyhow::bail!("give either --scenarios or --data"),
+    };
+    let val = match &a.val {
+        None => None,
+        Some(path) => {
+            // A HUMANUAL file by its extension; anything else is scenario files.
+            let humanual = path.is_file()
+                && path
+                    .extension()
+                    .is_some_and(|e| ["jsonl", "json", "parquet"].contains(&&*e.to_string_lossy()));
+            let data = if humanual {
+                if a.domain.is_none() {
+                    anyhow::bail!(
+                        "--val {}: a HUMANUAL file; give its rows' --domain",
+                        path.display()
+                    );
+                }
+                Data::Humanual {
+                    file: path.clone(),
+                    domain: domain()?,
+                    limit: None,
+                    min_persona_items: a.min_persona_items,
+                }
+            } else {
+                Data::Scenarios { path: path.clone() }
+            };
+            Some(crate::train::ValConfig {
+                data,
+                every: a.val_every,
+                judge: a.val_judge.clone(),
+                limit: a.val_limit,
+                max_tokens: a.val_max_tokens,
+                keep_best: a.keep_best,
+            })
+        }
     };
     let mut cfg = TrainConfig::new(method, &a.checkpoint, data);
     cfg.prompts = a.prompts.clone();
@@ -184,6 +242,7 @@ fn train(root: &std::path::Path, method: crate::train::Method, a: TrainArgs) -> 
     cfg.save_every = a.save_every;
     cfg.device = a.device.clone();
     cfg.dtype = a.dtype.clone();
+    cfg.val = val;
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     on_ctrl_c(cancel.clone());
     let bar = indicatif::ProgressBar::new(cfg.steps as u64);
@@ -238,6 +297,7 @@ fn train(root: &std::path::Path, method: crate::train::Method, a: TrainArgs) -> 
                     ev.step, ev.steps, ev.loss, ev.lr, ev.grad_norm, ev.tokens_per_s
                 );
             }
+            TrainEvent::Val(v) => say(crate::train::val::describe(v)),
             TrainEvent::Saved(dir) => say(format!("saved {}", dir.display())),
         },
     );

@@ -297,6 +297,129 @@ fn sha_hex(bytes: &[u8], n: usize) -> String {
         .collect()
 }
 
+/// The scenarios a run evaluates: those with a reference reply, in table order (domain, id),
+/// with a hash of every loaded scenario (run.json) and the count left out for having no reply.
+pub struct Scenarios {
+    pub path: PathBuf,
+    pub with_reference: Vec<Scenario>,
+    pub skipped_no_reference: usize,
+    hash: String,
+}
+
+impl Scenarios {
+    /// `scenarios` (already loaded, e.g. converted from a HUMANUAL file), read as from `path`.
+    pub fn from_loaded(
+        path: &Path,
+        scenarios: Vec<Scenario>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Scenarios> {
+        let mut with_reference = vec![];
+        let mut skipped = 0;
+        let mut hash = Sha256::new();
+        for sc in scenarios {
+            hash.update(toml::to_string(&sc)?.as_bytes());
+            if sc.target.response.is_none() {
+                skipped += 1;
+                progress(Progress::Skipped {
+                    scenario: sc.id.clone(),
+                    why: "no reference reply".into(),
+                });
+                continue;
+            }
+            with_reference.push(sc);
+        }
+        with_reference.sort_by(|a, b| (a.domain, &a.id).cmp(&(b.domain, &b.id)));
+        if with_reference.is_empty() {
+            return Err(Error::file(
+                path,
+                "no scenario with a reference reply ([target] response) to evaluate",
+            ));
+        }
+        Ok(Scenarios {
+            path: path.to_path_buf(),
+            with_reference,
+            skipped_no_reference: skipped,
+            hash: hash
+                .finalize()
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        })
+    }
+
+    /// Every scenario file under `path`; each must load.
+    pub fn load(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Scenarios> {
+        let mut all = vec![];
+        for l in crate::scenario::load_all(path) {
+            all.push(l?.scenario);
+        }
+        Scenarios::from_loaded(path, all, progress)
+    }
+}
+
+/// A model in memory to evaluate ([`run_live`]): the model, the prompt set it runs under, and
+/// what identifies its weights (e.g. the training run and step).
+pub struct Live<'a> {
+    pub model: &'a crate::model::Model,
+    pub set: Arc<PromptSet>,
+    pub fingerprint: String,
+}
+
+/// Where a checkpoint's samples come from.
+enum Source<'a> {
+    /// A local checkpoint, loaded when its turn comes.
+    Checkpoint(Checkpoint),
+    /// `endpoint:URL#MODEL`.
+    Endpoint,
+    /// A model already in memory (a training run's current policy, adapters live), with what
+    /// identifies its weights in run.json.
+    Live {
+        model: &'a crate::model::Model,
+        fingerprint: String,
+    },
+}
+
+/// One checkpoint of a run: how it was named, its label in tables, where its samples come
+/// from, and the prompt set it runs under.
+struct Subject<'a> {
+    spec: String,
+    label: String,
+    source: Source<'a>,
+    set: Arc<PromptSet>,
+}
+
+impl Subject<'_> {
+    /// What identifies the weights in run.json (name, spec, path, fingerprint, adapter).
+    fn identity(&self) -> serde_json::Value {
+        let (path, fingerprint, adapter) = match &self.source {
+            Source::Checkpoint(c) => (
+                Some(c.path.clone()),
+                self::fingerprint(&c.path),
+                match &c.kind {
+                    crate::model::checkpoint::CheckpointKind::Adapter { base, .. } => {
+                        serde_json::json!({"base": base.name, "base_fingerprint": self::fingerprint(&base.path)})
+                    }
+                    _ => serde_json::Value::Null,
+                },
+            ),
+            Source::Endpoint => (None, self.spec.clone(), serde_json::Value::Null),
+            Source::Live { model, fingerprint } => (
+                Some(model.checkpoint.path.clone()),
+                fingerprint.clone(),
+                serde_json::json!({"live": true}),
+            ),
+        };
+        serde_json::json!({
+            "name": self.label,
+            "spec": self.spec,
+            "path": path,
+            "fingerprint": fingerprint,
+            "adapter": adapter,
+        })
+    }
+}
+
 /// Resolve everything a run needs, then simulate, judge and summarise. Returns the run folder.
 pub fn run(
     spec: &EvalSpec,
@@ -304,59 +427,78 @@ pub fn run(
     cancel: Option<&AtomicBool>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PathBuf> {
-    let checkpoints_root = &roots.checkpoints;
     if spec.checkpoints.is_empty() {
         return Err(Error::Msg("no checkpoint to evaluate".into()));
     }
     // Scenarios: every file must load; those without a reference reply are skipped and counted.
-    let mut scenarios: Vec<Scenario> = vec![];
-    let mut skipped = 0;
-    let mut scenario_hash = Sha256::new();
-    for l in crate::scenario::load_all(&spec.scenarios) {
-        let l = l?;
-        scenario_hash.update(toml::to_string(&l.scenario)?.as_bytes());
-        if l.scenario.target.response.is_none() {
-            skipped += 1;
-            progress(Progress::Skipped {
-                scenario: l.scenario.id.clone(),
-                why: "no reference reply".into(),
-            });
-            continue;
-        }
-        scenarios.push(l.scenario);
-    }
-    scenarios.sort_by(|a, b| (a.domain, &a.id).cmp(&(b.domain, &b.id)));
-    if scenarios.is_empty() {
-        return Err(Error::file(
-            &spec.scenarios,
-            "no scenario with a reference reply ([target] response) to evaluate",
-        ));
-    }
-    let prompts_root = &roots.prompts;
+    let scenarios = Scenarios::load(&spec.scenarios, progress)?;
     // Each checkpoint: a local one (resolved now, loaded when its turn comes) or an endpoint.
-    let mut resolved = vec![];
+    let mut subjects = vec![];
     for name in &spec.checkpoints {
-        let ckpt = match crate::remote::Endpoint::parse_spec(name) {
-            Some(_) => None,
-            None => Some(Checkpoint::resolve(name, checkpoints_root)?),
+        let source = match crate::remote::Endpoint::parse_spec(name) {
+            Some(_) => Source::Endpoint,
+            None => Source::Checkpoint(Checkpoint::resolve(name, &roots.checkpoints)?),
         };
-        let own = match &ckpt {
-            Some(c) => c.default_prompt_set()?,
-            None => None,
+        let (own, label) = match &source {
+            Source::Checkpoint(c) => (c.default_prompt_set()?, c.name.clone()),
+            _ => (None, name.clone()),
         };
         let set_name = crate::prompts::set_for(spec.prompts.as_deref(), own);
-        let set = Arc::new(PromptSet::load(&set_name, prompts_root)?);
-        let label = ckpt
-            .as_ref()
-            .map(|c| c.name.clone())
-            .unwrap_or(name.clone());
-        resolved.push((name.clone(), label, ckpt, set));
+        subjects.push(Subject {
+            spec: name.clone(),
+            label,
+            source,
+            set: Arc::new(PromptSet::load(&set_name, &roots.prompts)?),
+        });
     }
+    execute(spec, roots, &scenarios, subjects, cancel, progress)
+}
+
+/// Evaluate a model already in memory under `set` (a training run's validation: the current
+/// policy with its adapters live), as `spec.checkpoints[0]` names it. The same pass as
+/// [`run`]: one run folder under `spec.out`, resumable, comparable with `humanlm compare`.
+pub fn run_live(
+    spec: &EvalSpec,
+    roots: &crate::roots::Roots,
+    scenarios: &Scenarios,
+    live: Live,
+    cancel: Option<&AtomicBool>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PathBuf> {
+    let [name] = spec.checkpoints.as_slice() else {
+        return Err(Error::Msg("a live evaluation names one checkpoint".into()));
+    };
+    let subject = Subject {
+        spec: name.clone(),
+        label: name.clone(),
+        source: Source::Live {
+            model: live.model,
+            fingerprint: live.fingerprint,
+        },
+        set: live.set,
+    };
+    execute(spec, roots, scenarios, vec![subject], cancel, progress)
+}
+
+/// Simulate, judge and summarise `subjects` on `scenarios`.
+fn execute(
+    spec: &EvalSpec,
+    roots: &crate::roots::Roots,
+    scenarios: &Scenarios,
+    resolved: Vec<Subject>,
+    cancel: Option<&AtomicBool>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PathBuf> {
+    let checkpoints_root = &roots.checkpoints;
+    let skipped = scenarios.skipped_no_reference;
+    let scenario_hash = scenarios.hash.clone();
+    let scenarios_path = scenarios.path.clone();
+    let scenarios = &scenarios.with_reference;
     // A preset fixes the decoding (and refuses what contradicts it) before anything runs.
     let sampling = match spec.protocol {
         Some(p) => {
             for r in &resolved {
-                p.check_set(&r.3)?;
+                p.check_set(&r.set)?;
             }
             p.apply(&spec.sampling)?
         }
@@ -378,10 +520,10 @@ pub fn run(
         }
     };
     let device = crate::model::device::parse_device(&spec.device)?;
-    let judge = spec.judge.build(roots, resolved[0].3.clone())?;
+    let judge = spec.judge.build(roots, resolved[0].set.clone())?;
     let state_judge = match &spec.state_judge {
         Some(c) => {
-            let j = c.build(roots, resolved[0].3.clone())?;
+            let j = c.build(roots, resolved[0].set.clone())?;
             // An empty reply is scored without a call, which shows what the judge scores.
             match j.score_aspects("", "", "") {
                 None => {
@@ -414,55 +556,53 @@ pub fn run(
     // ban ran.
     let notes: Vec<Vec<String>> = resolved
         .iter()
-        .map(|(_, label, c, set)| {
-            let size = sampling.params(set).no_repeat_ngram;
-            if c.is_none() && size > 0 {
-                vec![format!(
-                    "{label}: ban not applied — the {size}-gram ban was requested, but an \
+        .map(
+            |Subject {
+                 label, source, set, ..
+             }| {
+                let size = sampling.params(set).no_repeat_ngram;
+                if matches!(source, Source::Endpoint) && size > 0 {
+                    vec![format!(
+                        "{label}: ban not applied — the {size}-gram ban was requested, but an \
                      endpoint applies it only if it is `humanlm serve` (vLLM and hosted APIs \
                      ignore the field)"
-                )]
-            } else {
-                vec![]
-            }
-        })
+                    )]
+                } else {
+                    vec![]
+                }
+            },
+        )
         .collect();
     let run_info = serde_json::json!({
         "program": {"name": "humanlm", "version": env!("CARGO_PKG_VERSION")},
         "mode": spec.mode,
-        "protocol": spec.protocol.map(|p| p.describe(&sampling, &resolved[0].3)),
+        "protocol": spec.protocol.map(|p| p.describe(&sampling, &resolved[0].set)),
         "device": spec.device,
         "n": sampling.n,
         "seed": sampling.seed,
         "sampling": sampling,
         "truncate": spec.truncate,
         "scenarios": {
-            "path": spec.scenarios,
+            "path": scenarios_path,
             "with_reference": scenarios.len(),
             "skipped_no_reference": skipped,
-            "hash": scenario_hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect::<String>(),
+            "hash": scenario_hash,
         },
         "judge": {"name": judge.name(), "config": spec.judge, "resolved": judge.config()},
         "state_judge": state_judge.as_ref().map(|j| serde_json::json!({
             "name": j.name(), "config": spec.state_judge, "resolved": j.config(),
         })),
-        "checkpoints": resolved.iter().zip(&papers).zip(&notes).map(|(((spec, label, c, set), paper), notes)| serde_json::json!({
-            "name": label,
-            "spec": spec,
-            "path": c.as_ref().map(|c| c.path.clone()),
-            "fingerprint": c.as_ref().map(|c| fingerprint(&c.path)).unwrap_or_else(|| spec.clone()),
-            "adapter": match c.as_ref().map(|c| &c.kind) {
-                Some(crate::model::checkpoint::CheckpointKind::Adapter { base, .. }) =>
-                    serde_json::json!({"base": base.name, "base_fingerprint": fingerprint(&base.path)}),
-                _ => serde_json::Value::Null,
-            },
-            "prompt_set": set.name,
-            "prompt_hash": set.hash,
-            "sampling_defaults": set.sampling,
-            "sampling_used": sampling.params(set),
-            "paper": paper.as_ref().map(|m| &m.name),
-            "notes": notes,
-        })).collect::<Vec<_>>(),
+        "checkpoints": resolved.iter().zip(&papers).zip(&notes).map(|((subject, paper), notes)| {
+            let set = &subject.set;
+            let mut info = subject.identity();
+            info["prompt_set"] = set.name.clone().into();
+            info["prompt_hash"] = set.hash.clone().into();
+            info["sampling_defaults"] = serde_json::to_value(&set.sampling).unwrap_or_default();
+            info["sampling_used"] = serde_json::to_value(sampling.params(set)).unwrap_or_default();
+            info["paper"] = serde_json::to_value(paper.as_ref().map(|m| &m.name)).unwrap_or_default();
+            info["notes"] = serde_json::to_value(notes).unwrap_or_default();
+            info
+        }).collect::<Vec<_>>(),
     });
     let id = sha_hex(run_info.to_string().as_bytes(), 4);
     let label: String = format!(
@@ -533,7 +673,10 @@ pub fn run(
     };
     for (checkpoint, scenario) in &failed {
         let (Some(set), Some(sc)) = (
-            resolved.iter().find(|r| &r.1 == checkpoint).map(|r| &r.3),
+            resolved
+                .iter()
+                .find(|r| &r.label == checkpoint)
+                .map(|r| &r.set),
             scenarios.iter().find(|s| &s.id == scenario),
         ) else {
             continue; // no longer part of the run: its records stay as they are
@@ -568,7 +711,8 @@ pub fn run(
         .append(true)
         .open(&samples_path)
         .map_err(|e| Error::file(&samples_path, format!("cannot open: {e}")))?;
-    for (spec_name, name, _, set) in &resolved {
+    for subject in &resolved {
+        let (name, set) = (&subject.label, &subject.set);
         let todo: Vec<&Scenario> = scenarios
             .iter()
             .filter(|s| !complete.contains(&(name.clone(), s.id.clone())))
@@ -576,14 +720,28 @@ pub fn run(
         if todo.is_empty() {
             continue;
         }
-        progress(Progress::Loading {
-            checkpoint: name.clone(),
-        });
-        let load = LoadOptions {
-            device: device.clone(),
-            ..LoadOptions::default()
+        let simulator = match &subject.source {
+            Source::Live { .. } => None,
+            _ => {
+                progress(Progress::Loading {
+                    checkpoint: name.clone(),
+                });
+                let load = LoadOptions {
+                    device: device.clone(),
+                    ..LoadOptions::default()
+                };
+                Some(sim::Simulator::open(
+                    &subject.spec,
+                    checkpoints_root,
+                    &load,
+                )?)
+            }
         };
-        let simulator = sim::Simulator::open(spec_name, checkpoints_root, &load)?;
+        let engine = match (&simulator, &subject.source) {
+            (Some(s), _) => s.engine(),
+            (None, Source::Live { model, .. }) => sim::Engine::Local(model),
+            (None, _) => unreachable!("every other source is opened above"),
+        };
         let params = SamplingParams {
             n,
             ..sampling.params(set)
@@ -603,8 +761,7 @@ pub fn run(
                 checkpoint: name.clone(),
                 scenario: sc.id.clone(),
             });
-            let (_, samples) =
-                sim::simulate_with(simulator.engine(), set, sc, &opts, cancel, &mut |_| {})?;
+            let (_, samples) = sim::simulate_with(engine, set, sc, &opts, cancel, &mut |_| {})?;
             let records = judge_samples(name, set, sc, &samples, &judges)?;
             let mut lines = String::new();
             for r in &records {
@@ -626,8 +783,8 @@ pub fn run(
         .zip(papers)
         .zip(notes)
         .map(|((r, paper), notes)| Reported {
-            checkpoint: r.1.clone(),
-            dimensions: judged_dimensions(&r.3),
+            checkpoint: r.label.clone(),
+            dimensions: judged_dimensions(&r.set),
             paper,
             notes,
         })
@@ -699,6 +856,19 @@ fn judge_samples(
                     } else {
                         s.outputs.get(&dim.key).is_none_or(|o| o.valid)
                     },
+                    tokens: judge.counts_tokens().then(|| {
+                        s.outputs
+                            .iter()
+                            .filter(|(c, _)| {
+                                if dim.key == RESPONSE {
+                                    sim::CallKind::of(c).writes_reply()
+                                } else {
+                                    **c == dim.key
+                                }
+                            })
+                            .map(|(_, o)| o.tokens)
+                            .sum()
+                    }),
                 })
                 .collect(),
         };

@@ -169,6 +169,14 @@ pub fn token_f1(candidate: &str, reference: &str) -> f64 {
     (2.0 * precision * recall) / (precision + recall)
 }
 
+/// Whether `text` holds `word` (lowercase) as a whole word, case-insensitively: words are runs
+/// of letters, digits and apostrophes.
+pub fn has_word(text: &str, word: &str) -> bool {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .any(|w| w == word)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,3 +244,4 @@ mod tests {
         assert_eq!(squad_tokens("x\u{1c}y\u{3000}z"), ["x", "y", "z"]);
     }
 }
+

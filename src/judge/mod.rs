@@ -1,8 +1,8 @@
 //! Judges: scores of simulated states and replies against the person's real reply.
 //!
-//! One trait, four kinds: the HumanLM rubric judge (a language model scores a whole group of
+//! One trait, five kinds: the HumanLM rubric judge (a language model scores a whole group of
 //! rollouts at once), the six-aspect judge (one reply on all six dimensions), embedding cosine
-//! similarity, and lexical overlap. Judges are configured in TOML files; results are cached on
+//! similarity, lexical overlap, and a verifiable word check for testing training. Judges are configured in TOML files; results are cached on
 //! disk keyed by the judge configuration and a hash of the inputs.
 
 pub mod embedding;
@@ -65,6 +65,10 @@ pub struct Item<'a> {
     /// Whether the simulator kept the tag format (the judge is told to halve a malformed item;
     /// a rubric judge with `halve_malformed` also halves it in code).
     pub valid: bool,
+    /// Tokens the simulator generated for it, given to judges that bound the length
+    /// ([`Judge::counts_tokens`]); left out of the cache key otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<usize>,
 }
 
 /// One item's score in [0, 1] (cosine similarity may be negative), with what the judge said.
@@ -110,6 +114,10 @@ pub trait Judge: Send + Sync {
     ) -> Option<Result<BTreeMap<String, Score>>> {
         None
     }
+    /// Whether the judge needs each item's generated token count ([`Item::tokens`]).
+    fn counts_tokens(&self) -> bool {
+        false
+    }
 }
 
 /// A judge configuration file (`prompts/judges/*.toml`).
@@ -131,6 +139,9 @@ pub enum JudgeConfig {
     Rubric(rubric::RubricConfig),
     /// The six-aspect judge: one language-model call per reply, scoring all six dimensions.
     Aspects(rubric::RubricConfig),
+    /// Verifiable: 1 when the item holds `word` (case-insensitive, as a whole word) and was
+    /// written in at most `max_tokens` tokens, else 0. For checking that training works.
+    Contains { word: String, max_tokens: usize },
 }
 
 fn default_embedder() -> String {
@@ -199,6 +210,9 @@ impl JudgeConfig {
             JudgeConfig::Aspects(cfg) => Box::new(rubric::AspectsJudge::new(
                 rubric::RubricJudge::new(cfg.clone(), roots, prompts)?,
             )),
+            JudgeConfig::Contains { word, max_tokens } => {
+                Box::new(ContainsJudge::new(word, *max_tokens))
+            }
         })
     }
 }
@@ -257,6 +271,53 @@ impl Judge for EmbeddingJudge {
             // An empty item says nothing; its embedding ([CLS][SEP]) is not a prediction.
             .map(|(s, i)| Score::of(if i.text.trim().is_empty() { 0.0 } else { s }))
             .collect())
+    }
+}
+
+/// The verifiable judge ([`JudgeConfig::Contains`]).
+pub struct ContainsJudge {
+    word: String,
+    max_tokens: usize,
+}
+
+impl ContainsJudge {
+    pub fn new(word: &str, max_tokens: usize) -> ContainsJudge {
+        ContainsJudge {
+            word: word.to_lowercase(),
+            max_tokens,
+        }
+    }
+
+    /// Whether `text`, written in `tokens` tokens, earns the reward.
+    pub fn holds(&self, text: &str, tokens: usize) -> bool {
+        tokens <= self.max_tokens && lexical::has_word(text, &self.word)
+    }
+}
+
+impl Judge for ContainsJudge {
+    fn name(&self) -> String {
+        format!("contains '{}' within {} tokens", self.word, self.max_tokens)
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({ "kind": "contains", "word": self.word, "max_tokens": self.max_tokens })
+    }
+    fn score_group(&self, group: &Group) -> Result<Vec<Score>> {
+        group
+            .items
+            .iter()
+            .map(|i| {
+                let tokens = i.tokens.ok_or_else(|| {
+                    Error::Msg(format!(
+                        "judge {}: the item's token count is unknown",
+                        self.name()
+                    ))
+                })?;
+                Ok(Score::of(f64::from(u8::from(self.holds(i.text, tokens)))))
+            })
+            .collect()
+    }
+    fn counts_tokens(&self) -> bool {
+        true
     }
 }
 

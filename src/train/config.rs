@@ -145,6 +145,10 @@ pub struct TrainConfig {
     /// GPU. May change across a resume (the optimizer keeps f32 state either way).
     #[serde(default)]
     pub dtype: Option<String>,
+    /// Validation during the run (`--val`). Not part of a run's identity: a resume may change
+    /// how it validates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<super::ValConfig>,
 }
 
 /// LoRA's alpha when none is given: twice the rank, a scale α/r of 2 at every rank (at the
@@ -185,6 +189,7 @@ impl TrainConfig {
             full: false,
             device: cpu(),
             dtype: None,
+            val: None,
         }
     }
 
@@ -213,11 +218,13 @@ impl TrainConfig {
         self.alpha = alpha.unwrap_or_else(|| default_alpha(rank));
     }
 
-    /// Whether `other` is the same run (what a resume requires): everything but where it runs.
+    /// Whether `other` is the same run (what a resume requires): everything but where it runs
+    /// and how it validates.
     pub(super) fn same_run(&self, other: &TrainConfig) -> bool {
         let placed = TrainConfig {
             device: other.device.clone(),
             dtype: other.dtype.clone(),
+            val: other.val.clone(),
             ..self.clone()
         };
         placed == *other

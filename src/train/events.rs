@@ -64,14 +64,69 @@ pub struct StepEvent {
     pub rollouts: Vec<RolloutSample>,
 }
 
-/// Read a run's `events.jsonl` (lines that do not parse, e.g. one being written, are skipped).
+/// One validation pass, a line of `events.jsonl` tagged `"event": "val"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename = "val")]
+pub struct ValEvent {
+    /// Steps taken when the policy was validated (0: before the first).
+    pub step: usize,
+    pub steps: usize,
+    /// The eval run folder of this pass.
+    pub run: std::path::PathBuf,
+    pub scenarios: usize,
+    /// Scenario means ×100 with bootstrap 95% intervals: the judged reply (`response`), each
+    /// state when GRPO trains states, and the similarity measures.
+    pub metrics: BTreeMap<String, crate::eval::stats::Estimate>,
+    /// Plain SFT: held-out loss per target token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// What the best step is chosen by (`loss`, lower is better; `response`, higher) and its
+    /// value here.
+    pub criterion: String,
+    pub value: f64,
+    /// The best step so far, this one included.
+    pub best_step: usize,
+    /// Judgements that failed after their retries (scored 0; the eval run can be resumed).
+    #[serde(default)]
+    pub judge_failures: usize,
+    pub secs: f64,
+}
+
+/// The lines of a run's `events.jsonl` that parse as `T` (one being written is skipped);
+/// validation lines are told apart from steps by their `event` tag.
+fn read_lines<T: serde::de::DeserializeOwned>(out: &Path, val: bool) -> Vec<T> {
+    let text = std::fs::read_to_string(out.join("events.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_some() == val)
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect()
+}
+
+/// Read a run's step events.
 pub fn read_events(out: &Path) -> Vec<StepEvent> {
     let mut events = vec![];
-    let text = std::fs::read_to_string(out.join("events.jsonl")).unwrap_or_default();
-    for ev in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+    for ev in read_lines(out, false) {
         push_event(&mut events, ev);
     }
     events
+}
+
+/// Read a run's validation events; as with steps, a resumed run's repeat replaces the
+/// interrupted run's line for the same step.
+pub fn read_val_events(out: &Path) -> Vec<ValEvent> {
+    let mut events: Vec<ValEvent> = vec![];
+    for ev in read_lines::<ValEvent>(out, true) {
+        push_val_event(&mut events, ev);
+    }
+    events
+}
+
+/// Append a validation pass to a run's history, replacing an interrupted run's passes at or
+/// after its step.
+pub fn push_val_event(events: &mut Vec<ValEvent>, ev: ValEvent) {
+    events.retain(|e| e.step < ev.step);
+    events.push(ev);
 }
 
 /// Append a step to a run's history. A resumed run repeats the steps after its last checkpoint,
@@ -90,6 +145,7 @@ pub enum TrainEvent<'a> {
     /// Something worth a line (e.g. traces being written).
     Note(&'a str),
     Step(&'a StepEvent),
+    Val(&'a ValEvent),
     Saved(&'a Path),
 }
 

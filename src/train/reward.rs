@@ -58,25 +58,31 @@ impl RewardSpec {
         })
     }
 
+    /// The judge that scores what this reward scores, for validation passes: the judge file (or
+    /// the default judge), or the contains judge of the verifiable reward.
+    pub fn judge_config(&self) -> Result<JudgeConfig> {
+        Ok(match self {
+            RewardSpec::Judge { config: Some(p) } => JudgeConfig::read(p)?,
+            RewardSpec::Judge { config: None } => JudgeConfig::default_config(),
+            RewardSpec::Contains { word, max_tokens } => JudgeConfig::Contains {
+                word: word.clone(),
+                max_tokens: *max_tokens,
+            },
+        })
+    }
+
     pub fn build(
         &self,
         roots: &crate::roots::Roots,
         set: Arc<PromptSet>,
     ) -> Result<Box<dyn Reward>> {
         Ok(match self {
-            RewardSpec::Judge { config } => {
-                let cfg = match config {
-                    Some(p) => JudgeConfig::read(p)?,
-                    None => JudgeConfig::default_config(),
-                };
-                Box::new(JudgeReward {
-                    judge: cfg.build(roots, set.clone())?,
-                    set,
-                })
-            }
+            RewardSpec::Judge { .. } => Box::new(JudgeReward {
+                judge: self.judge_config()?.build(roots, set.clone())?,
+                set,
+            }),
             RewardSpec::Contains { word, max_tokens } => Box::new(ContainsReward {
-                word: word.to_lowercase(),
-                max_tokens: *max_tokens,
+                judge: crate::judge::ContainsJudge::new(word, *max_tokens),
             }),
         })
     }
@@ -141,6 +147,7 @@ impl Reward for JudgeReward {
                 .map(|&i| Item {
                     text: rollouts[i].value.as_deref().unwrap_or_default(),
                     valid: true,
+                    tokens: Some(rollouts[i].tokens),
                 })
                 .collect(),
         };
@@ -158,27 +165,21 @@ impl Reward for JudgeReward {
     }
 }
 
+/// The verifiable reward: the contains judge on the whole rollout (the pre-filled tag, any
+/// thinking and the reply), whether or not it kept the strict format.
 struct ContainsReward {
-    word: String,
-    max_tokens: usize,
+    judge: crate::judge::ContainsJudge,
 }
 
 impl Reward for ContainsReward {
     fn name(&self) -> String {
-        format!("contains '{}' within {} tokens", self.word, self.max_tokens)
+        self.judge.name()
     }
 
     fn score_group(&self, _: &Target, rollouts: &[Rollout]) -> Result<Vec<f64>> {
         Ok(rollouts
             .iter()
-            .map(|r| {
-                let hit = r
-                    .text
-                    .to_lowercase()
-                    .split(|c: char| !c.is_alphanumeric() && c != '\'')
-                    .any(|w| w == self.word);
-                f64::from(u8::from(hit && r.tokens <= self.max_tokens))
-            })
+            .map(|r| f64::from(u8::from(self.judge.holds(&r.text, r.tokens))))
             .collect())
     }
 }
@@ -210,8 +211,7 @@ mod tests {
     #[test]
     fn contains_needs_the_whole_word_within_the_budget() {
         let r = ContainsReward {
-            word: "great".into(),
-            max_tokens: 5,
+            judge: crate::judge::ContainsJudge::new("great", 5),
         };
         let t = Target {
             state: "response",

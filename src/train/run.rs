@@ -90,8 +90,13 @@ pub fn run(
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<PathBuf> {
     cfg.check()?;
-    let (mut trainer, set) = Trainer::open(cfg, out, roots, resume)?;
+    let (mut trainer, set) = Trainer::open(cfg, out, roots, resume, cancel)?;
     let set = Arc::new(set);
+    trainer.val = super::val::Validator::new(&trainer, set.clone(), roots)?;
+    // The untrained policy is the curve's first point.
+    if trainer.start == 0 {
+        trainer.validate(0, on_event)?;
+    }
     match &cfg.method {
         Method::Sft { think } => {
             sft::train(&mut trainer, &set, think.as_ref(), roots, cancel, on_event)?
@@ -102,8 +107,8 @@ pub fn run(
 }
 
 /// What both methods share: the model with the adapter being trained, the optimizer, the
-/// output folder and the step bookkeeping.
-pub struct Trainer {
+/// output folder, the step bookkeeping and the validation.
+pub struct Trainer<'c> {
     pub cfg: TrainConfig,
     pub model: Model,
     pub params: Trainable,
@@ -117,15 +122,19 @@ pub struct Trainer {
     last_good: usize,
     events: std::fs::File,
     started: std::time::Instant,
+    /// Set when the user stops the run (validation passes watch it too).
+    pub cancel: Option<&'c AtomicBool>,
+    val: Option<super::val::Validator>,
 }
 
-impl Trainer {
+impl<'c> Trainer<'c> {
     fn open(
         cfg: &TrainConfig,
         out: &Path,
         roots: &crate::roots::Roots,
         resume: bool,
-    ) -> Result<(Trainer, PromptSet)> {
+        cancel: Option<&'c AtomicBool>,
+    ) -> Result<(Trainer<'c>, PromptSet)> {
         let ckpt = Checkpoint::resolve(&cfg.base, &roots.checkpoints)?;
         if matches!(
             ckpt.kind,
@@ -202,6 +211,8 @@ impl Trainer {
                 last_good: start,
                 events,
                 started: std::time::Instant::now(),
+                cancel,
+                val: None,
             },
             set,
         ))
@@ -288,15 +299,59 @@ impl Trainer {
         let done = ev.step - self.start;
         ev.tokens_per_s = ev.tokens as f64 / step_secs.max(1e-9);
         ev.eta_s = self.started.elapsed().as_secs_f64() / done as f64 * (ev.steps - ev.step) as f64;
-        writeln!(self.events, "{}", serde_json::to_string(&ev)?)?;
-        self.events.flush()?;
+        self.write_event(&ev)?;
         on_event(TrainEvent::Step(&ev));
         let every = self.cfg.save_every;
         if ev.step == ev.steps || (every > 0 && ev.step.is_multiple_of(every)) {
             let dir = self.save(ev.step)?;
             on_event(TrainEvent::Saved(&dir));
         }
+        self.validate(ev.step, on_event)
+    }
+
+    /// Validate the current policy when step `step` is due for it.
+    fn validate(&mut self, step: usize, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
+        let Some(mut val) = self.val.take() else {
+            return Ok(());
+        };
+        let r = if val.due(step, self.cfg.steps) {
+            val.run(self, step, on_event)
+        } else {
+            Ok(())
+        };
+        self.val = Some(val);
+        r
+    }
+
+    /// Append one line to `events.jsonl`.
+    pub(super) fn write_event(&mut self, ev: &impl Serialize) -> Result<()> {
+        writeln!(self.events, "{}", serde_json::to_string(ev)?)?;
+        self.events.flush()?;
         Ok(())
+    }
+
+    /// Replace `<out>/best/` with the current model and `best.json` (`info`: its step and
+    /// validation score), written whole.
+    pub(super) fn save_best(&mut self, info: &serde_json::Value) -> Result<PathBuf> {
+        let best = self.out.join("best");
+        let write = || -> Result<()> {
+            let tmp = crate::files::temp_dir_beside(&best)?;
+            self.params
+                .save(tmp.path(), &self.model.decoder, &self.base)?;
+            std::fs::write(
+                tmp.path().join("best.json"),
+                serde_json::to_string_pretty(info)?,
+            )?;
+            crate::files::replace_dir(tmp, &best)?;
+            Ok(())
+        };
+        write().map_err(|e| {
+            Error::file(
+                &best,
+                format!("cannot save the best model (the previous one is intact): {e}"),
+            )
+        })?;
+        Ok(best)
     }
 
     /// Write `checkpoint-<step>/` whole, then refresh the top-level adapter.

@@ -780,6 +780,7 @@ pub enum TrainMsg {
     Data { examples: usize, skipped: usize },
     Note(String),
     Step(Box<StepEvent>),
+    Val(Box<crate::train::ValEvent>),
     Saved(PathBuf),
     Finished(Result<PathBuf, String>),
 }
@@ -807,6 +808,8 @@ pub struct TrainRun {
     /// The reward judge (GRPO).
     pub judge: Option<String>,
     pub events: Vec<StepEvent>,
+    /// Validation passes, oldest first (a resumed run's repeat replaces the earlier line).
+    pub val: Vec<crate::train::ValEvent>,
     pub examples: Option<(usize, usize)>,
     /// Notes and saved checkpoints, newest last.
     pub log: Vec<String>,

@@ -481,6 +481,11 @@ fn describe_judge(
                 .unwrap_or_default();
             ("lexical".into(), m, None)
         }
+        JudgeConfig::Contains { word, max_tokens } => (
+            "contains".into(),
+            format!("'{word}' within {max_tokens} tokens"),
+            None,
+        ),
         JudgeConfig::Rubric(cfg) | JudgeConfig::Aspects(cfg) => {
             let kind = if matches!(config, JudgeConfig::Rubric(_)) {
                 "rubric"
@@ -540,6 +545,7 @@ pub fn train(
             },
             TrainEvent::Note(n) => TrainMsg::Note(n.to_string()),
             TrainEvent::Step(s) => TrainMsg::Step(Box::new(s.clone())),
+            TrainEvent::Val(v) => TrainMsg::Val(Box::new(v.clone())),
             TrainEvent::Saved(p) => TrainMsg::Saved(p.to_path_buf()),
         })
     });

@@ -138,10 +138,12 @@ fn the_rubric_judge_runs_over_http() {
             Item {
                 text: "against signs",
                 valid: true,
+                tokens: None,
             },
             Item {
                 text: "for signs",
                 valid: true,
+                tokens: None,
             },
         ],
     };

@@ -383,7 +383,11 @@ fn group_on<'a>(set: &'a PromptSet, key: &str, items: &[(&'a str, bool)]) -> Gro
         reference: "Absolutely not, the shops will die.",
         items: items
             .iter()
-            .map(|(t, v)| Item { text: t, valid: *v })
+            .map(|(t, v)| Item {
+                text: t,
+                valid: *v,
+                tokens: None,
+            })
             .collect(),
     }
 }

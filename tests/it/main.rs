@@ -35,5 +35,6 @@ mod simulate;
 mod tokenizer;
 mod train;
 mod train_targets;
+mod train_val;
 mod tui;
 mod tui_e2e;

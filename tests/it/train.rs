@@ -119,7 +119,7 @@ fn lora_gradients_match_finite_differences() {
 }
 
 /// Four short scenarios written for the test (short threads keep each step fast on 2 cores).
-fn tiny_dataset(dir: &Path) {
+pub(crate) fn tiny_dataset(dir: &Path) {
     let rows = [
         (
             "gym",
@@ -156,7 +156,7 @@ fn tiny_dataset(dir: &Path) {
 /// The default model's prompt set with a one-line system prompt, in a prompts folder of its own
 /// (`short`): the tests whose cost is the prompt's forward and backward passes (full weights,
 /// GRPO) train on prompts half as long. The folder lives as long as the returned guard.
-fn short_prompts() -> (tempfile::TempDir, humanlm::roots::Roots) {
+pub(crate) fn short_prompts() -> (tempfile::TempDir, humanlm::roots::Roots) {
     let dir = tempfile::tempdir().unwrap();
     // `instruct` inherits from `humanlm`, so both come along.
     common::copy_prompt_set("humanlm", &dir.path().join("humanlm"));
@@ -167,7 +167,7 @@ fn short_prompts() -> (tempfile::TempDir, humanlm::roots::Roots) {
     (dir, roots)
 }
 
-fn sft_config(scenarios: &Path) -> TrainConfig {
+pub(crate) fn sft_config(scenarios: &Path) -> TrainConfig {
     let mut cfg = TrainConfig::sft(
         "smollm2-135m-instruct",
         Data::Scenarios {
@@ -638,13 +638,18 @@ fn grpo_config(scenarios: &Path, params: GrpoParams) -> TrainConfig {
 
 /// GRPO on the replies only, rewarded by saying "human" within `tokens` tokens.
 fn says_human_config(scenarios: &Path, tokens: usize) -> TrainConfig {
+    says_config(scenarios, "human", tokens)
+}
+
+/// GRPO on the replies only, rewarded by saying `word` within `tokens` tokens.
+pub(crate) fn says_config(scenarios: &Path, word: &str, tokens: usize) -> TrainConfig {
     grpo_config(
         scenarios,
         GrpoParams {
             states: vec!["response".into()],
             max_new_tokens: tokens,
             reward: RewardSpec::Contains {
-                word: "human".into(),
+                word: word.into(),
                 max_tokens: tokens,
             },
             ..Default::default()

@@ -258,6 +258,11 @@ fn start_train(app: &mut App, fx: &mut Vec<Effect>) {
         } else {
             vec![]
         },
+        val: if app.train.form.resume {
+            crate::train::read_val_events(&out)
+        } else {
+            vec![]
+        },
         examples: None,
         log: vec![],
         saved: None,
@@ -291,6 +296,10 @@ pub(super) fn train_msg(app: &mut App, job: u64, msg: TrainMsg, fx: &mut Vec<Eff
         }
         TrainMsg::Note(n) => run.log.push(n),
         TrainMsg::Step(e) => crate::train::push_event(&mut run.events, *e),
+        TrainMsg::Val(v) => {
+            run.log.push(crate::train::val::describe(&v));
+            crate::train::push_val_event(&mut run.val, *v);
+        }
         TrainMsg::Saved(p) => {
             run.log.push(format!("saved {}", p.display()));
             run.saved = Some(p);
