@@ -244,4 +244,3 @@ mod tests {
         assert_eq!(squad_tokens("x\u{1c}y\u{3000}z"), ["x", "y", "z"]);
     }
 }
-

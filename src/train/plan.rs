@@ -52,8 +52,22 @@ pub struct Request<'a> {
     pub lr: &'a str,
     /// `None` for SFT.
     pub grpo: Option<GrpoRequest<'a>>,
+    /// `None`: no validation during the pass.
+    pub validation: Option<ValRequest<'a>>,
     /// The checkpoints folder the adapter is written under.
     pub checkpoints: &'a Path,
+}
+
+/// Validation during the pass: held-out scenarios evaluated at step 0, every few steps and at
+/// the end, the best step kept in `best/` (so it can be loaded instead of the last).
+#[derive(Debug, Clone, Copy)]
+pub struct ValRequest<'a> {
+    /// A scenario file or folder.
+    pub scenarios: &'a str,
+    /// Steps between passes (0: only at step 0 and at the end).
+    pub every: &'a str,
+    /// Cap on each validation call's new tokens (`None`: the paper protocol's, or GRPO's cap).
+    pub max_tokens: Option<usize>,
 }
 
 /// What a start of the request would run.
@@ -198,6 +212,18 @@ pub fn plan(req: &Request) -> Result<Plan, PlanError> {
             _ => return Err(PlanError::LearningRate { value: lr.into() }),
         }
     }
+    if let Some(v) = &req.validation {
+        cfg.val = Some(super::ValConfig {
+            data: Data::Scenarios {
+                path: PathBuf::from(v.scenarios.trim()),
+            },
+            every: number("validate every", v.every, 0)?,
+            judge: None,
+            limit: None,
+            max_tokens: v.max_tokens,
+            keep_best: true,
+        });
+    }
     let out = req.checkpoints.join(&name);
     Ok(Plan {
         config: cfg,
@@ -223,6 +249,7 @@ mod tests {
             rank: "8",
             lr: "",
             grpo: None,
+            validation: None,
             checkpoints: Path::new("checkpoints"),
         }
     }
@@ -259,6 +286,33 @@ mod tests {
         })
         .unwrap();
         assert_eq!(lr.config.lr, 3e-4);
+    }
+
+    #[test]
+    fn validation_keeps_the_best_step_and_checks_its_interval() {
+        let v = |every| ValRequest {
+            scenarios: " heldout ",
+            every,
+            max_tokens: Some(48),
+        };
+        let p = plan(&Request {
+            validation: Some(v("5")),
+            ..sft()
+        })
+        .unwrap();
+        let val = p.config.val.unwrap();
+        assert_eq!(val.data.path(), Path::new("heldout"));
+        assert_eq!(
+            (val.every, val.max_tokens, val.keep_best),
+            (5, Some(48), true)
+        );
+        let e = plan(&Request {
+            validation: Some(v("often")),
+            ..sft()
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "validate every 'often': a whole number ≥ 0");
+        assert!(plan(&sft()).unwrap().config.val.is_none());
     }
 
     #[test]

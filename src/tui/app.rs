@@ -645,10 +645,12 @@ pub enum TrainField {
     Resume,
     N,
     Reward,
+    Validation,
+    ValEvery,
 }
 
 impl TrainField {
-    pub const ALL: [TrainField; 10] = [
+    pub const ALL: [TrainField; 12] = [
         TrainField::Method,
         TrainField::Base,
         TrainField::Scenarios,
@@ -659,6 +661,8 @@ impl TrainField {
         TrainField::Resume,
         TrainField::N,
         TrainField::Reward,
+        TrainField::Validation,
+        TrainField::ValEvery,
     ];
 
     pub fn label(self) -> &'static str {
@@ -673,6 +677,8 @@ impl TrainField {
             TrainField::Resume => "if it exists",
             TrainField::N => "rollouts per prompt",
             TrainField::Reward => "reward judge",
+            TrainField::Validation => "validation scenarios",
+            TrainField::ValEvery => "validate every",
         }
     }
 
@@ -686,6 +692,8 @@ impl TrainField {
                 | TrainField::Lr
                 | TrainField::Rank
                 | TrainField::N
+                | TrainField::Validation
+                | TrainField::ValEvery
         )
     }
 }
@@ -708,6 +716,10 @@ pub struct TrainForm {
     pub n: String,
     /// A judge of `prompts/judges/` by name (GRPO's reward).
     pub reward: String,
+    /// Held-out scenarios (file or folder) validated during the pass; empty: none.
+    pub validation: String,
+    /// Steps between validation passes.
+    pub val_every: String,
     pub focus: usize,
     /// Typing goes into the focused text field.
     pub editing: bool,
@@ -730,6 +742,8 @@ impl Default for TrainForm {
             resume: false,
             n: crate::train::GrpoParams::default().n.to_string(),
             reward: "embedding".into(),
+            validation: String::new(),
+            val_every: "10".into(),
             focus: 0,
             editing: false,
             error: None,
@@ -742,8 +756,10 @@ impl TrainForm {
     pub fn fields(&self) -> Vec<TrainField> {
         TrainField::ALL
             .into_iter()
-            .filter(|f| {
-                self.method == TrainMethod::Grpo || !matches!(f, TrainField::N | TrainField::Reward)
+            .filter(|f| match f {
+                TrainField::N | TrainField::Reward => self.method == TrainMethod::Grpo,
+                TrainField::ValEvery => !self.validation.trim().is_empty(),
+                _ => true,
             })
             .collect()
     }
@@ -757,6 +773,8 @@ impl TrainForm {
             TrainField::Lr => &self.lr,
             TrainField::Rank => &self.rank,
             TrainField::N => &self.n,
+            TrainField::Validation => &self.validation,
+            TrainField::ValEvery => &self.val_every,
             _ => "",
         }
     }
@@ -769,6 +787,8 @@ impl TrainForm {
             TrainField::Lr => &mut self.lr,
             TrainField::Rank => &mut self.rank,
             TrainField::N => &mut self.n,
+            TrainField::Validation => &mut self.validation,
+            TrainField::ValEvery => &mut self.val_every,
             _ => return None,
         })
     }

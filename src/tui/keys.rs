@@ -58,6 +58,8 @@ pub enum Cmd {
     StartTrain,
     /// Train: use the adapter the pass wrote as the current checkpoint.
     LoadAdapter,
+    /// Train: use the best validated step's adapter (`best/`) as the current checkpoint.
+    LoadBest,
     /// Train: back from the run's view to the form.
     TrainForm,
     /// Text fields: empty the focused field.
@@ -118,6 +120,7 @@ impl Cmd {
             Cmd::RemoveEndpoint => "remove_endpoint",
             Cmd::StartTrain => "start_train",
             Cmd::LoadAdapter => "load_adapter",
+            Cmd::LoadBest => "load_best",
             Cmd::TrainForm => "train_form",
             Cmd::ClearField => "clear_field",
             Cmd::Score(_) => "score",
@@ -868,6 +871,13 @@ pub const BINDINGS: &[Binding] = &[
         "L",
         Cmd::LoadAdapter,
         "use the new adapter as the checkpoint (when done)",
+    ),
+    b(
+        Ctx::Train,
+        &[key(Char('B'))],
+        "B",
+        Cmd::LoadBest,
+        "use the best validated step's adapter instead (when done)",
     ),
     b(
         Ctx::Train,

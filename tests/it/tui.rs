@@ -1887,7 +1887,8 @@ fn train_form_run_and_adapter() {
     // → on the method: GRPO, with its two rows; the reward judge cycles over the judges.
     send(&mut a, [code(KeyCode::Right)]);
     assert_eq!(a.train.form.method, TrainMethod::Grpo);
-    assert_eq!(a.train.form.fields().len(), 10);
+    // Eleven: the validation row's interval shows once it names scenarios.
+    assert_eq!(a.train.form.fields().len(), 11);
     // Steps: Enter edits, typing replaces, Enter ends; letters do not leave the screen.
     for _ in 0..4 {
         send(&mut a, [code(KeyCode::Down)]);
@@ -1906,7 +1907,10 @@ fn train_form_run_and_adapter() {
     send(&mut a, typed("6"));
     send(&mut a, [code(KeyCode::Enter)]);
     // The reward: rubric-openai has no key here, so the start says so.
-    send(&mut a, [code(KeyCode::End), code(KeyCode::Left)]);
+    send(
+        &mut a,
+        [code(KeyCode::End), code(KeyCode::Up), code(KeyCode::Left)],
+    );
     assert_eq!(a.train.form.reward, "rubric-openai");
     let fx = send(&mut a, [key('r')]);
     assert!(fx.is_empty());
@@ -2020,6 +2024,113 @@ fn train_form_run_and_adapter() {
     );
     assert_eq!(a.checkpoint, "smollm2-135m-instruct-grpo-lora");
     assert_eq!(a.screen, Screen::Simulate);
+}
+
+/// A validation pass as the trainer reports it: the reply's score ×100 and the best step.
+fn val_event(step: usize, steps: usize, response: f64, best_step: usize) -> Action {
+    use humanlm::eval::stats::Estimate;
+    Action::Train {
+        job: 1,
+        msg: TrainMsg::Val(Box::new(humanlm::train::ValEvent {
+            step,
+            steps,
+            run: PathBuf::from(format!("val/response-step-{step}")),
+            scenarios: 6,
+            metrics: [(
+                "response".to_string(),
+                Estimate {
+                    mean: response,
+                    ci95: [response - 10.0, response + 10.0],
+                    n: 6,
+                },
+            )]
+            .into(),
+            loss: None,
+            criterion: "response".into(),
+            value: response,
+            best_step,
+            judge_failures: 0,
+            secs: 3.0,
+        })),
+    }
+}
+
+/// Validation on the Train form and screen: held-out scenarios on the form become the run's
+/// validation (the best kept), validation passes are drawn beside the training reward with the
+/// best step marked, and B loads the best step's adapter — refused while running or before a
+/// best exists.
+#[test]
+fn train_validation_curve_and_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = app(120, 40);
+    a.paths.checkpoints = tmp.path().to_path_buf();
+    send(
+        &mut a,
+        [
+            key('t'),
+            Action::Checkpoints(ckpt_rows()),
+            Action::Judges(judge_rows()),
+            code(KeyCode::Right),
+        ],
+    );
+    // The validation row: typing a folder shows its interval row below it.
+    send(&mut a, [code(KeyCode::End), code(KeyCode::Enter)]);
+    send(&mut a, typed("heldout"));
+    send(&mut a, [code(KeyCode::Enter)]);
+    assert_eq!(a.train.form.validation, "heldout");
+    assert_eq!(a.train.form.fields().len(), 12);
+    send(&mut a, [code(KeyCode::End), code(KeyCode::Enter)]);
+    send(&mut a, [code(KeyCode::Backspace), code(KeyCode::Backspace)]);
+    send(&mut a, typed("2"));
+    send(&mut a, [code(KeyCode::Enter)]);
+    let out = render(&mut a, 120, 40);
+    assert!(out.contains("2 steps  and at step 0 and the end"), "{out}");
+    let fx = send(&mut a, [key('r')]);
+    let [Effect::Train { cfg, out, .. }] = &fx[..] else {
+        panic!("{fx:?}")
+    };
+    let val = cfg.val.as_ref().expect("validation planned");
+    assert_eq!(val.data.path(), Path::new("heldout"));
+    assert_eq!((val.every, val.keep_best), (2, true));
+    let out = out.clone();
+    send(&mut a, [val_event(0, 30, 20.0, 0)]);
+    for n in 1..=2 {
+        send(&mut a, [step(n, 6)]);
+    }
+    send(&mut a, [val_event(2, 30, 50.0, 2)]);
+    for n in 3..=4 {
+        send(&mut a, [step(n, 6)]);
+    }
+    send(&mut a, [val_event(4, 30, 40.0, 2)]);
+    let screen = render(&mut a, 120, 40);
+    assert!(screen.contains("held-out reward"), "{screen}");
+    assert!(screen.contains("best step 2"), "{screen}");
+    assert!(screen.contains("reply 40.0 ± 10.0"), "{screen}");
+    // The output folder is a temporary one: its name is not part of the layout.
+    let tmp_name = tmp.path().display().to_string();
+    for (w, h) in [(80, 24), (120, 40)] {
+        let out = render(&mut a, w, h).replace(&tmp_name, "/TMP");
+        insta::assert_snapshot!(format!("train_validation_{w}x{h}"), out);
+    }
+    // B waits for the end of the pass.
+    assert!(send(&mut a, [key('B')]).is_empty());
+    send(
+        &mut a,
+        [Action::Train {
+            job: 1,
+            msg: TrainMsg::Finished(Ok(out.clone())),
+        }],
+    );
+    // No best/ on disk: B says so and loads nothing.
+    assert!(send(&mut a, [key('B')]).is_empty());
+    std::fs::create_dir_all(out.join("best")).unwrap();
+    std::fs::write(out.join("best/best.json"), r#"{"step": 2}"#).unwrap();
+    let fx = send(&mut a, [key('B')]);
+    assert!(
+        matches!(&fx[..], [Effect::LoadCheckpoint(p), Effect::ScanCheckpoints] if Path::new(p) == out.join("best")),
+        "{fx:?}"
+    );
+    assert_eq!(a.checkpoint, "smollm2-135m-instruct-grpo-lora/best");
 }
 
 #[test]

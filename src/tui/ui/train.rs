@@ -79,6 +79,18 @@ fn draw_form(f: &mut Frame, app: &App, body: Rect) {
                 false,
             ),
             TrainField::N => (form.n.clone(), false),
+            TrainField::Validation if form.validation.trim().is_empty() => (
+                "none (a held-out scenario file or folder, validated as the pass runs)".into(),
+                true,
+            ),
+            TrainField::Validation => (form.validation.clone(), false),
+            TrainField::ValEvery => (
+                format!(
+                    "{} steps  and at step 0 and the end; the best is kept, B loads it",
+                    form.val_every
+                ),
+                false,
+            ),
             TrainField::Reward => {
                 let detail = match judge_of(&form.reward) {
                     Some(j) => match &j.unavailable {
@@ -199,10 +211,11 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
     f.render_widget(block, body);
     let grpo = run.method == TrainMethod::Grpo;
     let chart_h = (inner.height / 2).clamp(5, 16);
-    let [charts, gauge, states, lower, status] = Layout::vertical([
+    let [charts, gauge, states, val_row, lower, status] = Layout::vertical([
         Constraint::Length(chart_h),
         Constraint::Length(1),
         Constraint::Length(u16::from(grpo)),
+        Constraint::Length(u16::from(!run.val.is_empty())),
         Constraint::Min(0),
         Constraint::Length(1),
     ])
@@ -215,14 +228,49 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
             .filter_map(|e| g(e).filter(|v| v.is_finite()).map(|v| (e.step as f64, v)))
             .collect()
     };
+    // Validation passes on the same axes as what they check: the reply's score (a percentage)
+    // beside the training reward (a fraction), the held-out loss beside the training loss.
+    let val_points = |loss: bool| -> Vec<(f64, f64)> {
+        run.val
+            .iter()
+            .filter_map(|v| match (loss, v.loss) {
+                (true, l) => l,
+                (false, _) => v
+                    .metrics
+                    .get(crate::prompts::RESPONSE)
+                    .map(|e| e.mean / 100.0),
+            })
+            .zip(run.val.iter().map(|v| v.step as f64))
+            .map(|(y, x)| (x, y))
+            .collect()
+    };
+    let best_point = |points: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        let best = run.val.last().map(|v| v.best_step as f64);
+        points
+            .iter()
+            .filter(|p| Some(p.0) == best)
+            .copied()
+            .collect()
+    };
+    let from_zero = !run.val.is_empty();
     if grpo {
         let reward = series(&|e| e.reward.as_ref().map(|r| r.mean));
+        let val = val_points(false);
+        let best = best_point(&val);
         chart(
             f,
             left,
-            " reward (mean over rollouts) ",
-            run.steps,
-            &[("reward", GOOD, &reward)],
+            if val.is_empty() {
+                " reward (mean over rollouts) "
+            } else {
+                " reward · held-out reward · best "
+            },
+            (run.steps, from_zero),
+            &[
+                ("reward", GOOD, &reward),
+                ("val", ACCENT, &val),
+                ("best", WARN, &best),
+            ],
         );
         let loss = series(&|e| Some(e.loss));
         let kl = series(&|e| e.kl);
@@ -230,18 +278,34 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
             f,
             right,
             " loss · KL ",
-            run.steps,
+            (run.steps, from_zero),
             &[("loss", ACCENT, &loss), ("KL", WARN, &kl)],
         );
     } else {
         let loss = series(&|e| Some(e.loss));
-        chart(f, left, " loss ", run.steps, &[("loss", ACCENT, &loss)]);
+        let val = val_points(true);
+        let best = best_point(&val);
+        chart(
+            f,
+            left,
+            if val.is_empty() {
+                " loss "
+            } else {
+                " loss · held-out loss · best "
+            },
+            (run.steps, from_zero),
+            &[
+                ("loss", ACCENT, &loss),
+                ("val", GOOD, &val),
+                ("best", WARN, &best),
+            ],
+        );
         let grad = series(&|e| Some(e.grad_norm));
         chart(
             f,
             right,
             " grad norm (before clipping) ",
-            run.steps,
+            (run.steps, from_zero),
             &[("grad", WARN, &grad)],
         );
     }
@@ -278,6 +342,28 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
             }
         }
         f.render_widget(Paragraph::new(Line::from(spans)), states);
+    }
+    if let Some(v) = run.val.last() {
+        let mut spans = vec![Span::styled(" validation  ", dim())];
+        spans.push(Span::raw(format!("step {}: ", v.step)));
+        match (v.loss, v.metrics.get(crate::prompts::RESPONSE)) {
+            (Some(l), _) => spans.push(Span::raw(format!("held-out loss {l:.4}  "))),
+            (None, Some(e)) => spans.push(Span::raw(format!(
+                "reply {:.1} ± {:.1}  ",
+                e.mean,
+                (e.ci95[1] - e.ci95[0]) / 2.0
+            ))),
+            (None, None) => {}
+        }
+        spans.push(Span::styled(
+            format!("best step {}", v.best_step),
+            Style::default().fg(WARN),
+        ));
+        spans.push(Span::styled(
+            format!(" · {} scenarios · B loads the best", v.scenarios),
+            dim(),
+        ));
+        f.render_widget(Paragraph::new(Line::from(spans)), val_row);
     }
 
     // GRPO: recent rollouts with their rewards, newest first; SFT: the run's log.
@@ -351,8 +437,15 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
 /// A named series of (step, value) points and its colour.
 type Series<'a> = (&'static str, Color, &'a Vec<(f64, f64)>);
 
-/// A line chart of one or two series over the steps; a note while there is nothing to draw.
-fn chart(f: &mut Frame, area: Rect, title: &'static str, steps: usize, series: &[Series]) {
+/// A line chart of a few series over the steps (from step 0 when `from_zero`: validation runs
+/// before the first step); a note while there is nothing to draw.
+fn chart(
+    f: &mut Frame,
+    area: Rect,
+    title: &'static str,
+    (steps, from_zero): (usize, bool),
+    series: &[Series],
+) {
     let block = pane(title, false);
     let points: Vec<f64> = series
         .iter()
@@ -403,8 +496,11 @@ fn chart(f: &mut Frame, area: Rect, title: &'static str, steps: usize, series: &
         .block(block)
         .x_axis(
             Axis::default()
-                .bounds([1.0, steps.max(2) as f64])
-                .labels(["1".to_string(), steps.to_string()])
+                .bounds([f64::from(u8::from(!from_zero)), steps.max(2) as f64])
+                .labels([
+                    if from_zero { "0" } else { "1" }.to_string(),
+                    steps.to_string(),
+                ])
                 .style(dim()),
         )
         .y_axis(
@@ -413,7 +509,7 @@ fn chart(f: &mut Frame, area: Rect, title: &'static str, steps: usize, series: &
                 .labels([fmt(lo), fmt(hi)])
                 .style(dim()),
         )
-        .legend_position(if series.len() > 1 {
+        .legend_position(if series.iter().filter(|s| !s.2.is_empty()).count() > 1 {
             Some(ratatui::widgets::LegendPosition::TopRight)
         } else {
             None

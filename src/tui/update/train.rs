@@ -62,7 +62,7 @@ pub fn train_plan(
     ),
     String,
 > {
-    use crate::train::plan::{self, Existing, GrpoRequest, PlanError, Request};
+    use crate::train::plan::{self, Existing, GrpoRequest, PlanError, Request, ValRequest};
     let f = &app.train.form;
     let base = train_base(app);
     let rows = &app.ckpts.rows;
@@ -101,6 +101,12 @@ pub fn train_plan(
             // The workbench's cap on new tokens holds for rollouts too.
             max_new_tokens: app.sampling.max_tokens,
         }),
+        validation: (!f.validation.trim().is_empty()).then_some(ValRequest {
+            scenarios: &f.validation,
+            every: &f.val_every,
+            // The workbench's cap holds for validation calls as for every other.
+            max_tokens: app.sampling.max_tokens,
+        }),
         checkpoints: &app.paths.checkpoints,
     };
     match plan::plan(&req) {
@@ -116,7 +122,8 @@ pub(super) fn train_cmd(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
     let has_run = app.train.run.is_some();
     match cmd {
         Cmd::StartTrain => return start_train(app, fx),
-        Cmd::LoadAdapter => return load_adapter(app, fx),
+        Cmd::LoadAdapter => return load_adapter(app, fx, false),
+        Cmd::LoadBest => return load_adapter(app, fx, true),
         Cmd::TrainForm => {
             if has_run {
                 app.train.show_run = !app.train.show_run;
@@ -331,7 +338,8 @@ pub(super) fn train_msg(app: &mut App, job: u64, msg: TrainMsg, fx: &mut Vec<Eff
 
 /// `L`: the adapter the pass wrote (after the end or a stop) becomes the
 /// checkpoint in use; Simulate switches to it once it has loaded.
-fn load_adapter(app: &mut App, fx: &mut Vec<Effect>) {
+/// Load the pass's adapter — the newest, or with `best` the best validated step's (`best/`).
+fn load_adapter(app: &mut App, fx: &mut Vec<Effect>, best: bool) {
     let Some(run) = &app.train.run else {
         app.info("no training pass yet: r starts one");
         return;
@@ -349,10 +357,25 @@ fn load_adapter(app: &mut App, fx: &mut Vec<Effect>) {
             return;
         }
     };
-    let name = path
+    let mut name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let path = if best {
+        let dir = path.join("best");
+        if !dir.join("best.json").is_file() {
+            app.info(if run.val.is_empty() {
+                "this pass was not validated: give it validation scenarios on the form"
+            } else {
+                "no best step saved yet"
+            });
+            return;
+        }
+        name.push_str("/best");
+        dir
+    } else {
+        path
+    };
     app.checkpoint = name.clone();
     app.model.loading = Some((name.clone(), app.tick));
     app.info(format!("loading {name}: Simulate uses it once it is ready"));
