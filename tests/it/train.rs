@@ -633,6 +633,8 @@ fn grpo_config(scenarios: &Path, params: GrpoParams) -> TrainConfig {
     );
     cfg.targets = vec!["q_proj".into(), "v_proj".into()];
     cfg.seed = 3;
+    // One prompt a step keeps these runs short (GRPO's default is one per state).
+    cfg.batch = 1;
     cfg
 }
 
