@@ -59,9 +59,11 @@ pub(super) struct TrainArgs {
     warmup: usize,
     #[arg(long, default_value_t = crate::train::TrainConfig::defaults().steps)]
     steps: usize,
-    /// SFT: examples per micro-batch; GRPO: prompts (groups) per step.
-    #[arg(long, default_value_t = crate::train::TrainConfig::defaults().batch)]
-    batch: usize,
+    /// SFT: examples per micro-batch (default 1). GRPO: prompts per step, each with its --n
+    /// rollouts (default 7: the recipe's 32 prompts × 4 scaled down to one prompt per state, so
+    /// one step holds every state).
+    #[arg(long)]
+    batch: Option<usize>,
     #[arg(long, default_value_t = crate::train::TrainConfig::defaults().grad_accum)]
     grad_accum: usize,
     #[arg(long, default_value_t = crate::train::TrainConfig::defaults().max_grad_norm)]
@@ -137,9 +139,14 @@ pub(super) struct GrpoArgs {
     kl_coef: f64,
     #[arg(long, default_value_t = crate::train::GrpoParams::default().clip)]
     clip: f64,
-    /// Optimizer updates per step.
-    #[arg(long, default_value_t = crate::train::GrpoParams::default().mini_batches)]
-    mini_batches: usize,
+    /// Prompts per optimizer update, each with its --n rollouts (verl's ppo_mini_batch_size;
+    /// the recipe: 4 of a batch of 32). 0 or at least --batch: the whole step, one update.
+    #[arg(long, default_value_t = crate::train::GrpoParams::default().ppo_mini_batch)]
+    ppo_mini_batch: usize,
+    /// Weight of the entropy bonus: the loss loses this times the policy's mean token entropy
+    /// over the rollouts (verl's entropy_coeff; 0, the recipe's, skips computing it).
+    #[arg(long, default_value_t = crate::train::GrpoParams::default().entropy_coef)]
+    entropy_coef: f64,
     /// Cap on each state's token budget (0: the prompt set's budgets).
     #[arg(long, default_value_t = crate::train::GrpoParams::default().max_new_tokens)]
     max_new_tokens: usize,
@@ -166,7 +173,8 @@ pub(super) fn train_cmd(root: &std::path::Path, cmd: TrainCommand) -> anyhow::Re
                 temperature: a.temperature,
                 kl_coef: a.kl_coef,
                 clip: a.clip,
-                mini_batches: a.mini_batches,
+                ppo_mini_batch: a.ppo_mini_batch,
+                entropy_coef: a.entropy_coef,
                 max_new_tokens: a.max_new_tokens,
                 states: a.states,
                 reward: crate::train::reward::RewardSpec::parse(&a.reward)?,
@@ -234,7 +242,9 @@ fn train(root: &std::path::Path, method: crate::train::Method, a: TrainArgs) -> 
     cfg.set_full(a.full, a.lr);
     cfg.warmup = a.warmup;
     cfg.steps = a.steps;
-    cfg.batch = a.batch;
+    if let Some(b) = a.batch {
+        cfg.batch = b;
+    }
     cfg.grad_accum = a.grad_accum;
     cfg.max_grad_norm = a.max_grad_norm;
     cfg.max_seq = a.max_seq;
@@ -284,16 +294,17 @@ fn train(root: &std::path::Path, method: crate::train::Method, a: TrainArgs) -> 
                     }
                     _ => String::new(),
                 };
+                let times = step_times(ev);
                 bar.set_position(ev.step as u64);
                 bar.set_message(format!(
-                    "loss {:.4}{reward} · lr {:.2e} · |g| {:.3} · {:.0} tok/s",
+                    "loss {:.4}{reward} · lr {:.2e} · |g| {:.3} · {:.0} tok/s{times}",
                     ev.loss, ev.lr, ev.grad_norm, ev.tokens_per_s
                 ));
                 if !bar.is_hidden() {
                     return;
                 }
                 println!(
-                    "step {}/{} loss {:.4}{reward} lr {:.2e} grad_norm {:.3} {:.0} tok/s",
+                    "step {}/{} loss {:.4}{reward} lr {:.2e} grad_norm {:.3} {:.0} tok/s{times}",
                     ev.step, ev.steps, ev.loss, ev.lr, ev.grad_norm, ev.tokens_per_s
                 );
             }
@@ -309,4 +320,22 @@ fn train(root: &std::path::Path, method: crate::train::Method, a: TrainArgs) -> 
         out.display()
     );
     Ok(())
+}
+
+/// Where a step's time went, as " · rollout 3.1s judge 0.4s update 2.0s" (the parts the event
+/// has; empty for events without them).
+fn step_times(ev: &crate::train::StepEvent) -> String {
+    let parts: Vec<String> = [
+        ("rollout", ev.rollout_s),
+        ("judge", ev.judge_s),
+        ("update", ev.update_s),
+    ]
+    .into_iter()
+    .filter_map(|(name, s)| s.map(|s| format!("{name} {s:.1}s")))
+    .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" · {}", parts.join(" "))
+    }
 }

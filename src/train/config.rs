@@ -120,7 +120,8 @@ pub struct TrainConfig {
     pub lr: f64,
     pub warmup: usize,
     pub steps: usize,
-    /// SFT: examples per micro-batch. GRPO: prompts (groups) per step.
+    /// SFT: examples per micro-batch (default 1). GRPO: prompts (groups) per step (default
+    /// [`super::grpo::DEFAULT_BATCH`]).
     pub batch: usize,
     /// SFT: micro-batches per optimizer step.
     pub grad_accum: usize,
@@ -179,7 +180,7 @@ impl TrainConfig {
             lr: if grpo { 1e-4 } else { 1e-3 },
             warmup: 2,
             steps: 30,
-            batch: 1,
+            batch: if grpo { super::grpo::DEFAULT_BATCH } else { 1 },
             grad_accum: 1,
             max_grad_norm: 1.0,
             max_seq: 1024,
@@ -219,7 +220,8 @@ impl TrainConfig {
     }
 
     /// Whether `other` is the same run (what a resume requires): everything but where it runs
-    /// and how it validates.
+    /// and how it validates. GRPO's mini-batch is compared as the prompts an update takes, so
+    /// 0 and any value at least the batch (both one update a step) are the same run.
     pub(super) fn same_run(&self, other: &TrainConfig) -> bool {
         let placed = TrainConfig {
             device: other.device.clone(),
@@ -227,7 +229,16 @@ impl TrainConfig {
             val: other.val.clone(),
             ..self.clone()
         };
-        placed == *other
+        placed.updates_normalised() == other.updates_normalised()
+    }
+
+    /// This configuration with GRPO's `ppo_mini_batch` as the prompts an update takes.
+    fn updates_normalised(&self) -> TrainConfig {
+        let mut c = self.clone();
+        if let Method::Grpo(g) = &mut c.method {
+            g.ppo_mini_batch = g.mini_batch_prompts(c.batch);
+        }
+        c
     }
 
     /// The device and load options this configuration asks for.
@@ -278,6 +289,43 @@ impl TrainConfig {
     }
 }
 
+/// A configuration saved with a checkpoint by an earlier build (the `config` of
+/// `trainer_state.json`), brought to this build's fields before it is read. GRPO's
+/// `mini_batches` counted optimizer updates a step, splitting the step's rollouts evenly;
+/// `ppo_mini_batch` counts prompts an update, whole groups. One update becomes 0 (the whole
+/// batch); k updates of a batch k divides become batch / k prompts each, the same split when
+/// every group kept its n rollouts. Any other count split groups apart, which whole-prompt
+/// updates cannot repeat, so such a run is refused rather than resumed as something else.
+pub fn upgrade_saved_config(config: &mut serde_json::Value) -> Result<()> {
+    let Some(obj) = config.as_object_mut() else {
+        return Ok(());
+    };
+    if obj.get("method").and_then(|m| m.as_str()) != Some("grpo") {
+        return Ok(());
+    }
+    let Some(k) = obj.remove("mini_batches") else {
+        return Ok(());
+    };
+    let k = k.as_u64().unwrap_or(1).max(1);
+    let batch = obj
+        .get("batch")
+        .and_then(|b| b.as_u64())
+        .unwrap_or(1)
+        .max(1);
+    let per_update = if k == 1 {
+        0
+    } else if batch.is_multiple_of(k) {
+        batch / k
+    } else {
+        return Err(Error::Msg(format!(
+            "saved with --mini-batches {k} at --batch {batch}, updates that split prompts' groups; \
+             --ppo-mini-batch counts whole prompts an update and cannot continue it: start a new run"
+        )));
+    };
+    obj.entry("ppo_mini_batch").or_insert(per_update.into());
+    Ok(())
+}
+
 impl LoraParams {
     /// The factors a training configuration asks for (see [`LoraParams::new`]).
     pub fn init(model: &Model, cfg: &TrainConfig) -> Result<LoraParams> {
@@ -292,5 +340,71 @@ impl LoraParams {
             cfg.seed,
             Some(cfg.base.clone()),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grpo(batch: usize, ppo_mini_batch: usize) -> TrainConfig {
+        let mut c = TrainConfig::grpo("base", Data::Scenarios { path: "s".into() });
+        c.batch = batch;
+        if let Method::Grpo(g) = &mut c.method {
+            g.ppo_mini_batch = ppo_mini_batch;
+        }
+        c
+    }
+
+    /// The config of a run saved with `mini_batches`, as that build wrote it.
+    fn saved(batch: usize, mini_batches: usize) -> serde_json::Value {
+        let mut v = serde_json::to_value(grpo(batch, 0)).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("ppo_mini_batch");
+        o.remove("entropy_coef");
+        o.insert("mini_batches".into(), mini_batches.into());
+        v
+    }
+
+    fn upgraded(mut v: serde_json::Value) -> Result<TrainConfig> {
+        upgrade_saved_config(&mut v)?;
+        Ok(serde_json::from_value(v).unwrap())
+    }
+
+    /// One update a step reads as the whole batch; k updates of a batch k divides as batch / k
+    /// prompts each; a split through groups is refused in one line; SFT configs pass untouched.
+    #[test]
+    fn saved_mini_batches_become_prompts_per_update() {
+        let one = upgraded(saved(4, 1)).unwrap();
+        assert_eq!(one, grpo(4, 0));
+        assert!(one.same_run(&grpo(4, 0)) && one.same_run(&grpo(4, 4)));
+        assert_eq!(upgraded(saved(8, 2)).unwrap(), grpo(8, 4));
+        let e = upgraded(saved(1, 2)).unwrap_err().to_string();
+        assert!(e.contains("--mini-batches 2") && !e.contains('\n'), "{e}");
+        let sft = TrainConfig::defaults();
+        let mut v = serde_json::to_value(&sft).unwrap();
+        upgrade_saved_config(&mut v).unwrap();
+        assert_eq!(serde_json::from_value::<TrainConfig>(v).unwrap(), sft);
+    }
+
+    /// 0 and any mini-batch at least the batch are one update a step, the same run; a smaller
+    /// one, or another entropy weight, is another run.
+    #[test]
+    fn mini_batches_compare_by_what_they_do() {
+        assert!(grpo(7, 0).same_run(&grpo(7, 7)));
+        assert!(grpo(7, 9).same_run(&grpo(7, 0)));
+        assert!(!grpo(7, 0).same_run(&grpo(7, 3)));
+        assert!(!grpo(8, 0).same_run(&grpo(7, 0)));
+        let mut e = grpo(7, 0);
+        if let Method::Grpo(g) = &mut e.method {
+            g.entropy_coef = 0.01;
+        }
+        assert!(!e.same_run(&grpo(7, 0)));
+        // The batch defaults: GRPO's is one prompt per state, SFT's stays 1.
+        assert_eq!(
+            grpo(7, 0).batch,
+            TrainConfig::grpo("b", Data::Scenarios { path: "s".into() }).batch
+        );
+        assert_eq!(TrainConfig::defaults().batch, 1);
     }
 }

@@ -62,6 +62,17 @@ pub struct StepEvent {
     /// GRPO: a few rollouts with their rewards.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollouts: Vec<RolloutSample>,
+    /// GRPO: seconds the step spent sampling rollouts. None in SFT and in events written
+    /// before the step's time was split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_s: Option<f64>,
+    /// GRPO: seconds the step spent scoring rollouts (the reward's calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_s: Option<f64>,
+    /// Seconds of the gradient passes and optimizer updates (GRPO: with the reference's and
+    /// behaviour log-probabilities; SFT: the whole step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_s: Option<f64>,
 }
 
 /// One validation pass, a line of `events.jsonl` tagged `"event": "val"`.

@@ -28,7 +28,7 @@ pub mod run;
 pub mod sft;
 pub mod val;
 
-pub use config::{default_alpha, Data, Method, TrainConfig};
+pub use config::{default_alpha, upgrade_saved_config, Data, Method, TrainConfig};
 pub use error::{Error, Result};
 pub use events::{
     push_event, push_val_event, read_events, read_val_events, RewardStats, RolloutSample,

@@ -171,6 +171,12 @@ impl<'c> Trainer<'c> {
             let state: TrainerState = std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+                .and_then(|mut v: serde_json::Value| {
+                    if let Some(c) = v.get_mut("config") {
+                        super::config::upgrade_saved_config(c).map_err(|e| e.to_string())?;
+                    }
+                    serde_json::from_value(v).map_err(|e| e.to_string())
+                })
                 .map_err(|e| Error::file(&path, e))?;
             if !state.config.same_run(cfg) {
                 return Err(Error::file(

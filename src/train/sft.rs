@@ -274,6 +274,9 @@ pub(super) fn train(
             reward_by_state: Default::default(),
             kl: None,
             rollouts: vec![],
+            rollout_s: None,
+            judge_s: None,
+            update_s: Some(t0.elapsed().as_secs_f64()),
         };
         t.finish_step(ev, t0.elapsed().as_secs_f64(), on_event)?;
     }

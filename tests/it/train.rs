@@ -633,6 +633,8 @@ fn grpo_config(scenarios: &Path, params: GrpoParams) -> TrainConfig {
     );
     cfg.targets = vec!["q_proj".into(), "v_proj".into()];
     cfg.seed = 3;
+    // One prompt a step keeps these runs short (GRPO's default is one per state).
+    cfg.batch = 1;
     cfg
 }
 
@@ -712,6 +714,80 @@ fn grpo_raises_a_verifiable_reward() {
     assert!(!events[0].rollouts.is_empty());
     // The event file holds the same steps, for the TUI to tail.
     assert_eq!(humanlm::train::read_events(&out).len(), STEPS);
+}
+
+/// A short GRPO run in the recipe's shape: two states, both in each step's batch of two; two
+/// optimizer updates of one prompt each; an entropy bonus; each step's time split into
+/// rollouts, judging and updates. A checkpoint whose config still holds the older
+/// `mini_batches` resumes when the count maps onto whole prompts and is refused otherwise.
+#[test]
+fn grpo_mixes_states_in_mini_batches_with_an_entropy_bonus() {
+    let data = tempfile::tempdir().unwrap();
+    tiny_dataset(data.path());
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path().join("grpo");
+    let (_prompts, roots) = short_prompts();
+    let mut cfg = grpo_config(
+        data.path(),
+        GrpoParams {
+            states: vec!["stance".into(), "response".into()],
+            max_new_tokens: 4,
+            ppo_mini_batch: 1,
+            entropy_coef: 0.01,
+            reward: RewardSpec::Contains {
+                word: "the".into(),
+                max_tokens: 4,
+            },
+            ..Default::default()
+        },
+    );
+    cfg.prompts = Some("short".into());
+    cfg.steps = 2;
+    cfg.batch = 2;
+    cfg.warmup = 0;
+    let steps = train_steps(&cfg, &roots, &out, false);
+    assert_eq!(steps.len(), 2);
+    for s in &steps {
+        let states: Vec<&str> = s.reward_by_state.keys().map(|k| k.as_str()).collect();
+        assert_eq!(states, ["response", "stance"], "step {}", s.step);
+        assert!(s.loss.is_finite() && s.grad_norm.is_finite(), "{s:?}");
+        for t in [s.rollout_s, s.judge_s, s.update_s] {
+            assert!(t.is_some_and(|t| t >= 0.0), "{s:?}");
+        }
+        assert!(
+            s.rollout_s.unwrap() > 0.0 && s.update_s.unwrap() > 0.0,
+            "{s:?}"
+        );
+    }
+    // The run's last checkpoint as a build before --ppo-mini-batch saved it: two updates of a
+    // batch of two read as one prompt each, the same run (nothing is left to train).
+    let state = out.join("checkpoint-2/trainer_state.json");
+    let write_old = |mini_batches: usize| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        let c = v["config"].as_object_mut().unwrap();
+        c.remove("ppo_mini_batch");
+        c.remove("entropy_coef");
+        c.insert("mini_batches".into(), mini_batches.into());
+        std::fs::write(&state, serde_json::to_string(&v).unwrap()).unwrap();
+    };
+    let old = GrpoParams {
+        entropy_coef: 0.0,
+        ..match &cfg.method {
+            Method::Grpo(g) => g.clone(),
+            _ => unreachable!(),
+        }
+    };
+    let mut old_cfg = cfg.clone();
+    old_cfg.method = Method::Grpo(old);
+    write_old(2);
+    assert!(train_steps(&old_cfg, &roots, &out, true).is_empty());
+    // Three updates of two prompts split a group: refused in one line.
+    write_old(3);
+    let e = run(&old_cfg, &out, &roots, true, None, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--mini-batches 3") && !e.contains('\n'), "{e}");
 }
 
 /// A judge that cannot be reached stops the run with a checkpoint it can resume from.

@@ -1848,6 +1848,9 @@ fn step(n: usize, steps: usize) -> Action {
             ]
             .into(),
             kl: Some(0.002 * n as f64),
+            rollout_s: None,
+            judge_s: None,
+            update_s: None,
             rollouts: vec![
                 RolloutSample {
                     scenario: "opinion-fence-01".into(),
