@@ -1848,9 +1848,9 @@ fn step(n: usize, steps: usize) -> Action {
             ]
             .into(),
             kl: Some(0.002 * n as f64),
-            rollout_s: None,
-            judge_s: None,
-            update_s: None,
+            rollout_s: Some(24.0),
+            judge_s: Some(3.5),
+            update_s: Some(12.5),
             rollouts: vec![
                 RolloutSample {
                     scenario: "opinion-fence-01".into(),
@@ -2109,6 +2109,11 @@ fn train_validation_curve_and_best() {
     assert!(screen.contains("held-out reward"), "{screen}");
     assert!(screen.contains("best step 2"), "{screen}");
     assert!(screen.contains("reply 40.0 ± 10.0"), "{screen}");
+    // Where each step's time went.
+    assert!(
+        screen.contains("rollouts 24.0 s  judge 3.5 s  update 12.5 s"),
+        "{screen}"
+    );
     // The output folder is a temporary one: its name is not part of the layout.
     let tmp_name = tmp.path().display().to_string();
     for (w, h) in [(80, 24), (120, 40)] {
@@ -2162,6 +2167,8 @@ fn a_finished_pass_is_loaded_as_the_checkpoint() {
             e.reward_by_state.clear();
             e.kl = None;
             e.rollouts.clear();
+            e.rollout_s = None;
+            e.judge_s = None;
             send(
                 a,
                 [Action::Train {

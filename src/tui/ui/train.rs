@@ -211,9 +211,11 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
     f.render_widget(block, body);
     let grpo = run.method == TrainMethod::Grpo;
     let chart_h = (inner.height / 2).clamp(5, 16);
-    let [charts, gauge, states, val_row, lower, status] = Layout::vertical([
+    let split = run.events.last().is_some_and(|e| e.update_s.is_some());
+    let [charts, gauge, time_row, states, val_row, lower, status] = Layout::vertical([
         Constraint::Length(chart_h),
         Constraint::Length(1),
+        Constraint::Length(u16::from(split)),
         Constraint::Length(u16::from(grpo)),
         Constraint::Length(u16::from(!run.val.is_empty())),
         Constraint::Min(0),
@@ -333,6 +335,22 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
             .gauge_style(Style::default().fg(ACCENT).bg(Color::DarkGray)),
         gauge,
     );
+    // Where the last step's time went: sampling, the reward's calls, the gradient passes.
+    if let Some(e) = last.filter(|_| split) {
+        let mut spans = vec![Span::styled(" last step   ", dim())];
+        for (what, secs) in [
+            ("rollouts", e.rollout_s),
+            ("judge", e.judge_s),
+            ("update", e.update_s),
+        ] {
+            if let Some(t) = secs {
+                spans.push(Span::styled(what, Style::default().fg(ACCENT)));
+                spans.push(Span::raw(format!(" {}  ", text::duration(t))));
+            }
+        }
+        spans.push(Span::styled(format!("{:.0} tok/s", e.tokens_per_s), dim()));
+        f.render_widget(Paragraph::new(Line::from(spans)), time_row);
+    }
     if grpo {
         let mut spans = vec![Span::styled(" reward by state  ", dim())];
         if let Some(e) = last {
