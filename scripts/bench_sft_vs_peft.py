@@ -11,7 +11,7 @@ SmolLM2-135M's config (the same shapes and FLOPs as the real weights). PyTorch s
 model loaded by transformers from the GGUF, PEFT LoRA, torch.optim.AdamW.
 
 Run from the repository root with the reference venv (scripts/reference/venv.sh):
-    ~/.cache/humanlm/ref/bin/python scripts/bench_sft_vs_peft.py [--seq 256] [--steps 3] [--threads 2]
+    ~/.cache/humanlm/ref/bin/python scripts/bench_sft_vs_peft.py [--batch 1] [--seq 256] [--steps 3] [--threads 2]
 Not part of the tests: timings depend on the machine and its load.
 """
 
@@ -31,7 +31,7 @@ from _common import REPO_ROOT, SMOLLM_DIR, SMOLLM_FILE, generator, write_json  #
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def peft_side(seq, steps, threads, rank):
+def peft_side(batch, seq, steps, threads, rank):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -44,7 +44,7 @@ def peft_side(seq, steps, threads, rank):
     model = get_peft_model(model, cfg)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(0, config.vocab_size, (1, seq))
+    ids = torch.randint(0, config.vocab_size, (batch, seq))
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()
@@ -58,14 +58,14 @@ def peft_side(seq, steps, threads, rank):
     return config, statistics.median(times), times
 
 
-def humanlm_side(config, seq, steps, threads, rank, binary):
+def humanlm_side(config, batch, seq, steps, threads, rank, binary):
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = os.path.join(tmp, "config.json")
         config.to_json_file(cfg_path)
         cmd = [
             binary, "gpu-check", "--device", "cpu", "--dtype", "f32", "--no-default-model",
             "--parity-shape", cfg_path, "--shapes", cfg_path, "--batches", "1", "--prompt", "8",
-            "--decode", "2", "--repeats", "1", "--train-batch", f"1x{seq}", "--train-steps", str(steps),
+            "--decode", "2", "--repeats", "1", "--train-batch", f"{batch}x{seq}", "--train-steps", str(steps),
             "--rank", str(rank),
         ]
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
@@ -79,6 +79,7 @@ def humanlm_side(config, seq, steps, threads, rank, binary):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=1, help="sequences a step")
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -87,14 +88,14 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO_ROOT, "benches", "results", "cpu-lora-sft-vs-peft.json"))
     a = ap.parse_args()
 
-    config, torch_step, torch_times = peft_side(a.seq, a.steps, a.threads, a.rank)
-    torch_tps = a.seq / torch_step
-    ours, command = humanlm_side(config, a.seq, a.steps, a.threads, a.rank, a.binary)
-    ours_tps = a.seq / ours["median_step_seconds"]
+    config, torch_step, torch_times = peft_side(a.batch, a.seq, a.steps, a.threads, a.rank)
+    torch_tps = a.batch * a.seq / torch_step
+    ours, command = humanlm_side(config, a.batch, a.seq, a.steps, a.threads, a.rank, a.binary)
+    ours_tps = a.batch * a.seq / ours["median_step_seconds"]
     ratio = ours_tps / torch_tps
     result = {
-        "what": "LoRA SFT step (rank %d, alpha %d, all projections), batch 1 x %d tokens, float32, SmolLM2-135M shapes"
-        % (a.rank, 2 * a.rank, a.seq),
+        "what": "LoRA SFT step (rank %d, alpha %d, all projections), batch %d x %d tokens, float32, SmolLM2-135M shapes"
+        % (a.rank, 2 * a.rank, a.batch, a.seq),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "threads": a.threads,
