@@ -615,6 +615,13 @@ pub fn low_var_kl(reference: &Tensor, new: &Tensor) -> candle_core::Result<Tenso
 mod tests {
     use super::*;
 
+    /// The gradient of the sum of `loss` with respect to `var`, flattened.
+    fn grad_of(loss: &Tensor, var: &candle_core::Var) -> Vec<f32> {
+        let grads = loss.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(var.as_tensor()).unwrap();
+        g.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     const SEVEN: [&str; 7] = [
         "stance",
         "emotion",
@@ -714,14 +721,7 @@ mod tests {
         let h1 = -(0.25f32 * 0.25f32.ln() + 0.75 * 0.75f32.ln()); // 0.562335
         assert!((got[0] - 2f32.ln()).abs() < 1e-6, "{got:?}");
         assert!((got[1] - h1).abs() < 1e-6, "{got:?}");
-        let grads = h.sum_all().unwrap().backward().unwrap();
-        let g: Vec<f32> = grads
-            .get(logits.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let g = grad_of(&h, &logits);
         let want = [
             0.0,
             0.0,
@@ -776,29 +776,10 @@ mod tests {
         for (d, h) in diff.iter().zip(&hv) {
             assert!((d - 0.1 * h).abs() < 1e-6, "{diff:?} vs 0.1 × {hv:?}");
         }
-        let grads = bonus.sum_all().unwrap().backward().unwrap();
-        let gl: Vec<f32> = grads
-            .get(logits.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let gl = grad_of(&bonus, &logits);
         assert!((gl[2] + 0.1 * 0.2058).abs() < 1e-3, "{gl:?}");
         // The policy's own gradient is unchanged by the bonus (it enters through the logits).
-        let gp = |l: &Tensor| -> Vec<f32> {
-            l.sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-                .get(new.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
-        assert_eq!(gp(&plain), gp(&bonus));
+        assert_eq!(grad_of(&plain, &new), grad_of(&bonus, &new));
     }
 
     /// Values worked out by hand from verl's `kl_penalty(..., "low_var_kl")`: kl = clamp(ref −

@@ -232,48 +232,59 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
     };
     // Validation passes on the same axes as what they check: the reply's score (a percentage)
     // beside the training reward (a fraction), the held-out loss beside the training loss.
-    let val_points = |loss: bool| -> Vec<(f64, f64)> {
-        run.val
-            .iter()
-            .filter_map(|v| match (loss, v.loss) {
-                (true, l) => l,
-                (false, _) => v
-                    .metrics
+    let val: Vec<(f64, f64)> = run
+        .val
+        .iter()
+        .filter_map(|v| {
+            let y = if grpo {
+                v.metrics
                     .get(crate::prompts::RESPONSE)
-                    .map(|e| e.mean / 100.0),
-            })
-            .zip(run.val.iter().map(|v| v.step as f64))
-            .map(|(y, x)| (x, y))
-            .collect()
-    };
-    let best_point = |points: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        let best = run.val.last().map(|v| v.best_step as f64);
-        points
-            .iter()
-            .filter(|p| Some(p.0) == best)
-            .copied()
-            .collect()
-    };
-    let from_zero = !run.val.is_empty();
-    if grpo {
-        let reward = series(&|e| e.reward.as_ref().map(|r| r.mean));
-        let val = val_points(false);
-        let best = best_point(&val);
-        chart(
-            f,
-            left,
-            if val.is_empty() {
-                " reward (mean over rollouts) "
+                    .map(|e| e.mean / 100.0)
             } else {
-                " reward · held-out reward · best "
-            },
-            (run.steps, from_zero),
-            &[
-                ("reward", GOOD, &reward),
-                ("val", ACCENT, &val),
-                ("best", WARN, &best),
-            ],
-        );
+                v.loss
+            };
+            y.map(|y| (v.step as f64, y))
+        })
+        .collect();
+    let best_step = run.val.last().map(|v| v.best_step as f64);
+    let best: Vec<(f64, f64)> = val
+        .iter()
+        .filter(|p| Some(p.0) == best_step)
+        .copied()
+        .collect();
+    let from_zero = !run.val.is_empty();
+    let (main, name, color, val_color, titles) = if grpo {
+        (
+            series(&|e| e.reward.as_ref().map(|r| r.mean)),
+            "reward",
+            GOOD,
+            ACCENT,
+            (
+                " reward (mean over rollouts) ",
+                " reward · held-out reward · best ",
+            ),
+        )
+    } else {
+        (
+            series(&|e| Some(e.loss)),
+            "loss",
+            ACCENT,
+            GOOD,
+            (" loss ", " loss · held-out loss · best "),
+        )
+    };
+    chart(
+        f,
+        left,
+        if val.is_empty() { titles.0 } else { titles.1 },
+        (run.steps, from_zero),
+        &[
+            (name, color, &main),
+            ("val", val_color, &val),
+            ("best", WARN, &best),
+        ],
+    );
+    if grpo {
         let loss = series(&|e| Some(e.loss));
         let kl = series(&|e| e.kl);
         chart(
@@ -284,24 +295,6 @@ fn draw_run(f: &mut Frame, app: &App, body: Rect, run: &TrainRun) {
             &[("loss", ACCENT, &loss), ("KL", WARN, &kl)],
         );
     } else {
-        let loss = series(&|e| Some(e.loss));
-        let val = val_points(true);
-        let best = best_point(&val);
-        chart(
-            f,
-            left,
-            if val.is_empty() {
-                " loss "
-            } else {
-                " loss · held-out loss · best "
-            },
-            (run.steps, from_zero),
-            &[
-                ("loss", ACCENT, &loss),
-                ("val", GOOD, &val),
-                ("best", WARN, &best),
-            ],
-        );
         let grad = series(&|e| Some(e.grad_norm));
         chart(
             f,
