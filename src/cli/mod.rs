@@ -34,6 +34,10 @@ struct Cli {
     /// Folder that holds checkpoints referred to by name.
     #[arg(long, global = true, env = "HUMANLM_CHECKPOINTS")]
     checkpoints_dir: Option<PathBuf>,
+    /// Memory for each loaded model's prefix cache, in MiB (0 = off): prompt blocks already
+    /// prefilled are reused by later calls. Default: 512 on the CPU, 4096 on a GPU.
+    #[arg(long, global = true, value_name = "MB")]
+    prefix_cache_mb: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -130,6 +134,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let root = cli.checkpoints_dir.unwrap_or_else(default_root);
+    if let Some(mb) = cli.prefix_cache_mb {
+        crate::model::prefix_cache::choose_mb(mb);
+    }
     match cli.command {
         None => workbench(&root),
         Some(Command::Checkpoints { json }) => checkpoints::list_checkpoints(&root, json),

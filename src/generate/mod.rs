@@ -10,7 +10,8 @@ mod stop;
 pub use sampler::{Sampler, SamplingParams};
 pub use stop::StopMatcher;
 
-use crate::model::{Error, Model, Result};
+use crate::model::prefix_cache::BLOCK;
+use crate::model::{Error, KvCache, Model, Result};
 use candle_core::Tensor;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,10 +67,13 @@ pub struct Sample {
 pub struct Generation {
     pub samples: Vec<Sample>,
     pub prompt_tokens: usize,
+    /// Of `prompt_tokens`, how many came from the prefix cache instead of being computed.
+    pub cached_prompt_tokens: usize,
     /// Time from the call to the first sampled token (prefill included).
     pub ttft_ms: f64,
     /// Decode throughput over all samples, after the first token.
     pub tokens_per_s: f64,
+    /// Prompt tokens computed (not taken from the cache) per second of prefill.
     pub prefill_tokens_per_s: f64,
 }
 
@@ -82,12 +86,9 @@ pub enum Event<'a> {
     Finished { sample: usize, reason: StopReason },
 }
 
-/// Prompt tokens per prefill step. The cancel flag is read between steps, so Esc during a long
-/// prompt waits for one step at most (well under a second for the default model on two cores).
-/// The step is the same whether or not a call can be cancelled: with a half-precision KV cache,
-/// the step size moves the last bits of the logits, and the CLI, the server and the TUI must
-/// sample the same tokens.
-const PREFILL_CHUNK: usize = 512;
+/// Prompt tokens per prefill call: its steps run layer by layer, each packed layer dequantized
+/// once per group. A whole number of blocks, so groups never move a step's boundaries.
+const PREFILL_GROUP: usize = 4 * BLOCK;
 
 struct Row {
     ids: Vec<u32>,
@@ -96,6 +97,55 @@ struct Row {
     done: Option<(StopReason, Option<String>)>,
     eos: Option<u32>,
     text: String,
+}
+
+/// A prompt prefilled into a fresh KV cache (batch 1).
+pub struct Prefilled {
+    pub cache: KvCache,
+    /// The last position's logits (1, vocab); None when cancelled before the end.
+    pub logits: Option<Tensor>,
+    /// Prompt tokens taken from the prefix cache instead of computed.
+    pub cached_tokens: usize,
+}
+
+/// Prefill `prompt` into a cache of `capacity` positions, starting from the longest prefix the
+/// model's prefix cache holds, and keep the whole blocks computed for later calls (also when
+/// cancelled: what was computed is not lost).
+pub fn prefill(
+    model: &Model,
+    prompt: &[u32],
+    capacity: usize,
+    cancel: Option<&AtomicBool>,
+) -> Result<Prefilled> {
+    let dec = &model.decoder;
+    let mut cache = dec.new_cache(1, capacity)?;
+    // The longest cached prefix of whole blocks, short of the last token, whose logits start
+    // sampling and so are always computed.
+    let key = dec.cache_key();
+    let max_blocks = prompt.len().saturating_sub(1) / BLOCK;
+    let cached = model.prefix_cache.lookup(&key, prompt, max_blocks);
+    cache.load_blocks(&cached)?;
+    let cached_tokens = cache.len();
+    // The rest is prefilled in steps of one block, aligned to absolute positions, so the keys
+    // and values (and logits) never depend on where a call started (see `prefix_cache`). The
+    // cancel flag is read between groups of steps: Esc during a long prompt waits for one
+    // group at most (well under a second for the default model on two cores).
+    let mut logits = None;
+    for group in prompt[cached_tokens..].chunks(PREFILL_GROUP) {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            logits = None;
+            break;
+        }
+        logits = Some(dec.prefill(group, &mut cache, BLOCK)?);
+    }
+    model
+        .prefix_cache
+        .insert(&key, prompt, cached.len(), &cache)?;
+    Ok(Prefilled {
+        cache,
+        logits,
+        cached_tokens,
+    })
 }
 
 /// Generate `params.n` continuations of `prompt` (token ids). The prompt is prefilled once; its
@@ -129,20 +179,21 @@ pub fn generate(
     let n = params.n.max(1);
     let capacity = (prompt.len() + params.max_new_tokens).min(ctx);
     let start = Instant::now();
-    let mut cache = dec.new_cache(1, capacity)?;
-    // Long prompts are prefilled in chunks: attention then works on (chunk × context) score
-    // matrices instead of one (prompt × prompt) matrix, half of it masked, that no cache holds.
-    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
-    let mut logits = None;
-    for chunk in prompt.chunks(PREFILL_CHUNK) {
-        if cancelled() {
-            return Ok(cancelled_during_prefill(n, prompt.len(), on_event));
-        }
-        let input = Tensor::new(chunk, &dec.device)?.unsqueeze(0)?;
-        logits = Some(dec.forward(&input, Some(&mut cache), crate::model::Ops::Fast, false)?);
-    }
-    let logits = logits.expect("non-empty prompt");
+    let Prefilled {
+        mut cache,
+        logits,
+        cached_tokens,
+    } = prefill(model, prompt, capacity, cancel)?;
+    let Some(logits) = logits else {
+        return Ok(cancelled_during_prefill(
+            n,
+            prompt.len(),
+            cached_tokens,
+            on_event,
+        ));
+    };
     let prefill_s = start.elapsed().as_secs_f64();
+    let computed = prompt.len() - cached_tokens;
     let first: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
     if n > 1 {
         cache = cache.repeat_batch(n)?;
@@ -259,6 +310,7 @@ pub fn generate(
     Ok(Generation {
         samples,
         prompt_tokens: prompt.len(),
+        cached_prompt_tokens: cached_tokens,
         ttft_ms: ttft.unwrap_or(0.0) * 1000.0,
         tokens_per_s: if decode_s > 0.0 {
             generated.saturating_sub(n) as f64 / decode_s
@@ -266,7 +318,7 @@ pub fn generate(
             0.0
         },
         prefill_tokens_per_s: if prefill_s > 0.0 {
-            prompt.len() as f64 / prefill_s
+            computed as f64 / prefill_s
         } else {
             0.0
         },
@@ -277,6 +329,7 @@ pub fn generate(
 fn cancelled_during_prefill(
     n: usize,
     prompt_tokens: usize,
+    cached_prompt_tokens: usize,
     on_event: &mut dyn FnMut(Event),
 ) -> Generation {
     for i in 0..n {
@@ -297,6 +350,7 @@ fn cancelled_during_prefill(
             })
             .collect(),
         prompt_tokens,
+        cached_prompt_tokens,
         ttft_ms: 0.0,
         tokens_per_s: 0.0,
         prefill_tokens_per_s: 0.0,

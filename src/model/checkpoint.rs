@@ -331,6 +331,8 @@ pub struct Model {
     pub decoder: Decoder,
     pub tokenizer: Tokenizer,
     pub chat: ChatTemplate,
+    /// Prompt blocks already prefilled, shared by every call on this model.
+    pub prefix_cache: super::PrefixCache,
 }
 
 impl Model {
@@ -351,11 +353,14 @@ impl Model {
                 ),
             ));
         }
+        let prefix_cache =
+            super::PrefixCache::new(super::prefix_cache::default_mb(&decoder.device));
         Ok(Model {
             checkpoint,
             decoder,
             tokenizer,
             chat,
+            prefix_cache,
         })
     }
 }

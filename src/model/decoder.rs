@@ -191,6 +191,37 @@ impl Layer {
         self.down.forward(&(candle_nn::ops::silu(&g)? * u)?)
     }
 
+    /// This layer with every packed matrix dequantized to f32 (a fused one once for all its
+    /// parts), or None when it has none. What the packed path computes for ≥ `GEMM_ROWS`
+    /// input rows anyway, paid once for all of a prefill's steps instead of once per step.
+    fn densified(&self) -> Result<Option<Layer>> {
+        if !self
+            .linears()
+            .iter()
+            .any(|l| matches!(l.weight, Weight::Packed(..)))
+        {
+            return Ok(None);
+        }
+        let mut dense = self.clone();
+        dense.fused_qkv = None;
+        dense.fused_gate_up = None;
+        let mut full: Vec<(Arc<Packed>, Tensor)> = vec![];
+        for lin in dense.linears_mut() {
+            if let Weight::Packed(p, rows) = &lin.weight {
+                let w = match full.iter().find(|(q, _)| Arc::ptr_eq(p, q)) {
+                    Some((_, w)) => w.clone(),
+                    None => {
+                        let w = p.dequantize_rows(0..p.n, &Device::Cpu)?;
+                        full.push((p.clone(), w.clone()));
+                        w
+                    }
+                };
+                lin.weight = Weight::Dense(w.narrow(0, rows.start, rows.len())?);
+            }
+        }
+        Ok(Some(dense))
+    }
+
     fn linears_mut(&mut self) -> [&mut Linear; 7] {
         [
             &mut self.q,
@@ -215,10 +246,18 @@ pub struct Prefix {
     pub len: usize,
 }
 
+/// The rotary tables of an input's positions, and its causal mask (None for one position).
+struct Rope<'a> {
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    mask: Option<&'a Tensor>,
+}
+
 /// What a layer's attention looks back at besides its own input.
 enum Past<'a> {
     None,
-    Cache(&'a mut KvCache),
+    /// The cache, and the position the input starts at.
+    Cache(&'a mut KvCache, usize),
     Prefix(&'a (Tensor, Tensor)),
 }
 
@@ -254,6 +293,15 @@ pub struct Decoder {
     pub dtype: DType,
     pub(super) adapters: Vec<String>,
     pub(super) active_adapter: Option<String>,
+    /// Names these weights for the prefix cache: a fresh number whenever they may have changed
+    /// (see [`Decoder::weights_changed`]).
+    pub(super) weights_id: u64,
+}
+
+/// A number no other weights of this process have had.
+pub(super) fn fresh_weights_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Decoder {
@@ -265,6 +313,21 @@ impl Decoder {
     /// Positions the model can attend over.
     pub fn max_positions(&self) -> usize {
         self.config.max_position_embeddings
+    }
+
+    /// What the prefix cache keys this decoder's blocks by: its weights and live adapter.
+    pub fn cache_key(&self) -> super::prefix_cache::WeightsKey {
+        super::prefix_cache::WeightsKey {
+            weights_id: self.weights_id,
+            adapter: self.active_adapter.clone(),
+        }
+    }
+
+    /// Say that the weights have changed in place (an optimizer step, values loaded into the
+    /// variables): keys and values cached before no longer match them. Every method here that
+    /// changes weights calls it itself; code that writes into the variables must.
+    pub fn weights_changed(&mut self) {
+        self.weights_id = fresh_weights_id();
     }
 
     pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
@@ -340,6 +403,80 @@ impl Decoder {
         self.forward_impl(ids, None, Some(prefix), None, Ops::Diff, from)
     }
 
+    /// Prefill `ids` (batch 1) into `cache` from position `cache.len()`, in steps of `step`
+    /// tokens; returns the logits (1, vocab) of the last position.
+    ///
+    /// Each step computes exactly what [`Decoder::forward`] on that step would, but the steps
+    /// run layer by layer (every step through layer 0, then layer 1…), so a packed layer is
+    /// dequantized once for the whole prompt rather than once per step. Small steps (which the
+    /// prefix cache's blocks need) then cost about what one long step does.
+    pub fn prefill(&self, ids: &[u32], cache: &mut KvCache, step: usize) -> Result<Tensor> {
+        let pos0 = cache.len();
+        let limit = cache.capacity().min(self.max_positions());
+        if ids.is_empty() || pos0 + ids.len() > limit {
+            return Err(Error::Msg(format!(
+                "prefill of {} tokens after {pos0} does not fit the context of {limit} tokens",
+                ids.len()
+            )));
+        }
+        struct Step {
+            pos: usize,
+            x: Tensor,
+            cos: Tensor,
+            sin: Tensor,
+            mask: Option<Tensor>,
+        }
+        let mut steps = ids
+            .chunks(step.max(1))
+            .enumerate()
+            .map(|(j, chunk)| {
+                let (pos, s) = (pos0 + j * step.max(1), chunk.len());
+                let ids = Tensor::new(chunk, &self.device)?.unsqueeze(0)?;
+                Ok(Step {
+                    pos,
+                    x: self
+                        .embed
+                        .lookup(&ids)?
+                        .reshape((1, s, self.config.hidden_size))?,
+                    cos: self.cos.narrow(0, pos, s)?.to_dtype(self.dtype)?,
+                    sin: self.sin.narrow(0, pos, s)?.to_dtype(self.dtype)?,
+                    mask: if s > 1 {
+                        Some(causal_mask(s, pos, &self.device, self.dtype)?)
+                    } else {
+                        None
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let wide = steps
+            .iter()
+            .any(|st| st.x.dim(1).is_ok_and(|s| s >= super::packed::GEMM_ROWS));
+        for (li, layer) in self.layers.iter().enumerate() {
+            let dense = if wide { layer.densified()? } else { None };
+            for st in steps.iter_mut() {
+                let s = st.x.dim(1)?;
+                // The packed path itself dequantizes from GEMM_ROWS rows on, so each step
+                // runs the arithmetic a forward of that step alone would.
+                let l = match &dense {
+                    Some(d) if s >= super::packed::GEMM_ROWS => d,
+                    _ => layer,
+                };
+                let rope = Rope {
+                    cos: &st.cos,
+                    sin: &st.sin,
+                    mask: st.mask.as_ref(),
+                };
+                let past = Past::Cache(cache, st.pos);
+                st.x = self.layer_forward(l, li, &st.x, &rope, past, None, Ops::Fast)?;
+            }
+        }
+        cache.advance(ids.len());
+        let last = steps.pop().expect("non-empty ids").x;
+        let s = last.dim(1)?;
+        let x = self.norm.forward(&last.narrow(1, s - 1, 1)?)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?.squeeze(1)?)
+    }
+
     fn forward_impl(
         &self,
         ids: &Tensor,
@@ -382,26 +519,18 @@ impl Decoder {
         };
         let cos = self.cos.narrow(0, pos, s)?.to_dtype(self.dtype)?;
         let sin = self.sin.narrow(0, pos, s)?.to_dtype(self.dtype)?;
+        let rope = Rope {
+            cos: &cos,
+            sin: &sin,
+            mask: mask.as_ref(),
+        };
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(&x)?;
-            let a = self.attention(
-                layer,
-                li,
-                &h,
-                &cos,
-                &sin,
-                mask.as_ref(),
-                match (cache.as_deref_mut(), prefix) {
-                    (Some(c), _) => Past::Cache(c),
-                    (None, Some(p)) => Past::Prefix(&p.layers[li]),
-                    (None, None) => Past::None,
-                },
-                record.as_deref_mut(),
-                ops,
-            )?;
-            x = (x + a)?;
-            let h = layer.mlp_norm.forward(&x)?;
-            x = (x + layer.mlp(&h)?)?;
+            let past = match (cache.as_deref_mut(), prefix) {
+                (Some(c), _) => Past::Cache(c, pos),
+                (None, Some(p)) => Past::Prefix(&p.layers[li]),
+                (None, None) => Past::None,
+            };
+            x = self.layer_forward(layer, li, &x, &rope, past, record.as_deref_mut(), ops)?;
         }
         if let Some(c) = cache {
             c.advance(s);
@@ -422,19 +551,38 @@ impl Decoder {
         })
     }
 
+    /// One decoder layer on `x` (batch, seq, hidden): attention, then the MLP, each with its
+    /// residual.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        li: usize,
+        x: &Tensor,
+        rope: &Rope,
+        past: Past,
+        record: Option<&mut Vec<(Tensor, Tensor)>>,
+        ops: Ops,
+    ) -> Result<Tensor> {
+        let h = layer.attn_norm.forward(x)?;
+        let a = self.attention(layer, li, &h, rope, past, record, ops)?;
+        let x = (x + a)?;
+        let h = layer.mlp_norm.forward(&x)?;
+        Ok((&x + layer.mlp(&h)?)?)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer: &Layer,
         li: usize,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        rope: &Rope,
         past: Past,
         record: Option<&mut Vec<(Tensor, Tensor)>>,
         ops: Ops,
     ) -> Result<Tensor> {
+        let (cos, sin, mask) = (rope.cos, rope.sin, rope.mask);
         let cfg = &self.config;
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -470,9 +618,9 @@ impl Decoder {
                     Tensor::cat(&[&pv, &v], 2)?.contiguous()?,
                 )
             }
-            Past::Cache(c) => {
-                c.store(li, &k, &v)?;
-                let upto = c.len() + s;
+            Past::Cache(c, pos) => {
+                c.store(li, pos, &k, &v)?;
+                let upto = pos + s;
                 if s == 1 && ops == Ops::Fast && super::attention::supported(&q, &c.layer(li).0) {
                     let (kb, vb) = c.layer(li);
                     let y = super::attention::decode_attention(&q, kb, vb, upto)?;
@@ -480,8 +628,8 @@ impl Decoder {
                         .o
                         .forward(&y.transpose(1, 2)?.reshape((b, s, nh * hd))?);
                 }
-                if c.is_empty() {
-                    // First chunk: attend over the exact values just computed (the cache may
+                if pos == 0 {
+                    // First step: attend over the exact values just computed (the cache may
                     // hold them rounded to f16).
                     (k, v)
                 } else {
@@ -620,6 +768,7 @@ impl Decoder {
             out.push((name.to_string(), v));
             Ok(())
         })?;
+        self.weights_changed();
         Ok(out)
     }
 
@@ -671,6 +820,7 @@ impl Decoder {
         }
         self.adapters.retain(|n| n != &adapter.name);
         self.adapters.push(adapter.name.clone());
+        self.weights_changed();
         Ok(())
     }
 
@@ -711,6 +861,7 @@ impl Decoder {
         if self.active_adapter.as_deref() == Some(name) {
             self.active_adapter = None;
         }
+        self.weights_changed();
         Ok(())
     }
 

@@ -76,11 +76,42 @@ impl KvCache {
         Ok(())
     }
 
-    /// Store k, v (batch, kv_heads, s, hd) at the current position.
-    pub(super) fn store(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+    /// A copy of positions `start .. start + len` of every layer (a prefix-cache block): its
+    /// own buffers, not a view that would keep the whole cache alive.
+    pub fn block(&self, start: usize, len: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        let copy =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(2, start, len)?.force_contiguous()?) };
+        self.layers
+            .iter()
+            .map(|(k, v)| Ok((copy(k)?, copy(v)?)))
+            .collect()
+    }
+
+    /// Append cached blocks (a prompt's first positions, in order) to an empty cache.
+    pub fn load_blocks(&mut self, blocks: &[super::prefix_cache::BlockKv]) -> Result<()> {
+        for b in blocks {
+            let s = b.first().map(|(k, _)| k.dim(2)).transpose()?.unwrap_or(0);
+            if self.len + s > self.capacity {
+                return Err(super::Error::Msg(format!(
+                    "cached prefix of {} tokens exceeds the cache's {} positions",
+                    self.len + s,
+                    self.capacity
+                )));
+            }
+            for (li, (k, v)) in b.iter().enumerate() {
+                self.store(li, self.len, k, v)?;
+            }
+            self.advance(s);
+        }
+        Ok(())
+    }
+
+    /// Store k, v (batch, kv_heads, s, hd) of layer `layer` at position `pos` (the current
+    /// length, or beyond it while a prefill runs its steps layer by layer).
+    pub(super) fn store(&mut self, layer: usize, pos: usize, k: &Tensor, v: &Tensor) -> Result<()> {
         let (kb, vb) = &self.layers[layer];
-        kb.slice_set(&k.to_dtype(kb.dtype())?, 2, self.len)?;
-        vb.slice_set(&v.to_dtype(vb.dtype())?, 2, self.len)?;
+        kb.slice_set(&k.to_dtype(kb.dtype())?, 2, pos)?;
+        vb.slice_set(&v.to_dtype(vb.dtype())?, 2, pos)?;
         Ok(())
     }
 

@@ -132,6 +132,7 @@ impl Decoder {
             dtype,
             adapters: vec![],
             active_adapter: None,
+            weights_id: super::decoder::fresh_weights_id(),
         })
     }
 }

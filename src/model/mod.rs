@@ -15,6 +15,7 @@ pub mod loader;
 pub mod lora;
 pub mod lora_params;
 pub mod packed;
+pub mod prefix_cache;
 pub mod tokenizer;
 pub mod weights;
 
@@ -24,6 +25,7 @@ pub use checkpoint::{Checkpoint, CheckpointInfo, CheckpointKind, Model};
 pub use config::{Arch, ModelConfig};
 pub use decoder::{Decoder, Ops};
 pub use kv_cache::KvCache;
+pub use prefix_cache::PrefixCache;
 pub use tokenizer::Tokenizer;
 
 /// Everything that can go wrong while finding, reading or running a checkpoint. Every variant

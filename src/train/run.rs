@@ -185,6 +185,7 @@ impl<'c> Trainer<'c> {
                 ));
             }
             params.load(&dir, &model.decoder)?;
+            model.decoder.weights_changed();
             let moments =
                 candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
             opt.restore(&moments, state.optimizer_t)
@@ -292,6 +293,9 @@ impl<'c> Trainer<'c> {
             )));
         }
         self.opt.step(&grads, lr)?;
+        // Rollouts and validation after this step must not reuse keys and values the old
+        // weights computed.
+        self.model.decoder.weights_changed();
         Ok(norm)
     }
 

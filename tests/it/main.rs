@@ -25,6 +25,7 @@ mod gpu_check;
 mod import;
 mod lexical;
 mod peft_interop;
+mod prefix_cache;
 mod prompts;
 mod quantized_parity;
 mod recipe_prompts;

@@ -1,0 +1,235 @@
+//! The prefix cache changes how much of a prompt is computed, never what: every call's logits,
+//! keys and values and sampled tokens are bit-identical with the cache on and off, in any order
+//! of calls, after evictions, with n samples batched, with live adapters switched between calls.
+//! The references are the same calls on the same model with the cache off (bound 0).
+
+use crate::common;
+
+use candle_core::{DType, Device, Tensor};
+use humanlm::generate::{generate, prefill, SamplingParams};
+use humanlm::model::lora::Adapter;
+use humanlm::model::prefix_cache::BLOCK;
+use humanlm::model::Model;
+use humanlm::prompts::PromptSet;
+use humanlm::scenario::find;
+use humanlm::sim::{plan, Mode, Options};
+
+/// What a prefill leaves: the last position's logits and every cached key and value, as bits.
+#[derive(Debug, PartialEq)]
+struct Bits {
+    logits: Vec<u32>,
+    kv: Vec<u16>,
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+/// Prefill `ids` as `generate` does; returns the result's bits and the tokens taken from the
+/// cache.
+fn prefilled(model: &Model, ids: &[u32]) -> (Bits, usize) {
+    let p = prefill(model, ids, ids.len() + 1, None).unwrap();
+    let mut kv = vec![];
+    for (k, v) in p.cache.block(0, ids.len()).unwrap() {
+        for t in [k, v] {
+            // The quantized default model caches f16; its bits are the values exactly.
+            let t = t.to_dtype(DType::F16).unwrap().flatten_all().unwrap();
+            kv.extend(
+                t.to_vec1::<half::f16>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits()),
+            );
+        }
+    }
+    let logits = bits(&p.logits.unwrap());
+    (Bits { logits, kv }, p.cached_tokens)
+}
+
+/// Every call's prompt (token ids) of a humanlm-mode simulation of `scenario` under `set`.
+fn calls(model: &Model, set: &str, scenario: &str) -> Vec<Vec<u32>> {
+    let set = PromptSet::load(set, &common::root().join("prompts")).unwrap();
+    let sc = find(scenario, &common::root().join("scenarios"))
+        .unwrap()
+        .scenario;
+    let opts = Options::new(Mode::Humanlm, SamplingParams::default());
+    plan(&set, &sc, &opts, model)
+        .unwrap()
+        .calls
+        .into_iter()
+        .map(|c| c.ids)
+        .collect()
+}
+
+fn sampling() -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: 4,
+        temperature: 1.0,
+        n: 2,
+        seed: 7,
+        ..Default::default()
+    }
+}
+
+fn tokens(model: &Model, ids: &[u32]) -> (Vec<Vec<u32>>, usize) {
+    let g = generate(model, ids, &sampling(), None, &mut |_| {}).unwrap();
+    (
+        g.samples.into_iter().map(|s| s.token_ids).collect(),
+        g.cached_prompt_tokens,
+    )
+}
+
+/// One shipped scenario's seven calls under both shipped sets: the references with the cache
+/// off, then every call again with the cache on, interleaved across the sets and in reverse, and
+/// eight of them once more under a bound so small that blocks are evicted between calls. (Every
+/// shipped scenario: `every_shipped_scenario_is_identical_with_the_cache_on_and_off`, ignored.)
+#[test]
+fn calls_are_identical_with_the_cache_on_and_off() {
+    let model = common::default_model();
+    // The shortest shipped scenario: its prompts (about 300 and 400 tokens) are mostly the
+    // sets' own text, which every call repeats.
+    let scenario = "chat-monstera-05";
+    let prompts: Vec<Vec<u32>> = ["instruct", "humanlm"]
+        .iter()
+        .flat_map(|set| calls(model, set, scenario))
+        .collect();
+    assert_eq!(prompts.len(), 14);
+    model.prefix_cache.set_bound_mb(0);
+    let reference: Vec<Bits> = prompts.iter().map(|ids| prefilled(model, ids).0).collect();
+    // n = 2 samples batched after the prefill: two calls' worth of tokens, the last of each set.
+    let sampled = [6, 13];
+    let ref_tokens: Vec<_> = sampled
+        .iter()
+        .map(|&i| tokens(model, &prompts[i]).0)
+        .collect();
+
+    model.prefix_cache.set_bound_mb(512);
+    // Interleaved (instruct 0, humanlm 0, instruct 1, …), then reversed.
+    let mut order: Vec<usize> = (0..7).flat_map(|i| [i, i + 7]).collect();
+    order.extend((0..14).rev());
+    let mut reused = 0;
+    for &i in &order {
+        let (got, cached) = prefilled(model, &prompts[i]);
+        assert_eq!(got, reference[i], "call {i} differs with the cache on");
+        assert_eq!(cached % BLOCK, 0);
+        assert!(cached < prompts[i].len());
+        reused += cached;
+    }
+    // The instruct calls share the system prompt and the thread: after the first, each reuses
+    // all but its last block or two.
+    let (_, cached) = prefilled(model, &prompts[3]);
+    assert!(
+        cached + 2 * BLOCK > prompts[3].len(),
+        "a repeated call reused {cached} of {} tokens",
+        prompts[3].len()
+    );
+    assert!(reused > 0);
+    for (&i, want) in sampled.iter().zip(&ref_tokens) {
+        let (got, cached) = tokens(model, &prompts[i]);
+        assert!(cached > 0, "call {i} was cached by now");
+        assert_eq!(&got, want, "call {i}'s samples differ with the cache on");
+    }
+
+    // About two blocks of the default model fit: most calls evict what the last one kept.
+    model.prefix_cache.clear();
+    model.prefix_cache.set_bound_mb(6);
+    for &i in &order[..8] {
+        let (got, _) = prefilled(model, &prompts[i]);
+        assert_eq!(got, reference[i], "call {i} differs after evictions");
+        let st = model.prefix_cache.stats();
+        assert!(st.used_bytes <= st.bound_bytes, "{st:?}");
+        assert!(st.blocks > 0, "something is kept: {st:?}");
+    }
+}
+
+/// The live adapter is part of the key: a call under an adapter never starts from the base's
+/// keys and values or another adapter's, switching back reuses each one's own, and a training
+/// step (weights changed in place) starts afresh.
+#[test]
+fn adapters_and_changed_weights_never_share_blocks() {
+    let mut model = common::load("smollm2-135m-instruct", Default::default());
+    for name in ["ours", "theirs"] {
+        let dir = common::fixture(&format!("peft/{name}"));
+        let a = Adapter::load(&dir, name, &Device::Cpu, DType::F32).unwrap();
+        model.decoder.attach_adapter(&a).unwrap();
+    }
+    let prompts = calls(&model, "instruct", "chat-monstera-05");
+    let (a, b) = (&prompts[0], &prompts[1]);
+    let adapters = [None, Some("ours"), Some("theirs")];
+    model.prefix_cache.set_bound_mb(0);
+    let mut reference = vec![];
+    for name in adapters {
+        model.decoder.set_active_adapter(name).unwrap();
+        reference.push((prefilled(&model, a).0, prefilled(&model, b).0));
+    }
+    assert_ne!(
+        reference[0].0, reference[1].0,
+        "the adapter changes the logits"
+    );
+    assert_ne!(reference[1].0, reference[2].0, "the two adapters differ");
+
+    model.prefix_cache.set_bound_mb(512);
+    for round in 0..2 {
+        for (j, name) in adapters.iter().enumerate() {
+            model.decoder.set_active_adapter(*name).unwrap();
+            let (got_a, cached_a) = prefilled(&model, a);
+            let (got_b, cached_b) = prefilled(&model, b);
+            assert_eq!(got_a, reference[j].0, "{name:?}, round {round}");
+            assert_eq!(got_b, reference[j].1, "{name:?}, round {round}");
+            if round == 0 {
+                assert_eq!(cached_a, 0, "{name:?}'s first call found another's blocks");
+            } else {
+                assert!(cached_a > 0, "{name:?}'s own blocks are reused");
+            }
+            assert!(
+                cached_b > 0,
+                "{name:?}: the second prompt shares the first's start"
+            );
+        }
+    }
+    model.decoder.weights_changed();
+    assert_eq!(prefilled(&model, a).1, 0, "changed weights reuse nothing");
+}
+
+/// Every shipped scenario under both shipped sets, all seven calls, with the cache on against
+/// off (about 15 minutes on two cores: `cargo nextest run --release --run-ignored only -E
+/// 'test(every_shipped)'`).
+#[test]
+#[ignore]
+fn every_shipped_scenario_is_identical_with_the_cache_on_and_off() {
+    let model = common::default_model();
+    let dir = common::root().join("scenarios");
+    let ids: Vec<String> = humanlm::scenario::load_all(&dir)
+        .into_iter()
+        .map(|s| s.unwrap().scenario.id)
+        .collect();
+    let mut prompts = vec![];
+    for id in &ids {
+        for set in ["instruct", "humanlm"] {
+            prompts.extend(calls(model, set, id));
+        }
+    }
+    model.prefix_cache.set_bound_mb(0);
+    let reference: Vec<Bits> = prompts.iter().map(|p| prefilled(model, p).0).collect();
+    model.prefix_cache.set_bound_mb(512);
+    let (mut reused, mut total) = (0, 0);
+    // Scenario by scenario, each set's calls interleaved with the other's.
+    for (i, p) in prompts.iter().enumerate() {
+        let (got, cached) = prefilled(model, p);
+        assert_eq!(got, reference[i], "prompt {i} differs with the cache on");
+        reused += cached;
+        total += p.len();
+    }
+    eprintln!(
+        "{} prompts, {reused} of {total} tokens from the cache",
+        prompts.len()
+    );
+}
