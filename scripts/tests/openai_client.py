@@ -65,6 +65,10 @@ def main():
         check("chat: usage adds up", u.total_tokens == u.prompt_tokens + u.completion_tokens, str(u))
         check("chat: completion tokens within max_tokens", 0 < u.completion_tokens <= 16, str(u))
         check("chat: prompt tokens counted", u.prompt_tokens > 10, str(u))
+        details = u.prompt_tokens_details
+        check("chat: cached prompt tokens reported as OpenAI does",
+              details is not None and isinstance(details.cached_tokens, int)
+              and 0 <= details.cached_tokens < u.prompt_tokens, str(u))
         check("chat: finish_reason", c.finish_reason in ("stop", "length"), str(c.finish_reason))
         if c.finish_reason == "length":
             check("chat: length means max_tokens reached", u.completion_tokens == 16, str(u))

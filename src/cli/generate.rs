@@ -114,8 +114,9 @@ pub(super) fn generate_cmd(root: &std::path::Path, a: GenerateArgs) -> anyhow::R
     let s = &out.samples[0];
     println!();
     eprintln!(
-        "[{} prompt tokens, {} new, stop: {}{}, ttft {:.0} ms, {:.1} tok/s]",
+        "[{} prompt tokens ({} cached), {} new, stop: {}{}, ttft {:.0} ms, {:.1} tok/s]",
         out.prompt_tokens,
+        out.cached_prompt_tokens,
         s.tokens,
         s.stop_reason,
         s.stop_string
@@ -181,6 +182,17 @@ pub(super) fn bench_cmd(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<
             out,
             "decode b=4   {:>8.1} tok/s  (total over the batch)",
             report.decode_tok_s_b4
+        )?;
+        let r = &report.prefix_reuse;
+        writeln!(
+            out,
+            "prefix reuse {:>8.2} s → {:.2} s with the prefix cache ({}× faster; {} of {} prompt tokens computed, {} prompts sharing the prompt above)",
+            r.seconds_off,
+            r.seconds_on,
+            format_args!("{:.1}", r.seconds_off / r.seconds_on.max(1e-9)),
+            r.computed_tokens,
+            r.prompt_tokens,
+            r.prompts
         )?;
         writeln!(out, "peak RSS     {:>8.1} MiB", report.peak_rss_mb)?;
     }

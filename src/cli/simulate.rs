@@ -163,7 +163,12 @@ pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::R
             a.mode.name()
         )?;
     }
+    // Prompt tokens the prefix cache served, per call (local checkpoints).
+    let mut cached: std::collections::BTreeMap<String, usize> = Default::default();
     let (plan, samples) = simulate_with(sim.engine(), &set, &scenario, &opts, None, &mut |e| {
+        if let SimEvent::Prefill { call, cached: c } = e {
+            cached.insert(call.to_string(), c);
+        }
         if !stream || io_err.is_some() {
             return;
         }
@@ -194,6 +199,23 @@ pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::R
     if a.json {
         let mut v = header(&plan);
         v["samples"] = serde_json::to_value(&samples)?;
+        // Per call: its prompt, and how much of it was computed rather than cached.
+        v["prompt_tokens"] = plan
+            .calls
+            .iter()
+            .map(|c| {
+                let hit = cached.get(&c.name).copied();
+                (
+                    c.name.clone(),
+                    serde_json::json!({
+                        "prompt": c.prompt_tokens,
+                        "cached": hit,
+                        "computed": hit.map(|h| c.prompt_tokens - h),
+                    }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         if a.show_prompt {
             v["calls"] = serde_json::to_value(&plan.calls)?;
         }
@@ -226,6 +248,14 @@ pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::R
                 s.ms,
                 set.name,
                 set.hash
+            )?;
+        }
+        if !cached.is_empty() {
+            let prompt: usize = plan.calls.iter().map(|c| c.prompt_tokens).sum();
+            writeln!(
+                stdout,
+                "[prefix cache: {} of {prompt} prompt tokens reused]",
+                cached.values().sum::<usize>()
             )?;
         }
     }

@@ -80,6 +80,8 @@ pub struct Generation {
 /// What streams out while generating.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event<'a> {
+    /// Prefill starts: `cached` of the prompt's `prompt` tokens come from the prefix cache.
+    Prefill { prompt: usize, cached: usize },
     /// New text of sample `sample` (already cleared of any stop string).
     Text { sample: usize, delta: &'a str },
     /// Sample `sample` ended.
@@ -116,6 +118,7 @@ pub fn prefill(
     prompt: &[u32],
     capacity: usize,
     cancel: Option<&AtomicBool>,
+    on_event: &mut dyn FnMut(Event),
 ) -> Result<Prefilled> {
     let dec = &model.decoder;
     let mut cache = dec.new_cache(1, capacity)?;
@@ -126,6 +129,10 @@ pub fn prefill(
     let cached = model.prefix_cache.lookup(&key, prompt, max_blocks);
     cache.load_blocks(&cached)?;
     let cached_tokens = cache.len();
+    on_event(Event::Prefill {
+        prompt: prompt.len(),
+        cached: cached_tokens,
+    });
     // The rest is prefilled in steps of one block, aligned to absolute positions, so the keys
     // and values (and logits) never depend on where a call started (see `prefix_cache`). The
     // cancel flag is read between groups of steps: Esc during a long prompt waits for one
@@ -183,7 +190,7 @@ pub fn generate(
         mut cache,
         logits,
         cached_tokens,
-    } = prefill(model, prompt, capacity, cancel)?;
+    } = prefill(model, prompt, capacity, cancel, on_event)?;
     let Some(logits) = logits else {
         return Ok(cancelled_during_prefill(
             n,

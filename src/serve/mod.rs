@@ -335,6 +335,7 @@ fn worker(
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             generate::generate(model, &job.prompt, &job.params, Some(cancel), &mut |ev| {
                 let msg = match ev {
+                    GenEvent::Prefill { .. } => return,
                     GenEvent::Text { sample, delta } => WorkEvent::Text {
                         sample,
                         delta: delta.to_string(),
@@ -488,6 +489,9 @@ fn usage(g: &Generation) -> Usage {
         prompt_tokens: g.prompt_tokens,
         completion_tokens: completion,
         total_tokens: g.prompt_tokens + completion,
+        prompt_tokens_details: Some(crate::remote::wire::PromptTokensDetails {
+            cached_tokens: g.cached_prompt_tokens,
+        }),
     }
 }
 

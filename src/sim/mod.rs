@@ -578,6 +578,12 @@ pub enum SimEvent<'a> {
     CallStarted {
         call: &'a Call,
     },
+    /// The call's prefill starts: `cached` of its prompt tokens come from the prefix cache
+    /// (local models only).
+    Prefill {
+        call: &'a str,
+        cached: usize,
+    },
     Text {
         call: &'a str,
         sample: usize,
@@ -642,24 +648,32 @@ pub fn simulate_with(
             ..opts.params.clone()
         };
         let started = std::time::Instant::now();
-        let mut emit = |sample: usize, delta: &str| {
-            on_event(SimEvent::Text {
-                call: &call.name,
-                sample,
-                delta,
-            })
-        };
         let g = match engine {
-            Engine::Local(model) => generate::generate(model, &call.ids, &p, cancel, &mut |e| {
-                if let Event::Text { sample, delta } = e {
-                    emit(sample, delta);
-                }
-            })?
-            .samples
-            .into_iter()
-            .map(|s| (s.text, s.tokens, s.stop_reason))
-            .collect(),
-            Engine::Remote(endpoint) => remote_call(endpoint, call, &p, &mut emit)?,
+            Engine::Local(model) => {
+                generate::generate(model, &call.ids, &p, cancel, &mut |e| match e {
+                    Event::Text { sample, delta } => on_event(SimEvent::Text {
+                        call: &call.name,
+                        sample,
+                        delta,
+                    }),
+                    Event::Prefill { cached, .. } => on_event(SimEvent::Prefill {
+                        call: &call.name,
+                        cached,
+                    }),
+                    Event::Finished { .. } => {}
+                })?
+                .samples
+                .into_iter()
+                .map(|s| (s.text, s.tokens, s.stop_reason))
+                .collect()
+            }
+            Engine::Remote(endpoint) => remote_call(endpoint, call, &p, &mut |sample, delta| {
+                on_event(SimEvent::Text {
+                    call: &call.name,
+                    sample,
+                    delta,
+                })
+            })?,
         };
         let ms = started.elapsed().as_millis() as u64;
         on_event(SimEvent::CallFinished { call: &call.name });

@@ -153,6 +153,9 @@ pub struct Stats {
     pub ttft_ms: Option<f64>,
     /// Decode rate after the first token, over all samples.
     pub tok_s: f64,
+    /// Prompt tokens the prefix cache served (None until known, and for endpoints).
+    #[serde(default)]
+    pub cached_tokens: Option<usize>,
 }
 
 /// One call's text for one sample as it streams (the whole output once the call is done).
@@ -246,14 +249,22 @@ impl SimRun {
     /// Where the streaming call is: its prefill, or its decode speed.
     pub fn progress(&self) -> String {
         let prompt = self.calls.last().map_or(0, |c| c.prompt_tokens);
+        let cached = self.stats.cached_tokens.filter(|&c| c > 0);
         match self.stats.ttft_ms {
             _ if self.current.is_none() => "…".to_string(),
-            None => format!("prefilling {prompt} prompt tokens"),
+            None => match cached {
+                Some(c) => format!(
+                    "prefilling {} of {prompt} prompt tokens ({c} cached)",
+                    prompt.saturating_sub(c)
+                ),
+                None => format!("prefilling {prompt} prompt tokens"),
+            },
             Some(t) => format!(
-                "{:.1} tok/s · ttft {:.2} s · {} tokens",
+                "{:.1} tok/s · ttft {:.2} s · {} tokens{}",
                 self.stats.tok_s,
                 t / 1000.0,
-                self.stats.tokens
+                self.stats.tokens,
+                cached.map_or(String::new(), |c| format!(" · {c}/{prompt} prompt cached"))
             ),
         }
     }
@@ -337,6 +348,10 @@ pub enum SimMsg {
         sample: usize,
         delta: String,
         stats: Stats,
+    },
+    /// The streaming call's prefill starts with `cached` prompt tokens from the prefix cache.
+    Prefill {
+        cached: usize,
     },
     CallDone {
         call: String,

@@ -216,6 +216,7 @@ pub fn simulate(model: &Simulator, req: &SimRequest, prompts: &Path, send: &dyn 
     let mut started = Instant::now();
     let mut first: Option<Instant> = None;
     let mut tokens = 0usize;
+    let mut cached: Option<usize> = None;
     let r = sim::simulate_with(
         model.engine(),
         &set,
@@ -227,7 +228,12 @@ pub fn simulate(model: &Simulator, req: &SimRequest, prompts: &Path, send: &dyn 
                 started = Instant::now();
                 first = None;
                 tokens = 0;
+                cached = None;
                 send(SimMsg::Call(call.clone()));
+            }
+            SimEvent::Prefill { cached: c, .. } => {
+                cached = Some(c);
+                send(SimMsg::Prefill { cached: c });
             }
             SimEvent::Text {
                 call,
@@ -250,6 +256,7 @@ pub fn simulate(model: &Simulator, req: &SimRequest, prompts: &Path, send: &dyn 
                         } else {
                             0.0
                         },
+                        cached_tokens: cached,
                     },
                 });
             }

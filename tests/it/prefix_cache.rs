@@ -36,7 +36,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
 /// Prefill `ids` as `generate` does; returns the result's bits and the tokens taken from the
 /// cache.
 fn prefilled(model: &Model, ids: &[u32]) -> (Bits, usize) {
-    let p = prefill(model, ids, ids.len() + 1, None).unwrap();
+    let p = prefill(model, ids, ids.len() + 1, None, &mut |_| {}).unwrap();
     let mut kv = vec![];
     for (k, v) in p.cache.block(0, ids.len()).unwrap() {
         for t in [k, v] {

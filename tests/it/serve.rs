@@ -181,6 +181,19 @@ fn serve_with_openai_client_and_ours() {
     assert_eq!(streamed.choices[0].finish_reason, c.finish_reason);
     assert_eq!(streamed.usage, full.usage);
 
+    // A harness resends the whole conversation: the second request's prompt comes from the
+    // prefix cache but its last block, and the usage says so as OpenAI's API does.
+    let long = "The tenant and the landlord disagree about the deposit. ".repeat(40);
+    let req3 = chat_req(&format!("{long}\nWho is right?"), greedy(4));
+    let first = ep.chat(&req3).unwrap().usage.unwrap();
+    let again = ep.chat(&req3).unwrap().usage.unwrap();
+    let cached = |u: &humanlm::remote::wire::Usage| u.prompt_tokens_details.unwrap().cached_tokens;
+    assert_eq!(cached(&first), 0, "{first:?}");
+    assert!(
+        cached(&again) + 128 >= again.prompt_tokens && cached(&again) < again.prompt_tokens,
+        "{again:?}"
+    );
+
     // n samples, seeded: the streamed batch equals the plain one, choice by choice.
     let sampled = GenParams {
         temperature: Some(1.0),

@@ -314,6 +314,7 @@ fn text(job: u64, name: &str, sample: usize, delta: &str) -> Action {
                 tokens: 12,
                 ttft_ms: Some(410.0),
                 tok_s: 23.4,
+                cached_tokens: None,
             },
         },
     }
@@ -1197,6 +1198,19 @@ fn streaming_deltas_fill_cards_and_get_scored() {
     assert_eq!(run.status, RunStatus::Running);
     assert_eq!(a.jobs.len(), 1);
     send(&mut a, [started(job), call(job, "stance")]);
+    // The prefix cache served part of the prompt: the status bar says how much is computed.
+    send(
+        &mut a,
+        [Action::Sim {
+            job,
+            msg: SimMsg::Prefill { cached: 256 },
+        }],
+    );
+    let out = render(&mut a, 120, 40);
+    assert!(
+        out.contains("prefilling 109 of 365 prompt tokens (256 cached)"),
+        "{out}"
+    );
     send(
         &mut a,
         [

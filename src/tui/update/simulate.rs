@@ -245,6 +245,7 @@ pub(super) fn apply(run: &mut SimRun, msg: SimMsg, tick: u64) -> Option<String> 
             }
             run.stats = stats;
         }
+        SimMsg::Prefill { cached } => run.stats.cached_tokens = Some(cached),
         SimMsg::CallDone { call } => {
             for s in &mut run.samples {
                 if let Some(c) = s.calls.get_mut(&call) {
