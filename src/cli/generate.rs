@@ -152,12 +152,49 @@ pub(super) struct BenchArgs {
     prompt_tokens: usize,
     #[arg(long, default_value_t = 128)]
     new_tokens: usize,
+    /// Instead: run these prompts in order (a JSON array of rendered prompt strings, special
+    /// tokens included, as `simulate --prompt-only --json` prints them) through the model's
+    /// prefix cache, one new token each, and report each one's time and cached tokens.
+    #[arg(long, value_name = "FILE")]
+    prompts: Option<std::path::PathBuf>,
     #[arg(long)]
     json: bool,
 }
 
 pub(super) fn bench_cmd(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<()> {
     let model = load(root, &a.rt)?;
+    if let Some(path) = &a.prompts {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let prompts: Vec<String> = serde_json::from_str(&text).map_err(|e| {
+            Error::file(
+                path,
+                format!("expected a JSON array of prompt strings: {e}"),
+            )
+        })?;
+        let report = gen::bench::prompts(&model, &prompts)?;
+        let mut out = std::io::stdout().lock();
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        } else {
+            for (i, r) in report.calls.iter().enumerate() {
+                writeln!(
+                    out,
+                    "prompt {:>3}  {:>6} tokens  {:>6} cached  {:>7.3} s",
+                    i + 1,
+                    r.prompt_tokens,
+                    r.cached_tokens,
+                    r.seconds
+                )?;
+            }
+            writeln!(
+                out,
+                "total        {:>6} tokens  {:>6} cached  {:>7.3} s",
+                report.prompt_tokens, report.cached_tokens, report.seconds
+            )?;
+        }
+        return Ok(());
+    }
     let report = gen::bench::bench(&model, a.prompt_tokens, a.new_tokens, a.rt.threads)?;
     let mut out = std::io::stdout().lock();
     if a.json {

@@ -156,3 +156,54 @@ fn peak_rss_mb() -> f64 {
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
+
+/// One prompt of [`prompts`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptRun {
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    /// From the call to its first token.
+    pub seconds: f64,
+}
+
+/// What `humanlm bench --prompts` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptsReport {
+    pub checkpoint: String,
+    pub prefix_cache_mb: usize,
+    pub calls: Vec<PromptRun>,
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    pub seconds: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Run rendered prompts in order, one greedy token each, through the model's prefix cache as
+/// it is configured.
+pub fn prompts(model: &Model, prompts: &[String]) -> Result<PromptsReport> {
+    let params = SamplingParams {
+        max_new_tokens: 1,
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let mut calls = vec![];
+    for text in prompts {
+        let ids = model.tokenizer.encode_rendered(text)?;
+        let t = Instant::now();
+        let out = generate(model, &ids, &params, None, &mut |_| {})?;
+        calls.push(PromptRun {
+            prompt_tokens: out.prompt_tokens,
+            cached_tokens: out.cached_prompt_tokens,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(PromptsReport {
+        checkpoint: model.checkpoint.name.clone(),
+        prefix_cache_mb: model.prefix_cache.stats().bound_bytes >> 20,
+        prompt_tokens: calls.iter().map(|c| c.prompt_tokens).sum(),
+        cached_tokens: calls.iter().map(|c| c.cached_tokens).sum(),
+        seconds: calls.iter().map(|c| c.seconds).sum(),
+        calls,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

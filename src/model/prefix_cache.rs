@@ -279,3 +279,126 @@ impl Inner {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{Arch, ModelConfig};
+    use candle_core::{DType, Device};
+
+    /// One layer, one KV head of width 2: a block is 2 × 128 × 2 f32 = 2 KiB.
+    fn cfg() -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: 16,
+            hidden_size: 2,
+            intermediate_size: 4,
+            num_layers: 1,
+            num_heads: 1,
+            num_kv_heads: 1,
+            head_dim: 2,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            rms_norm_eps: 1e-5,
+            max_position_embeddings: 4096,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            qk_norm: false,
+        }
+    }
+
+    const BLOCK_BYTES: usize = 2 * BLOCK * 2 * 4;
+
+    /// A cache as prefill leaves it for `prompt`: position p holds the value p (keys) and −p.
+    fn filled(prompt: &[u32]) -> KvCache {
+        let mut c = KvCache::new(&cfg(), 1, prompt.len(), &Device::Cpu, DType::F32).unwrap();
+        let k: Vec<f32> = (0..prompt.len())
+            .flat_map(|p| [p as f32, p as f32])
+            .collect();
+        let k = Tensor::from_vec(k, (1, 1, prompt.len(), 2), &Device::Cpu).unwrap();
+        c.store(0, 0, &k, &k.neg().unwrap()).unwrap();
+        c.advance(prompt.len());
+        c
+    }
+
+    fn key(id: u64) -> WeightsKey {
+        WeightsKey {
+            weights_id: id,
+            adapter: None,
+        }
+    }
+
+    /// `n` tokens starting with `first`, then counting up.
+    fn prompt(first: u32, n: usize) -> Vec<u32> {
+        (0..n as u32).map(|i| first + i).collect()
+    }
+
+    #[test]
+    fn a_prompt_finds_the_whole_blocks_it_shares_and_their_values() {
+        let cache = PrefixCache::new(1);
+        let a = prompt(0, 3 * BLOCK + 5);
+        cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
+        assert_eq!(cache.stats().blocks, 3);
+        assert_eq!(cache.stats().used_bytes, 3 * BLOCK_BYTES);
+        // Shares two blocks and part of the third.
+        let mut b = a[..2 * BLOCK + 7].to_vec();
+        b.extend([999; 200]);
+        let found = cache.lookup(&key(1), &b, 10);
+        assert_eq!(found.len(), 2);
+        let second: Vec<f32> = found[1][0].0.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(
+            second[0], BLOCK as f32,
+            "block 1 starts at position {BLOCK}"
+        );
+        // At most the blocks asked for; another weights key shares nothing.
+        assert_eq!(cache.lookup(&key(1), &b, 1).len(), 1);
+        assert!(cache.lookup(&key(2), &a, 10).is_empty());
+        let other = WeightsKey {
+            weights_id: 1,
+            adapter: Some("x".into()),
+        };
+        assert!(cache.lookup(&other, &a, 10).is_empty());
+        // The same block contents after a different first block are a different key.
+        let mut c = a.clone();
+        c[0] = 77;
+        assert!(cache.lookup(&key(1), &c, 10).is_empty());
+    }
+
+    #[test]
+    fn the_bound_holds_and_the_least_recently_used_leaves_go_first() {
+        // Room for four blocks (a MiB is 512 of them here; shrink it by hand).
+        let cache = PrefixCache::new(1);
+        cache.lock().bound = 4 * BLOCK_BYTES;
+        let a = prompt(0, 3 * BLOCK);
+        let b = prompt(1000, 2 * BLOCK);
+        cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
+        cache.insert(&key(1), &b, 0, &filled(&b)).unwrap();
+        // Five blocks asked for, four kept: a's deepest block (used first, deepest) went.
+        assert_eq!(cache.stats().blocks, 4);
+        assert!(cache.stats().used_bytes <= 4 * BLOCK_BYTES);
+        assert_eq!(cache.lookup(&key(1), &b, 10).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &a, 10).len(), 2);
+        // a was used last: a new prompt evicts b's deepest block, not a's.
+        let c = prompt(5000, BLOCK);
+        cache.insert(&key(1), &c, 0, &filled(&c)).unwrap();
+        assert_eq!(cache.lookup(&key(1), &a, 10).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &b, 10).len(), 1);
+        assert_eq!(cache.lookup(&key(1), &c, 10).len(), 1);
+        // A smaller bound evicts at once; 0 turns the cache off.
+        cache.set_bound_mb(0);
+        assert_eq!(cache.stats().blocks, 0);
+        assert!(!cache.is_on());
+        cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
+        assert!(cache.lookup(&key(1), &a, 10).is_empty());
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_bound_keeps_its_start() {
+        let cache = PrefixCache::new(1);
+        cache.lock().bound = 2 * BLOCK_BYTES;
+        let a = prompt(0, 5 * BLOCK);
+        cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
+        assert_eq!(cache.lookup(&key(1), &a, 10).len(), 2);
+        assert_eq!(cache.stats().used_bytes, 2 * BLOCK_BYTES);
+    }
+}
