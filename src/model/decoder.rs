@@ -246,6 +246,16 @@ pub struct Prefix {
     pub len: usize,
 }
 
+/// One step of [`Decoder::prefill`]: its first position, its hidden states, rotary tables and
+/// causal mask.
+struct PrefillStep {
+    pos: usize,
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
 /// The rotary tables of an input's positions, and its causal mask (None for one position).
 struct Rope<'a> {
     cos: &'a Tensor,
@@ -406,10 +416,11 @@ impl Decoder {
     /// Prefill `ids` (batch 1) into `cache` from position `cache.len()`, in steps of `step`
     /// tokens; returns the logits (1, vocab) of the last position.
     ///
-    /// Each step computes exactly what [`Decoder::forward`] on that step would, but the steps
-    /// run layer by layer (every step through layer 0, then layer 1…), so a packed layer is
-    /// dequantized once for the whole prompt rather than once per step. Small steps (which the
-    /// prefix cache's blocks need) then cost about what one long step does.
+    /// Each step computes what [`Decoder::forward`] on that step would, but the steps run
+    /// layer by layer (every step through layer 0, then layer 1…), so a packed layer is
+    /// dequantized once for the whole call rather than once per step, and the whole steps'
+    /// projections run as one product ([`Decoder::layer_steps`]). Small steps (which the prefix
+    /// cache's blocks need) then cost about what one long step does.
     pub fn prefill(&self, ids: &[u32], cache: &mut KvCache, step: usize) -> Result<Tensor> {
         let pos0 = cache.len();
         let limit = cache.capacity().min(self.max_positions());
@@ -419,20 +430,13 @@ impl Decoder {
                 ids.len()
             )));
         }
-        struct Step {
-            pos: usize,
-            x: Tensor,
-            cos: Tensor,
-            sin: Tensor,
-            mask: Option<Tensor>,
-        }
         let mut steps = ids
             .chunks(step.max(1))
             .enumerate()
             .map(|(j, chunk)| {
                 let (pos, s) = (pos0 + j * step.max(1), chunk.len());
                 let ids = Tensor::new(chunk, &self.device)?.unsqueeze(0)?;
-                Ok(Step {
+                Ok(PrefillStep {
                     pos,
                     x: self
                         .embed
@@ -451,22 +455,39 @@ impl Decoder {
         let wide = steps
             .iter()
             .any(|st| st.x.dim(1).is_ok_and(|s| s >= super::packed::GEMM_ROWS));
+        // Whole steps run together; a last, shorter step alone (its product has other
+        // shapes, and under GEMM_ROWS rows the packed path's integer kernels).
+        let whole = steps
+            .iter()
+            .take_while(|st| st.x.dim(1).is_ok_and(|s| s == step))
+            .count();
         for (li, layer) in self.layers.iter().enumerate() {
+            // A live adapter's rank-r product (a matrix a few columns wide) is not the same
+            // row by row for 128 rows and for 256 (measured): its layers run step by step.
+            let whole = if layer.linears().iter().any(|l| l.active.is_some()) {
+                0
+            } else {
+                whole
+            };
             let dense = if wide { layer.densified()? } else { None };
-            for st in steps.iter_mut() {
-                let s = st.x.dim(1)?;
-                // The packed path itself dequantizes from GEMM_ROWS rows on, so each step
-                // runs the arithmetic a forward of that step alone would.
-                let l = match &dense {
-                    Some(d) if s >= super::packed::GEMM_ROWS => d,
-                    _ => layer,
-                };
+            // The packed path itself dequantizes from GEMM_ROWS rows on, so each step runs
+            // the arithmetic a forward of that step alone would.
+            let pick = |s: usize| match &dense {
+                Some(d) if s >= super::packed::GEMM_ROWS => d,
+                _ => layer,
+            };
+            let (batched, rest) = steps.split_at_mut(whole);
+            if !batched.is_empty() {
+                self.layer_steps(pick(step), li, cache, batched)?;
+            }
+            for st in rest.iter_mut() {
                 let rope = Rope {
                     cos: &st.cos,
                     sin: &st.sin,
                     mask: st.mask.as_ref(),
                 };
                 let past = Past::Cache(cache, st.pos);
+                let l = pick(st.x.dim(1)?);
                 st.x = self.layer_forward(l, li, &st.x, &rope, past, None, Ops::Fast)?;
             }
         }
@@ -582,11 +603,28 @@ impl Decoder {
         record: Option<&mut Vec<(Tensor, Tensor)>>,
         ops: Ops,
     ) -> Result<Tensor> {
+        let qkv = layer.qkv(x)?;
+        let y = self.attend(layer, li, qkv, rope, past, record, ops)?;
+        layer.o.forward(&y)
+    }
+
+    /// Attention from the projected queries, keys and values (batch, seq, heads · head_dim)
+    /// to the heads' outputs before the output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        layer: &Layer,
+        li: usize,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        rope: &Rope,
+        past: Past,
+        record: Option<&mut Vec<(Tensor, Tensor)>>,
+        ops: Ops,
+    ) -> Result<Tensor> {
         let (cos, sin, mask) = (rope.cos, rope.sin, rope.mask);
         let cfg = &self.config;
-        let (b, s, _) = x.dims3()?;
+        let (b, s, _) = q.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let (q, k, v) = layer.qkv(x)?;
         let mut q = q.reshape((b, s, nh, hd))?;
         let mut k = k.reshape((b, s, nkv, hd))?;
         let v = v.reshape((b, s, nkv, hd))?;
@@ -624,9 +662,7 @@ impl Decoder {
                 if s == 1 && ops == Ops::Fast && super::attention::supported(&q, &c.layer(li).0) {
                     let (kb, vb) = c.layer(li);
                     let y = super::attention::decode_attention(&q, kb, vb, upto)?;
-                    return layer
-                        .o
-                        .forward(&y.transpose(1, 2)?.reshape((b, s, nh * hd))?);
+                    return Ok(y.transpose(1, 2)?.reshape((b, s, nh * hd))?);
                 }
                 if pos == 0 {
                     // First step: attend over the exact values just computed (the cache may
@@ -651,12 +687,57 @@ impl Decoder {
                 .reshape((b, nkv, groups * s, total))?;
         }
         let att = super::grad::softmax_last_dim(&att)?;
-        let y = att
+        Ok(att
             .matmul(&v)?
             .reshape((b, nh, s, hd))?
             .transpose(1, 2)?
-            .reshape((b, s, nh * hd))?;
-        layer.o.forward(&y)
+            .reshape((b, s, nh * hd))?)
+    }
+
+    /// Layer `li` on consecutive whole prefill steps at once: the projections and the MLP run
+    /// as one matrix product over all their rows (the weights pass through the cache once, not
+    /// once per step), attention step by step. Each row's arithmetic is the same as with its
+    /// step alone: gemm splits the inner dimension by its length and the cache sizes only,
+    /// never by the number of rows, for products more than 64 columns wide (gemm-common 0.19's
+    /// `kernel_params`) — every projection here; the prefix cache's tests check it bit for bit.
+    /// A live adapter's narrow products do not qualify, so `prefill` runs those layers step by
+    /// step.
+    fn layer_steps(
+        &self,
+        layer: &Layer,
+        li: usize,
+        cache: &mut KvCache,
+        steps: &mut [PrefillStep],
+    ) -> Result<()> {
+        let xs: Vec<&Tensor> = steps.iter().map(|st| &st.x).collect();
+        let x = Tensor::cat(&xs, 1)?;
+        let h = layer.attn_norm.forward(&x)?;
+        let (q, k, v) = layer.qkv(&h)?;
+        let mut ys = Vec::with_capacity(steps.len());
+        let mut off = 0;
+        for st in steps.iter() {
+            let s = st.x.dim(1)?;
+            let part = |t: &Tensor| t.narrow(1, off, s);
+            let rope = Rope {
+                cos: &st.cos,
+                sin: &st.sin,
+                mask: st.mask.as_ref(),
+            };
+            let qkv = (part(&q)?, part(&k)?, part(&v)?);
+            let past = Past::Cache(cache, st.pos);
+            ys.push(self.attend(layer, li, qkv, &rope, past, None, Ops::Fast)?);
+            off += s;
+        }
+        let x = (x + layer.o.forward(&Tensor::cat(&ys, 1)?)?)?;
+        let h = layer.mlp_norm.forward(&x)?;
+        let x = (&x + layer.mlp(&h)?)?;
+        let mut off = 0;
+        for st in steps.iter_mut() {
+            let s = st.x.dim(1)?;
+            st.x = x.narrow(1, off, s)?;
+            off += s;
+        }
+        Ok(())
     }
 
     /// Every linear layer an adapter can target: (HF module name, in, out).
