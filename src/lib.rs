@@ -4,6 +4,7 @@
 //! training); the CLI sits on top and only calls down.
 
 pub mod cli;
+pub mod converse;
 pub mod eval;
 pub mod export;
 pub mod files;

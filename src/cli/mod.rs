@@ -3,6 +3,7 @@
 //! together in one file; this one holds the command tree, the dispatch and what they share.
 
 mod checkpoints;
+mod converse;
 mod eval;
 mod export;
 mod generate;
@@ -59,6 +60,9 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Serve the checkpoint as an OpenAI-compatible endpoint (one generation at a time).
     Serve(serve::ServeArgs),
+    /// A simulated user and an assistant take turns on a scenario (or every scenario of a
+    /// folder, written as a resumable run).
+    Converse(Box<converse::ConverseArgs>),
     /// Simulate and judge every scenario with a reference reply; write a run folder.
     Eval(eval::EvalArgs),
     /// Fine-tune a checkpoint on scenarios (LoRA); writes a PEFT adapter loadable by name.
@@ -145,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::GpuCheck(args)) => crate::gpu::run(args.into(), &root),
         Some(Command::Simulate(args)) => simulate::simulate_cmd(&root, args),
         Some(Command::Serve(args)) => serve::serve_cmd(&root, args),
+        Some(Command::Converse(args)) => converse::converse_cmd(&root, *args),
         Some(Command::Eval(args)) => eval::eval_cmd(&root, args),
         Some(Command::Train(cmd)) => train::train_cmd(&root, *cmd),
         Some(Command::Export(args)) => export::export_cmd(&root, args),

@@ -1,6 +1,8 @@
-//! `humanlm serve`: the checkpoint behind an OpenAI-compatible endpoint.
+//! `humanlm serve`: the checkpoint behind an OpenAI-compatible endpoint, or (`--as-user`) the
+//! simulated user of a scenario behind one.
 
-use super::{load, RuntimeArgs};
+use super::simulate::{prompt_set, SimSamplingArgs};
+use super::{load, mode_parser, RuntimeArgs};
 use clap::Args;
 
 #[derive(Args)]
@@ -13,8 +15,46 @@ pub(super) struct ServeArgs {
     /// Address to listen on; anything but loopback exposes the model without authentication.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Be the simulated user of --scenario: a chat request carries the conversation from the
+    /// assistant's side, the reply is the user's next turn (with the end marker when it ends).
+    #[arg(long, requires = "scenario")]
+    as_user: bool,
+    /// The scenario whose persona, intent and end markers the simulated user has.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// The simulated user's prompt set (default: the checkpoint's, else humanlm).
+    #[arg(long, requires = "as_user")]
+    prompts: Option<String>,
+    #[arg(long, value_parser = mode_parser(), default_value = "humanlm", requires = "as_user")]
+    mode: crate::sim::Mode,
+    /// The simulated user's sampling (a request's temperature, top_p, max_tokens and seed
+    /// override it).
+    #[command(flatten)]
+    sampling: SimSamplingArgs,
 }
 
 pub(super) fn serve_cmd(root: &std::path::Path, a: ServeArgs) -> anyhow::Result<()> {
-    Ok(crate::serve::run(load(root, &a.rt)?, &a.host, a.port)?)
+    let as_user = match (&a.scenario, a.as_user) {
+        (Some(id), true) => {
+            let scenario = crate::scenario::find(id, std::path::Path::new("scenarios"))?.scenario;
+            let ckpt = crate::model::Checkpoint::resolve(&a.rt.checkpoint, root)?;
+            let set = prompt_set(a.prompts.as_deref(), ckpt.default_prompt_set()?)?;
+            let sampling = a.sampling.choice();
+            if sampling.n != 1 {
+                anyhow::bail!(
+                    "--n {}: a simulated user writes one turn a request",
+                    sampling.n
+                );
+            }
+            Some(crate::serve::AsUser::new(scenario, set, a.mode, sampling))
+        }
+        (Some(_), false) => anyhow::bail!("--scenario is for --as-user"),
+        _ => None,
+    };
+    Ok(crate::serve::run_as(
+        load(root, &a.rt)?,
+        as_user,
+        &a.host,
+        a.port,
+    )?)
 }

@@ -80,7 +80,7 @@ impl SimSamplingArgs {
 }
 
 /// The prompt set a command uses: the one named, else the checkpoint's, else the default.
-fn prompt_set(
+pub(super) fn prompt_set(
     named: Option<&str>,
     default: Option<String>,
 ) -> anyhow::Result<crate::prompts::PromptSet> {

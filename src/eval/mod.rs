@@ -289,7 +289,7 @@ fn fingerprint(path: &Path) -> String {
         .collect()
 }
 
-fn sha_hex(bytes: &[u8], n: usize) -> String {
+pub fn sha_hex(bytes: &[u8], n: usize) -> String {
     Sha256::digest(bytes)
         .iter()
         .take(n)
@@ -1097,7 +1097,7 @@ pub fn summarise(
     }
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     // Seconds since the epoch, formatted as UTC without a date crate.
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

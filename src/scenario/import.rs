@@ -567,6 +567,7 @@ pub fn row_to_scenario(row: &Row, domain: Domain) -> std::result::Result<Scenari
             author: target_author,
             response,
         },
+        conversation: None,
     };
     sc.validate(Path::new("<row>")).map_err(|e| {
         let s = e.to_string();

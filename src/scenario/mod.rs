@@ -399,6 +399,122 @@ pub struct Scenario {
     #[serde(default)]
     pub turns: Vec<Turn>,
     pub target: Target,
+    /// How the thread goes on as a conversation (`humanlm converse`); a chat scenario without
+    /// the table can still be continued with the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<Conversation>,
+}
+
+/// Who speaks in a conversation: the simulated user or the assistant it talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Speaker {
+    User,
+    Assistant,
+}
+
+impl Speaker {
+    pub fn name(self) -> &'static str {
+        match self {
+            Speaker::User => "user",
+            Speaker::Assistant => "assistant",
+        }
+    }
+
+    pub fn other(self) -> Speaker {
+        match self {
+            Speaker::User => Speaker::Assistant,
+            Speaker::Assistant => Speaker::User,
+        }
+    }
+}
+
+/// The most turns a conversation may be given: far beyond any context the workbench runs, so
+/// a larger number is a typo.
+pub const MAX_TURNS_LIMIT: usize = 1000;
+
+/// UserLM's marker for "the user has ended the conversation", the default end marker.
+pub const DEFAULT_END_MARKER: &str = "<|endconversation|>";
+
+/// The `[conversation]` table: what the simulated user wants and how the conversation ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conversation {
+    /// What the simulated user wants from the conversation, shown to the simulator beside the
+    /// persona (free text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    /// Who writes the first new turn; default: whoever did not write the thread's last turn
+    /// (the user when the thread is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opens: Option<Speaker>,
+    /// New turns (both sides together) before the conversation is ended as `max-turns`.
+    #[serde(default = "default_max_turns")]
+    pub max_turns: usize,
+    /// Text that, written by the simulated user, ends the conversation (default: UserLM's
+    /// `<|endconversation|>`; `[]` for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_markers: Option<Vec<String>>,
+    /// Text that, written by the assistant, ends the conversation (e.g. a hand-off).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assistant_end_markers: Vec<String>,
+    /// The assistant's system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assistant_system: Option<String>,
+    /// The intent counts as addressed once an assistant turn contains one of these (case
+    /// insensitive); a user who ends before that has ended early.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addressed_when: Vec<String>,
+}
+
+fn default_max_turns() -> usize {
+    10
+}
+
+impl Default for Conversation {
+    fn default() -> Self {
+        Conversation {
+            intent: None,
+            opens: None,
+            max_turns: default_max_turns(),
+            end_markers: None,
+            assistant_end_markers: vec![],
+            assistant_system: None,
+            addressed_when: vec![],
+        }
+    }
+}
+
+impl Conversation {
+    /// The user's end markers, the default when the table names none.
+    pub fn user_end_markers(&self) -> Vec<String> {
+        self.end_markers
+            .clone()
+            .unwrap_or_else(|| vec![DEFAULT_END_MARKER.to_string()])
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.max_turns == 0 || self.max_turns > MAX_TURNS_LIMIT {
+            return Err(format!(
+                "conversation.max_turns is {}: give a number from 1 to {MAX_TURNS_LIMIT}",
+                self.max_turns
+            ));
+        }
+        let markers = self.user_end_markers();
+        for (field, list) in [
+            ("end_markers", &markers),
+            ("assistant_end_markers", &self.assistant_end_markers),
+            ("addressed_when", &self.addressed_when),
+        ] {
+            if list.iter().any(|m| m.trim().is_empty()) {
+                return Err(format!("conversation.{field} holds an empty string"));
+            }
+        }
+        if self.intent.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err("conversation.intent is empty (leave it out instead)".into());
+        }
+        Ok(())
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -453,8 +569,16 @@ impl Scenario {
         if self.title.trim().is_empty() {
             return bad("title is empty".into());
         }
-        if self.turns.is_empty() {
-            return bad("the thread is empty: add at least one [[turns]]".into());
+        // A conversation may start from nothing: its user (or assistant) opens it.
+        if self.turns.is_empty() && self.conversation.is_none() {
+            return bad(
+                "the thread is empty: add at least one [[turns]] (or a [conversation] table, \
+                 for a conversation that starts from nothing)"
+                    .into(),
+            );
+        }
+        if let Some(c) = &self.conversation {
+            c.validate().or_else(bad)?;
         }
         for (i, t) in self.turns.iter().enumerate() {
             if t.author.trim().is_empty() {

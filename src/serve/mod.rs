@@ -58,16 +58,187 @@ pub const MAX_N: usize = 16;
 
 /// Serve `model` on `host:port` (port 0: any free port) until Ctrl-C or SIGTERM. Prints
 /// `listening on http://HOST:PORT` on stdout once bound.
+/// `serve --as-user`: the server is the simulated user of a scenario. A chat request carries the
+/// conversation from the assistant's side (`system` = the agent's prompt, which the user never
+/// sees; `assistant` = the agent's turns; `user` = the simulated user's earlier turns); the reply
+/// is the user's next turn, written by [`crate::converse::user_turn`] under the prompt set, mode
+/// and the scenario's persona and intent, with the end marker appended when the user ends the
+/// conversation. The request's `seed` is the conversation's seed (each turn draws its own from
+/// it, as `humanlm converse` does), so the same conversation and seed give the same turn.
+pub struct AsUser {
+    /// Persona, intent and end markers; its thread is replaced by the request's conversation.
+    scenario: crate::scenario::Scenario,
+    set: crate::prompts::PromptSet,
+    mode: crate::sim::Mode,
+    /// The user's sampling; a request's temperature, top_p and max_tokens override it.
+    sampling: crate::sim::SamplingChoice,
+}
+
+impl AsUser {
+    /// The simulated user of `scenario` (whose thread the requests' conversations replace).
+    pub fn new(
+        mut scenario: crate::scenario::Scenario,
+        set: crate::prompts::PromptSet,
+        mode: crate::sim::Mode,
+        sampling: crate::sim::SamplingChoice,
+    ) -> AsUser {
+        scenario.turns.clear();
+        AsUser {
+            scenario,
+            set,
+            mode,
+            sampling,
+        }
+    }
+
+    /// The request's conversation as turns, from the simulated user's side.
+    fn turns(&self, messages: &[Message]) -> Result<Vec<crate::converse::Turn>, ApiError> {
+        use crate::scenario::Speaker;
+        let mut turns = vec![];
+        for (i, m) in messages.iter().enumerate() {
+            let speaker = match m.role.as_str() {
+                "system" | "developer" => continue,
+                "user" => Speaker::User,
+                "assistant" => Speaker::Assistant,
+                other => {
+                    return Err(ApiError::bad(format!(
+                        "messages[{i}]: role `{other}` is not supported by a simulated user (system, user, assistant)"
+                    )))
+                }
+            };
+            turns.push(crate::converse::Turn::said(speaker, &m.content));
+        }
+        Ok(turns)
+    }
+
+    /// The job for a request: its turns, sampling and seed, checked to fit the context.
+    fn job(&self, messages: &[Message], p: &GenParams, model: &Model) -> Result<Work, ApiError> {
+        if p.n.unwrap_or(1) != 1 {
+            return Err(ApiError::bad(
+                "n must be 1: a simulated user writes one next turn",
+            ));
+        }
+        if p.stop.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::bad(
+                "stop is not supported by a simulated user: its turn ends where the prompt set's reply ends",
+            ));
+        }
+        let turns = self.turns(messages)?;
+        let mut sampling = crate::sim::SamplingChoice {
+            n: 1,
+            ..self.sampling.clone()
+        };
+        if let Some(t) = p.temperature {
+            sampling.temperature = Some(t);
+        }
+        if let Some(t) = p.top_p {
+            sampling.top_p = t;
+        }
+        if let Some(m) = p.max_new_tokens() {
+            if m == 0 {
+                return Err(ApiError::bad("max_tokens must be at least 1"));
+            }
+            sampling.max_tokens = Some(m);
+        }
+        // The prompts are rendered here (cheap) so a conversation past the context is a 400
+        // before it queues, as for a plain request.
+        let view = crate::converse::user_view(&self.scenario, &turns);
+        let opts = crate::sim::Options::new(self.mode, sampling.params(&self.set));
+        match crate::sim::plan(&self.set, &view, &opts, model) {
+            Ok(_) => {}
+            Err(e @ crate::sim::Error::TooLong { .. }) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    e.to_string(),
+                    "invalid_request_error",
+                    Some("context_length_exceeded"),
+                ))
+            }
+            Err(e) => return Err(ApiError::bad(e.to_string())),
+        }
+        let seed = crate::converse::turn_seed(p.seed.unwrap_or(sampling.seed), turns.len());
+        Ok(Work::UserTurn {
+            turns,
+            sampling,
+            seed,
+        })
+    }
+
+    /// Write the turn (on the worker).
+    fn run(
+        &self,
+        model: &Model,
+        turns: &[crate::converse::Turn],
+        sampling: &crate::sim::SamplingChoice,
+        seed: u64,
+        cancel: &AtomicBool,
+    ) -> std::result::Result<Generation, String> {
+        use crate::converse::TurnFault;
+        let side = crate::converse::UserSide {
+            engine: crate::sim::Engine::Local(model),
+            set: &self.set,
+            mode: self.mode,
+            sampling: sampling.clone(),
+        };
+        let turn = crate::converse::user_turn(
+            &side,
+            &self.scenario,
+            turns,
+            seed,
+            Some(cancel),
+            &mut |_| {},
+        );
+        let (text, tokens, reason, prompt, cached) = match turn {
+            Ok(t) => (
+                match &t.marker {
+                    Some(m) if t.text.is_empty() => m.clone(),
+                    Some(m) => format!("{} {m}", t.text),
+                    None => t.text,
+                },
+                t.tokens,
+                match t.stop_reason {
+                    Some(StopReason::Length) => StopReason::Length,
+                    _ => StopReason::Stop,
+                },
+                t.prompt_tokens,
+                t.cached_tokens,
+            ),
+            Err(TurnFault::Cancelled) => (String::new(), 0, StopReason::Cancelled, 0, 0),
+            Err(TurnFault::Context(e)) | Err(TurnFault::Error(e)) => return Err(e),
+        };
+        Ok(Generation {
+            samples: vec![generate::Sample {
+                text,
+                token_ids: vec![],
+                tokens,
+                stop_reason: reason,
+                stop_string: None,
+                eos_token: None,
+            }],
+            prompt_tokens: prompt,
+            cached_prompt_tokens: cached,
+            ttft_ms: 0.0,
+            tokens_per_s: 0.0,
+            prefill_tokens_per_s: 0.0,
+        })
+    }
+}
+
 pub fn run(model: Model, host: &str, port: u16) -> Result<()> {
+    run_as(model, None, host, port)
+}
+
+/// [`run`], as the simulated user `as_user` when given.
+pub fn run_as(model: Model, as_user: Option<AsUser>, host: &str, port: u16) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("serve-io")
         .enable_all()
         .build()?;
-    rt.block_on(serve(model, host, port))
+    rt.block_on(serve(model, as_user.map(Arc::new), host, port))
 }
 
-async fn serve(model: Model, host: &str, port: u16) -> Result<()> {
+async fn serve(model: Model, as_user: Option<Arc<AsUser>>, host: &str, port: u16) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .map_err(|source| Error::Listen {
@@ -90,13 +261,14 @@ async fn serve(model: Model, host: &str, port: u16) -> Result<()> {
         shutdown: Arc::new(AtomicBool::new(false)),
         current: Arc::new(Mutex::new(None)),
         counter: AtomicU64::new(0),
+        as_user: as_user.clone(),
     });
     let worker = {
         let shutdown = state.shutdown.clone();
         let current = state.current.clone();
         std::thread::Builder::new()
             .name("serve-generate".into())
-            .spawn(move || worker(&model, jobs_rx, &shutdown, &current))?
+            .spawn(move || worker(&model, as_user.as_deref(), jobs_rx, &shutdown, &current))?
     };
     let app = Router::new()
         .route("/v1/models", get(list_models))
@@ -120,9 +292,16 @@ async fn serve(model: Model, host: &str, port: u16) -> Result<()> {
         out.flush()?;
     }
     eprintln!(
-        "humanlm: serving {} ({} tokens of context); one generation at a time, Ctrl-C stops",
+        "humanlm: serving {} ({} tokens of context){}; one generation at a time, Ctrl-C stops",
         state.id,
-        state.model.decoder.max_positions()
+        state.model.decoder.max_positions(),
+        match &state.as_user {
+            Some(u) => format!(
+                " as the simulated user of {} ({} set, {} mode)",
+                u.scenario.id, u.set.name, u.mode
+            ),
+            None => String::new(),
+        }
     );
     let stopping = state.clone();
     axum::serve(listener, app)
@@ -187,6 +366,8 @@ struct Server {
     /// The cancel flag of the generation running now.
     current: Arc<Mutex<Option<Arc<AtomicBool>>>>,
     counter: AtomicU64,
+    /// Set for `serve --as-user`: chat requests get the simulated user's next turn.
+    as_user: Option<Arc<AsUser>>,
 }
 
 type Shared = State<Arc<Server>>;
@@ -227,8 +408,7 @@ impl Server {
     /// Queue a generation; its events arrive on the returned receiver, ending with `Done`.
     fn submit(
         &self,
-        prompt: Vec<u32>,
-        params: SamplingParams,
+        work: Work,
     ) -> Result<(mpsc::UnboundedReceiver<WorkEvent>, CancelOnDrop), ApiError> {
         if self.shutdown.load(Ordering::SeqCst) {
             return Err(shutting_down());
@@ -236,8 +416,7 @@ impl Server {
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
-            prompt,
-            params,
+            work,
             events: tx,
             cancel: cancel.clone(),
         };
@@ -287,10 +466,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What the worker is asked to do.
+enum Work {
+    /// A plain generation from a prompt.
+    Generate {
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    },
+    /// The simulated user's next turn (`--as-user`).
+    UserTurn {
+        turns: Vec<crate::converse::Turn>,
+        sampling: crate::sim::SamplingChoice,
+        seed: u64,
+    },
+}
+
 /// A generation for the worker.
 struct Job {
-    prompt: Vec<u32>,
-    params: SamplingParams,
+    work: Work,
     events: mpsc::UnboundedSender<WorkEvent>,
     cancel: Arc<AtomicBool>,
 }
@@ -314,6 +507,7 @@ impl Drop for CancelOnDrop {
 /// The one thread that generates: jobs run in arrival order, each with all cores.
 fn worker(
     model: &Model,
+    as_user: Option<&AsUser>,
     jobs: std::sync::mpsc::Receiver<Job>,
     shutdown: &AtomicBool,
     current: &Mutex<Option<Arc<AtomicBool>>>,
@@ -332,20 +526,45 @@ fn worker(
         let t0 = Instant::now();
         let cancel = &job.cancel;
         let events = &job.events;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            generate::generate(model, &job.prompt, &job.params, Some(cancel), &mut |ev| {
-                let msg = match ev {
-                    GenEvent::Prefill { .. } => return,
-                    GenEvent::Text { sample, delta } => WorkEvent::Text {
+        let send = |msg: WorkEvent| {
+            if events.send(msg).is_err() {
+                cancel.store(true, Ordering::SeqCst);
+            }
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &job.work {
+            Work::Generate { prompt, params } => {
+                generate::generate(model, prompt, params, Some(cancel), &mut |ev| match ev {
+                    GenEvent::Prefill { .. } => {}
+                    GenEvent::Text { sample, delta } => send(WorkEvent::Text {
                         sample,
                         delta: delta.to_string(),
-                    },
-                    GenEvent::Finished { sample, reason } => WorkEvent::Finished { sample, reason },
-                };
-                if events.send(msg).is_err() {
-                    cancel.store(true, Ordering::SeqCst);
-                }
-            })
+                    }),
+                    GenEvent::Finished { sample, reason } => {
+                        send(WorkEvent::Finished { sample, reason })
+                    }
+                })
+                .map_err(|e| e.to_string())
+            }
+            // The turn streams whole once written: its calls' raw text (states, thinking,
+            // tags) is not the turn.
+            Work::UserTurn {
+                turns,
+                sampling,
+                seed,
+            } => match as_user {
+                Some(u) => u.run(model, turns, sampling, *seed, cancel).inspect(|g| {
+                    let s = &g.samples[0];
+                    send(WorkEvent::Text {
+                        sample: 0,
+                        delta: s.text.clone(),
+                    });
+                    send(WorkEvent::Finished {
+                        sample: 0,
+                        reason: s.stop_reason.clone(),
+                    });
+                }),
+                None => Err("not serving as a simulated user".to_string()),
+            },
         }));
         *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let result = match result {
@@ -364,7 +583,7 @@ fn worker(
                 );
                 Ok(g)
             }
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err("generation panicked".to_string()),
         };
         let _ = job.events.send(WorkEvent::Done(result));
@@ -530,6 +749,10 @@ trait Endpoint: serde::de::DeserializeOwned + Send + Sync + 'static {
     fn common(&self) -> Common<'_>;
     /// The prompt's tokens, as a 400 when the request cannot make one.
     fn prompt(&self, model: &Model) -> Result<Vec<u32>, ApiError>;
+    /// The conversation, for requests that carry one (chat).
+    fn messages(&self) -> Option<&[Message]> {
+        None
+    }
 }
 
 /// The fields chat and text completion requests share.
@@ -553,6 +776,10 @@ impl Endpoint for ChatRequest {
             stream: self.stream,
             stream_options: self.stream_options.as_ref(),
         }
+    }
+
+    fn messages(&self) -> Option<&[Message]> {
+        Some(&self.messages)
     }
 
     /// The messages through the checkpoint's chat template.
@@ -629,10 +856,29 @@ async fn complete_inner<E: Endpoint>(s: Arc<Server>, body: &[u8]) -> Result<Resp
     let c = req.common();
     s.check_model(c.model)?;
     check_extra(c.extra)?;
-    let ids = req.prompt(&s.model)?;
-    let params = sampling(c.params, ids.len(), s.model.decoder.max_positions())?;
-    let n = params.n;
-    let (rx, guard) = s.submit(ids, params)?;
+    let (work, n) = match &s.as_user {
+        Some(u) => {
+            let messages = req.messages().ok_or_else(|| {
+                ApiError::bad(
+                    "this server is a simulated user (serve --as-user): send the conversation to /v1/chat/completions",
+                )
+            })?;
+            (u.job(messages, c.params, &s.model)?, 1)
+        }
+        None => {
+            let ids = req.prompt(&s.model)?;
+            let params = sampling(c.params, ids.len(), s.model.decoder.max_positions())?;
+            let n = params.n;
+            (
+                Work::Generate {
+                    prompt: ids,
+                    params,
+                },
+                n,
+            )
+        }
+    };
+    let (rx, guard) = s.submit(work)?;
     let id = s.request_id(E::ID_PREFIX);
     let created = now();
     if c.stream {

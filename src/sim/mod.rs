@@ -457,7 +457,7 @@ fn plan_calls(
     opts: &Options,
     engine: Engine,
 ) -> Result<Vec<Call>> {
-    let persona = set.persona(scenario.persona.as_ref())?;
+    let persona = persona_with_intent(set, scenario)?;
     let response = set.response();
     let turns = thread_turns(scenario);
     let who = crate::prompts::SystemContext {
@@ -549,6 +549,26 @@ fn plan_calls(
         )?,
     }
     Ok(calls)
+}
+
+/// The persona block, followed in a conversation by what HUMAN wants from it (the table's
+/// `intent`): the intent is part of who the simulated user is in this conversation, so it sits
+/// where every prompt set shows the persona.
+fn persona_with_intent(set: &PromptSet, scenario: &Scenario) -> Result<String> {
+    let persona = set.persona(scenario.persona.as_ref())?;
+    Ok(
+        match scenario
+            .conversation
+            .as_ref()
+            .and_then(|c| c.intent.as_deref())
+        {
+            Some(intent) => format!(
+                "{persona}\n\nWhat {HUMAN} wants from this conversation:\n{}",
+                intent.trim()
+            ),
+            None => persona,
+        },
+    )
 }
 
 /// The HumanLM thread as messages: the system prompt, turns written by people as named user
