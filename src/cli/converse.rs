@@ -310,6 +310,10 @@ pub(super) fn converse_cmd(root: &Path, a: ConverseArgs) -> anyhow::Result<()> {
                 path.display()
             );
         };
+        // A saved file must load: a turn the model left empty cannot be a thread turn.
+        saved.validate(path).map_err(|e| {
+            anyhow::anyhow!("{e} (not written: the conversation cannot be a scenario as it is)")
+        })?;
         let text = toml::to_string(&saved)?;
         crate::files::write(path, text)?;
         if stream {

@@ -14,6 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod common;
 
 mod bad_input;
+mod converse;
 mod embedding;
 mod endpoint;
 mod eval;

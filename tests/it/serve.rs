@@ -17,16 +17,22 @@ use std::time::{Duration, Instant};
 const MODEL: &str = "smollm2-135m-instruct";
 
 /// A running `humanlm serve`; killed when dropped (so a failing test leaves no server behind).
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(&["--checkpoint", MODEL])
+    }
+
+    /// `humanlm serve --port 0` with `args`.
+    pub(crate) fn start_with(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_humanlm"))
-            .args(["serve", "--port", "0", "--checkpoint", MODEL])
+            .args(["serve", "--port", "0"])
+            .args(args)
             .env("HUMANLM_CHECKPOINTS", common::checkpoints())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -74,7 +80,7 @@ impl Server {
         }
     }
 
-    fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
 
@@ -85,7 +91,7 @@ impl Server {
         Endpoint::new(cfg).unwrap()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 }
@@ -98,7 +104,7 @@ impl Drop for Server {
 }
 
 /// The venv's python: `HUMANLM_TEST_PYTHON`, else `.venv-test/bin/python`.
-fn test_python() -> std::path::PathBuf {
+pub(crate) fn test_python() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("HUMANLM_TEST_PYTHON") {
         return p.into();
     }
@@ -347,7 +353,7 @@ fn serve_with_openai_client_and_ours() {
 }
 
 /// POST `body` with std only (no client logic in between); returns status and body.
-fn raw_post(port: u16, path: &str, body: &str) -> (u16, String) {
+pub(crate) fn raw_post(port: u16, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
@@ -368,15 +374,15 @@ fn raw_post(port: u16, path: &str, body: &str) -> (u16, String) {
 
 /// A loopback HTTP server answering every request with `reply(hit number, request text)`,
 /// optionally after a pause. Counts the requests it got.
-struct Fake {
-    url: String,
-    hits: Arc<AtomicUsize>,
+pub(crate) struct Fake {
+    pub(crate) url: String,
+    pub(crate) hits: Arc<AtomicUsize>,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
-type Reply = (Duration, String);
+pub(crate) type Reply = (Duration, String);
 
-fn fake(reply: impl Fn(usize, &str) -> Reply + Send + Sync + 'static) -> Fake {
+pub(crate) fn fake(reply: impl Fn(usize, &str) -> Reply + Send + Sync + 'static) -> Fake {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let hits = Arc::new(AtomicUsize::new(0));
@@ -432,7 +438,7 @@ fn read_request(conn: &mut TcpStream) -> Option<String> {
     Some(head + &String::from_utf8_lossy(&body))
 }
 
-fn http(status: &str, content_type: &str, body: &str, extra_headers: &str) -> String {
+pub(crate) fn http(status: &str, content_type: &str, body: &str, extra_headers: &str) -> String {
     format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
         body.len()
