@@ -97,15 +97,17 @@ fn calls_are_identical_with_the_cache_on_and_off() {
     // The shortest shipped scenario: its prompts (about 300 and 400 tokens) are mostly the
     // sets' own text, which every call repeats.
     let scenario = "chat-monstera-05";
+    // Four calls of each set (all seven of both took 50 of the 60 s budget on a slower
+    // machine; the ignored test below runs every call of every scenario).
     let prompts: Vec<Vec<u32>> = ["instruct", "humanlm"]
         .iter()
-        .flat_map(|set| calls(model, set, scenario))
+        .flat_map(|set| calls(model, set, scenario).into_iter().take(4))
         .collect();
-    assert_eq!(prompts.len(), 14);
+    assert_eq!(prompts.len(), 8);
     model.prefix_cache.set_bound_mb(0);
     let reference: Vec<Bits> = prompts.iter().map(|ids| prefilled(model, ids).0).collect();
     // n = 2 samples batched after the prefill: two calls' worth of tokens, the last of each set.
-    let sampled = [6, 13];
+    let sampled = [3, 7];
     let ref_tokens: Vec<_> = sampled
         .iter()
         .map(|&i| tokens(model, &prompts[i]).0)
@@ -113,8 +115,8 @@ fn calls_are_identical_with_the_cache_on_and_off() {
 
     model.prefix_cache.set_bound_mb(512);
     // Interleaved (instruct 0, humanlm 0, instruct 1, …), then reversed.
-    let mut order: Vec<usize> = (0..7).flat_map(|i| [i, i + 7]).collect();
-    order.extend((0..14).rev());
+    let mut order: Vec<usize> = (0..4).flat_map(|i| [i, i + 4]).collect();
+    order.extend((0..8).rev());
     let mut reused = 0;
     for &i in &order {
         let (got, cached) = prefilled(model, &prompts[i]);

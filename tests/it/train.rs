@@ -676,8 +676,9 @@ fn grpo_raises_a_verifiable_reward() {
     cfg.batch = 1;
     cfg.lr = 3e-3;
     cfg.warmup = 1;
-    // Six steps: the reward has clearly risen by then (8 took 50 of the 60 s budget here).
-    const STEPS: usize = 6;
+    // Five steps: the reward has clearly risen by then (six took 59 of the 60 s budget on a
+    // slower machine, eight 50 s on a faster one).
+    const STEPS: usize = 5;
     let mut events = vec![];
     run(&cfg, &out, &roots, false, None, &mut |e| {
         if let TrainEvent::Step(s) = e {
