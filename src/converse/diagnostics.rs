@@ -142,18 +142,8 @@ mod tests {
 
     fn turn(speaker: Speaker, text: &str, generated: bool) -> Turn {
         Turn {
-            speaker,
-            text: text.into(),
             generated,
-            states: Default::default(),
-            think: None,
-            marker: None,
-            stop_reason: None,
-            seed: 0,
-            tokens: 0,
-            prompt_tokens: 0,
-            cached_tokens: 0,
-            ms: 0,
+            ..Turn::said(speaker, text)
         }
     }
 

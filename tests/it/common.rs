@@ -47,6 +47,15 @@ pub fn load(spec: &str, opts: LoadOptions) -> Model {
     ck.load(&opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Run the binary with `HUMANLM_CHECKPOINTS` set to the shipped checkpoints.
+pub fn humanlm(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_humanlm"))
+        .args(args)
+        .env("HUMANLM_CHECKPOINTS", checkpoints())
+        .output()
+        .unwrap()
+}
+
 /// Run the binary with `HUMANLM_CHECKPOINTS` set; panics with its stderr unless it succeeds, and
 /// returns its stdout parsed as JSON.
 pub fn run_json(args: &[&str], checkpoints: &std::path::Path) -> serde_json::Value {

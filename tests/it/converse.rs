@@ -4,6 +4,7 @@
 //! `serve --as-user` against `converse` through the official OpenAI client.
 
 use crate::common;
+use crate::common::humanlm;
 use crate::serve::{fake, http, raw_post, test_python, Server};
 use humanlm::converse::{
     self, assistant_messages, user_view, AssistantSampling, EndReason, Event, Setup, Transcript,
@@ -298,14 +299,6 @@ fn conversations_end_for_each_reason_on_the_default_model() {
         "{:?}",
         t.end
     );
-}
-
-fn humanlm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_humanlm"))
-        .args(args)
-        .env("HUMANLM_CHECKPOINTS", common::checkpoints())
-        .output()
-        .unwrap()
 }
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {

@@ -6,13 +6,13 @@
 //! scripts/reference/export_merge.py.
 
 use crate::common;
+use crate::common::humanlm;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use humanlm::model::weights::LoadOptions;
 use humanlm::model::{Model, Ops};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 fn adapter() -> PathBuf {
@@ -24,14 +24,6 @@ fn reference() -> Value {
         &std::fs::read_to_string(common::fixture("export/merge_reference.json")).unwrap(),
     )
     .unwrap()
-}
-
-fn humanlm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_humanlm"))
-        .args(args)
-        .env("HUMANLM_CHECKPOINTS", common::checkpoints())
-        .output()
-        .unwrap()
 }
 
 /// One export per test binary (through the CLI, as a user runs it), in a temporary folder.
