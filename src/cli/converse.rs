@@ -234,15 +234,7 @@ pub(super) fn converse_cmd(root: &Path, a: ConverseArgs) -> anyhow::Result<()> {
                     "\n\x1b[1m═══ {scenario} #{k} (seed {seed}) ═══\x1b[0m\n"
                 )),
                 Progress::Event(e) if stream => p.event(&e),
-                Progress::Finished(c) if stream => p.put(&format!(
-                    "ended: {}{}\n",
-                    c.end.reason,
-                    c.end
-                        .detail
-                        .as_ref()
-                        .map(|d| format!(" ({d})"))
-                        .unwrap_or_default()
-                )),
+                Progress::Finished(c) if stream => p.put(&format!("ended: {}\n", c.end)),
                 _ => {}
             },
         )
@@ -288,15 +280,7 @@ pub(super) fn converse_cmd(root: &Path, a: ConverseArgs) -> anyhow::Result<()> {
             },
         );
         if stream {
-            p.put(&format!(
-                "ended: {}{}\n",
-                t.end.reason,
-                t.end
-                    .detail
-                    .as_ref()
-                    .map(|d| format!(" ({d})"))
-                    .unwrap_or_default()
-            ));
+            p.put(&format!("ended: {}\n", t.end));
         }
         transcripts.push(t);
     }

@@ -83,6 +83,16 @@ pub struct End {
     pub detail: Option<String>,
 }
 
+/// The reason, then the detail in brackets when there is one.
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.detail {
+            Some(d) => write!(f, "{} ({d})", self.reason),
+            None => write!(f, "{}", self.reason),
+        }
+    }
+}
+
 /// One turn of a conversation: a thread turn it started from, or a generated one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Turn {
@@ -326,7 +336,7 @@ pub fn user_turn(
     };
     let opts = sim::Options::new(side.mode, choice.params(set));
     let started = Instant::now();
-    let (mut prompt_tokens, mut cached_tokens) = (0, 0);
+    let mut cached_tokens = 0;
     let (plan, samples) = sim::simulate_with(side.engine, set, &view, &opts, cancel, &mut |e| {
         if let SimEvent::Prefill { cached, .. } = &e {
             cached_tokens += cached;
@@ -336,7 +346,7 @@ pub fn user_turn(
     if cancelled(cancel) {
         return Err(TurnFault::Cancelled);
     }
-    prompt_tokens += plan.calls.iter().map(|c| c.prompt_tokens).sum::<usize>();
+    let prompt_tokens = plan.calls.iter().map(|c| c.prompt_tokens).sum::<usize>();
     let sample = samples.into_iter().next().unwrap_or_default();
     let reply_call = plan
         .calls
