@@ -5,8 +5,10 @@
 #   scripts/gpu/run.sh                  unpack, then run `humanlm gpu-check` on cuda at the real
 #                                       sizes (bf16; Qwen3-0.6B and 8B; prompt 512; batches 1
 #                                       and 8; 128 decoded tokens; training 4 x 512)
-#   scripts/gpu/run.sh GPU-CHECK ARGS   the same with these arguments instead of those sizes
-#                                       (e.g. --device cpu --shapes tiny-qwen3 ... for a dry run)
+#                                       then the PyTorch anchor (scripts/gpu/anchors_torch.py) and
+#                                       the workbench on cuda (eval, 20 GRPO steps), wall-timed
+#   scripts/gpu/run.sh GPU-CHECK ARGS   gpu-check alone with these arguments instead of those
+#                                       sizes (e.g. --device cpu --shapes tiny-qwen3 ... for a dry run)
 #
 # The bundle (scripts/gpu/build.sh) travels in two calls, because a call carries at most 64 MiB:
 #   call 1: carry gpu-bundle/a (first slice of the default GGUF), command `scripts/gpu/run.sh stage`
@@ -16,7 +18,8 @@
 # between the calls), the default-model parity check is skipped and the summary says so; every
 # other check still runs.
 #
-# Writes $OUT/gpu-check.json (rewritten after every stage, so a run cut short keeps what it
+# Writes $OUT/gpu-check.json, $OUT/anchors-torch.json, $OUT/workbench.jsonl (with each pass's
+# output beside it), (rewritten after every stage, so a run cut short keeps what it
 # measured), $OUT/gpu-check.log (progress and errors) and $OUT/nvidia-smi.txt; without $OUT,
 # the same files go to ./gpu-check-out/.
 set -uo pipefail
@@ -70,7 +73,7 @@ SIZES=(--device cuda --dtype bf16 --shapes qwen3-0.6b,qwen3-8b --prompt 512 --ba
        --decode 128 --train-batch 4x512)
 [ $# -gt 0 ] && SIZES=("$@")
 set -x
-"$STAGE/humanlm" gpu-check "${SIZES[@]}" "${MODEL[@]}" --out "$DEST/gpu-check.json" \
+timeout "${CHECK_TIMEOUT:-240}" "$STAGE/humanlm" gpu-check "${SIZES[@]}" "${MODEL[@]}" --out "$DEST/gpu-check.json" \
   --meta "nvidia_smi=$SMI" --meta "host_cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
   --meta "bundle=$NOTE" --meta "runner=scripts/gpu/run.sh $*" \
   > /dev/null 2> >(tee "$DEST/gpu-check.log" >&2)
@@ -94,4 +97,27 @@ for x in d.get("targets", []):
     print("target", x["shape"], x["metric"], ">=", x["target_tok_per_s"], "measured", x["measured_tok_per_s"], "met", x["met"])
 PY
 echo "run.sh: gpu-check exited with $rc; summary in $DEST/gpu-check.json"
+# A dry run with explicit sizes stops here; the real run goes on to the anchors and a pass of
+# the workbench itself.
+[ $# -gt 0 ] && exit $rc
+
+# 3. The PyTorch anchor on the same card and shapes (transformers eager + PEFT, installed there).
+timeout "${ANCHOR_TIMEOUT:-150}" env PYTHONUNBUFFERED=1 python3 scripts/gpu/anchors_torch.py \
+  --out "$DEST/anchors-torch.json" 2> >(tee "$DEST/anchors-torch.log" >&2)
+echo "run.sh: PyTorch anchor exited with $?"
+
+# 4. The workbench on the GPU: an eval over the shipped scenarios (one reply each, ROUGE-L, which
+#    needs no embedding model on this machine) and 20 GRPO steps, each timed by the wall clock;
+#    the same commands on the CPU are timed by scripts/gpu/workbench-cpu.sh.
+if [ -f "$STAGE/model.gguf" ]; then
+  wall() { local name=$1 lim=$2; shift 2; local t0; t0=$(date +%s.%N)
+    timeout "$lim" "$@" > "$DEST/$name.out" 2> "$DEST/$name.log"; local r=$?
+    echo "{\"name\": \"$name\", \"rc\": $r, \"seconds\": $(python3 -c "print(round($(date +%s.%N) - $t0, 2))")}" >> "$DEST/workbench.jsonl"
+    echo "run.sh: $name exited with $r"; }
+  wall eval-cuda 70 "$STAGE/humanlm" eval --checkpoint "$STAGE/model.gguf" --scenarios scenarios \
+    --mode response --judge prompts/judges/rouge-l.toml --device cuda --out "$DEST/eval-cuda" --json
+  wall grpo-cuda 80 "$STAGE/humanlm" train grpo --checkpoint "$STAGE/model.gguf" --scenarios scenarios \
+    --out "$DEST/grpo-cuda" --steps 20 --reward contains:human:32 --max-new-tokens 32 --device cuda
+  rm -f "$DEST"/grpo-cuda/*.safetensors "$DEST"/grpo-cuda/checkpoint-*/*.safetensors
+fi
 exit $rc

@@ -56,6 +56,9 @@ pub(super) struct GpuCheckArgs {
     /// Also write the JSON summary here (rewritten after every stage).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Skip the anchor: stock candle-transformers' qwen3 on the same random weights.
+    #[arg(long)]
+    no_stock: bool,
     /// KEY=VALUE recorded under "meta" (card and driver from nvidia-smi, the command line...).
     #[arg(long)]
     meta: Vec<String>,
@@ -90,6 +93,7 @@ impl From<GpuCheckArgs> for crate::gpu::GpuCheckArgs {
             tolerance: a.tolerance,
             seed: a.seed,
             out: a.out,
+            stock: !a.no_stock,
             meta: a.meta,
         }
     }

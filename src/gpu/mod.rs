@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod random;
+mod stock;
 pub mod train;
 
 pub use check::{run, GpuCheckArgs};

@@ -138,15 +138,15 @@ pub enum Fill {
     OnDevice,
 }
 
-/// A store of random weights for `cfg`: norms are 1 (as transformers initialises them), every
-/// other tensor normal(0, [`WEIGHT_STD`]) (uniform with that deviation for `Fill::Seeded`).
-pub fn random_store(
+/// Random weights for `cfg` under their Hugging Face names: norms are 1 (as transformers
+/// initialises them), every other tensor normal(0, [`WEIGHT_STD`]) (uniform with that deviation
+/// for `Fill::Seeded`).
+pub fn random_tensors(
     cfg: &ModelConfig,
-    label: &str,
     fill: Fill,
     device: &Device,
     dtype: DType,
-) -> Result<Store> {
+) -> Result<HashMap<String, Tensor>> {
     let mut tensors = HashMap::new();
     let mut rng = match fill {
         Fill::Seeded(seed) => Some(rand::rngs::StdRng::seed_from_u64(seed)),
@@ -171,6 +171,18 @@ pub fn random_store(
         };
         tensors.insert(name, t);
     }
+    Ok(tensors)
+}
+
+/// A store of [`random_tensors`].
+pub fn random_store(
+    cfg: &ModelConfig,
+    label: &str,
+    fill: Fill,
+    device: &Device,
+    dtype: DType,
+) -> Result<Store> {
+    let tensors = random_tensors(cfg, fill, device, dtype)?;
     Ok(Store::from_tensors(format!("<random {label}>"), tensors))
 }
 

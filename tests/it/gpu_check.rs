@@ -100,6 +100,17 @@ fn cpu_path_reports_parity_and_speed_at_tiny_shapes() {
             assert!(tps.is_finite() && tps > 0.0, "{kind}: {r}");
         }
     }
+    // The anchor: stock candle-transformers on the same weights is the same model (bf16 here:
+    // the two differ only in rounding) and is measured at every batch size too.
+    let stock = &t["stock_candle"];
+    assert!(stock.get("error").is_none(), "{stock}");
+    let agree = &stock["agreement_with_ours"];
+    assert!(num(&agree["rel_diff"], "agreement") < 0.08, "{agree}");
+    for kind in ["prefill", "decode"] {
+        let rows = stock[kind].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "stock {kind}: {stock}");
+        assert!(rows.iter().all(|r| num(&r["tok_per_s"], kind) > 0.0));
+    }
     let train = &t["train"];
     assert!(train.get("error").is_none(), "{train}");
     let tps = num(&train["tok_per_s"], "train");
