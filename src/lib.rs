@@ -3,6 +3,7 @@
 //! Data flows one way: checkpoint → `model` → `generate` → (simulation, judging, evaluation,
 //! training); the CLI sits on top and only calls down.
 
+pub mod alloc;
 pub mod cli;
 pub mod converse;
 pub mod eval;

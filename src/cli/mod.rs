@@ -119,6 +119,7 @@ struct RuntimeArgs {
 
 /// Entry point: runs the CLI and returns the process exit code (2 on any error).
 pub fn main() -> i32 {
+    crate::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => 0,

@@ -314,8 +314,9 @@ fn train(root: &std::path::Path, method: crate::train::Method, a: TrainArgs) -> 
     );
     bar.finish_and_clear();
     let out = out?;
+    let what = if cfg.full { "checkpoint" } else { "adapter" };
     println!(
-        "adapter written to {} (use it as --checkpoint {})",
+        "{what} written to {} (use it as --checkpoint {})",
         out.display(),
         out.display()
     );

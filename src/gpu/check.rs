@@ -182,7 +182,10 @@ fn progress(msg: &str) {
 }
 
 /// Time `f` on `dev`, waiting for queued GPU work before and after.
-pub(super) fn timed<T>(dev: &Device, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
+pub(super) fn timed<T>(
+    dev: &Device,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, f64)> {
     dev.synchronize()?;
     let t = Instant::now();
     let out = f()?;

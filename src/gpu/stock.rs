@@ -79,7 +79,10 @@ fn agreement(
         .to_dtype(DType::F32)?
         .flatten_all()?;
     model.clear_kv_cache();
-    let theirs = model.forward(&input, 0)?.to_dtype(DType::F32)?.flatten_all()?;
+    let theirs = model
+        .forward(&input, 0)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?;
     model.clear_kv_cache();
     let diff: f32 = (&mine - &theirs)?.abs()?.max_all()?.to_scalar()?;
     let scale: f32 = mine.abs()?.max_all()?.to_scalar()?;
@@ -110,8 +113,15 @@ pub fn measure_stock(
         let mut dec_s = None;
         for r in 0..a.repeats.max(1) {
             let steps = if r == 0 { a.decode } else { 0 };
-            let (p, d) =
-                stock_prefill_and_decode(&mut model, cfg, dev, b, a.prompt, steps, a.seed + r as u64)?;
+            let (p, d) = stock_prefill_and_decode(
+                &mut model,
+                cfg,
+                dev,
+                b,
+                a.prompt,
+                steps,
+                a.seed + r as u64,
+            )?;
             pre.push(p);
             dec_s.get_or_insert(d);
         }

@@ -90,6 +90,9 @@ pub fn run(
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<PathBuf> {
     cfg.check()?;
+    // Steps re-allocate the same large buffers: keep freed memory for them (also when the
+    // trainer runs inside another program: the TUI's worker, the tests).
+    crate::alloc::keep_freed_memory();
     let (mut trainer, set) = Trainer::open(cfg, out, roots, resume, cancel)?;
     let set = Arc::new(set);
     trainer.val = super::val::Validator::new(&trainer, set.clone(), roots)?;
@@ -372,7 +375,9 @@ impl<'c> Trainer<'c> {
             let tmp = crate::files::temp_dir_beside(&final_dir)?;
             let dir = tmp.path();
             self.params.save(dir, &self.model.decoder, &self.base)?;
-            candle_core::safetensors::save(&self.opt.state(), dir.join("optimizer.safetensors"))?;
+            let opt = dir.join("optimizer.safetensors");
+            self.opt
+                .with_state(|s| candle_core::safetensors::save(s, &opt))?;
             let state = TrainerState {
                 step,
                 optimizer_t: self.opt.t,

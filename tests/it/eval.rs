@@ -705,9 +705,11 @@ fn eval_cli(prompts: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// The paper's protocol end to end on the default model: the reply alone under the imported
-/// `r` set, decoded as the recipe's evaluation (n 1, temperature 0.4, 1,024 new tokens, no
-/// n-gram ban as its code), judged by a loopback judge at temperature 0 answering in the
+/// The paper's protocol end to end on the default model, in its base-model form (`paper-base`:
+/// 512 new tokens; the trained form's 1,024 differ only in that number, which protocol.rs's
+/// tests check, and decoding them took most of the time budget): the reply alone under the
+/// imported `r` set, decoded as the recipe's evaluation (n 1, temperature 0.4, no n-gram ban as
+/// its code), judged by a loopback judge at temperature 0 answering in the
 /// recipe's JSON, with the state judge scoring the reply on every state. Checked: the judge
 /// request is the imported set's recipe text, the per-domain scores and their macro average,
 /// the published column, run.json's record of the preset, and `--rejudge` re-scoring without
@@ -790,7 +792,7 @@ fn the_paper_protocol_runs_end_to_end_with_per_domain_results() {
         "--scenarios",
         &scenarios,
         "--protocol",
-        "paper",
+        "paper-base",
         "--prompts",
         "paper-r",
         "--judge",
@@ -798,7 +800,7 @@ fn the_paper_protocol_runs_end_to_end_with_per_domain_results() {
         "--state-judge",
         &state_s,
         "--paper",
-        "humanlm",
+        "qwen3-8b",
         "--out",
         &out_dir,
     ];
@@ -819,7 +821,7 @@ fn the_paper_protocol_runs_end_to_end_with_per_domain_results() {
     close(&c["macro_average"]["response"]["mean"], 60.0);
     close(&c["macro_average"]["aspect.stance"]["mean"], 50.0);
     assert!(c["by_domain"]["embedding"]["politics"]["mean"].is_number());
-    close(&c["paper"]["response"]["opinion"], 25.6);
+    close(&c["paper"]["response"]["opinion"], 18.7);
     assert_eq!(c["diagnostics"]["judge_failures"], 0);
 
     // The judge saw the imported set's recipe request for the reply that was generated, at
@@ -861,16 +863,16 @@ fn the_paper_protocol_runs_end_to_end_with_per_domain_results() {
     // run.json records the preset as the recipe's code runs it.
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
-    assert_eq!(info["protocol"]["name"], "paper");
+    assert_eq!(info["protocol"]["name"], "paper-base");
     assert_eq!(info["protocol"]["no_repeat_ngram"], 0);
     assert_eq!(info["protocol"]["stop"], "</response>");
     assert_eq!(info["protocol"]["thinking"], true);
     let used = &info["checkpoints"][0]["sampling_used"];
-    assert_eq!(used["max_new_tokens"], 1024);
+    assert_eq!(used["max_new_tokens"], 512);
     assert_eq!(used["no_repeat_ngram"], 0);
     assert_eq!(used["n"], 1);
     assert!((used["temperature"].as_f64().unwrap() - 0.4).abs() < 1e-6);
-    assert_eq!(info["checkpoints"][0]["paper"], "humanlm");
+    assert_eq!(info["checkpoints"][0]["paper"], "qwen3-8b");
     let calls: Vec<&String> = records[0].sim.outputs.keys().collect();
     assert_eq!(calls, ["response"], "the reply alone is generated");
 
@@ -922,7 +924,7 @@ fn the_paper_protocol_runs_end_to_end_with_per_domain_results() {
         .nth(1)
         .unwrap();
     let cells: Vec<&str> = paper_row.split_whitespace().collect();
-    assert_eq!(&cells[cells.len() - 3..], ["25.6", "—", "13.2"], "{report}");
+    assert_eq!(&cells[cells.len() - 3..], ["18.7", "—", "9.5"], "{report}");
 }
 
 /// What contradicts the preset is refused before any model loads, with the fix in the message.
