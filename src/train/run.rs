@@ -189,10 +189,15 @@ impl<'c> Trainer<'c> {
             }
             params.load(&dir, &model.decoder)?;
             model.decoder.weights_changed();
-            let moments =
-                candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
-            opt.restore(&moments, state.optimizer_t)
-                .map_err(|e| Error::file(dir, e.to_string()))?;
+            // A finished run's last checkpoint has no optimizer state (nothing follows it).
+            if step < cfg.steps {
+                let moments = candle_core::safetensors::load(
+                    dir.join("optimizer.safetensors"),
+                    &Device::Cpu,
+                )?;
+                opt.restore(&moments, state.optimizer_t)
+                    .map_err(|e| Error::file(dir, e.to_string()))?;
+            }
             start = step;
         } else if latest_checkpoint(out)?.is_some() {
             return Err(Error::file(
@@ -375,9 +380,14 @@ impl<'c> Trainer<'c> {
             let tmp = crate::files::temp_dir_beside(&final_dir)?;
             let dir = tmp.path();
             self.params.save(dir, &self.model.decoder, &self.base)?;
-            let opt = dir.join("optimizer.safetensors");
-            self.opt
-                .with_state(|s| candle_core::safetensors::save(s, &opt))?;
+            // The optimizer's moments only matter to a run that goes on: the last step's
+            // checkpoint goes without them (twice the model's size in f32, 1 GB for a full run
+            // of the default model).
+            if step < self.cfg.steps {
+                let opt = dir.join("optimizer.safetensors");
+                self.opt
+                    .with_state(|s| candle_core::safetensors::save(s, &opt))?;
+            }
             let state = TrainerState {
                 step,
                 optimizer_t: self.opt.t,

@@ -486,6 +486,10 @@ fn full_grpo_measures_kl_against_a_frozen_copy() {
     let (_prompts, roots) = short_prompts();
     // Eight-token rollouts: what is tested is the reference copy, not what the policy learns.
     let mut cfg = says_human_config(data.path(), 8);
+    // Two rollouts a prompt: enough for an advantage, half the passes of four.
+    if let Method::Grpo(p) = &mut cfg.method {
+        p.n = 2;
+    }
     cfg.prompts = Some("short".into());
     cfg.full = true;
     cfg.steps = 2;
