@@ -462,10 +462,7 @@ pub fn assistant_turn(
                         endpoint.config().base_url
                     )));
                 };
-                let reason = match choice.finish_reason.as_deref() {
-                    Some("length") => StopReason::Length,
-                    _ => StopReason::Stop,
-                };
+                let reason = crate::remote::wire::stop_reason(choice.finish_reason.as_deref());
                 let usage = r.usage.unwrap_or_default();
                 (
                     choice.message.content,

@@ -7,8 +7,28 @@
 //! server can refuse what it does not support instead of silently ignoring it. Replies from other
 //! servers carry fields we do not use; those are ignored.
 
+use crate::generate::StopReason;
 use crate::model::chat::Message;
 use serde::{Deserialize, Deserializer, Serialize};
+
+/// A sample's end as OpenAI's `finish_reason`, which knows `stop` and `length`: end of sequence
+/// and stop strings are `stop`; the token limit, the context's end and a cancellation (client
+/// gone, server stopping) are `length`.
+pub fn finish_reason(r: &StopReason) -> &'static str {
+    match r {
+        StopReason::Eos | StopReason::Stop => "stop",
+        StopReason::Length | StopReason::Context | StopReason::Cancelled => "length",
+    }
+}
+
+/// A reply's `finish_reason` as a sample's end: `length` is the token limit, anything else
+/// (`stop`, a server's own words, none) a stop.
+pub fn stop_reason(finish_reason: Option<&str>) -> StopReason {
+    match finish_reason {
+        Some("length") => StopReason::Length,
+        _ => StopReason::Stop,
+    }
+}
 
 /// Sampling parameters shared by chat and text completions: the OpenAI ones and the extra ones
 /// vLLM also accepts (`top_k`, `min_p`, `repetition_penalty`, `no_repeat_ngram`). Unset fields

@@ -18,7 +18,7 @@ use crate::generate::{self, Event as GenEvent, Generation, SamplingParams, StopR
 use crate::model::chat::Message;
 use crate::model::Model;
 use crate::remote::wire::{
-    ChatChoice, ChatChunk, ChatRequest, ChatResponse, ChunkChoice, CompletionChoice,
+    self, ChatChoice, ChatChunk, ChatRequest, ChatResponse, ChunkChoice, CompletionChoice,
     CompletionRequest, CompletionResponse, Delta, ErrorBody, GenParams, ModelCard, ModelList,
     StreamOptions, Usage,
 };
@@ -693,22 +693,13 @@ fn sampling(
     Ok(params)
 }
 
-/// OpenAI knows `stop` and `length`: end of sequence and stop strings are `stop`; the token
-/// limit, the context's end and a cancellation (client gone, server stopping) are `length`.
-fn finish_reason(r: &StopReason) -> &'static str {
-    match r {
-        StopReason::Eos | StopReason::Stop => "stop",
-        StopReason::Length | StopReason::Context | StopReason::Cancelled => "length",
-    }
-}
-
 fn usage(g: &Generation) -> Usage {
     let completion: usize = g.samples.iter().map(|s| s.tokens).sum();
     Usage {
         prompt_tokens: g.prompt_tokens,
         completion_tokens: completion,
         total_tokens: g.prompt_tokens + completion,
-        prompt_tokens_details: Some(crate::remote::wire::PromptTokensDetails {
+        prompt_tokens_details: Some(wire::PromptTokensDetails {
             cached_tokens: g.cached_prompt_tokens,
         }),
     }
@@ -923,7 +914,7 @@ impl StreamKind {
                     .map(|(index, sm)| ChatChoice {
                         index,
                         message: Message::new("assistant", &sm.text),
-                        finish_reason: Some(finish_reason(&sm.stop_reason).into()),
+                        finish_reason: Some(wire::finish_reason(&sm.stop_reason).into()),
                     })
                     .collect(),
             })
@@ -938,7 +929,7 @@ impl StreamKind {
                     .map(|(index, sm)| CompletionChoice {
                         index,
                         text: sm.text,
-                        finish_reason: Some(finish_reason(&sm.stop_reason).into()),
+                        finish_reason: Some(wire::finish_reason(&sm.stop_reason).into()),
                         logprobs: None,
                     })
                     .collect(),
@@ -1069,7 +1060,11 @@ impl StreamState {
                         StreamKind::Chat => None,
                         StreamKind::Completion => Some(String::new()),
                     };
-                    return Some(self.choice_chunk(sample, text, Some(finish_reason(&reason))));
+                    return Some(self.choice_chunk(
+                        sample,
+                        text,
+                        Some(wire::finish_reason(&reason)),
+                    ));
                 }
                 Some(WorkEvent::Done(Ok(g))) => {
                     let last = self.include_usage.then(|| {

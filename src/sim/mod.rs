@@ -781,10 +781,7 @@ fn remote_call(
     let mut out: Vec<(String, usize, StopReason)> = choices
         .into_iter()
         .map(|(text, finish)| {
-            let reason = match finish.as_deref() {
-                Some("length") => StopReason::Length,
-                _ => StopReason::Stop,
-            };
+            let reason = crate::remote::wire::stop_reason(finish.as_deref());
             // Usage counts all choices together; share it out evenly.
             (text, completion_tokens / n, reason)
         })
