@@ -117,7 +117,7 @@ if [ -f "$STAGE/model.gguf" ]; then
   wall eval-cuda 70 "$STAGE/humanlm" eval --checkpoint "$STAGE/model.gguf" --scenarios scenarios \
     --mode response --judge prompts/judges/rouge-l.toml --device cuda --out "$DEST/eval-cuda" --json
   wall grpo-cuda 80 "$STAGE/humanlm" train grpo --checkpoint "$STAGE/model.gguf" --scenarios scenarios \
-    --out "$DEST/grpo-cuda" --steps 20 --reward contains:human:32 --max-new-tokens 32 --device cuda
+    --out "$DEST/grpo-cuda" --steps 20 --batch 2 --reward contains:human:32 --max-new-tokens 32 --device cuda
   rm -f "$DEST"/grpo-cuda/*.safetensors "$DEST"/grpo-cuda/checkpoint-*/*.safetensors
 fi
 exit $rc

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU side of run.sh's workbench pass: the same eval and GRPO commands on this machine's
 # CPU, wall-timed, appended as JSON lines to benches/results/workbench-cpu.jsonl beside the GPU
-# run's. Needs the release build (cargo build --release) and the default checkpoint.
+# run's (2026-12-04 on 2 AMD EPYC cores: the eval 108 s; the GRPO pass stopped by hand at 400 s
+# after 14 of its 20 steps). Needs the release build (cargo build --release) and the default checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=target/release/humanlm
@@ -15,4 +16,4 @@ wall() { local name=$1; shift; local t0; t0=$(date +%s.%N)
 wall eval-cpu "$BIN" eval --checkpoint "$GGUF" --scenarios scenarios --mode response \
   --judge prompts/judges/rouge-l.toml --device cpu --out "$OUTD/eval-cpu" --json
 wall grpo-cpu "$BIN" train grpo --checkpoint "$GGUF" --scenarios scenarios \
-  --out "$OUTD/grpo-cpu" --steps 20 --reward contains:human:32 --max-new-tokens 32 --device cpu
+  --out "$OUTD/grpo-cpu" --steps 20 --batch 2 --reward contains:human:32 --max-new-tokens 32 --device cpu
