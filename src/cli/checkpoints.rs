@@ -25,18 +25,19 @@ pub(super) fn list_checkpoints(root: &std::path::Path, json: bool) -> anyhow::Re
     } else {
         writeln!(
             out,
-            "{:<26} {:<6} {:<8} {:>9} {:<22} {:>8} {:>9}  base",
-            "NAME", "FORMAT", "ARCH", "PARAMS", "DTYPE", "CONTEXT", "SIZE"
+            "{:<26} {:<6} {:<8} {:>9} {:<22} {:<16} {:>8} {:>9}  base",
+            "NAME", "FORMAT", "ARCH", "PARAMS", "DTYPE", "LOADS AS", "CONTEXT", "SIZE"
         )?;
         for i in &infos {
             writeln!(
                 out,
-                "{:<26} {:<6} {:<8} {:>9} {:<22} {:>8} {:>9}  {}",
+                "{:<26} {:<6} {:<8} {:>9} {:<22} {:<16} {:>8} {:>9}  {}",
                 i.name,
                 i.format,
                 i.architecture,
                 human_count(i.parameters),
                 i.dtype,
+                loads_as(i),
                 i.context_length,
                 human_bytes(i.size_bytes),
                 i.adapter_base.as_deref().unwrap_or("-")
@@ -47,4 +48,19 @@ pub(super) fn list_checkpoints(root: &std::path::Path, json: bool) -> anyhow::Re
         eprintln!("humanlm: warning: {p}");
     }
     Ok(())
+}
+
+/// The LOADS AS column: the type, and where it came from when it was not asked for.
+fn loads_as(i: &crate::model::CheckpointInfo) -> String {
+    let why = match i.loads_as_reason.as_str() {
+        r if r.starts_with("default") => " (auto)",
+        crate::model::checkpoint::SETTINGS_FILE => " (toml)",
+        _ => "",
+    };
+    let what = if i.loads_as == "none" {
+        "f32"
+    } else {
+        &i.loads_as
+    };
+    format!("{what}{why}")
 }

@@ -39,6 +39,11 @@ struct Cli {
     /// prefilled are reused by later calls. Default: 512 on the CPU, 4096 on a GPU.
     #[arg(long, global = true, value_name = "MB")]
     prefix_cache_mb: Option<usize>,
+    /// What a dense (safetensors) checkpoint's matrices become on load: none, q8_0, q4_0 or
+    /// q4_k. Default: the checkpoint's humanlm.toml (`quantize = "q8_0"`), else q8_0 on the CPU
+    /// above 1B parameters and none below; GGUF files keep their own types.
+    #[arg(long, global = true, value_name = "TYPE", env = "HUMANLM_QUANTIZE", value_parser = quantize_parser)]
+    quantize: Option<crate::model::quantize::Quantize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -142,6 +147,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(mb) = cli.prefix_cache_mb {
         crate::model::prefix_cache::choose_mb(mb);
     }
+    if let Some(q) = cli.quantize {
+        crate::model::quantize::choose(q);
+    }
     match cli.command {
         None => workbench(&root),
         Some(Command::Checkpoints { json }) => checkpoints::list_checkpoints(&root, json),
@@ -162,6 +170,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             scenarios::scenarios_cmd(action, &path, json)
         }
     }
+}
+
+fn quantize_parser(s: &str) -> Result<crate::model::quantize::Quantize, String> {
+    use crate::model::quantize::Quantize;
+    Quantize::parse(s).ok_or_else(|| format!("expected {}", Quantize::NAMES))
 }
 
 fn set_threads(threads: Option<usize>) {

@@ -281,6 +281,7 @@ fn parity_default(
         dtype: Some(dtype),
         // The differentiable path trains on dequantized weights; check it the way it runs.
         dequantize: ops == Ops::Diff,
+        quantize: None,
     })?;
     let got = all_logits(&cand.decoder, &ids, ops)?;
     let mut v = compare(&want, &got, tol)?;
@@ -312,6 +313,7 @@ fn parity_random(
             device: dev.clone(),
             dtype: Some(dtype),
             dequantize: false,
+            quantize: None,
         },
     )?;
     let got = all_logits(&cand, &ids[0], ops)?;
@@ -532,6 +534,7 @@ pub fn run(a: GpuCheckArgs, checkpoints: &Path) -> anyhow::Result<()> {
             device: dev.clone(),
             dtype: Some(dtype),
             dequantize: false,
+            quantize: None,
         };
         let t = Instant::now();
         // One set of random tensors serves our decoder and the stock candle model alike.

@@ -8,6 +8,7 @@ use super::chat::{ChatTemplate, CHATML_FALLBACK};
 use super::config::ModelConfig;
 use super::decoder::Decoder;
 use super::lora::{Adapter, AdapterConfig};
+use super::quantize::Quantize;
 use super::tokenizer::{SpecialTokens, Tokenizer};
 use super::weights::{LoadOptions, Store};
 use super::{dominant, Error, Result};
@@ -23,6 +24,16 @@ pub fn default_root() -> PathBuf {
 
 /// Per-checkpoint workbench settings, beside the weights.
 pub const SETTINGS_FILE: &str = "humanlm.toml";
+
+/// What `humanlm.toml` may say.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// The prompt set the checkpoint was trained with.
+    prompts: Option<String>,
+    /// What its dense weights become on load (see `Quantize`).
+    quantize: Option<String>,
+}
 
 /// The checkpoint `make run` and the demo use.
 pub const DEFAULT_CHECKPOINT: &str = "smollm2-135m-instruct";
@@ -54,6 +65,10 @@ pub struct CheckpointInfo {
     pub size_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapter_base: Option<String>,
+    /// What the weights become when loaded on the CPU: `as stored` (GGUF), `none` (dense f32)
+    /// or a quantized type, and `loads_as_reason` why.
+    pub loads_as: String,
+    pub loads_as_reason: String,
 }
 
 impl Checkpoint {
@@ -146,27 +161,120 @@ impl Checkpoint {
         }
     }
 
+    /// `humanlm.toml` in this checkpoint's folder, if there is one.
+    fn settings(&self) -> Result<Settings> {
+        let file = self.path.join(SETTINGS_FILE);
+        if !(self.path.is_dir() && file.is_file()) {
+            return Ok(Settings::default());
+        }
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| Error::file(&file, format!("cannot read: {e}")))?;
+        let s: Settings = toml::from_str(&text)
+            .map_err(|e| Error::file(&file, e.message().trim().replace('\n', " ")))?;
+        if let Some(q) = &s.quantize {
+            if Quantize::parse(q).is_none() {
+                return Err(Error::file(
+                    &file,
+                    format!("quantize = '{q}': expected {}", Quantize::NAMES),
+                ));
+            }
+        }
+        Ok(s)
+    }
+
     /// The prompt set this checkpoint is meant to be used with, from `humanlm.toml` in its
     /// folder (`prompts = "instruct"`); an adapter without one takes its base's.
     pub fn default_prompt_set(&self) -> Result<Option<String>> {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Settings {
-            prompts: Option<String>,
-        }
-        let file = self.path.join(SETTINGS_FILE);
-        if self.path.is_dir() && file.is_file() {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| Error::file(&file, format!("cannot read: {e}")))?;
-            let s: Settings = toml::from_str(&text)
-                .map_err(|e| Error::file(&file, e.message().trim().replace('\n', " ")))?;
-            if s.prompts.is_some() {
-                return Ok(s.prompts);
-            }
+        if let Some(p) = self.settings()?.prompts {
+            return Ok(Some(p));
         }
         match &self.kind {
             CheckpointKind::Adapter { base, .. } => base.default_prompt_set(),
             _ => Ok(None),
+        }
+    }
+
+    /// What this checkpoint's dense matrices become when loaded with `opts`, and why: the
+    /// option if given, else `quantize = "..."` in `humanlm.toml` (an adapter's, then its
+    /// base's), else [`Quantize::default_for`] its size. `None` for a GGUF, which keeps its own
+    /// types, and for training, which needs dense weights.
+    pub fn load_quantize(&self, opts: &LoadOptions) -> Result<Option<(Quantize, &'static str)>> {
+        if opts.dequantize {
+            return Ok(None);
+        }
+        if let Some(q) = opts.quantize {
+            return Ok(
+                matches!(&self.base().kind, CheckpointKind::Hf { .. }).then_some((q, "--quantize"))
+            );
+        }
+        match &self.kind {
+            CheckpointKind::Gguf { .. } => Ok(None),
+            CheckpointKind::Adapter { base, .. } => match self.settings()?.quantize {
+                Some(q) if matches!(&base.base().kind, CheckpointKind::Hf { .. }) => {
+                    Ok(Some((Quantize::parse(&q).expect("checked"), SETTINGS_FILE)))
+                }
+                _ => base.load_quantize(opts),
+            },
+            CheckpointKind::Hf { shards, .. } => {
+                if let Some(q) = self.settings()?.quantize {
+                    return Ok(Some((Quantize::parse(&q).expect("checked"), SETTINGS_FILE)));
+                }
+                let q = Quantize::default_for(hf_parameters(shards)?, &opts.device);
+                Ok(Some((
+                    q,
+                    if q == Quantize::None {
+                        "default below 1B parameters"
+                    } else {
+                        "default above 1B parameters on the CPU"
+                    },
+                )))
+            }
+        }
+    }
+
+    /// Refuse a dense (training) load that cannot fit in memory, saying what would.
+    fn check_dense_fits(&self, opts: &LoadOptions) -> Result<()> {
+        let (parameters, path) = match self.base() {
+            Checkpoint {
+                kind: CheckpointKind::Hf { shards, .. },
+                path,
+                ..
+            } => (hf_parameters(shards)?, path),
+            c @ Checkpoint {
+                kind: CheckpointKind::Gguf { .. },
+                ..
+            } => (c.info()?.parameters, &c.path),
+            _ => unreachable!("base() follows adapters down"),
+        };
+        let Some(available) = available_memory() else {
+            return Ok(());
+        };
+        let dtype = opts.activation_dtype();
+        let need = parameters * dtype.size_in_bytes() as u64;
+        // Activations, gradients and the optimizer come on top; the weights alone must leave room.
+        if opts.device.is_cpu() && need as f64 > 0.8 * available as f64 {
+            let gb = |b: u64| b as f64 / 1e9;
+            let hint = if dtype == candle_core::DType::F32 {
+                format!("; --dtype bf16 would need {:.1} GB", gb(need / 2))
+            } else {
+                String::new()
+            };
+            return Err(Error::file(
+                path,
+                format!(
+                    "training loads the weights dense: {} parameters need {:.1} GB as {dtype:?} but {:.1} GB of memory is available{hint}",
+                    parameters, gb(need), gb(available)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checkpoint holding the weights (an adapter's base, followed down).
+    fn base(&self) -> &Checkpoint {
+        match &self.kind {
+            CheckpointKind::Adapter { base, .. } => base.base(),
+            _ => self,
         }
     }
 
@@ -195,7 +303,13 @@ impl Checkpoint {
             context_length: 0,
             size_bytes: dir_size(&self.path),
             adapter_base: None,
+            loads_as: "as stored".into(),
+            loads_as_reason: "quantized in the file".into(),
         };
+        if let Some((q, why)) = self.load_quantize(&LoadOptions::default())? {
+            info.loads_as = q.to_string();
+            info.loads_as_reason = why.into();
+        }
         match &self.kind {
             CheckpointKind::Gguf { file } => {
                 let store = Store::open_gguf(file)?;
@@ -276,6 +390,12 @@ impl Checkpoint {
     /// Load weights, tokenizer and chat template. An adapter is attached live (unmerged) and
     /// made active; call `Decoder::merge_adapter` to fold it in.
     pub fn load(&self, opts: &LoadOptions) -> Result<Model> {
+        let mut opts = opts.clone();
+        opts.quantize = self.load_quantize(&opts)?.map(|(q, _)| q);
+        if opts.dequantize {
+            self.check_dense_fits(&opts)?;
+        }
+        let opts = &opts;
         match &self.kind {
             CheckpointKind::Gguf { file } => {
                 let store = Store::open_gguf(file)?;
@@ -494,6 +614,26 @@ fn resolve_base(adapter_dir: &Path, base: Option<&str>, root: &Path) -> Result<C
             root.display()
         ),
     ))
+}
+
+/// Weights in a dense checkpoint's shards, from their headers.
+fn hf_parameters(shards: &[PathBuf]) -> Result<u64> {
+    let mut n = 0;
+    for s in shards {
+        n += safetensors_header(s)?
+            .iter()
+            .map(|(_, (_, c))| c)
+            .sum::<u64>();
+    }
+    Ok(n)
+}
+
+/// What the kernel says a new allocation can take (`MemAvailable`), if it says.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn dir_size(p: &Path) -> u64 {

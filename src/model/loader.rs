@@ -58,7 +58,7 @@ impl Decoder {
         check("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         // A packed (quantized) embedding stays packed: rows are decoded per token, and a tied
         // output projection shares the same matrix instead of a dense f32 copy.
-        let embed = match store.matrix("model.embed_tokens.weight", opts)? {
+        let embed = match store.matrix("model.embed_tokens.weight", &opts.for_embedding())? {
             Weight::Packed(p, _) => Embedding::Packed(p),
             _ => Embedding::Dense(store.dense("model.embed_tokens.weight", dev, dtype)?),
         };

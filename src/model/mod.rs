@@ -16,6 +16,7 @@ pub mod lora;
 pub mod lora_params;
 pub mod packed;
 pub mod prefix_cache;
+pub mod quantize;
 pub mod tokenizer;
 pub mod weights;
 

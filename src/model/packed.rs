@@ -90,6 +90,49 @@ impl Packed {
         }))
     }
 
+    /// Blocks already split into scales and quants (Q8_0 or Q4_0, see `quantize::pack`).
+    pub(super) fn from_blocks(
+        n: usize,
+        k: usize,
+        dtype: GgmlDType,
+        d: Vec<f16>,
+        qs: Vec<u8>,
+    ) -> Packed {
+        let m = if dtype == GgmlDType::Q4_0 {
+            d.iter().map(|s| f16::from_f32(-8.0 * s.to_f32())).collect()
+        } else {
+            vec![]
+        };
+        Packed {
+            n,
+            k,
+            dtype,
+            d,
+            m,
+            qs,
+        }
+    }
+
+    /// The blocks in ggml's layout (Q8_0: f16 d, 32 i8; Q4_0: f16 d, 16 bytes; Q4_1: f16 d, f16
+    /// m, 16 bytes), as a GGUF file holds them.
+    pub fn ggml_blocks(&self) -> Vec<u8> {
+        let per = if self.is_q8() { QK } else { QK / 2 };
+        let mut out = vec![];
+        for (b, q) in self.qs.chunks_exact(per).enumerate() {
+            out.extend_from_slice(&self.d[b].to_le_bytes());
+            if self.dtype == GgmlDType::Q4_1 {
+                out.extend_from_slice(&self.m[b].to_le_bytes());
+            }
+            out.extend_from_slice(q);
+        }
+        out
+    }
+
+    /// Bytes the packed matrix holds.
+    pub fn bytes(&self) -> usize {
+        (self.d.len() + self.m.len()) * 2 + self.qs.len()
+    }
+
     fn is_q8(&self) -> bool {
         self.dtype == GgmlDType::Q8_0
     }

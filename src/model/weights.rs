@@ -1,5 +1,6 @@
 //! Reading tensors from a checkpoint, whatever its format, under one naming scheme (the HF one).
 
+use super::quantize::{self, DenseRows, DenseType, Quantize};
 use super::{Error, Result};
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -60,6 +61,10 @@ pub struct LoadOptions {
     /// Dequantize every quantized matrix (the differentiable path cannot backpropagate through
     /// quantized matmuls).
     pub dequantize: bool,
+    /// What dense matrices become (`None`: the checkpoint's `humanlm.toml`, else
+    /// [`Quantize::default_for`]; resolved by `Checkpoint::load`). Quantized checkpoints keep their
+    /// own types, and training (`dequantize`) keeps dense weights.
+    pub quantize: Option<Quantize>,
 }
 
 impl Default for LoadOptions {
@@ -68,11 +73,22 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             dequantize: false,
+            quantize: quantize::chosen(),
         }
     }
 }
 
 impl LoadOptions {
+    /// The options for the token embedding: its rows are decoded one token at a time, which the
+    /// packed types do and candle's Q4_K does not, so a Q4_K load keeps it in Q8_0.
+    pub fn for_embedding(&self) -> LoadOptions {
+        let mut o = self.clone();
+        if o.quantize == Some(Quantize::Q4K) {
+            o.quantize = Some(Quantize::Q8_0);
+        }
+        o
+    }
+
     pub fn activation_dtype(&self) -> DType {
         self.dtype.unwrap_or(if self.device.is_cpu() {
             DType::F32
@@ -312,10 +328,98 @@ impl Store {
                     }
                 }
             }
-            Store::Safetensors { .. } | Store::Memory { .. } => {
-                Ok(Weight::Dense(self.dense(hf, &opts.device, dtype)?))
+            Store::Safetensors { .. } | Store::Memory { .. } => match opts.quantize {
+                Some(q) if q != Quantize::None && !opts.dequantize => self.quantized(hf, q, opts),
+                _ => Ok(Weight::Dense(self.dense(hf, &opts.device, dtype)?)),
+            },
+        }
+    }
+
+    /// A dense matrix quantized to `q` as it is read: from the mapped bytes row by row into the
+    /// packed layout (Q8_0, Q4_0 on the CPU), so no f32 copy of the matrix is made; otherwise
+    /// (Q4_K, a GPU) through an f32 copy of this one tensor and candle's quantizer.
+    fn quantized(&self, hf: &str, q: Quantize, opts: &LoadOptions) -> Result<Weight> {
+        let path = self.path_for(hf);
+        let owned: Vec<u8>;
+        let rows = match self {
+            Store::Safetensors { st, .. } => {
+                let view = st.get(hf).map_err(|_| self.missing(hf))?;
+                let dtype = match view.dtype() {
+                    safetensors::Dtype::F32 => DenseType::F32,
+                    safetensors::Dtype::F16 => DenseType::F16,
+                    safetensors::Dtype::BF16 => DenseType::BF16,
+                    other => {
+                        return Err(Error::file(
+                            &path,
+                            format!("tensor '{hf}' is {other:?}; --quantize {q} converts f32, f16 or bf16 weights"),
+                        ))
+                    }
+                };
+                let &[n, k] = view.shape() else {
+                    return Err(Error::file(
+                        &path,
+                        format!(
+                            "tensor '{hf}' has shape {:?}, expected a matrix",
+                            view.shape()
+                        ),
+                    ));
+                };
+                DenseRows {
+                    bytes: view.data(),
+                    dtype,
+                    n,
+                    k,
+                }
+            }
+            Store::Memory { tensors, .. } => {
+                let t = tensors.get(hf).ok_or_else(|| self.missing(hf))?;
+                let (n, k) = t.dims2()?;
+                owned = t
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect();
+                DenseRows {
+                    bytes: &owned,
+                    dtype: DenseType::F32,
+                    n,
+                    k,
+                }
+            }
+            Store::Gguf { .. } => unreachable!("GGUF matrices keep their own types"),
+        };
+        let (n, k) = (rows.n, rows.k);
+        if opts.device.is_cpu() && opts.activation_dtype() == DType::F32 {
+            if let Some(p) = quantize::pack(&rows, q) {
+                return Ok(Weight::Packed(Arc::new(p), 0..n));
             }
         }
+        let kind = q.ggml().expect("a quantized type");
+        if k % kind.block_size() != 0 {
+            // As llama.cpp does for such rows: Q4_K's 256-wide blocks fall back to Q8_0's 32.
+            return if q != Quantize::Q8_0 && k % 32 == 0 {
+                self.quantized(hf, Quantize::Q8_0, opts)
+            } else {
+                Ok(Weight::Dense(self.dense(
+                    hf,
+                    &opts.device,
+                    opts.activation_dtype(),
+                )?))
+            };
+        }
+        let t = Tensor::from_vec(rows.to_f32(), (n, k), &Device::Cpu)?.to_device(&opts.device)?;
+        let qt = QTensor::quantize(&t, kind).map_err(|e| {
+            Error::file(
+                &path,
+                format!(
+                    "cannot quantize '{hf}' to {q}: {}",
+                    super::first_line(&e.to_string())
+                ),
+            )
+        })?;
+        Ok(Weight::Quant(QMatMul::from_arc(Arc::new(qt))?))
     }
 
     /// Shape of a tensor without loading it.

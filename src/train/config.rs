@@ -255,6 +255,7 @@ impl TrainConfig {
             device,
             dtype,
             dequantize: true,
+            quantize: None,
         })
     }
 

@@ -28,6 +28,7 @@ mod lexical;
 mod peft_interop;
 mod prefix_cache;
 mod prompts;
+mod quantize;
 mod quantized_parity;
 mod recipe_prompts;
 mod reference_logits;

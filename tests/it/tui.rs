@@ -651,6 +651,8 @@ fn info(name: &str, format: &str, params: u64, base: Option<&str>) -> Checkpoint
         context_length: 8192,
         size_bytes: params / 2,
         adapter_base: base.map(str::to_string),
+        loads_as: "as stored".into(),
+        loads_as_reason: "quantized in the file".into(),
     }
 }
 
