@@ -157,12 +157,18 @@ pub(super) struct BenchArgs {
     /// prefix cache, one new token each, and report each one's time and cached tokens.
     #[arg(long, value_name = "FILE")]
     prompts: Option<std::path::PathBuf>,
+    /// Prefill twice and decode at batch 1 only (no batch-4 decode, no prefix-reuse workload):
+    /// for models too large to measure fully in reasonable time.
+    #[arg(long)]
+    quick: bool,
     #[arg(long)]
     json: bool,
 }
 
 pub(super) fn bench_cmd(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
     let model = load(root, &a.rt)?;
+    let load_s = t.elapsed().as_secs_f64();
     if let Some(path) = &a.prompts {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
@@ -195,15 +201,17 @@ pub(super) fn bench_cmd(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<
         }
         return Ok(());
     }
-    let report = gen::bench::bench(&model, a.prompt_tokens, a.new_tokens, a.rt.threads)?;
+    let mut report =
+        gen::bench::bench(&model, a.prompt_tokens, a.new_tokens, a.rt.threads, a.quick)?;
+    report.load_s = load_s;
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
         writeln!(
             out,
-            "checkpoint   {} ({}) on {}, {} threads",
-            report.checkpoint, report.weights, report.device, report.threads
+            "checkpoint   {} ({}) on {}, {} threads, loaded in {:.1} s",
+            report.checkpoint, report.weights, report.device, report.threads, report.load_s
         )?;
         writeln!(
             out,
@@ -215,13 +223,11 @@ pub(super) fn bench_cmd(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<
             "decode b=1   {:>8.1} tok/s  ({} tokens)",
             report.decode_tok_s_b1, report.new_tokens
         )?;
-        writeln!(
-            out,
-            "decode b=4   {:>8.1} tok/s  (total over the batch)",
-            report.decode_tok_s_b4
-        )?;
-        let r = &report.prefix_reuse;
-        writeln!(
+        if let Some(b4) = report.decode_tok_s_b4 {
+            writeln!(out, "decode b=4   {b4:>8.1} tok/s  (total over the batch)")?;
+        }
+        if let Some(r) = &report.prefix_reuse {
+            writeln!(
             out,
             "prefix reuse {:>8.2} s → {:.2} s with the prefix cache ({}× faster; {} of {} prompt tokens computed, {} prompts sharing the prompt above)",
             r.seconds_off,
@@ -231,6 +237,7 @@ pub(super) fn bench_cmd(root: &std::path::Path, a: BenchArgs) -> anyhow::Result<
             r.prompt_tokens,
             r.prompts
         )?;
+        }
         writeln!(out, "peak RSS     {:>8.1} MiB", report.peak_rss_mb)?;
     }
     Ok(())

@@ -20,9 +20,12 @@ pub struct BenchReport {
     pub new_tokens: usize,
     pub prefill_tok_s: f64,
     pub decode_tok_s_b1: f64,
-    /// Tokens per second over the whole batch of four.
-    pub decode_tok_s_b4: f64,
-    pub prefix_reuse: PrefixReuse,
+    /// Tokens per second over the whole batch of four (not measured by a quick run).
+    pub decode_tok_s_b4: Option<f64>,
+    /// Not measured by a quick run.
+    pub prefix_reuse: Option<PrefixReuse>,
+    /// Seconds the checkpoint took to load (quantizing included), set by the caller.
+    pub load_s: f64,
     /// The process's peak resident memory (`VmHWM`) in MiB; 0 where `/proc` does not tell.
     pub peak_rss_mb: f64,
 }
@@ -88,12 +91,15 @@ fn prefix_reuse(model: &Model, shared: &[u32]) -> Result<PrefixReuse> {
 }
 
 /// Measure `model`: a prefill of `prompt_tokens` tokens, then `new_tokens` decoded (EOS
-/// ignored) at batch 1 and at batch 4. `threads` is what the caller set, for the report.
+/// ignored) at batch 1 and at batch 4. `threads` is what the caller set, for the report. A
+/// `quick` run (large models) prefills twice instead of three times and measures only decode at
+/// batch 1.
 pub fn bench(
     model: &Model,
     prompt_tokens: usize,
     new_tokens: usize,
     threads: Option<usize>,
+    quick: bool,
 ) -> Result<BenchReport> {
     let threads = threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -111,12 +117,16 @@ pub fn bench(
     let bound = model.prefix_cache.stats().bound_bytes >> 20;
     model.prefix_cache.set_bound_mb(0);
     let mut prefill_s = f64::MAX;
-    for _ in 0..3 {
+    for _ in 0..if quick { 2 } else { 3 } {
         let t = Instant::now();
         let _ = super::prefill(model, &ids, ids.len() + 1, None, &mut |_| {})?;
         prefill_s = prefill_s.min(t.elapsed().as_secs_f64());
     }
-    let reuse = prefix_reuse(model, &ids)?;
+    let reuse = if quick {
+        None
+    } else {
+        Some(prefix_reuse(model, &ids)?)
+    };
     model.prefix_cache.set_bound_mb(bound);
     let decode = |n: usize| -> Result<f64> {
         let params = SamplingParams {
@@ -138,7 +148,8 @@ pub fn bench(
         prefill_tok_s: ids.len() as f64 / prefill_s,
         prefix_reuse: reuse,
         decode_tok_s_b1: decode(1)?,
-        decode_tok_s_b4: decode(4)?,
+        decode_tok_s_b4: if quick { None } else { Some(decode(4)?) },
+        load_s: 0.0,
         peak_rss_mb: peak_rss_mb(),
     })
 }

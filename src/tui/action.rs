@@ -97,7 +97,9 @@ pub struct SimRequest {
 
 #[derive(Debug, Clone)]
 pub enum Effect {
-    LoadCheckpoint(String),
+    /// Load a checkpoint (name or path); dense matrices become the given type (`None`: the
+    /// checkpoint's own default, see `Checkpoint::load_quantize`).
+    LoadCheckpoint(String, Option<crate::model::quantize::Quantize>),
     /// Use a model behind an endpoint (checked with `GET /models` first).
     LoadEndpoint(EndpointConfig),
     /// Write `checkpoints/endpoints.toml`, then rescan the checkpoints.

@@ -125,6 +125,8 @@ pub struct ModelInfo {
     pub load_ms: u64,
     /// The prompt set the checkpoint names (`humanlm.toml`).
     pub default_set: Option<String>,
+    /// The type a dense checkpoint was quantized to as it loaded (`q8_0 (auto)`), if it was.
+    pub quantized_on_load: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -450,6 +452,8 @@ pub struct CkptScreen {
     pub form: Option<EndpointForm>,
     /// The row to select after the next scan (an endpoint just added).
     pub select_next: Option<String>,
+    /// What dense checkpoints load as (`Q` cycles it; `None`: each checkpoint's default).
+    pub quantize: Option<crate::model::quantize::Quantize>,
 }
 
 /// The fields of the add-an-endpoint form, in order.

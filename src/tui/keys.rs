@@ -54,6 +54,7 @@ pub enum Cmd {
     RunEval,
     AddEndpoint,
     RemoveEndpoint,
+    CycleQuantize,
     /// Train: start the pass the form describes.
     StartTrain,
     /// Train: use the adapter the pass wrote as the current checkpoint.
@@ -118,6 +119,7 @@ impl Cmd {
             Cmd::RunEval => "run_eval",
             Cmd::AddEndpoint => "add_endpoint",
             Cmd::RemoveEndpoint => "remove_endpoint",
+            Cmd::CycleQuantize => "cycle_quantize",
             Cmd::StartTrain => "start_train",
             Cmd::LoadAdapter => "load_adapter",
             Cmd::LoadBest => "load_best",
@@ -611,6 +613,13 @@ pub const BINDINGS: &[Binding] = &[
         "x",
         Cmd::RemoveEndpoint,
         "remove the selected endpoint",
+    ),
+    b(
+        Ctx::Checkpoints,
+        &[key(Char('Q'))],
+        "Q",
+        Cmd::CycleQuantize,
+        "what dense checkpoints load as: default, none, q8_0, q4_0, q4_k",
     ),
     b(
         Ctx::EndpointForm,

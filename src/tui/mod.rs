@@ -59,11 +59,11 @@ impl Runtime {
     fn execute(&mut self, effect: Effect, term: &mut terminal::Term) {
         let tx = &self.tx;
         match effect {
-            Effect::LoadCheckpoint(spec) => {
+            Effect::LoadCheckpoint(spec, quantize) => {
                 self.load_seq += 1;
                 let (seq, root) = (self.load_seq, self.paths.checkpoints.clone());
                 worker::spawn("load", tx, None, move |tx| {
-                    worker::load_checkpoint(&spec, &root, seq, tx)
+                    worker::load_checkpoint(&spec, quantize, &root, seq, tx)
                 });
             }
             Effect::LoadEndpoint(cfg) => {
@@ -350,7 +350,7 @@ pub fn run(checkpoints: &Path) -> anyhow::Result<()> {
         Effect::ScanScenarios,
         Effect::ScanPrompts,
         Effect::ScanCheckpoints,
-        Effect::LoadCheckpoint(DEFAULT_CHECKPOINT.to_string()),
+        Effect::LoadCheckpoint(DEFAULT_CHECKPOINT.to_string(), None),
     ] {
         rt.execute(e, &mut term);
     }

@@ -62,6 +62,7 @@ pub fn load_endpoint(cfg: EndpointConfig, seq: u64, tx: &Tx) {
                 context: 0,
                 load_ms: t0.elapsed().as_millis() as u64,
                 default_set: None,
+                quantized_on_load: None,
             };
             let _ = tx.0.send(Msg::Model {
                 seq,
@@ -116,28 +117,50 @@ pub fn spawn(name: &str, tx: &Tx, job: Option<u64>, f: impl FnOnce(&Tx) + Send +
     }
 }
 
-/// The device checkpoints load on: `HUMANLM_DEVICE` (cpu, cuda, cuda:N), else the CPU.
-fn load_options() -> crate::model::Result<LoadOptions> {
+/// The device checkpoints load on: `HUMANLM_DEVICE` (cpu, cuda, cuda:N), else the CPU; dense
+/// matrices as `quantize` says, else as `--quantize` did, else the checkpoint's default.
+fn load_options(
+    quantize: Option<crate::model::quantize::Quantize>,
+) -> crate::model::Result<LoadOptions> {
     let device = match std::env::var("HUMANLM_DEVICE") {
         Ok(d) => crate::model::device::parse_device(&d)?,
         Err(_) => candle_core::Device::Cpu,
     };
-    Ok(LoadOptions {
+    let mut opts = LoadOptions {
         device,
         ..Default::default()
-    })
+    };
+    opts.quantize = quantize.or(opts.quantize);
+    Ok(opts)
 }
 
 /// Load a checkpoint by name or path.
-pub fn load_checkpoint(spec: &str, root: &Path, seq: u64, tx: &Tx) {
+pub fn load_checkpoint(
+    spec: &str,
+    quantize: Option<crate::model::quantize::Quantize>,
+    root: &Path,
+    seq: u64,
+    tx: &Tx,
+) {
     let t0 = Instant::now();
-    let r = (|| -> anyhow::Result<(Model, Option<String>)> {
+    let r = (|| -> anyhow::Result<(Model, Option<String>, Option<String>)> {
         let ckpt = Checkpoint::resolve(spec, root)?;
         let set = ckpt.default_prompt_set()?;
-        Ok((ckpt.load(&load_options()?)?, set))
+        let opts = load_options(quantize)?;
+        let quantized = match ckpt.load_quantize(&opts)? {
+            Some((q, why)) if q != crate::model::quantize::Quantize::None => {
+                Some(if why.starts_with("default") {
+                    format!("{q} (auto)")
+                } else {
+                    q.to_string()
+                })
+            }
+            _ => None,
+        };
+        Ok((ckpt.load(&opts)?, set, quantized))
     })();
     match r {
-        Ok((model, default_set)) => {
+        Ok((model, default_set, quantized_on_load)) => {
             let info = ModelInfo {
                 name: model.checkpoint.name.clone(),
                 device: crate::model::device::device_name(&model.decoder.device),
@@ -145,6 +168,7 @@ pub fn load_checkpoint(spec: &str, root: &Path, seq: u64, tx: &Tx) {
                 context: model.decoder.max_positions(),
                 load_ms: t0.elapsed().as_millis() as u64,
                 default_set,
+                quantized_on_load,
             };
             let _ = tx.0.send(Msg::Model {
                 seq,
@@ -337,7 +361,7 @@ pub fn compare(
 /// A checkpoint by name or path, or an endpoint by its spec (with the API-key variable
 /// `endpoints.toml` gives it, if it is listed there).
 fn open(spec: &str, root: &Path) -> Result<Simulator, String> {
-    let opts = load_options().map_err(|e| one_line(&e.to_string()))?;
+    let opts = load_options(None).map_err(|e| one_line(&e.to_string()))?;
     Simulator::open(spec, root, &opts).map_err(|e| one_line(&e.to_string()))
 }
 

@@ -8,6 +8,7 @@
 
 use humanlm::eval::{RunListing, SampleRecord, Summary};
 use humanlm::generate::StopReason;
+use humanlm::model::quantize::Quantize;
 use humanlm::model::CheckpointInfo;
 use humanlm::scenario::{self, Scenario};
 use humanlm::sim::{Mode, Output, SimSample};
@@ -204,6 +205,7 @@ fn model_info() -> ModelInfo {
         context: 8192,
         load_ms: 812,
         default_set: Some("instruct".into()),
+        quantized_on_load: None,
     }
 }
 
@@ -707,7 +709,7 @@ fn checkpoints_snapshots() {
     // Enter loads the adapter in the background; the old model serves until then.
     let fx = send(&mut a, [code(KeyCode::Down), code(KeyCode::Enter)]);
     assert!(
-        matches!(&fx[..], [Effect::LoadCheckpoint(p)] if p.ends_with("smollm2-humanlm-lora")),
+        matches!(&fx[..], [Effect::LoadCheckpoint(p, None)] if p.ends_with("smollm2-humanlm-lora")),
         "{fx:?}"
     );
     assert_eq!(a.checkpoint, "smollm2-humanlm-lora");
@@ -720,6 +722,48 @@ fn checkpoints_snapshots() {
     let fx = send(&mut a, [code(KeyCode::Down), code(KeyCode::Enter)]);
     assert!(fx.is_empty());
     assert!(a.error.as_deref().unwrap().contains("not a checkpoint"));
+}
+
+#[test]
+fn q_on_checkpoints_chooses_what_a_dense_checkpoint_loads_as() {
+    let mut a = app(120, 40);
+    send(&mut a, [key('m')]);
+    let mut dense = info("qwen3-8b", "hf", 8_190_000_000, None);
+    dense.dtype = "BF16".into();
+    dense.loads_as = "q8_0".into();
+    dense.loads_as_reason = "default above 1B parameters on the CPU".into();
+    let row = CkptRow {
+        name: "qwen3-8b".into(),
+        path: "checkpoints/qwen3-8b".into(),
+        info: Some(dense),
+        error: None,
+        default_set: None,
+        depth: 0,
+        endpoint: None,
+    };
+    send(&mut a, [Action::Checkpoints(vec![row])]);
+    let screen = render(&mut a, 120, 40);
+    assert!(
+        screen.contains("loads as q8_0 · default above 1B parameters on the CPU"),
+        "{screen}"
+    );
+    // Q: dense, then q8_0 chosen here; Enter loads with it.
+    send(&mut a, [key('Q')]);
+    let screen = render(&mut a, 120, 40);
+    assert!(
+        screen.contains("loads as dense (no quantization) · chosen here with Q"),
+        "{screen}"
+    );
+    send(&mut a, [key('Q'), key('Q')]);
+    assert_eq!(a.ckpts.quantize, Some(Quantize::Q4_0));
+    let fx = send(&mut a, [code(KeyCode::Enter)]);
+    assert!(
+        matches!(&fx[..], [Effect::LoadCheckpoint(p, Some(Quantize::Q4_0))] if p.ends_with("qwen3-8b")),
+        "{fx:?}"
+    );
+    // Two more and it is back to each checkpoint's own default.
+    send(&mut a, [key('Q'), key('Q')]);
+    assert_eq!(a.ckpts.quantize, None);
 }
 
 #[test]
@@ -1572,6 +1616,7 @@ fn an_endpoint_is_added_from_the_checkpoints_screen() {
             context: 0,
             load_ms: 40,
             default_set: None,
+            quantized_on_load: None,
         })],
     );
     send(&mut a, [code(KeyCode::Esc)]);
@@ -2038,7 +2083,7 @@ fn train_form_run_and_adapter() {
     // The stop refreshed the adapter at the top of the output folder: L loads that.
     let fx = send(&mut a, [key('L')]);
     assert!(
-        matches!(&fx[..], [Effect::LoadCheckpoint(p), Effect::ScanCheckpoints] if p.ends_with("smollm2-135m-instruct-grpo-lora")),
+        matches!(&fx[..], [Effect::LoadCheckpoint(p, None), Effect::ScanCheckpoints] if p.ends_with("smollm2-135m-instruct-grpo-lora")),
         "{fx:?}"
     );
     assert_eq!(a.checkpoint, "smollm2-135m-instruct-grpo-lora");
@@ -2151,7 +2196,7 @@ fn train_validation_curve_and_best() {
     std::fs::write(out.join("best/best.json"), r#"{"step": 2}"#).unwrap();
     let fx = send(&mut a, [key('B')]);
     assert!(
-        matches!(&fx[..], [Effect::LoadCheckpoint(p), Effect::ScanCheckpoints] if Path::new(p) == out.join("best")),
+        matches!(&fx[..], [Effect::LoadCheckpoint(p, None), Effect::ScanCheckpoints] if Path::new(p) == out.join("best")),
         "{fx:?}"
     );
     assert_eq!(a.checkpoint, "smollm2-135m-instruct-grpo-lora/best");
@@ -2212,7 +2257,7 @@ fn a_finished_pass_is_loaded_as_the_checkpoint() {
     assert!(a.jobs.is_empty());
     let fx = send(&mut a, [key('L')]);
     assert!(
-        matches!(&fx[..], [Effect::LoadCheckpoint(p), Effect::ScanCheckpoints] if p.ends_with("smollm2-135m-instruct-sft-lora")),
+        matches!(&fx[..], [Effect::LoadCheckpoint(p, None), Effect::ScanCheckpoints] if p.ends_with("smollm2-135m-instruct-sft-lora")),
         "{fx:?}"
     );
     assert_eq!(a.checkpoint, "smollm2-135m-instruct-sft-lora");

@@ -182,6 +182,24 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
                     bytes(i.size_bytes)
                 )),
             ]));
+            // What a dense checkpoint becomes in memory, and why (Q changes it).
+            if i.loads_as != "as stored" {
+                let (what, why) = match app.ckpts.quantize {
+                    Some(q) => (q.to_string(), "chosen here with Q".to_string()),
+                    None => (i.loads_as.clone(), i.loads_as_reason.clone()),
+                };
+                let what = if what == "none" {
+                    "dense (no quantization)".to_string()
+                } else {
+                    what
+                };
+                lines.push(Line::from(vec![
+                    Span::styled("loads as ", dim()),
+                    Span::raw(format!(
+                        "{what} · {why} · Q cycles default/none/q8_0/q4_0/q4_k"
+                    )),
+                ]));
+            }
         }
         if let Some(e) = &r.endpoint {
             lines.push(Line::from(vec![

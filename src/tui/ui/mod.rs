@@ -154,6 +154,9 @@ fn model_status(app: &App) -> Line<'static> {
                 m.name.clone(),
                 Style::default().add_modifier(Modifier::BOLD),
             ));
+            if let Some(q) = &m.quantized_on_load {
+                spans.push(Span::styled(format!(" · {q}"), dim()));
+            }
             spans.push(Span::styled(format!(" · {} ", m.device), dim()));
         }
         None if app.model.loading.is_none() => {

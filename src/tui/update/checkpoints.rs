@@ -49,9 +49,23 @@ pub(super) fn checkpoints_cmd(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
                 None => {
                     app.info(format!("loading {} in the background", row.name));
                     // A checkpoint given as a path loads from that path.
-                    fx.push(Effect::LoadCheckpoint(row.path.clone()));
+                    fx.push(Effect::LoadCheckpoint(row.path.clone(), app.ckpts.quantize));
                 }
             }
+        }
+        Cmd::CycleQuantize => {
+            use crate::model::quantize::Quantize;
+            app.ckpts.quantize = match app.ckpts.quantize {
+                None => Some(Quantize::None),
+                Some(Quantize::None) => Some(Quantize::Q8_0),
+                Some(Quantize::Q8_0) => Some(Quantize::Q4_0),
+                Some(Quantize::Q4_0) => Some(Quantize::Q4K),
+                Some(Quantize::Q4K) => None,
+            };
+            app.info(match app.ckpts.quantize {
+                None => "dense checkpoints load as their default (humanlm.toml, else q8_0 above 1B parameters on the CPU)".to_string(),
+                Some(q) => format!("dense checkpoints load as {q} from now on (Enter reloads; GGUF files keep their types)"),
+            });
         }
         Cmd::AddEndpoint => app.ckpts.form = Some(EndpointForm::default()),
         Cmd::RemoveEndpoint => {

@@ -423,7 +423,10 @@ pub(super) fn open_session(app: &mut App, s: Session, fx: &mut Vec<Effect>) {
     if s.checkpoint != app.checkpoint {
         app.checkpoint = s.checkpoint.clone();
         app.model.loading = Some((s.checkpoint.clone(), app.tick));
-        fx.push(Effect::LoadCheckpoint(s.checkpoint.clone()));
+        fx.push(Effect::LoadCheckpoint(
+            s.checkpoint.clone(),
+            app.ckpts.quantize,
+        ));
     }
     let id = app.next_job;
     app.next_job += 1;

@@ -379,7 +379,10 @@ fn load_adapter(app: &mut App, fx: &mut Vec<Effect>, best: bool) {
     app.checkpoint = name.clone();
     app.model.loading = Some((name.clone(), app.tick));
     app.info(format!("loading {name}: Simulate uses it once it is ready"));
-    fx.push(Effect::LoadCheckpoint(path.display().to_string()));
+    fx.push(Effect::LoadCheckpoint(
+        path.display().to_string(),
+        app.ckpts.quantize,
+    ));
     fx.push(Effect::ScanCheckpoints);
     app.screen = Screen::Simulate;
 }
