@@ -620,6 +620,9 @@ fn resolve_base(adapter_dir: &Path, base: Option<&str>, root: &Path) -> Result<C
 fn hf_parameters(shards: &[PathBuf]) -> Result<u64> {
     let mut n = 0;
     for s in shards {
+        if !s.is_file() {
+            return Err(Error::file(s, "missing safetensors file"));
+        }
         n += safetensors_header(s)?
             .iter()
             .map(|(_, (_, c))| c)

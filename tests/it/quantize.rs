@@ -172,8 +172,9 @@ fn tiny_models_quantized_stay_within_the_quantization_error() {
     }
 }
 
-/// The default model written as a bf16 HF folder by `humanlm export` (as a user would make one),
-/// once per test binary.
+/// The default model written as an f32 HF folder by `humanlm export` (as a user would make one),
+/// once per test binary: f32 holds the GGUF's Q4_1 values exactly, as llama.cpp's re-quantization
+/// sees them.
 fn default_as_hf() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &DIR.get_or_init(|| {
@@ -186,7 +187,7 @@ fn default_as_hf() -> &'static Path {
             "--out",
             out.to_str().unwrap(),
             "--dtype",
-            "bf16",
+            "f32",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         (tmp, out)
@@ -217,11 +218,12 @@ fn the_default_model_quantized_on_load_keeps_its_predictions() {
     let [q8, q4, q4k] = seen[..] else {
         unreachable!()
     };
-    // Measured on this prompt (39 positions): q8_0 3.9% of the spread and no argmax moved, q4_k
-    // 14% and one, q4_0 90% and ten. The weights were Q4_1 before export, and a 135M model is
-    // known to suffer at 4 bits: Q4_0's symmetric grid, re-quantizing Q4_1's, moves the tail of
-    // the vocabulary most (the argmax far less).
-    assert!(q8.1 < 0.08 && q8.2 <= 0.03, "{q8:?}");
+    // Measured on this prompt (39 positions, the f32 export): q8_0 3.5% of the spread and one
+    // argmax moved (a near-tie), q4_k 13% and two, q4_0 82% and eleven. The weights were Q4_1
+    // before export, and a 135M model is known to suffer at 4 bits: Q4_0's symmetric grid,
+    // re-quantizing Q4_1's, moves the tail of the vocabulary most (the argmax far less). That
+    // these are llama.cpp's numbers too is the next test's job.
+    assert!(q8.1 < 0.08 && q8.2 <= 0.06, "{q8:?}");
     assert!(q4.1 < 1.5 && q4.2 <= 0.4, "{q4:?}");
     assert!(
         q4k.1 < q4.1 && q4k.1 > q8.1,
@@ -337,4 +339,106 @@ fn the_checkpoints_setting_and_the_flag_choose_the_type_and_bad_ones_are_refused
         err.contains("model.safetensors") && err.contains(name) && err.contains("I64"),
         "{err}"
     );
+}
+
+/// Where llama.cpp's top-2 margin is at least this, its greedy choice counts as clear (the
+/// measurement behind it is in tests/it/quantized_parity.rs: both sides quantize activations to
+/// 8 bits, and a different rounding order moves logits by up to ~0.25).
+const TIE: f32 = 0.4;
+
+#[test]
+fn quantizing_the_exported_default_model_gives_llama_cpps_blocks_and_tokens() {
+    use sha2::{Digest, Sha256};
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("quantize/llamacpp_requantized.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = default_as_hf();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut hashed = vec!["model.embed_tokens.weight".to_string()];
+    for i in [0, 29] {
+        for m in [
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
+            hashed.push(format!("model.layers.{i}.{m}.weight"));
+        }
+    }
+    for (kind, q) in [("q8_0", Quantize::Q8_0), ("q4_0", Quantize::Q4_0)] {
+        let want = &fx["types"][kind];
+        for hf in &hashed {
+            let view = st.tensor(hf).unwrap();
+            assert_eq!(view.dtype(), safetensors::Dtype::F32);
+            let src = DenseRows {
+                bytes: view.data(),
+                dtype: DenseType::F32,
+                n: view.shape()[0],
+                k: view.shape()[1],
+            };
+            let sha: String = Sha256::digest(pack(&src, q).unwrap().ggml_blocks())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let gguf = humanlm::model::weights::gguf_name(hf);
+            assert_eq!(
+                want["blocks"][&gguf]["sha256"].as_str().unwrap(),
+                sha,
+                "{kind} {hf}: not llama.cpp's blocks"
+            );
+        }
+        let model = load(dir, q);
+        let steps = fx["steps"].as_u64().unwrap() as usize;
+        let (mut clear, mut total) = (0, 0);
+        for p in want["prompts"].as_array().unwrap() {
+            let nums = |k: &str| -> Vec<f64> {
+                p[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            };
+            let prompt: Vec<u32> = nums("input_ids").iter().map(|&x| x as u32).collect();
+            let greedy: Vec<u32> = nums("greedy").iter().map(|&x| x as u32).collect();
+            let margins = nums("margins");
+            // Teacher-forced: llama.cpp's tokens in, so one near-tie does not end the comparison.
+            let mut ids = prompt.clone();
+            ids.extend_from_slice(&greedy[..steps - 1]);
+            let logits = all_logits(&model, &ids);
+            for step in 0..steps {
+                let row = &logits[prompt.len() - 1 + step];
+                let ours = row
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .unwrap()
+                    .0 as u32;
+                total += 1;
+                if margins[step] as f32 >= TIE {
+                    clear += 1;
+                    assert_eq!(
+                        ours,
+                        greedy[step],
+                        "{kind}, prompt {:?}, step {step}: llama.cpp chose {} by a margin of {}",
+                        p["text"]
+                            .as_str()
+                            .unwrap()
+                            .chars()
+                            .take(40)
+                            .collect::<String>(),
+                        greedy[step],
+                        margins[step]
+                    );
+                }
+            }
+        }
+        println!("{kind}: the same argmax as llama.cpp at all {clear} clear steps of {total}");
+        assert!(
+            clear * 2 >= total,
+            "{kind}: only {clear} of {total} steps were clear"
+        );
+    }
 }
