@@ -64,3 +64,32 @@ fn loads_as(i: &crate::model::CheckpointInfo) -> String {
     };
     format!("{what}{why}")
 }
+
+/// `humanlm pull ORG/NAME[@REVISION]`: the snapshot fetched (or found) in the Hugging Face cache.
+pub(super) fn pull(root: &std::path::Path, spec: &str, json: bool) -> anyhow::Result<()> {
+    use crate::model::hub::HubRef;
+    let r = HubRef::parse(spec.strip_prefix("hf:").unwrap_or(spec))
+        .ok_or_else(|| anyhow::anyhow!("'{spec}': expected ORG/NAME or ORG/NAME@REVISION"))?;
+    let ckpt = Checkpoint::from_hub(&r, root)?;
+    let info = ckpt.info()?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut v = serde_json::to_value(&info)?;
+        v["repo"] = r.repo.clone().into();
+        v["revision"] = r.revision.clone().into();
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "{r}: {} {} · {} parameters · {} · loads as {} · {}",
+            info.format,
+            info.architecture,
+            human_count(info.parameters),
+            human_bytes(info.size_bytes),
+            loads_as(&info),
+            info.path
+        )?;
+        writeln!(out, "use it as --checkpoint hf:{r}")?;
+    }
+    Ok(())
+}

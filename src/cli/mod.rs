@@ -55,6 +55,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch a checkpoint from the Hugging Face Hub into its cache (HF_HOME, HF_HUB_CACHE,
+    /// HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE as huggingface_hub reads them); any command then
+    /// loads it as --checkpoint hf:ORG/NAME[@REVISION], offline too.
+    Pull {
+        /// ORG/NAME or ORG/NAME@REVISION (branch, tag or commit; default main).
+        repo: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate text from a prompt or a chat.
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed.
@@ -153,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => workbench(&root),
         Some(Command::Checkpoints { json }) => checkpoints::list_checkpoints(&root, json),
+        Some(Command::Pull { repo, json }) => checkpoints::pull(&root, &repo, json),
         Some(Command::Generate(args)) => generate::generate_cmd(&root, args),
         Some(Command::Bench(args)) => generate::bench_cmd(&root, args),
         Some(Command::GpuCheck(args)) => crate::gpu::run(args.into(), &root),

@@ -72,8 +72,12 @@ pub struct CheckpointInfo {
 }
 
 impl Checkpoint {
-    /// Resolve a name (a folder in `root`) or a path.
+    /// Resolve a name (a folder in `root`), a path, or `hf:ORG/NAME[@REVISION]` (fetched into
+    /// the Hugging Face cache, see `hub`).
     pub fn resolve(spec: &str, root: &Path) -> Result<Checkpoint> {
+        if let Some(r) = super::hub::HubRef::from_spec(spec) {
+            return Self::from_hub(&r, root);
+        }
         let direct = PathBuf::from(spec);
         let path = if direct.exists() {
             direct
@@ -89,6 +93,14 @@ impl Checkpoint {
             ));
         };
         Self::open(&path, root)
+    }
+
+    /// A Hub repository's snapshot (fetched as needed), named after the repository.
+    pub fn from_hub(r: &super::hub::HubRef, root: &Path) -> Result<Checkpoint> {
+        let snap = super::hub::Hub::from_env().snapshot(r)?;
+        let mut c = Self::open(&snap, root)?;
+        c.name = r.repo.rsplit('/').next().unwrap_or(&r.repo).to_string();
+        Ok(c)
     }
 
     /// Inspect a path and decide what kind of checkpoint it is.
@@ -428,6 +440,7 @@ impl Checkpoint {
                         "no model.safetensors (or sharded model-*-of-*.safetensors) found",
                     ));
                 }
+                check_index(dir)?;
                 let store = Store::open_safetensors(shards.clone())?;
                 let decoder = Decoder::load(&store, &config, opts)?;
                 Model::new(self.clone(), decoder, tokenizer, chat)
@@ -508,20 +521,70 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let v = read_json(&index)?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| Error::file(&index, "missing field 'weight_map'"))?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect();
-        files.sort();
-        files.dedup();
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        return Ok(index_shards(&index)?
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect());
     }
     Ok(vec![])
+}
+
+/// A sharded checkpoint's index: tensor name → shard file.
+fn index_map(index: &Path) -> Result<serde_json::Map<String, Value>> {
+    let v = read_json(index)?;
+    v.get("weight_map")
+        .and_then(Value::as_object)
+        .cloned()
+        .ok_or_else(|| Error::file(index, "missing field 'weight_map'"))
+}
+
+/// The shard files a `model.safetensors.index.json` names, sorted, each once.
+pub(super) fn index_shards(index: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<String> = index_map(index)?
+        .values()
+        .filter_map(|f| f.as_str().map(String::from))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Every tensor the index places in a shard is in that shard's header (a shard from another
+/// revision, or a hand-edited index, would otherwise fail later as a "missing tensor").
+fn check_index(dir: &Path) -> Result<()> {
+    let index = dir.join("model.safetensors.index.json");
+    if dir.join("model.safetensors").is_file() || !index.is_file() {
+        return Ok(());
+    }
+    let map = index_map(&index)?;
+    let mut headers: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for (tensor, shard) in &map {
+        let shard = shard.as_str().unwrap_or_default();
+        if !headers.contains_key(shard) {
+            let path = dir.join(shard);
+            if !path.is_file() {
+                return Err(Error::file(
+                    &path,
+                    "missing safetensors file (named by model.safetensors.index.json)",
+                ));
+            }
+            let names = safetensors_header(&path)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            headers.insert(shard.to_string(), names);
+        }
+        if !headers[shard].contains(tensor) {
+            return Err(Error::file(
+                dir.join(shard),
+                format!(
+                    "has no tensor '{tensor}', which model.safetensors.index.json places in it"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Tokenizer and chat template of an HF folder.
@@ -606,6 +669,15 @@ fn resolve_base(adapter_dir: &Path, base: Option<&str>, root: &Path) -> Result<C
         if c.exists() && c != adapter_dir {
             return Checkpoint::open(c, root);
         }
+    }
+    // A Hub id, as PEFT writes it: through the Hugging Face cache (fetched if online).
+    if let Some(r) = super::hub::HubRef::parse(base) {
+        return Checkpoint::from_hub(&r, root).map_err(|e| {
+            Error::file(
+                &cfg,
+                format!("base model '{base}' is not local and not on the Hub: {e}"),
+            )
+        });
     }
     Err(Error::file(
         &cfg,

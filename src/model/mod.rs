@@ -10,6 +10,7 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod grad;
+pub mod hub;
 pub mod kv_cache;
 pub mod loader;
 pub mod lora;

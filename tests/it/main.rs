@@ -23,6 +23,7 @@ mod export_dataset;
 mod generate;
 mod gguf_types;
 mod gpu_check;
+mod hub;
 mod import;
 mod lexical;
 mod peft_interop;
