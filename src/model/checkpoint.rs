@@ -261,25 +261,10 @@ impl Checkpoint {
         let Some(available) = available_memory() else {
             return Ok(());
         };
-        let dtype = opts.activation_dtype();
-        let need = parameters * dtype.size_in_bytes() as u64;
-        // Activations, gradients and the optimizer come on top; the weights alone must leave room.
-        if opts.device.is_cpu() && need as f64 > 0.8 * available as f64 {
-            let gb = |b: u64| b as f64 / 1e9;
-            let hint = if dtype == candle_core::DType::F32 {
-                format!("; --dtype bf16 would need {:.1} GB", gb(need / 2))
-            } else {
-                String::new()
-            };
-            return Err(Error::file(
-                path,
-                format!(
-                    "training loads the weights dense: {} parameters need {:.1} GB as {dtype:?} but {:.1} GB of memory is available{hint}",
-                    parameters, gb(need), gb(available)
-                ),
-            ));
+        match dense_fit_problem(parameters, opts.activation_dtype(), available) {
+            Some(msg) if opts.device.is_cpu() => Err(Error::file(path, msg)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The checkpoint holding the weights (an adapter's base, followed down).
@@ -701,6 +686,46 @@ fn hf_parameters(shards: &[PathBuf]) -> Result<u64> {
             .sum::<u64>();
     }
     Ok(n)
+}
+
+/// Why `parameters` dense weights in `dtype` cannot be trained in `available` bytes, if they
+/// cannot: activations, gradients and the optimizer come on top, so the weights alone must leave
+/// a fifth free.
+fn dense_fit_problem(parameters: u64, dtype: candle_core::DType, available: u64) -> Option<String> {
+    let need = parameters * dtype.size_in_bytes() as u64;
+    if need as f64 <= 0.8 * available as f64 {
+        return None;
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    let hint = if dtype == candle_core::DType::F32 {
+        format!("; --dtype bf16 would need {:.1} GB", gb(need / 2))
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "training loads the weights dense: {parameters} parameters need {:.1} GB as {dtype:?} but {:.1} GB of memory is available{hint}",
+        gb(need),
+        gb(available)
+    ))
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::dense_fit_problem;
+    use candle_core::DType;
+
+    #[test]
+    fn an_8b_model_does_not_train_dense_in_24_gb_and_the_message_says_what_would() {
+        let avail = 22_000_000_000;
+        let msg = dense_fit_problem(8_190_000_000, DType::F32, avail).unwrap();
+        assert!(
+            msg.contains("32.8 GB as F32") && msg.contains("--dtype bf16 would need 16.4 GB"),
+            "{msg}"
+        );
+        // In bf16 the weights take 16.4 GB, under the 17.6 GB bound (80% of 22): it fits.
+        assert_eq!(dense_fit_problem(8_190_000_000, DType::BF16, avail), None);
+        assert_eq!(dense_fit_problem(135_000_000, DType::F32, avail), None);
+    }
 }
 
 /// What the kernel says a new allocation can take (`MemAvailable`), if it says.

@@ -442,3 +442,26 @@ fn quantizing_the_exported_default_model_gives_llama_cpps_blocks_and_tokens() {
         );
     }
 }
+
+#[test]
+fn an_adapter_runs_live_on_a_base_quantized_on_load() {
+    let adapter = common::fixture("tiny/qwen3-lora");
+    let base = common::fixture("tiny/qwen3");
+    for ids in reference_ids(&base) {
+        let dense = all_logits(&load(&adapter, Quantize::None), &ids);
+        let quant = load(&adapter, Quantize::Q8_0);
+        assert!(quant.decoder.weight_kinds().starts_with("Q8_0"));
+        let with = all_logits(&quant, &ids);
+        let without = all_logits(&load(&base, Quantize::Q8_0), &ids);
+        let (err, moved) = drift(&dense, &with);
+        let (effect, _) = drift(&with, &without);
+        println!(
+            "adapter on q8_0: {err:.4} from the dense adapter, the adapter moves it {effect:.4}"
+        );
+        // The quantized base with the live adapter stays as close to the dense adapter as the
+        // base alone does to the dense base (previous tests; one near-tie of 12 positions may
+        // flip), and the adapter still matters.
+        assert!(err < 0.1 && moved <= 0.1, "{err} {moved}");
+        assert!(effect > 5.0 * err, "{effect} against {err}");
+    }
+}
