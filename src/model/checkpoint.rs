@@ -709,25 +709,6 @@ fn dense_fit_problem(parameters: u64, dtype: candle_core::DType, available: u64)
     ))
 }
 
-#[cfg(test)]
-mod fit_tests {
-    use super::dense_fit_problem;
-    use candle_core::DType;
-
-    #[test]
-    fn an_8b_model_does_not_train_dense_in_24_gb_and_the_message_says_what_would() {
-        let avail = 22_000_000_000;
-        let msg = dense_fit_problem(8_190_000_000, DType::F32, avail).unwrap();
-        assert!(
-            msg.contains("32.8 GB as F32") && msg.contains("--dtype bf16 would need 16.4 GB"),
-            "{msg}"
-        );
-        // In bf16 the weights take 16.4 GB, under the 17.6 GB bound (80% of 22): it fits.
-        assert_eq!(dense_fit_problem(8_190_000_000, DType::BF16, avail), None);
-        assert_eq!(dense_fit_problem(135_000_000, DType::F32, avail), None);
-    }
-}
-
 /// What the kernel says a new allocation can take (`MemAvailable`), if it says.
 fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -787,4 +768,23 @@ fn safetensors_header(path: &Path) -> Result<Vec<(String, (String, u64))>> {
         out.push((name.clone(), (dtype, count)));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::dense_fit_problem;
+    use candle_core::DType;
+
+    #[test]
+    fn an_8b_model_does_not_train_dense_in_24_gb_and_the_message_says_what_would() {
+        let avail = 22_000_000_000;
+        let msg = dense_fit_problem(8_190_000_000, DType::F32, avail).unwrap();
+        assert!(
+            msg.contains("32.8 GB as F32") && msg.contains("--dtype bf16 would need 16.4 GB"),
+            "{msg}"
+        );
+        // In bf16 the weights take 16.4 GB, under the 17.6 GB bound (80% of 22): it fits.
+        assert_eq!(dense_fit_problem(8_190_000_000, DType::BF16, avail), None);
+        assert_eq!(dense_fit_problem(135_000_000, DType::F32, avail), None);
+    }
 }
