@@ -28,7 +28,8 @@ pub struct Packed {
     /// Per block: weight scale. Kept in f16 as in the file: decode is bound by memory
     /// bandwidth, and f32 scales would move 20% more bytes per Q4 block.
     d: Vec<f16>,
-    /// Per block: offset (Q4 kinds) — empty for Q8_0.
+    /// Per block: offset (Q4_1) — empty for Q8_0, and for Q4_0, whose offset is −8·d (computed
+    /// where needed: decode is bound by memory bandwidth, and the 2 bytes are 11% of a block).
     m: Vec<f16>,
     /// Q4 kinds: 16 bytes per block; byte j holds element j (low nibble) and j + 16 (high).
     /// Q8_0: 32 signed bytes per block.
@@ -61,9 +62,7 @@ impl Packed {
             GgmlDType::Q4_0 => {
                 let mut qs = Vec::with_capacity(blocks * 16);
                 for b in raw.chunks_exact(18) {
-                    let scale = f16_at(b, 0);
-                    d.push(scale);
-                    m.push(f16::from_f32(-8.0 * scale.to_f32())); // exact: a power-of-two multiple
+                    d.push(f16_at(b, 0));
                     qs.extend_from_slice(&b[2..18]);
                 }
                 qs
@@ -98,17 +97,12 @@ impl Packed {
         d: Vec<f16>,
         qs: Vec<u8>,
     ) -> Packed {
-        let m = if dtype == GgmlDType::Q4_0 {
-            d.iter().map(|s| f16::from_f32(-8.0 * s.to_f32())).collect()
-        } else {
-            vec![]
-        };
         Packed {
             n,
             k,
             dtype,
             d,
-            m,
+            m: vec![],
             qs,
         }
     }
@@ -131,6 +125,15 @@ impl Packed {
     /// Bytes the packed matrix holds.
     pub fn bytes(&self) -> usize {
         (self.d.len() + self.m.len()) * 2 + self.qs.len()
+    }
+
+    /// Block b's offset: Q4_1's stored one, Q4_0's −8·d (exact: a power-of-two multiple).
+    fn offset(&self, b: usize) -> f32 {
+        if self.dtype == GgmlDType::Q4_0 {
+            -8.0 * self.d[b].to_f32()
+        } else {
+            self.m[b].to_f32()
+        }
     }
 
     fn is_q8(&self) -> bool {
@@ -203,7 +206,7 @@ impl Packed {
                 *o = d * (q as i8) as f32;
             }
         } else {
-            let m = self.m[b].to_f32();
+            let m = self.offset(b);
             let qs = &self.qs[b * 16..b * 16 + 16];
             for j in 0..16 {
                 dst[j] = d * (qs[j] & 0x0F) as f32 + m;
@@ -292,10 +295,18 @@ impl Packed {
                             out,
                         )
                     } else {
+                        // Q4_0's offsets are −8·d: Σ m·s is −8·Σ d·s, bit for bit (scaling by a
+                        // power of two is exact), read from the scales already in cache.
+                        let (wm, m_scale) = if self.dtype == GgmlDType::Q4_0 {
+                            (&self.d[b0..b0 + bpr], -8.0)
+                        } else {
+                            (&self.m[b0..b0 + bpr], 1.0)
+                        };
                         avx2::q4_rows(
                             bpr,
                             &self.d[b0..b0 + bpr],
-                            &self.m[b0..b0 + bpr],
+                            wm,
+                            m_scale,
                             &self.qs[b0 * 16..(b0 + bpr) * 16],
                             act,
                             first,
@@ -327,7 +338,7 @@ impl Packed {
                             + (wq[t] >> 4) as i32 * xq[t + 16] as i32;
                     }
                     sum += si as f32 * self.d[b0 + b].to_f32() * act.d[xb]
-                        + self.m[b0 + b].to_f32() * act.s[xb];
+                        + self.offset(b0 + b) * act.s[xb];
                 }
             }
             *o = sum;
@@ -418,7 +429,8 @@ mod avx2 {
     /// term Σ m_w·s_x is a plain dot product over blocks, done after the loop.
     ///
     /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `wd` and `wm` hold `bpr` scales, `wq` holds
+    /// The CPU must support AVX2, FMA and F16C; `wd` and `wm` hold `bpr` scales (`wm` the
+    /// offsets, or for Q4_0 the scales again with `m_scale` = −8), `wq` holds
     /// `bpr · 16` bytes, `act` holds whole rows of `bpr` blocks with rows `first..first + count`
     /// among them, and `count ≤ 4`.
     #[allow(clippy::too_many_arguments)]
@@ -427,6 +439,7 @@ mod avx2 {
         bpr: usize,
         wd: &[f16],
         wm: &[f16],
+        m_scale: f32,
         wq: &[u8],
         act: &Activations,
         first: usize,
@@ -488,7 +501,7 @@ mod avx2 {
         for j in 0..count {
             let xs = &act.s[(first + j) * bpr..(first + j + 1) * bpr];
             // SAFETY: this function's own target features are the ones hsum and dot8 need.
-            out[j] = unsafe { hsum(_mm256_add_ps(acc0[j], acc1[j])) + dot8(wm, xs) };
+            out[j] = unsafe { hsum(_mm256_add_ps(acc0[j], acc1[j])) + m_scale * dot8(wm, xs) };
         }
     }
 
