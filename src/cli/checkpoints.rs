@@ -4,10 +4,28 @@ use super::{human_bytes, human_count};
 use crate::model::Checkpoint;
 use std::io::Write;
 
-pub(super) fn list_checkpoints(root: &std::path::Path, json: bool) -> anyhow::Result<()> {
+pub(super) fn list_checkpoints(
+    root: &std::path::Path,
+    json: bool,
+    hub: bool,
+) -> anyhow::Result<()> {
     let mut infos = vec![];
     let mut problems = vec![];
-    for entry in Checkpoint::list(root) {
+    let entries: Vec<_> = if hub {
+        crate::model::hub::Hub::from_env()
+            .cached()
+            .into_iter()
+            .map(|(r, snap)| {
+                Checkpoint::open(&snap, root).map(|mut c| {
+                    c.name = format!("hf:{r}");
+                    c
+                })
+            })
+            .collect()
+    } else {
+        Checkpoint::list(root)
+    };
+    for entry in entries {
         match entry.and_then(|c| c.info()) {
             Ok(i) => infos.push(i),
             Err(e) => problems.push(e.to_string()),
@@ -16,6 +34,13 @@ pub(super) fn list_checkpoints(root: &std::path::Path, json: bool) -> anyhow::Re
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&infos)?)?;
+    } else if infos.is_empty() && hub {
+        let cache = crate::model::hub::Hub::from_env().cache;
+        writeln!(
+            out,
+            "no checkpoints in the Hugging Face cache {} (humanlm pull ORG/NAME)",
+            cache.display()
+        )?;
     } else if infos.is_empty() {
         writeln!(
             out,

@@ -54,6 +54,10 @@ enum Command {
     Checkpoints {
         #[arg(long)]
         json: bool,
+        /// List the Hugging Face cache's checkpoints instead (as hf:ORG/NAME@REVISION, the
+        /// --checkpoint that loads each).
+        #[arg(long)]
+        hub: bool,
     },
     /// Fetch a checkpoint from the Hugging Face Hub into its cache (HF_HOME, HF_HUB_CACHE,
     /// HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE as huggingface_hub reads them); any command then
@@ -161,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         None => workbench(&root),
-        Some(Command::Checkpoints { json }) => checkpoints::list_checkpoints(&root, json),
+        Some(Command::Checkpoints { json, hub }) => checkpoints::list_checkpoints(&root, json, hub),
         Some(Command::Pull { repo, json }) => checkpoints::pull(&root, &repo, json),
         Some(Command::Generate(args)) => generate::generate_cmd(&root, args),
         Some(Command::Bench(args)) => generate::bench_cmd(&root, args),

@@ -148,6 +148,39 @@ impl Hub {
             .then_some(snap)
     }
 
+    /// Every repository revision in the cache whose snapshot holds a checkpoint this workbench
+    /// loads (an adapter, or a llama / qwen2 / qwen3 config), sorted.
+    pub fn cached(&self) -> Vec<(HubRef, PathBuf)> {
+        let mut out = vec![];
+        let Ok(rd) = std::fs::read_dir(&self.cache) else {
+            return out;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            let dir_name = e.file_name().to_string_lossy().to_string();
+            let Some(repo) = dir_name
+                .strip_prefix("models--")
+                .and_then(|r| r.split_once("--"))
+                .map(|(org, name)| format!("{org}/{name}"))
+            else {
+                continue;
+            };
+            let Ok(refs) = std::fs::read_dir(e.path().join("refs")) else {
+                continue;
+            };
+            for r in refs.filter_map(|r| r.ok()) {
+                let revision = r.file_name().to_string_lossy().to_string();
+                let Some(hub_ref) = HubRef::parse(&format!("{repo}@{revision}")) else {
+                    continue;
+                };
+                if let Some(snap) = self.cached_snapshot(&hub_ref).filter(|s| loadable(s)) {
+                    out.push((hub_ref, snap));
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.0.repo, &a.0.revision).cmp(&(&b.0.repo, &b.0.revision)));
+        out
+    }
+
     /// The snapshot folder of `r`, fetching what the cache lacks (nothing, offline).
     pub fn snapshot(&self, r: &HubRef) -> Result<PathBuf> {
         if self.offline {
@@ -477,6 +510,19 @@ fn origin(url: &str) -> &str {
         Some(i) => &url[..after + i],
         None => url,
     }
+}
+
+/// An adapter, or a model of an architecture the decoder runs (the cache also holds other
+/// people's embedders, vision models...).
+fn loadable(snap: &Path) -> bool {
+    if snap.join("adapter_config.json").is_file() {
+        return true;
+    }
+    std::fs::read_to_string(snap.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["model_type"].as_str().map(str::to_string))
+        .is_some_and(|t| matches!(t.as_str(), "llama" | "qwen2" | "qwen3"))
 }
 
 fn is_commit(s: &str) -> bool {

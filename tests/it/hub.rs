@@ -395,6 +395,18 @@ fn pull_fills_the_hugging_face_cache_with_only_the_checkpoint_and_it_loads_offli
         .iter()
         .any(|l| l.contains("README") || l.contains("onnx")));
 
+    // `checkpoints --hub` lists it under the spec that loads it.
+    let listed: serde_json::Value = serde_json::from_str(&ok(&run(
+        &server.url,
+        home.path(),
+        &[],
+        &["checkpoints", "--hub", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "hf:test-org/tiny-qwen2@main");
+    assert_eq!(listed[0]["path"], snap.display().to_string());
+
     // A second pull downloads nothing.
     let before = server.hub.log.lock().unwrap().len();
     ok(&run(
