@@ -31,6 +31,19 @@ pub(super) struct ServeArgs {
     /// override it).
     #[command(flatten)]
     sampling: SimSamplingArgs,
+    /// A request body must arrive within this many seconds (408 otherwise).
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout_s: f64,
+    /// Larger request bodies are refused (413).
+    #[arg(long, default_value_t = 4.0)]
+    max_body_mb: f64,
+    /// Requests in flight (queued, generating or streaming) beyond this are answered 503.
+    #[arg(long, default_value_t = 64)]
+    max_requests: usize,
+    /// After Ctrl-C or SIGTERM, open requests get this many seconds before their connections
+    /// are dropped (a second signal drops them at once).
+    #[arg(long, default_value_t = 10.0)]
+    shutdown_timeout_s: f64,
 }
 
 pub(super) fn serve_cmd(root: &std::path::Path, a: ServeArgs) -> anyhow::Result<()> {
@@ -51,10 +64,26 @@ pub(super) fn serve_cmd(root: &std::path::Path, a: ServeArgs) -> anyhow::Result<
         (Some(_), false) => anyhow::bail!("--scenario is for --as-user"),
         _ => None,
     };
+    let secs = |s: f64, flag: &str| -> anyhow::Result<std::time::Duration> {
+        std::time::Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| anyhow::anyhow!("--{flag} {s}: expected a positive number of seconds"))
+    };
+    if a.max_requests == 0 || a.max_body_mb.is_nan() || a.max_body_mb <= 0.0 {
+        anyhow::bail!("--max-requests and --max-body-mb must be positive");
+    }
+    let limits = crate::serve::Limits {
+        body_timeout: secs(a.body_timeout_s, "body-timeout-s")?,
+        max_body: (a.max_body_mb * 1024.0 * 1024.0) as usize,
+        max_requests: a.max_requests,
+        shutdown_timeout: secs(a.shutdown_timeout_s, "shutdown-timeout-s")?,
+    };
     Ok(crate::serve::run_as(
         load(root, &a.rt)?,
         as_user,
         &a.host,
         a.port,
+        limits,
     )?)
 }

@@ -22,7 +22,6 @@ use crate::remote::wire::{
     CompletionRequest, CompletionResponse, Delta, ErrorBody, GenParams, ModelCard, ModelList,
     StreamOptions, Usage,
 };
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -225,20 +224,59 @@ impl AsUser {
 }
 
 pub fn run(model: Model, host: &str, port: u16) -> Result<()> {
-    run_as(model, None, host, port)
+    run_as(model, None, host, port, Limits::default())
 }
 
-/// [`run`], as the simulated user `as_user` when given.
-pub fn run_as(model: Model, as_user: Option<AsUser>, host: &str, port: u16) -> Result<()> {
+/// What the server tolerates from clients, so none can tie it up or keep it from stopping.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A request body must arrive within this (408 otherwise).
+    pub body_timeout: std::time::Duration,
+    /// Larger request bodies are refused (413).
+    pub max_body: usize,
+    /// Requests in flight (queued, generating or streaming) beyond this get 503 at once.
+    pub max_requests: usize,
+    /// After a stop signal, open connections get this long to finish before they are dropped.
+    pub shutdown_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_timeout: std::time::Duration::from_secs(30),
+            max_body: 4 << 20,
+            max_requests: 64,
+            shutdown_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// [`run`], as the simulated user `as_user` when given, within `limits`.
+pub fn run_as(
+    model: Model,
+    as_user: Option<AsUser>,
+    host: &str,
+    port: u16,
+    limits: Limits,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("serve-io")
         .enable_all()
         .build()?;
-    rt.block_on(serve(model, as_user.map(Arc::new), host, port))
+    let r = rt.block_on(serve(model, as_user.map(Arc::new), host, port, limits));
+    // Connections still open after the deadline are dropped with the runtime, not waited for.
+    rt.shutdown_background();
+    r
 }
 
-async fn serve(model: Model, as_user: Option<Arc<AsUser>>, host: &str, port: u16) -> Result<()> {
+async fn serve(
+    model: Model,
+    as_user: Option<Arc<AsUser>>,
+    host: &str,
+    port: u16,
+    limits: Limits,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .map_err(|source| Error::Listen {
@@ -262,6 +300,8 @@ async fn serve(model: Model, as_user: Option<Arc<AsUser>>, host: &str, port: u16
         current: Arc::new(Mutex::new(None)),
         counter: AtomicU64::new(0),
         as_user: as_user.clone(),
+        limits: limits.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_requests)),
     });
     let worker = {
         let shutdown = state.shutdown.clone();
@@ -284,8 +324,12 @@ async fn serve(model: Model, as_user: Option<Arc<AsUser>>, host: &str, port: u16
                 None,
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            bound_requests,
+        ))
         .with_state(state.clone());
-    let signal = shutdown_signal()?;
+    let mut signals = Signals::new()?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on http://{addr}")?;
@@ -304,48 +348,131 @@ async fn serve(model: Model, as_user: Option<Arc<AsUser>>, host: &str, port: u16
         }
     );
     let stopping = state.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            signal.await;
-            eprintln!("humanlm: shutting down");
-            stopping.shutdown.store(true, Ordering::SeqCst);
-            if let Some(c) = stopping
-                .current
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-            {
-                c.store(true, Ordering::SeqCst);
-            }
-        })
-        .await?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        signals.next().await;
+        eprintln!(
+            "humanlm: shutting down (open requests get {} s; a second signal stops at once)",
+            stopping.limits.shutdown_timeout.as_secs_f64()
+        );
+        stopping.shutdown.store(true, Ordering::SeqCst);
+        if let Some(c) = stopping
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            c.store(true, Ordering::SeqCst);
+        }
+        let _ = stop_tx.send(true);
+        // The graceful shutdown waits on connections; the deadline and a second signal do not.
+        let deadline = stopping.limits.shutdown_timeout;
+        tokio::spawn(async move {
+            let why = tokio::select! {
+                _ = tokio::time::sleep(deadline) => "the shutdown deadline passed",
+                _ = signals.next() => "a second signal",
+            };
+            eprintln!("humanlm: {why}: dropping the open connections");
+            FORCE.notify_one();
+        });
+    });
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            let _ = stop_rx.wait_for(|s| *s).await;
+            FORCE.notified().await
+        } => {
+            // Open connections hold the router (and the job queue's senders): the worker is
+            // told to stop and left to the process's exit.
+            return Ok(());
+        }
+    }
     // The router (and its senders) are gone once `serve` returns; dropping ours ends the worker.
     drop(state);
     worker.join().map_err(|_| Error::WorkerPanicked)?;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
-/// future is first polled, so a signal sent right after the "listening" line is not missed.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+/// Wakes `serve` when the shutdown deadline passes or a second signal comes (`notify_one`
+/// keeps the wake-up even if it comes before `serve` waits).
+static FORCE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Ctrl-C and SIGTERM, one at a time. The handlers are installed by `new`, not when a future is
+/// first polled, so a signal sent right after the "listening" line is not missed.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
-        Ok(async move {
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
             tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
+                _ = self.int.recv() => {},
+                _ = self.term.recv() => {},
             }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
+        }
+        #[cfg(not(unix))]
+        {
             let _ = tokio::signal::ctrl_c().await;
-        })
+        }
     }
+}
+
+/// At most `max_requests` requests in flight: one more gets 503 at once rather than a place in
+/// an unbounded queue. The permit lives as long as the response body, so a stream counts until
+/// it ends.
+async fn bound_requests(
+    State(s): Shared,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(permit) = s.in_flight.clone().try_acquire_owned() else {
+        let mut r = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server is busy: {} requests in flight (serve --max-requests)",
+                s.limits.max_requests
+            ),
+            "server_error",
+            None,
+        )
+        .into_response();
+        r.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return r;
+    };
+    let (parts, body) = next.run(req).await.into_parts();
+    // A whole reply (its length known) is done with its permit; only a stream keeps it.
+    if axum::body::HttpBody::size_hint(&body).exact().is_some() {
+        return Response::from_parts(parts, body);
+    }
+    let body = axum::body::Body::from_stream(futures_util::StreamExt::map(
+        body.into_data_stream(),
+        move |chunk| {
+            let _held = &permit;
+            chunk
+        },
+    ));
+    Response::from_parts(parts, body)
 }
 
 fn now() -> u64 {
@@ -368,6 +495,9 @@ struct Server {
     counter: AtomicU64,
     /// Set for `serve --as-user`: chat requests get the simulated user's next turn.
     as_user: Option<Arc<AsUser>>,
+    limits: Limits,
+    /// Permits for requests in flight (`Limits::max_requests`).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared = State<Arc<Server>>;
@@ -833,7 +963,37 @@ impl Endpoint for CompletionRequest {
 }
 
 /// `POST /v1/chat/completions` and `POST /v1/completions`: one handler, `E` the route's shape.
-async fn complete<E: Endpoint>(State(s): Shared, body: Bytes) -> Response {
+async fn complete<E: Endpoint>(State(s): Shared, req: axum::extract::Request) -> Response {
+    // The body within the time and size limits: a client that sends half a body and waits
+    // would otherwise hold its connection (and the shutdown) forever.
+    let read = axum::body::to_bytes(req.into_body(), s.limits.max_body);
+    let body = match tokio::time::timeout(s.limits.body_timeout, read).await {
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    s.limits.body_timeout.as_secs_f64()
+                ),
+                "invalid_request_error",
+                None,
+            )
+            .into_response()
+        }
+        Ok(Err(_)) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} bytes (serve --max-body-mb)",
+                    s.limits.max_body
+                ),
+                "invalid_request_error",
+                None,
+            )
+            .into_response()
+        }
+        Ok(Ok(b)) => b,
+    };
     match complete_inner::<E>(s, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

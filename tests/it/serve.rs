@@ -676,3 +676,152 @@ fn concurrency_limit_is_shared_by_clones() {
         t0.elapsed()
     );
 }
+
+/// Send `head` (request line and headers) and `body` on a fresh connection and return the raw
+/// reply (status line first), or what arrived before `wait` ran out.
+fn raw_request(port: u16, head: &str, body: &[u8], wait: Duration) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(wait)).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(body).unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = c.read(&mut out).unwrap_or(0);
+    String::from_utf8_lossy(&out[..n]).to_string()
+}
+
+fn wait_exit(server: &mut Server, within: Duration) -> (std::process::ExitStatus, Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            return (s, t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < within,
+            "the server did not exit within {within:?}; stderr:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(server: &Server, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &server.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn a_stalled_or_oversized_request_and_a_crowd_cannot_tie_the_server_up() {
+    let server = Server::start_with(&[
+        "--checkpoint",
+        MODEL,
+        "--body-timeout-s",
+        "1",
+        "--max-body-mb",
+        "0.01",
+        "--max-requests",
+        "1",
+    ]);
+    let head = |len: usize| {
+        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
+    };
+    // Half a body, then silence: 408 after the body timeout, not a connection held forever.
+    let t0 = Instant::now();
+    let reply = raw_request(
+        server.port,
+        &head(200),
+        b"{\"model\": ",
+        Duration::from_secs(10),
+    );
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("did not arrive within 1 s"), "{reply}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // A body over the limit: 413.
+    let big = vec![b' '; 20_000];
+    let reply = raw_request(server.port, &head(big.len()), &big, Duration::from_secs(10));
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+
+    // One request in flight (a long stream) is the bound: the next is told 503 at once.
+    let ep = server.endpoint();
+    let (first_tx, first_rx) = mpsc::channel();
+    let streaming = std::thread::spawn(move || {
+        let mut sent = false;
+        ep.complete_stream("Once upon a time", &greedy(300), &mut |_, _| {
+            if !sent {
+                let _ = first_tx.send(());
+                sent = true;
+            }
+        })
+    });
+    first_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let req = br#"{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#;
+    let reply = raw_request(server.port, &head(req.len()), req, Duration::from_secs(10));
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(
+        reply.to_lowercase().contains("retry-after: 1") && reply.contains("--max-requests"),
+        "{reply}"
+    );
+    streaming.join().unwrap().unwrap();
+    // The stream over, its permit is back.
+    let reply = raw_request(server.port, &head(req.len()), req, Duration::from_secs(60));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[test]
+fn shutdown_has_a_deadline_and_a_second_signal_stops_at_once() {
+    let args = |deadline: &'static str| {
+        [
+            "--checkpoint",
+            MODEL,
+            "--body-timeout-s",
+            "600",
+            "--shutdown-timeout-s",
+            deadline,
+        ]
+    };
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{";
+    // A client that sent half a body and waits keeps a request open; SIGTERM still ends the
+    // server once the deadline passes.
+    let mut server = Server::start_with(&args("1"));
+    let mut stalled = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stalled.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&server, "-TERM");
+    let (status, took) = wait_exit(&mut server, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}; {}", server.stderr());
+    assert!(
+        took >= Duration::from_millis(800),
+        "it did not wait for the request: {took:?}"
+    );
+    assert!(
+        server.stderr().contains("deadline passed"),
+        "{}",
+        server.stderr()
+    );
+    drop(stalled);
+
+    // With a long deadline, a second Ctrl-C stops it at once.
+    let mut server = Server::start_with(&args("120"));
+    let mut stalled = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stalled.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&server, "-INT");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "it should be waiting for the request"
+    );
+    signal(&server, "-INT");
+    let (status, took) = wait_exit(&mut server, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        server.stderr().contains("a second signal"),
+        "{}",
+        server.stderr()
+    );
+    drop(stalled);
+}
