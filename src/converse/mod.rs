@@ -367,11 +367,18 @@ pub fn user_turn(
         .user_end_markers();
     // A marker may sit inside the reply's tags or after them (the reply's parse drops what
     // follows its closing tag), so the raw output is searched too.
+    // A marker that is an end-of-sequence token (UserLM's `<|endconversation|>`) never reaches
+    // the text: the token that stopped the reply is compared instead.
+    let eos = sample
+        .outputs
+        .get(&reply_call)
+        .and_then(|o| o.eos_token.clone())
+        .filter(|t| markers.contains(t));
     let (text, marker) = match split_marker(&sample.response, &markers) {
         Some((before, m)) => (before.trim().to_string(), Some(m)),
         None => (
             sample.response.trim().to_string(),
-            split_marker(&raw, &markers).map(|(_, m)| m),
+            split_marker(&raw, &markers).map(|(_, m)| m).or(eos),
         ),
     };
     Ok(Turn {

@@ -370,6 +370,10 @@ pub struct Output {
     pub raw: String,
     pub tokens: usize,
     pub stop_reason: StopReason,
+    /// The end-of-sequence token that ended it, as text, when a tokenizer has several (UserLM's
+    /// `<|endconversation|>` ends a conversation, `<|eot_id|>` only a turn); not in `raw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token: Option<String>,
     /// Whether the strict (or strict-thinking) parse succeeded.
     pub valid: bool,
 }
@@ -668,7 +672,7 @@ pub fn simulate_with(
             ..opts.params.clone()
         };
         let started = std::time::Instant::now();
-        let g = match engine {
+        let g: Vec<(String, usize, StopReason, Option<String>)> = match engine {
             Engine::Local(model) => {
                 generate::generate(model, &call.ids, &p, cancel, &mut |e| match e {
                     Event::Text { sample, delta } => on_event(SimEvent::Text {
@@ -684,7 +688,10 @@ pub fn simulate_with(
                 })?
                 .samples
                 .into_iter()
-                .map(|s| (s.text, s.tokens, s.stop_reason))
+                .map(|s| {
+                    let eos = s.eos_token.and_then(|t| model.tokenizer.id_to_token(t));
+                    (s.text, s.tokens, s.stop_reason, eos)
+                })
                 .collect()
             }
             Engine::Remote(endpoint) => remote_call(endpoint, call, &p, &mut |sample, delta| {
@@ -693,11 +700,14 @@ pub fn simulate_with(
                     sample,
                     delta,
                 })
-            })?,
+            })?
+            .into_iter()
+            .map(|(text, tokens, stop)| (text, tokens, stop, None))
+            .collect(),
         };
         let ms = started.elapsed().as_millis() as u64;
         on_event(SimEvent::CallFinished { call: &call.name });
-        for (s, (text, tokens, stop_reason)) in samples.iter_mut().zip(g) {
+        for (s, (text, tokens, stop_reason, eos_token)) in samples.iter_mut().zip(g) {
             // The pre-filled opening tag and a stripped stop string are put back before strict
             // parsing.
             let stop = if stop_reason == StopReason::Stop {
@@ -718,6 +728,7 @@ pub fn simulate_with(
                     raw: text,
                     tokens,
                     stop_reason,
+                    eos_token,
                     valid,
                 },
             );

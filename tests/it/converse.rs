@@ -263,6 +263,25 @@ fn conversations_end_for_each_reason_on_the_default_model() {
     assert!(!last.text.contains('e'), "{last:?}");
     assert_eq!(t.new_turns().count(), 1);
 
+    // A marker that is an end-of-sequence token ends the conversation when the reply stops on
+    // it (the default model ends its turns with <|im_end|>; the first seed whose first turn
+    // does so within 120 tokens is the one checked).
+    let mut eos_marked = sc.clone();
+    eos_marked.conversation.as_mut().unwrap().end_markers = Some(vec!["<|im_end|>".into()]);
+    let long = setup(&set, Engine::Local(model), 120);
+    let ended = (0..12u64)
+        .map(|seed| converse::converse(&long, &eos_marked, seed, None, &mut |_| {}))
+        .find(|t| {
+            t.new_turns().next().unwrap().stop_reason == Some(humanlm::generate::StopReason::Eos)
+        })
+        .expect("no seed in 0..12 ended the first turn on <|im_end|>");
+    assert_eq!(ended.end.reason, EndReason::UserEnded, "{:?}", ended.end);
+    assert_eq!(
+        ended.turns.last().unwrap().marker.as_deref(),
+        Some("<|im_end|>")
+    );
+    assert_eq!(ended.new_turns().count(), 1);
+
     // Cancelled once the first turn is in: that turn is kept.
     let cancel = AtomicBool::new(false);
     let t = converse::converse(&s, &sc, 5, Some(&cancel), &mut |e| {

@@ -402,6 +402,7 @@ fn output(raw: &str, tokens: usize, stop_reason: StopReason, valid: bool) -> Out
         raw: raw.into(),
         tokens,
         stop_reason,
+        eos_token: None,
         valid,
     }
 }
