@@ -77,11 +77,7 @@ pub(super) fn list_checkpoints(
 
 /// The LOADS AS column: the type, and where it came from when it was not asked for.
 fn loads_as(i: &crate::model::CheckpointInfo) -> String {
-    let why = match i.loads_as_reason.as_str() {
-        r if r.starts_with("default") => " (auto)",
-        crate::model::checkpoint::SETTINGS_FILE => " (toml)",
-        _ => "",
-    };
+    let why = i.loads_as_source.map_or("", |s| s.tag());
     let what = if i.loads_as == "none" {
         "f32"
     } else {

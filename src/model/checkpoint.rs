@@ -8,7 +8,7 @@ use super::chat::{ChatTemplate, CHATML_FALLBACK};
 use super::config::ModelConfig;
 use super::decoder::Decoder;
 use super::lora::{Adapter, AdapterConfig};
-use super::quantize::Quantize;
+use super::quantize::{Quantize, Source};
 use super::tokenizer::{SpecialTokens, Tokenizer};
 use super::weights::{LoadOptions, Store};
 use super::{dominant, Error, Result};
@@ -66,9 +66,18 @@ pub struct CheckpointInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapter_base: Option<String>,
     /// What the weights become when loaded on the CPU: `as stored` (GGUF), `none` (dense f32)
-    /// or a quantized type, and `loads_as_reason` why.
+    /// or a quantized type, and where that came from (`None`: quantized in the file).
     pub loads_as: String,
-    pub loads_as_reason: String,
+    #[serde(rename = "loads_as_reason", serialize_with = "loads_as_reason")]
+    pub loads_as_source: Option<Source>,
+}
+
+/// `loads_as_source` in words.
+fn loads_as_reason<S: serde::Serializer>(
+    src: &Option<Source>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(Source::reason_of(*src))
 }
 
 impl Checkpoint {
@@ -210,36 +219,32 @@ impl Checkpoint {
     /// option if given, else `quantize = "..."` in `humanlm.toml` (an adapter's, then its
     /// base's), else [`Quantize::default_for`] its size. `None` for a GGUF, which keeps its own
     /// types, and for training, which needs dense weights.
-    pub fn load_quantize(&self, opts: &LoadOptions) -> Result<Option<(Quantize, &'static str)>> {
+    pub fn load_quantize(&self, opts: &LoadOptions) -> Result<Option<(Quantize, Source)>> {
         if opts.dequantize {
             return Ok(None);
         }
         if let Some(q) = opts.quantize {
-            return Ok(
-                matches!(&self.base().kind, CheckpointKind::Hf { .. }).then_some((q, "--quantize"))
-            );
+            return Ok(matches!(&self.base().kind, CheckpointKind::Hf { .. })
+                .then_some((q, Source::Asked)));
         }
         match &self.kind {
             CheckpointKind::Gguf { .. } => Ok(None),
             CheckpointKind::Adapter { base, .. } => match self.settings()?.quantize {
-                Some(q) if matches!(&base.base().kind, CheckpointKind::Hf { .. }) => {
-                    Ok(Some((Quantize::parse(&q).expect("checked"), SETTINGS_FILE)))
-                }
+                Some(q) if matches!(&base.base().kind, CheckpointKind::Hf { .. }) => Ok(Some((
+                    Quantize::parse(&q).expect("checked"),
+                    Source::Settings,
+                ))),
                 _ => base.load_quantize(opts),
             },
             CheckpointKind::Hf { shards, .. } => {
                 if let Some(q) = self.settings()?.quantize {
-                    return Ok(Some((Quantize::parse(&q).expect("checked"), SETTINGS_FILE)));
+                    return Ok(Some((
+                        Quantize::parse(&q).expect("checked"),
+                        Source::Settings,
+                    )));
                 }
                 let q = Quantize::default_for(hf_parameters(shards)?, &opts.device);
-                Ok(Some((
-                    q,
-                    if q == Quantize::None {
-                        "default below 1B parameters"
-                    } else {
-                        "default above 1B parameters on the CPU"
-                    },
-                )))
+                Ok(Some((q, Source::Default(q))))
             }
         }
     }
@@ -301,11 +306,11 @@ impl Checkpoint {
             size_bytes: dir_size(&self.path),
             adapter_base: None,
             loads_as: "as stored".into(),
-            loads_as_reason: "quantized in the file".into(),
+            loads_as_source: None,
         };
-        if let Some((q, why)) = self.load_quantize(&LoadOptions::default())? {
+        if let Some((q, src)) = self.load_quantize(&LoadOptions::default())? {
             info.loads_as = q.to_string();
-            info.loads_as_reason = why.into();
+            info.loads_as_source = Some(src);
         }
         match &self.kind {
             CheckpointKind::Gguf { file } => {

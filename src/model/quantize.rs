@@ -80,6 +80,43 @@ impl fmt::Display for Quantize {
     }
 }
 
+/// Where a load's [`Quantize`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `--quantize`, `HUMANLM_QUANTIZE` or the workbench's choice.
+    Asked,
+    /// `quantize = "..."` in the checkpoint's `humanlm.toml`.
+    Settings,
+    /// [`Quantize::default_for`] the checkpoint's size (and device), which chose this.
+    Default(Quantize),
+}
+
+impl Source {
+    /// Why, in words (`humanlm checkpoints --json`'s `loads_as_reason`).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Source::Asked => "--quantize",
+            Source::Settings => super::checkpoint::SETTINGS_FILE,
+            Source::Default(Quantize::None) => "default below 1B parameters",
+            Source::Default(_) => "default above 1B parameters on the CPU",
+        }
+    }
+
+    /// `reason` of a load's source, `None` being a GGUF's own types.
+    pub fn reason_of(src: Option<Source>) -> &'static str {
+        src.map_or("quantized in the file", Source::reason)
+    }
+
+    /// The short mark tables and the status bar put after the type.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Source::Asked => "",
+            Source::Settings => " (toml)",
+            Source::Default(_) => " (auto)",
+        }
+    }
+}
+
 static CHOSEN: std::sync::OnceLock<Quantize> = std::sync::OnceLock::new();
 
 /// The process-wide choice (`--quantize`, `HUMANLM_QUANTIZE`) every load without its own takes;
@@ -246,20 +283,13 @@ mod tests {
             let t = Tensor::from_vec(vals.clone(), (n, k), &Device::Cpu).unwrap();
             let theirs = QTensor::quantize(&t, q.ggml().unwrap()).unwrap();
             let theirs = Packed::from_qtensor(&theirs).unwrap().unwrap();
-            let a: Vec<f32> = ours
-                .dequantize_rows(0..n, &Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let b: Vec<f32> = theirs
-                .dequantize_rows(0..n, &Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let values = |p: &Packed| -> Vec<f32> {
+                p.dequantize_rows(0..n, &Device::Cpu)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1())
+                    .unwrap()
+            };
+            let (a, b) = (values(&ours), values(&theirs));
             assert_eq!(a, b, "{q}");
         }
     }

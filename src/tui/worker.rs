@@ -148,12 +148,8 @@ pub fn load_checkpoint(
         let set = ckpt.default_prompt_set()?;
         let opts = load_options(quantize)?;
         let quantized = match ckpt.load_quantize(&opts)? {
-            Some((q, why)) if q != crate::model::quantize::Quantize::None => {
-                Some(if why.starts_with("default") {
-                    format!("{q} (auto)")
-                } else {
-                    q.to_string()
-                })
+            Some((q, src)) if q != crate::model::quantize::Quantize::None => {
+                Some(format!("{q}{}", src.tag()))
             }
             _ => None,
         };

@@ -25,11 +25,21 @@ pub fn roots() -> humanlm::roots::Roots {
 
 /// A copy of the shipped prompt set `name` in the new folder `to`, for a test to edit.
 pub fn copy_prompt_set(name: &str, to: &std::path::Path) {
+    copy_dir(&root().join("prompts").join(name), to);
+}
+
+/// The files of `from` copied into the new folder `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir(to).unwrap();
-    for entry in std::fs::read_dir(root().join("prompts").join(name)).unwrap() {
+    for entry in std::fs::read_dir(from).unwrap() {
         let p = entry.unwrap().path();
         std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
     }
+}
+
+/// A copy of the fixture folder `name` in the new folder `to`, for a test to edit.
+pub fn copy_fixture(name: &str, to: &std::path::Path) {
+    copy_dir(&fixture(name), to);
 }
 
 pub fn fixture(name: &str) -> PathBuf {

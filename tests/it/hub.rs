@@ -632,11 +632,7 @@ fn an_adapter_whose_base_is_a_hub_id_loads_it_through_the_cache() {
 fn a_local_index_that_disagrees_with_its_shards_names_the_shard() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("q2");
-    std::fs::create_dir(&dir).unwrap();
-    for e in std::fs::read_dir(common::fixture("tiny/qwen2")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
+    common::copy_fixture("tiny/qwen2", &dir);
     let index = dir.join("model.safetensors.index.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();

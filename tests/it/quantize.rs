@@ -235,11 +235,7 @@ fn the_default_model_quantized_on_load_keeps_its_predictions() {
 fn tiny_copy() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("q3");
-    std::fs::create_dir(&dir).unwrap();
-    for e in std::fs::read_dir(common::fixture("tiny/qwen3")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
+    common::copy_fixture("tiny/qwen3", &dir);
     (tmp, dir)
 }
 

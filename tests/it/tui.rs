@@ -655,7 +655,7 @@ fn info(name: &str, format: &str, params: u64, base: Option<&str>) -> Checkpoint
         size_bytes: params / 2,
         adapter_base: base.map(str::to_string),
         loads_as: "as stored".into(),
-        loads_as_reason: "quantized in the file".into(),
+        loads_as_source: None,
     }
 }
 
@@ -732,7 +732,7 @@ fn q_on_checkpoints_chooses_what_a_dense_checkpoint_loads_as() {
     let mut dense = info("qwen3-8b", "hf", 8_190_000_000, None);
     dense.dtype = "BF16".into();
     dense.loads_as = "q8_0".into();
-    dense.loads_as_reason = "default above 1B parameters on the CPU".into();
+    dense.loads_as_source = Some(humanlm::model::quantize::Source::Default(Quantize::Q8_0));
     let row = CkptRow {
         name: "qwen3-8b".into(),
         path: "checkpoints/qwen3-8b".into(),

@@ -186,7 +186,10 @@ pub fn draw(f: &mut Frame, app: &App, body: Rect) {
             if i.loads_as != "as stored" {
                 let (what, why) = match app.ckpts.quantize {
                     Some(q) => (q.to_string(), "chosen here with Q".to_string()),
-                    None => (i.loads_as.clone(), i.loads_as_reason.clone()),
+                    None => (
+                        i.loads_as.clone(),
+                        crate::model::quantize::Source::reason_of(i.loads_as_source).to_string(),
+                    ),
                 };
                 let what = if what == "none" {
                     "dense (no quantization)".to_string()
