@@ -125,6 +125,9 @@ pub struct Turn {
     pub cached_tokens: usize,
     #[serde(default)]
     pub ms: u64,
+    /// Written by hand in the workbench (an edit), not by either side.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edited: bool,
 }
 
 impl Turn {
@@ -161,6 +164,7 @@ impl Turn {
             prompt_tokens: 0,
             cached_tokens: 0,
             ms: 0,
+            edited: false,
         }
     }
 }
@@ -250,8 +254,9 @@ pub fn user_view(scenario: &Scenario, turns: &[Turn]) -> Scenario {
     sc.turns = turns
         .iter()
         .enumerate()
-        .map(|(i, t)| match (i < thread, t.speaker) {
-            // A thread turn keeps its author (someone else in a group thread stays themselves).
+        .map(|(i, t)| match (!t.generated && i < thread, t.speaker) {
+            // A thread turn keeps its author (someone else in a group thread stays themselves);
+            // a turn generated where a fork cut the thread short is the conversation's.
             (true, _) => crate::scenario::Turn {
                 text: t.text.clone(),
                 ..scenario.turns[i].clone()
@@ -394,7 +399,43 @@ pub fn user_turn(
         prompt_tokens,
         cached_tokens,
         ms: started.elapsed().as_millis() as u64,
+        edited: false,
     })
+}
+
+/// The assistant's prompt for `messages` through its chat template, and its token ids.
+fn render_for_assistant(
+    model: &crate::model::Model,
+    messages: &[Message],
+) -> Result<(String, Vec<u32>), String> {
+    let text = model
+        .chat
+        .render(messages, true, &serde_json::json!({}))
+        .map_err(|e| e.to_string())?;
+    let ids = model
+        .tokenizer
+        .encode_rendered(&text)
+        .map_err(|e| e.to_string())?;
+    Ok((text, ids))
+}
+
+/// What the assistant is shown for its turn after `turns`: the exact prompt text through its
+/// chat template and its length in tokens; for an endpoint, the messages its chat API is sent
+/// (as JSON; the server applies its own template, so no count).
+pub fn assistant_prompt(
+    engine: Engine,
+    table: &Conversation,
+    turns: &[Turn],
+) -> Result<(String, Option<usize>), String> {
+    let messages = assistant_messages(table.assistant_system.as_deref(), turns);
+    match engine {
+        Engine::Local(model) => {
+            render_for_assistant(model, &messages).map(|(text, ids)| (text, Some(ids.len())))
+        }
+        Engine::Remote(_) => serde_json::to_string_pretty(&messages)
+            .map(|j| (j, None))
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// The assistant's next turn after `turns`.
@@ -412,14 +453,7 @@ pub fn assistant_turn(
     let (raw, tokens, stop_reason, prompt_tokens, cached_tokens) =
         match engine {
             Engine::Local(model) => {
-                let text = model
-                    .chat
-                    .render(&messages, true, &serde_json::json!({}))
-                    .map_err(|e| TurnFault::Error(e.to_string()))?;
-                let ids = model
-                    .tokenizer
-                    .encode_rendered(&text)
-                    .map_err(|e| TurnFault::Error(e.to_string()))?;
+                let (_, ids) = render_for_assistant(model, &messages).map_err(TurnFault::Error)?;
                 let context = model.decoder.max_positions();
                 if ids.len() + 1 >= context {
                     return Err(TurnFault::Context(format!(
@@ -500,6 +534,7 @@ pub fn assistant_turn(
         prompt_tokens,
         cached_tokens,
         ms: started.elapsed().as_millis() as u64,
+        edited: false,
     })
 }
 
@@ -513,6 +548,11 @@ pub fn first_speaker(scenario: &Scenario) -> Speaker {
     })
 }
 
+/// The scenario's thread as a conversation's first turns.
+pub fn thread_turns(scenario: &Scenario) -> Vec<Turn> {
+    scenario.turns.iter().map(Turn::from_thread).collect()
+}
+
 /// Run one conversation to its end. `seed` is the conversation's; never fails once started: a
 /// fault ends the conversation with the turns so far.
 pub fn converse(
@@ -522,11 +562,26 @@ pub fn converse(
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(Event),
 ) -> Transcript {
+    let turns = thread_turns(scenario);
+    let speaker = first_speaker(scenario);
+    converse_from(setup, scenario, turns, speaker, seed, cancel, on_event)
+}
+
+/// Go on with a conversation from `turns` (a fork or an edit keeps the turns before its point),
+/// `speaker` writing the next one, until it ends. Turns already generated count towards the
+/// turn limit, so a fork of a conversation ends where the conversation would have.
+pub fn converse_from(
+    setup: &Setup,
+    scenario: &Scenario,
+    mut turns: Vec<Turn>,
+    mut speaker: Speaker,
+    seed: u64,
+    cancel: Option<&AtomicBool>,
+    on_event: &mut dyn FnMut(Event),
+) -> Transcript {
     let table = scenario.conversation.clone().unwrap_or_default();
     let max_turns = setup.max_turns.unwrap_or(table.max_turns);
-    let mut turns: Vec<Turn> = scenario.turns.iter().map(Turn::from_thread).collect();
-    let mut speaker = first_speaker(scenario);
-    let mut new = 0;
+    let mut new = turns.iter().filter(|t| t.generated).count();
     let end = loop {
         if new >= max_turns {
             break End {

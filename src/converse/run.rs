@@ -393,6 +393,7 @@ mod tests {
             prompt_tokens: 100,
             cached_tokens: 64,
             ms: 12,
+            edited: false,
         };
         Transcript {
             scenario: "chat-x".into(),

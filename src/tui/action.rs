@@ -2,8 +2,8 @@
 //! runtime to do (`Effect`: start work on a thread, touch files, run the editor).
 
 use super::app::{
-    CkptRow, EvalMsg, JudgeRow, ModelInfo, PlanView, RunDetail, Session, SetInfo, Side, SimMsg,
-    TrainMsg,
+    CkptRow, ConvMsg, EvalMsg, JudgeRow, ModelInfo, PlanView, RunDetail, Session, SetInfo, Side,
+    SimMsg, TrainMsg,
 };
 use crate::eval::{EvalSpec, RunListing};
 use crate::remote::EndpointConfig;
@@ -51,6 +51,16 @@ pub enum Action {
         job: u64,
         result: Result<PlanView, String>,
     },
+    /// A conversation going on (Converse); a failure comes as `Failed` with the job.
+    Conv {
+        job: u64,
+        msg: ConvMsg,
+    },
+    /// The prompt a conversation's turn was written from: per call its name, tokens and text.
+    TurnPrompt {
+        job: u64,
+        result: Result<Vec<crate::tui::app::CallPrompt>, String>,
+    },
     /// Similarities of one call's outputs (one per sample) with the real reply.
     Scores {
         job: u64,
@@ -75,6 +85,12 @@ pub enum Action {
         result: Result<(), String>,
     },
     SessionOpened(Session),
+    /// A conversation turn's text back from `$EDITOR` (`E` on Converse).
+    TurnEdited {
+        branch: usize,
+        turn: usize,
+        result: Result<String, String>,
+    },
     /// A worker finished something worth a line in the status bar.
     Info(String),
     /// A worker failed (or panicked); `job` is cleared if given.
@@ -92,6 +108,25 @@ pub struct SimRequest {
     pub set: String,
     pub mode: Mode,
     pub sampling: SamplingChoice,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// A conversation to go on with: the loaded checkpoint is the simulated user.
+#[derive(Debug, Clone)]
+pub struct ConverseRequest {
+    pub job: u64,
+    pub scenario: Scenario,
+    /// The conversation so far (for a prompt: the turns before the one shown).
+    pub turns: Vec<crate::converse::Turn>,
+    /// Who writes the next turn.
+    pub next: crate::scenario::Speaker,
+    pub seed: u64,
+    pub set: String,
+    pub mode: Mode,
+    pub sampling: SamplingChoice,
+    /// A checkpoint or endpoint spec; empty: the loaded checkpoint talks to itself.
+    pub assistant: String,
+    pub max_turns: Option<usize>,
     pub cancel: Arc<AtomicBool>,
 }
 
@@ -120,6 +155,9 @@ pub enum Effect {
     Simulate(SimRequest),
     /// Render the prompts of a simulation (needs the tokenizer).
     Plan(SimRequest),
+    Converse(ConverseRequest),
+    /// Render the prompt the next turn of a conversation is written from.
+    TurnPrompt(ConverseRequest),
     Score {
         job: u64,
         call: String,
@@ -140,6 +178,13 @@ pub enum Effect {
         prev: Option<PathBuf>,
     },
     Edit(PathBuf),
+    /// Edit a conversation turn's text in `$EDITOR` (through a file under the system's
+    /// temporary folder, removed afterwards).
+    EditTurn {
+        branch: usize,
+        turn: usize,
+        text: String,
+    },
     /// One JSON line for `runs/ratings.jsonl`.
     AppendRating(serde_json::Value),
     SaveSession(Box<Session>),

@@ -26,17 +26,19 @@ pub enum Screen {
     Checkpoints,
     Prompts,
     Compare,
+    Converse,
     Eval,
     Train,
 }
 
 impl Screen {
     /// The screens with a tab in the header, in order.
-    pub const TABS: [Screen; 6] = [
+    pub const TABS: [Screen; 7] = [
         Screen::Simulate,
         Screen::Checkpoints,
         Screen::Prompts,
         Screen::Compare,
+        Screen::Converse,
         Screen::Eval,
         Screen::Train,
     ];
@@ -48,6 +50,7 @@ impl Screen {
             Screen::Checkpoints => "Checkpoints",
             Screen::Prompts => "Prompts",
             Screen::Compare => "Compare",
+            Screen::Converse => "Converse",
             Screen::Eval => "Eval",
             Screen::Train => "Train",
         }
@@ -104,6 +107,9 @@ pub enum JobKind {
     Eval,
     Plan,
     Train,
+    Converse,
+    /// Rendering the prompt a conversation's turn was written from.
+    ConversePrompt,
 }
 
 /// A task running on a worker thread.
@@ -876,6 +882,201 @@ pub struct TrainScreen {
     pub quit_warned: bool,
 }
 
+/// One conversation of the Converse screen: started from a scenario, or forked from another
+/// branch at one of its turns (the turns before the fork point kept, an edited turn after them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Branch {
+    pub scenario: String,
+    /// The branch it was forked from and how many of that branch's turns it kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<(usize, usize)>,
+    /// How it came to be, in a few words (`from the scenario`, `fork at turn 4`, ...).
+    pub origin: String,
+    /// The conversation's seed (each turn's own is drawn from it); a fork gets its own, so a
+    /// regenerated turn differs from the one it replaces.
+    pub seed: u64,
+    pub turns: Vec<crate::converse::Turn>,
+    /// Who writes the next turn, when the turns do not say it (a fork writes the turn it was
+    /// forked at again, by the same side); `None`: [`Branch::next_speaker`] derives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<crate::scenario::Speaker>,
+    /// How it ended; `None` while it can go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<crate::converse::End>,
+    /// Who talked when it last ran: the simulated user's checkpoint, prompt set and mode, and
+    /// the assistant.
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub set: String,
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub assistant: String,
+}
+
+impl Branch {
+    /// How deep in the tree it is (a conversation from the scenario is 0).
+    pub fn depth(&self, all: &[Branch]) -> usize {
+        let mut d = 0;
+        let mut at = self.parent;
+        while let Some((p, _)) = at {
+            d += 1;
+            at = all.get(p).and_then(|b| b.parent).filter(|_| d < all.len());
+        }
+        d
+    }
+
+    /// Who writes the next turn: the one named, else the other side of the last turn (the
+    /// scenario's `opens` before any turn was generated; the user when there is no turn).
+    pub fn next_speaker(&self, scenario: &crate::scenario::Scenario) -> crate::scenario::Speaker {
+        use crate::scenario::Speaker;
+        let opens = scenario.conversation.as_ref().and_then(|c| c.opens);
+        let generated = self.turns.iter().any(|t| t.generated);
+        self.next
+            .or(opens.filter(|_| !generated))
+            .unwrap_or_else(|| match self.turns.last() {
+                Some(t) if t.speaker == Speaker::User => Speaker::Assistant,
+                _ => Speaker::User,
+            })
+    }
+
+    /// The turns that came from the scenario's thread.
+    pub fn thread_turns(&self) -> usize {
+        self.turns.iter().take_while(|t| !t.generated).count()
+    }
+}
+
+/// The turn being written: who writes it and its text so far (the simulated user's per call).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TurnStream {
+    pub index: usize,
+    pub speaker: Option<crate::scenario::Speaker>,
+    /// Per call (`stance` ... `response`; the assistant's one call is `assistant`), in order.
+    pub calls: Vec<(String, String)>,
+    pub stats: Stats,
+    /// Ticks at the turn's start.
+    pub started: u64,
+}
+
+/// Which part of the Converse screen the arrows move in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvFocus {
+    #[default]
+    Transcript,
+    Branches,
+}
+
+/// One call's prompt as its side saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallPrompt {
+    pub name: String,
+    /// Its length in tokens (an endpoint's is not known).
+    pub tokens: Option<usize>,
+    pub text: String,
+}
+
+/// The prompt one turn was written from, as its side saw it (`v` on Converse).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnPrompt {
+    pub branch: usize,
+    pub turn: usize,
+    pub calls: Option<Result<Vec<CallPrompt>, String>>,
+    pub job: Option<u64>,
+    pub call: usize,
+    pub scroll: usize,
+}
+
+/// Editing a turn's text in the workbench (`e`): Enter makes the edit a new branch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnEdit {
+    pub turn: usize,
+    pub text: String,
+}
+
+/// The Converse screen: the conversation tree, the branch shown, the turn under the cursor.
+#[derive(Debug, Clone, Default)]
+pub struct ConverseScreen {
+    /// The assistant: a checkpoint or endpoint spec; empty: the checkpoint in use.
+    pub assistant: String,
+    /// New turns before `max-turns`; `None`: the scenario's `max_turns`.
+    pub max_turns: Option<usize>,
+    pub branches: Vec<Branch>,
+    /// The branch shown.
+    pub branch: usize,
+    /// The turn under the cursor; `None`: the last one, following the conversation as it grows.
+    pub cursor: Option<usize>,
+    pub focus: ConvFocus,
+    /// The branch list's selected row.
+    pub branch_row: usize,
+    /// The running conversation: its job and the branch it writes into.
+    pub job: Option<(u64, usize)>,
+    pub stream: Option<TurnStream>,
+    pub edit: Option<TurnEdit>,
+    pub prompt: Option<TurnPrompt>,
+    pub scroll: usize,
+}
+
+impl ConverseScreen {
+    pub fn current(&self) -> Option<&Branch> {
+        self.branches.get(self.branch)
+    }
+
+    pub fn running(&self) -> bool {
+        self.job.is_some()
+    }
+
+    /// The branches in tree order: each followed by its forks, depth first.
+    pub fn tree(&self) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.branches.len());
+        let mut stack: Vec<usize> = (0..self.branches.len())
+            .rev()
+            .filter(|&i| self.branches[i].parent.is_none_or(|(p, _)| p >= i))
+            .collect();
+        while let Some(i) = stack.pop() {
+            out.push(i);
+            stack.extend(
+                (0..self.branches.len())
+                    .rev()
+                    .filter(|&j| j > i && self.branches[j].parent.is_some_and(|(p, _)| p == i)),
+            );
+        }
+        out
+    }
+
+    /// The turn under the cursor (the last one when the cursor follows).
+    pub fn cursor_turn(&self) -> Option<usize> {
+        let n = self.current()?.turns.len();
+        (n > 0).then(|| self.cursor.unwrap_or(n - 1).min(n - 1))
+    }
+}
+
+/// What streams from a conversation worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConvMsg {
+    Started {
+        user: String,
+        set: String,
+        assistant: String,
+    },
+    TurnStarted {
+        index: usize,
+        speaker: crate::scenario::Speaker,
+    },
+    /// The simulated user's call starts (its prefill is the first text).
+    Call {
+        name: String,
+        prefill: String,
+    },
+    Prefill {
+        cached: usize,
+    },
+    /// Text of the call streaming now (the assistant's turn is one call).
+    Text(String),
+    TurnFinished(Box<crate::converse::Turn>),
+    Ended(crate::converse::End),
+}
+
 /// The layout of a saved session: 2 keeps each finished sample as the simulator's `SimSample`.
 pub const SESSION_VERSION: u32 = 2;
 
@@ -893,6 +1094,9 @@ pub struct Session {
     pub sampling: SamplingChoice,
     pub dropped_turns: usize,
     pub samples: Vec<SampleOut>,
+    /// The Converse screen's conversation tree (none in older files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conversations: Vec<Branch>,
 }
 
 /// Wrapped lines kept between frames (the thread and the prompt view can be long).
@@ -996,6 +1200,7 @@ pub struct App {
     pub ckpts: CkptScreen,
     pub prompts: PromptsScreen,
     pub compare: CompareState,
+    pub converse: ConverseScreen,
     pub eval: EvalScreen,
     pub train: TrainScreen,
     /// The key bindings: the built-in table, or the user's file applied to it.
@@ -1043,6 +1248,7 @@ impl App {
             ckpts: CkptScreen::default(),
             prompts: PromptsScreen::default(),
             compare: CompareState::default(),
+            converse: ConverseScreen::default(),
             eval: EvalScreen::default(),
             train: TrainScreen::default(),
             keys: crate::tui::keys::Keymap::default(),

@@ -30,6 +30,7 @@ pub enum Cmd {
     GoCheckpoints,
     GoPrompts,
     GoCompare,
+    GoConverse,
     GoEval,
     GoTrain,
     Filter,
@@ -55,6 +56,16 @@ pub enum Cmd {
     AddEndpoint,
     RemoveEndpoint,
     CycleQuantize,
+    /// Converse (and Simulate): a new branch from the turn under the cursor (Simulate: from
+    /// the simulation shown), generation going on from there.
+    Fork,
+    /// Converse: edit the text of the turn under the cursor in the workbench.
+    EditTurn,
+    /// Converse: a new conversation from the scenario selected in Simulate.
+    NewConversation,
+    /// Converse: one more, or one fewer, new turn before the conversation ends.
+    MoreTurns,
+    FewerTurns,
     /// Train: start the pass the form describes.
     StartTrain,
     /// Train: use the adapter the pass wrote as the current checkpoint.
@@ -95,6 +106,7 @@ impl Cmd {
             Cmd::GoCheckpoints => "checkpoints",
             Cmd::GoPrompts => "prompts",
             Cmd::GoCompare => "compare",
+            Cmd::GoConverse => "converse",
             Cmd::GoEval => "eval",
             Cmd::GoTrain => "train",
             Cmd::Filter => "filter",
@@ -120,6 +132,11 @@ impl Cmd {
             Cmd::AddEndpoint => "add_endpoint",
             Cmd::RemoveEndpoint => "remove_endpoint",
             Cmd::CycleQuantize => "cycle_quantize",
+            Cmd::Fork => "fork",
+            Cmd::EditTurn => "edit_turn",
+            Cmd::NewConversation => "new_conversation",
+            Cmd::MoreTurns => "more_turns",
+            Cmd::FewerTurns => "fewer_turns",
             Cmd::StartTrain => "start_train",
             Cmd::LoadAdapter => "load_adapter",
             Cmd::LoadBest => "load_best",
@@ -141,6 +158,9 @@ pub enum Ctx {
     Prompts,
     Compare,
     Blind,
+    Converse,
+    /// Editing a turn's text on Converse.
+    TurnEdit,
     Eval,
     JudgePicker,
     EndpointForm,
@@ -152,7 +172,7 @@ pub enum Ctx {
 
 impl Ctx {
     /// Every context, in the order the help lists them.
-    pub const ALL: [Ctx; 13] = [
+    pub const ALL: [Ctx; 15] = [
         Ctx::Global,
         Ctx::Simulate,
         Ctx::PromptView,
@@ -160,6 +180,8 @@ impl Ctx {
         Ctx::Prompts,
         Ctx::Compare,
         Ctx::Blind,
+        Ctx::Converse,
+        Ctx::TurnEdit,
         Ctx::EndpointForm,
         Ctx::Eval,
         Ctx::JudgePicker,
@@ -178,6 +200,8 @@ impl Ctx {
             Ctx::Prompts => "prompts",
             Ctx::Compare => "compare",
             Ctx::Blind => "blind",
+            Ctx::Converse => "converse",
+            Ctx::TurnEdit => "turn_edit",
             Ctx::Eval => "eval",
             Ctx::JudgePicker => "judge_picker",
             Ctx::EndpointForm => "endpoint_form",
@@ -189,7 +213,10 @@ impl Ctx {
 
     /// Whether the context is a text field: printable keys and Backspace edit the text there.
     pub fn is_text(self) -> bool {
-        matches!(self, Ctx::Filter | Ctx::EndpointForm | Ctx::TrainEdit)
+        matches!(
+            self,
+            Ctx::Filter | Ctx::EndpointForm | Ctx::TrainEdit | Ctx::TurnEdit
+        )
     }
 
     pub fn title(self) -> &'static str {
@@ -201,6 +228,8 @@ impl Ctx {
             Ctx::Prompts => "Prompts (p)",
             Ctx::Compare => "Compare (c)",
             Ctx::Blind => "Blind rating (c, then b)",
+            Ctx::Converse => "Converse (C)",
+            Ctx::TurnEdit => "Converse, editing a turn (e)",
             Ctx::Eval => "Eval (e)",
             Ctx::JudgePicker => "Judge picker (e, then r)",
             Ctx::EndpointForm => "Add an endpoint (m, then a)",
@@ -483,6 +512,13 @@ pub const BINDINGS: &[Binding] = &[
     ),
     b(
         Ctx::Global,
+        &[key(Char('C'))],
+        "C",
+        Cmd::GoConverse,
+        "converse: a simulated user talks with an assistant",
+    ),
+    b(
+        Ctx::Global,
         &[key(Char('e'))],
         "e",
         Cmd::GoEval,
@@ -564,6 +600,13 @@ pub const BINDINGS: &[Binding] = &[
         "R",
         Cmd::ToggleReference,
         "show or hide the real reply",
+    ),
+    b(
+        Ctx::Simulate,
+        &[key(Char('F'))],
+        "F",
+        Cmd::Fork,
+        "go on as a conversation: the thread and the reply shown, on Converse",
     ),
     b(
         Ctx::PromptView,
@@ -781,6 +824,90 @@ pub const BINDINGS: &[Binding] = &[
         "Enter",
         Cmd::Enter,
         "reveal models + reference and save (all rated)",
+    ),
+    b(
+        Ctx::Converse,
+        &[key(Enter)],
+        "Enter",
+        Cmd::Enter,
+        "go on with the branch shown (none yet: start one) · on Branches: show it",
+    ),
+    b(
+        Ctx::Converse,
+        &[key(Char('N'))],
+        "N",
+        Cmd::NewConversation,
+        "a new conversation from the scenario selected in Simulate",
+    ),
+    b(
+        Ctx::Converse,
+        &[key(Char('F'))],
+        "F",
+        Cmd::Fork,
+        "fork at the turn under the cursor: write it again, and go on",
+    ),
+    b(
+        Ctx::Converse,
+        &[key(Char('e'))],
+        "e",
+        Cmd::EditTurn,
+        "edit the turn's text here (the edit becomes a new branch)",
+    ),
+    b(
+        Ctx::Converse,
+        &[key(Char('E'))],
+        "E",
+        Cmd::Edit,
+        "edit the turn's text in $EDITOR (a new branch)",
+    ),
+    b(
+        Ctx::Converse,
+        &[key(Char('['))],
+        "[",
+        Cmd::PrevCheckpoint,
+        "previous assistant checkpoint",
+    ),
+    b(
+        Ctx::Converse,
+        &[key(Char(']'))],
+        "]",
+        Cmd::NextCheckpoint,
+        "next assistant checkpoint",
+    ),
+    b(
+        Ctx::Converse,
+        &[key(Char('+'))],
+        "+",
+        Cmd::MoreTurns,
+        "one more new turn before max-turns",
+    ),
+    b(
+        Ctx::Converse,
+        &[key(Char('-'))],
+        "-",
+        Cmd::FewerTurns,
+        "one fewer new turn before max-turns",
+    ),
+    b(
+        Ctx::TurnEdit,
+        &[],
+        "type",
+        Cmd::Type,
+        "the turn's text (Backspace deletes)",
+    ),
+    b(
+        Ctx::TurnEdit,
+        &[key(Enter)],
+        "Enter",
+        Cmd::Enter,
+        "keep the edit as a new branch",
+    ),
+    b(
+        Ctx::TurnEdit,
+        &[key(Esc)],
+        "Esc",
+        Cmd::Back,
+        "drop the edit",
     ),
     b(
         Ctx::Eval,

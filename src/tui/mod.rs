@@ -52,6 +52,8 @@ struct Runtime {
     load_seq: u64,
     /// Effects waiting for a checkpoint to finish loading.
     pending: Vec<Effect>,
+    /// Assistants conversations opened (other than the checkpoint in use), kept for the next.
+    assistants: Arc<std::sync::Mutex<Vec<crate::sim::Simulator>>>,
     mtimes: Vec<(PathBuf, SystemTime)>,
 }
 
@@ -167,6 +169,43 @@ impl Runtime {
                     })
                 });
             }
+            // Both wait for the simulated user's checkpoint.
+            Effect::Converse(req) if self.model.is_none() => {
+                self.pending.push(Effect::Converse(req))
+            }
+            Effect::TurnPrompt(req) if self.model.is_none() => {
+                self.pending.push(Effect::TurnPrompt(req))
+            }
+            Effect::Converse(req) => {
+                let user = self.model.clone().expect("checked above");
+                let (opened, paths) = (self.assistants.clone(), self.paths.clone());
+                let job = req.job;
+                worker::spawn("converse", tx, Some(job), move |tx| {
+                    let send = |msg| tx.send(Action::Conv { job, msg });
+                    let r =
+                        worker::assistant_for(&req.assistant, &user, &opened, &paths.checkpoints)
+                            .and_then(|a| worker::converse(&user, &a, &req, &paths.prompts, &send));
+                    if let Err(error) = r {
+                        tx.send(Action::Failed {
+                            job: Some(job),
+                            error,
+                        });
+                    }
+                });
+            }
+            Effect::TurnPrompt(req) => {
+                let user = self.model.clone().expect("checked above");
+                let (opened, paths) = (self.assistants.clone(), self.paths.clone());
+                worker::spawn("turn-prompt", tx, Some(req.job), move |tx| {
+                    let result =
+                        worker::assistant_for(&req.assistant, &user, &opened, &paths.checkpoints)
+                            .and_then(|a| worker::turn_prompt(&user, &a, &req, &paths.prompts));
+                    tx.send(Action::TurnPrompt {
+                        job: req.job,
+                        result,
+                    })
+                });
+            }
             Effect::Score {
                 job,
                 call,
@@ -210,6 +249,16 @@ impl Runtime {
                     .map_err(|e| e.to_string())
                     .and_then(|r| r);
                 tx.send(Action::EditorDone { path, result });
+            }
+            Effect::EditTurn { branch, turn, text } => {
+                let result = terminal::suspended(term, || edit_text(&text))
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                tx.send(Action::TurnEdited {
+                    branch,
+                    turn,
+                    result,
+                });
             }
             Effect::AppendRating(v) => {
                 let runs = self.paths.runs.clone();
@@ -287,6 +336,17 @@ fn edit(path: &Path) -> Result<(), String> {
     }
 }
 
+/// `text` edited in the user's editor through a temporary file (removed after).
+fn edit_text(text: &str) -> Result<String, String> {
+    let path = std::env::temp_dir().join(format!("humanlm-turn-{}.txt", std::process::id()));
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let edited = edit(&path).and_then(|()| {
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    });
+    let _ = std::fs::remove_file(&path);
+    edited
+}
+
 fn translate(ev: Event) -> Option<Action> {
     match ev {
         Event::Key(k) => Some(Action::Key(k)),
@@ -344,6 +404,7 @@ pub fn run(checkpoints: &Path) -> anyhow::Result<()> {
         embedder: None,
         load_seq: 0,
         pending: vec![],
+        assistants: Default::default(),
         mtimes: worker::prompt_mtimes(&paths.prompts),
     };
     for e in [

@@ -2,7 +2,7 @@
 //! scoring, evaluating, reading and writing files. Each task reports through the channel; a
 //! panic inside one is caught and reported, never taking the workbench down.
 
-use super::action::{Action, SimRequest};
+use super::action::{Action, ConverseRequest, SimRequest};
 use super::app::*;
 use crate::judge::EmbeddingJudge;
 use crate::model::weights::LoadOptions;
@@ -351,6 +351,132 @@ pub fn compare(
             ..req.clone()
         };
         simulate(&model, &side_req, &paths.prompts, &send);
+    }
+}
+
+/// The assistant a conversation talks to: the simulated user's own model when the spec is
+/// empty or names it, else one opened before (kept in `opened`), else opened now.
+pub fn assistant_for(
+    spec: &str,
+    user: &Simulator,
+    opened: &std::sync::Mutex<Vec<Simulator>>,
+    root: &Path,
+) -> Result<Simulator, String> {
+    if spec.is_empty() || spec == user.name() {
+        return Ok(user.clone());
+    }
+    let mut opened = opened.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = opened.iter().find(|m| m.name() == spec) {
+        return Ok(m.clone());
+    }
+    let m = open(spec, root)?;
+    opened.push(m.clone());
+    Ok(m)
+}
+
+/// The prompt set, user side and assistant sampling of a conversation request.
+fn converse_setup<'a>(
+    user: &'a Simulator,
+    assistant: &'a Simulator,
+    set: &'a PromptSet,
+    req: &ConverseRequest,
+) -> crate::converse::Setup<'a> {
+    let mut assistant_sampling = crate::converse::AssistantSampling::default();
+    if let Some(cap) = req.sampling.max_tokens {
+        assistant_sampling.max_tokens = assistant_sampling.max_tokens.min(cap);
+    }
+    crate::converse::Setup {
+        user: crate::converse::UserSide {
+            engine: user.engine(),
+            set,
+            mode: req.mode,
+            sampling: req.sampling.clone(),
+        },
+        assistant: assistant.engine(),
+        assistant_sampling,
+        max_turns: req.max_turns,
+    }
+}
+
+/// Go on with a conversation until it ends, streaming every turn through `send`.
+pub fn converse(
+    user: &Simulator,
+    assistant: &Simulator,
+    req: &ConverseRequest,
+    prompts: &Path,
+    send: &dyn Fn(ConvMsg),
+) -> Result<(), String> {
+    use crate::converse::Event;
+    let set = PromptSet::load(&req.set, prompts).map_err(|e| one_line(&e.to_string()))?;
+    send(ConvMsg::Started {
+        user: user.name(),
+        set: set.name.clone(),
+        assistant: assistant.name(),
+    });
+    let setup = converse_setup(user, assistant, &set, req);
+    let t = crate::converse::converse_from(
+        &setup,
+        &req.scenario,
+        req.turns.clone(),
+        req.next,
+        req.seed,
+        Some(&req.cancel),
+        &mut |e| match e {
+            Event::TurnStarted { index, speaker } => send(ConvMsg::TurnStarted { index, speaker }),
+            Event::User(SimEvent::CallStarted { call }) => send(ConvMsg::Call {
+                name: call.name.clone(),
+                prefill: call.prefill.clone(),
+            }),
+            Event::User(SimEvent::Prefill { cached, .. }) => send(ConvMsg::Prefill { cached }),
+            Event::User(SimEvent::Text {
+                sample: 0, delta, ..
+            }) => send(ConvMsg::Text(delta.to_string())),
+            Event::User(_) => {}
+            Event::AssistantText(d) => send(ConvMsg::Text(d.to_string())),
+            Event::TurnFinished { turn, .. } => send(ConvMsg::TurnFinished(Box::new(turn.clone()))),
+        },
+    );
+    send(ConvMsg::Ended(t.end));
+    Ok(())
+}
+
+/// The prompt the next turn of a conversation is written from, as its side sees it: the
+/// simulated user's calls (states, then the reply) or the assistant's one chat prompt.
+pub fn turn_prompt(
+    user: &Simulator,
+    assistant: &Simulator,
+    req: &ConverseRequest,
+    prompts: &Path,
+) -> Result<Vec<crate::tui::app::CallPrompt>, String> {
+    use crate::scenario::Speaker;
+    match req.next {
+        Speaker::User => {
+            let set = PromptSet::load(&req.set, prompts).map_err(|e| one_line(&e.to_string()))?;
+            let view = crate::converse::user_view(&req.scenario, &req.turns);
+            let opts = Options::new(req.mode, req.sampling.params(&set));
+            let plan = sim::plan_with(&set, &view, &opts, user.engine())
+                .map_err(|e| one_line(&e.to_string()))?;
+            let local = matches!(user, Simulator::Local(_));
+            Ok(plan
+                .calls
+                .into_iter()
+                .map(|c| crate::tui::app::CallPrompt {
+                    name: c.name,
+                    tokens: local.then_some(c.prompt_tokens),
+                    text: c.prompt,
+                })
+                .collect())
+        }
+        Speaker::Assistant => {
+            let table = req.scenario.conversation.clone().unwrap_or_default();
+            let (text, tokens) =
+                crate::converse::assistant_prompt(assistant.engine(), &table, &req.turns)?;
+            Ok(vec![crate::tui::app::CallPrompt {
+                name: "assistant".to_string(),
+                tokens,
+                text,
+            }])
+        }
     }
 }
 

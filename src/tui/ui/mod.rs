@@ -3,6 +3,7 @@
 
 pub mod checkpoints;
 pub mod compare;
+pub mod converse;
 pub mod eval;
 pub mod help;
 pub mod prompt_view;
@@ -74,6 +75,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         Screen::Checkpoints => checkpoints::draw(f, app, body),
         Screen::Prompts => prompts::draw(f, app, body),
         Screen::Compare => compare::draw(f, app, body),
+        Screen::Converse => converse::draw(f, app, body),
         Screen::Eval => eval::draw(f, app, body),
         Screen::Train => train::draw(f, app, body),
     }
@@ -253,6 +255,20 @@ fn activity_line(app: &App) -> Line<'static> {
             Span::styled(" · Esc cancel", dim()),
         ]);
     }
+    if let Some((_, b)) = app.converse.job {
+        let turn = app.converse.stream.as_ref().map(|s| {
+            let who = match s.speaker {
+                Some(crate::scenario::Speaker::Assistant) => "the assistant",
+                _ => "HUMAN",
+            };
+            format!(" · turn {} · {who} writing", s.index + 1)
+        });
+        return Line::from(vec![
+            Span::styled(format!(" {spin} conversing "), Style::default().fg(GOOD)),
+            Span::raw(format!("branch {}{}", b + 1, turn.unwrap_or_default())),
+            Span::styled(" · Esc stops (on Converse)", dim()),
+        ]);
+    }
     if let Some(p) = &app.eval.progress {
         return Line::from(format!(
             " {spin} evaluating {}/{} · {} · Esc cancel (on Eval)",
@@ -274,6 +290,18 @@ fn activity_line(app: &App) -> Line<'static> {
             run.method.name(),
             run.name
         ));
+    }
+    if app.screen == Screen::Converse {
+        if let Some(end) = app.converse.current().and_then(|b| b.end.as_ref()) {
+            let style = match end.reason {
+                crate::converse::EndReason::Error => Style::default().fg(BAD),
+                crate::converse::EndReason::Cancelled | crate::converse::EndReason::Context => {
+                    Style::default().fg(WARN)
+                }
+                _ => Style::default().fg(GOOD),
+            };
+            return Line::from(Span::styled(format!(" conversation ended: {end}"), style));
+        }
     }
     if let Some(run) = &app.sim {
         let secs = run.finished.unwrap_or(app.tick).saturating_sub(run.started) as f64
@@ -393,6 +421,34 @@ fn draw_hints(f: &mut Frame, app: &App, area: Rect) {
             ("[ ]", "checkpoint"),
             ("+ -", "sides"),
             ("b", "blind"),
+            ("Esc", "back"),
+        ],
+        Screen::Converse if app.converse.edit.is_some() => &[
+            ("type", "text"),
+            ("Backspace", "delete"),
+            ("Enter", "keep as a branch"),
+            ("Esc", "drop"),
+        ],
+        Screen::Converse if app.converse.prompt.is_some() => {
+            &[("Tab", "next call"), ("↑↓", "scroll"), ("Esc", "close")]
+        }
+        Screen::Converse if app.converse.running() => &[
+            ("Esc", "stop"),
+            ("↑↓", "turn"),
+            ("Tab", "branches"),
+            ("v", "prompt"),
+            ("?", "help"),
+        ],
+        Screen::Converse => &[
+            ("Enter", "go on"),
+            ("N", "new"),
+            ("↑↓", "turn"),
+            ("F", "fork"),
+            ("e/E", "edit"),
+            ("v", "prompt"),
+            ("[ ]", "assistant"),
+            ("+ -", "turns"),
+            ("Tab", "branches"),
             ("Esc", "back"),
         ],
         Screen::Eval if app.eval.drill.is_some() => &[("↑↓", "sample"), ("Esc", "back to runs")],

@@ -155,13 +155,16 @@ fn pieces(line: &str) -> Vec<(bool, &str)> {
 /// The prompt text, newlines shown as ⏎, special tokens highlighted, wrapped to `width`; then
 /// the pre-filled tag and where generation starts.
 pub fn prompt_lines(call: &Call, width: usize) -> Vec<Line<'static>> {
+    text_lines(&call.prompt, &call.prefill, width)
+}
+
+/// A prompt's text as [`prompt_lines`] shows it, given the tag it ends with pre-filled (empty:
+/// none, or not known apart from the text).
+pub fn text_lines(prompt: &str, prefill: &str, width: usize) -> Vec<Line<'static>> {
     let special = Style::default()
         .fg(Color::Yellow)
         .add_modifier(Modifier::BOLD);
-    let body = call
-        .prompt
-        .strip_suffix(call.prefill.as_str())
-        .unwrap_or(&call.prompt);
+    let body = prompt.strip_suffix(prefill).unwrap_or(prompt);
     let width = width.max(8);
     let mut out = vec![];
     let src_lines: Vec<&str> = body.split('\n').collect();
@@ -198,15 +201,15 @@ pub fn prompt_lines(call: &Call, width: usize) -> Vec<Line<'static>> {
     }
     // Where the model takes over.
     let mut tail = vec![];
-    if !call.prefill.is_empty() {
+    if !prefill.is_empty() {
         tail.push(Span::styled(
-            call.prefill.clone(),
+            prefill.to_string(),
             Style::default().fg(GOOD).add_modifier(Modifier::BOLD),
         ));
     }
     tail.push(Span::styled("▌", Style::default().fg(ACCENT)));
     tail.push(Span::styled(
-        if call.prefill.is_empty() {
+        if prefill.is_empty() {
             "  ← generation starts here"
         } else {
             "  ← generation starts here (the tag is pre-filled)"

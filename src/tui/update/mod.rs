@@ -8,6 +8,7 @@
 
 mod checkpoints;
 mod compare;
+pub mod converse;
 mod eval;
 mod help;
 mod prompt_view;
@@ -26,6 +27,10 @@ use super::ui;
 use crate::sim::Mode;
 use checkpoints::{checkpoints_cmd, endpoint_form_key};
 use compare::{compare_cmd, init_compare};
+use converse::{
+    converse_cmd, converse_failed, converse_msg, fork_simulation, open_turn_prompt, turn_edit_key,
+    turn_edited, turn_prompt_cmd, turn_prompt_result,
+};
 use eval::{eval_cmd, eval_msg, load_selected_run, picker_cmd, preferred_judge};
 use prompt_view::{open_prompt_view, prompt_view_cmd};
 use prompts::prompts_cmd;
@@ -163,6 +168,13 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             fx.push(Effect::ScanPrompts);
         }
         Action::Sim { job, msg } => sim_msg(app, job, msg, &mut fx),
+        Action::Conv { job, msg } => converse_msg(app, job, msg),
+        Action::TurnPrompt { job, result } => turn_prompt_result(app, job, result),
+        Action::TurnEdited {
+            branch,
+            turn,
+            result,
+        } => turn_edited(app, branch, turn, result, &mut fx),
         Action::Cmp { job, side, msg } => {
             let finished = matches!(msg, SimMsg::Done { .. } | SimMsg::Failed(_));
             if app.compare.job == Some(job) {
@@ -254,6 +266,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 if let Some(run) = app.train.run.as_mut().filter(|r| r.job == job) {
                     run.status = TrainStatus::Failed(error.clone());
                 }
+                converse_failed(app, job, &error);
             }
             app.fail(error);
         }
@@ -300,6 +313,18 @@ fn on_key(app: &mut App, key: KeyEvent, fx: &mut Vec<Effect>) {
         train_edit_key(app, key);
         return;
     }
+    if app.screen == Screen::Converse && app.converse.edit.is_some() {
+        turn_edit_key(app, key, fx);
+        return;
+    }
+    if app.screen == Screen::Converse && app.converse.prompt.is_some() {
+        match app.keys.lookup(&[Ctx::PromptView, Ctx::Global], &key) {
+            Some(Cmd::Quit) => app.quit = true,
+            Some(cmd) => turn_prompt_cmd(app, cmd),
+            None => {}
+        }
+        return;
+    }
     let ctxs: &[Ctx] = match app.screen {
         Screen::Simulate => &[Ctx::Simulate, Ctx::Global],
         Screen::PromptView => &[Ctx::PromptView, Ctx::Global],
@@ -307,6 +332,7 @@ fn on_key(app: &mut App, key: KeyEvent, fx: &mut Vec<Effect>) {
         Screen::Prompts => &[Ctx::Prompts, Ctx::Global],
         Screen::Compare if app.compare.blind.is_some() => &[Ctx::Blind, Ctx::Global],
         Screen::Compare => &[Ctx::Compare, Ctx::Global],
+        Screen::Converse => &[Ctx::Converse, Ctx::Global],
         Screen::Eval => &[Ctx::Eval, Ctx::Global],
         Screen::Train => &[Ctx::Train, Ctx::Global],
     };
@@ -336,6 +362,10 @@ fn command(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
         }
         Cmd::Back => {
             back(app);
+            return;
+        }
+        Cmd::GoPromptView if app.screen == Screen::Converse => {
+            open_turn_prompt(app, fx);
             return;
         }
         Cmd::GoPromptView => {
@@ -368,6 +398,14 @@ fn command(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
             toggle_screen(app, Screen::Compare);
             if app.compare.sides.is_empty() {
                 init_compare(app);
+            }
+            return;
+        }
+        Cmd::GoConverse => {
+            toggle_screen(app, Screen::Converse);
+            // The assistant's choices: checkpoints and endpoints.
+            if app.screen == Screen::Converse && !app.ckpts.scanned {
+                fx.push(Effect::ScanCheckpoints);
             }
             return;
         }
@@ -427,11 +465,13 @@ fn command(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
         _ => {}
     }
     match app.screen {
+        Screen::Simulate if cmd == Cmd::Fork => fork_simulation(app, fx),
         Screen::Simulate => simulate_cmd(app, cmd, fx),
         Screen::PromptView => prompt_view_cmd(app, cmd),
         Screen::Checkpoints => checkpoints_cmd(app, cmd, fx),
         Screen::Prompts => prompts_cmd(app, cmd, fx),
         Screen::Compare => compare_cmd(app, cmd, fx),
+        Screen::Converse => converse_cmd(app, cmd, fx),
         Screen::Eval => eval_cmd(app, cmd, fx),
         Screen::Train => train_cmd(app, cmd, fx),
     }
@@ -451,6 +491,7 @@ fn back(app: &mut App) {
     let cancel_kind = match app.screen {
         Screen::Simulate => Some(JobKind::Simulate),
         Screen::Compare => Some(JobKind::Compare),
+        Screen::Converse => Some(JobKind::Converse),
         Screen::Eval => Some(JobKind::Eval),
         Screen::Train => Some(JobKind::Train),
         _ => None,
@@ -516,7 +557,12 @@ pub fn cancel(app: &mut App, kind: JobKind) -> bool {
             // The worker reports when it has stopped; the progress stays until then.
             app.info("cancelling the evaluation (it resumes where it stopped: r)");
         }
-        JobKind::Plan => {}
+        JobKind::Plan | JobKind::ConversePrompt => {}
+        JobKind::Converse => {
+            // The worker ends the conversation as `cancelled` (the turn it was writing is
+            // dropped) and reports; the branch's job stays until then, so nothing else starts.
+            app.info("stopping the conversation");
+        }
         JobKind::Train => {
             // The trainer saves a checkpoint, then reports; the run stays on screen until then.
             if let Some(run) = app.train.run.as_mut().filter(|r| r.job == job.id) {
@@ -648,6 +694,18 @@ fn on_mouse(app: &mut App, m: MouseEvent) {
                 app.eval.drill = Some(
                     (sel as isize + delta.signum()).clamp(0, n.saturating_sub(1) as isize) as usize,
                 );
+            }
+        }
+        Screen::Converse => {
+            let cmd = if delta < 0 { Cmd::Up } else { Cmd::Down };
+            if let Some(p) = app.converse.prompt.as_ref() {
+                let pos = p.scroll;
+                let moved = shift(app, "turn_prompt", pos, delta);
+                if let Some(p) = app.converse.prompt.as_mut() {
+                    p.scroll = moved;
+                }
+            } else {
+                converse_cmd(app, cmd, &mut vec![]);
             }
         }
         Screen::Compare | Screen::Train => {}

@@ -362,36 +362,78 @@ pub(super) fn rescore(app: &mut App) -> Vec<Effect> {
     fx
 }
 
-/// Save the finished run as a session (`runs/sessions/`).
+/// Save the finished run and the Converse screen's conversations as a session
+/// (`runs/sessions/`); with no run, the conversations alone.
 pub(super) fn save_session(app: &mut App, fx: &mut Vec<Effect>) {
-    let Some(run) = &app.sim else {
-        app.info("nothing to save: simulate a scenario first");
-        return;
+    let conversations = app.converse.branches.clone();
+    let run = app.sim.as_ref().filter(|r| !r.running());
+    let session = match (run, conversations.first()) {
+        (Some(run), _) => Session {
+            version: SESSION_VERSION,
+            saved_unix: 0,
+            scenario: run.scenario.clone(),
+            checkpoint: run.checkpoint.clone(),
+            prompt_set: run.set.clone(),
+            prompt_hash: run.set_hash.clone(),
+            mode: run.mode.name().to_string(),
+            sampling: run.sampling.clone(),
+            dropped_turns: run.dropped_turns,
+            samples: run.samples.clone(),
+            conversations,
+        },
+        (None, Some(first)) => Session {
+            version: SESSION_VERSION,
+            saved_unix: 0,
+            scenario: first.scenario.clone(),
+            checkpoint: app.checkpoint.clone(),
+            prompt_set: app.set.clone(),
+            prompt_hash: app
+                .set_info(&app.set)
+                .and_then(|s| s.hash.clone())
+                .unwrap_or_default(),
+            mode: app.mode.name().to_string(),
+            sampling: app.sampling.clone(),
+            dropped_turns: 0,
+            samples: vec![],
+            conversations,
+        },
+        (None, None) if app.sim.is_some() => {
+            app.info("the simulation is still running: save it when it is done");
+            return;
+        }
+        (None, None) => {
+            app.info("nothing to save: simulate a scenario or start a conversation first");
+            return;
+        }
     };
-    if run.running() {
-        app.info("the simulation is still running: save it when it is done");
-        return;
-    }
-    fx.push(Effect::SaveSession(Box::new(Session {
-        version: SESSION_VERSION,
-        saved_unix: 0,
-        scenario: run.scenario.clone(),
-        checkpoint: run.checkpoint.clone(),
-        prompt_set: run.set.clone(),
-        prompt_hash: run.set_hash.clone(),
-        mode: run.mode.name().to_string(),
-        sampling: run.sampling.clone(),
-        dropped_turns: run.dropped_turns,
-        samples: run.samples.clone(),
-    })));
+    fx.push(Effect::SaveSession(Box::new(session)));
 }
 
 /// Show a saved session as the current run, with its scenario, settings and checkpoint.
-pub(super) fn open_session(app: &mut App, s: Session, fx: &mut Vec<Effect>) {
+pub(super) fn open_session(app: &mut App, mut s: Session, fx: &mut Vec<Effect>) {
     let Ok(mode) = s.mode.parse::<crate::sim::Mode>() else {
         app.fail(format!("session: unknown mode '{}'", s.mode));
         return;
     };
+    let conversations = std::mem::take(&mut s.conversations);
+    if !conversations.is_empty() {
+        if app.converse.running() {
+            app.info("a conversation is running: Esc on Converse stops it, then open the session");
+            return;
+        }
+        let n = conversations.len();
+        app.converse.branches = conversations;
+        app.converse.branch = 0;
+        app.converse.cursor = None;
+        app.converse.prompt = None;
+        app.converse.edit = None;
+        if s.samples.is_empty() {
+            // A session of conversations only: the simulation shown stays.
+            app.screen = Screen::Converse;
+            app.info(format!("opened the session's {n} conversations"));
+            return;
+        }
+    }
     // Show the session's scenario in the browser.
     app.browser.filter.clear();
     app.browser.filtering = false;
