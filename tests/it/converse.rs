@@ -320,6 +320,89 @@ fn conversations_end_for_each_reason_on_the_default_model() {
     );
 }
 
+/// What the workbench's `F` and `e` run: a conversation going on from a turn of another.
+#[test]
+fn a_fork_or_an_edit_goes_on_from_its_turn_on_the_default_model() {
+    let model = common::default_model();
+    let set = shipped_set("instruct");
+    let sc = parcel();
+    let mut s = setup(&set, Engine::Local(model), 12);
+    s.max_turns = Some(3);
+    let whole = converse::converse(&s, &sc, 5, None, &mut |_| {});
+    assert_eq!(whole.end.reason, EndReason::MaxTurns);
+    // The greeting, then user, assistant, user: fork at the assistant's turn (index 2).
+    let at = 2;
+    assert_eq!(whole.turns[at].speaker, Speaker::Assistant);
+    let kept = whole.turns[..at].to_vec();
+
+    // The same seed writes the same turns again (each turn's seed comes from the
+    // conversation's seed and the turn's index), and the turns before the point are kept.
+    let mut started = vec![];
+    let same = converse::converse_from(
+        &s,
+        &sc,
+        kept.clone(),
+        Speaker::Assistant,
+        5,
+        None,
+        &mut |e| {
+            if let Event::TurnStarted { index, speaker } = e {
+                started.push((index, speaker));
+            }
+        },
+    );
+    assert_eq!(texts(&same), texts(&whole));
+    // Turns already generated count toward the limit: only the two after the point are new.
+    assert_eq!(started, [(2, Speaker::Assistant), (3, Speaker::User)]);
+    assert_eq!(same.end.reason, EndReason::MaxTurns);
+
+    // Another seed writes the turn again differently, from the same point.
+    let other = (6..12u64)
+        .map(|seed| {
+            converse::converse_from(
+                &s,
+                &sc,
+                kept.clone(),
+                Speaker::Assistant,
+                seed,
+                None,
+                &mut |_| {},
+            )
+        })
+        .find(|t| texts(t) != texts(&whole))
+        .expect("no seed in 6..12 gave the forked turn another text");
+    assert_eq!(texts(&other)[..at], texts(&whole)[..at]);
+    assert_eq!(other.turns.len(), whole.turns.len());
+
+    // An edited user turn: kept as written, and the assistant answers what it says.
+    let mut edited = whole.turns[..at].to_vec();
+    edited[1].text = "Where is parcel PX-1234? I need it before Friday.".into();
+    edited[1].edited = true;
+    let t = converse::converse_from(
+        &s,
+        &sc,
+        edited.clone(),
+        Speaker::Assistant,
+        5,
+        None,
+        &mut |_| {},
+    );
+    assert_eq!(t.turns[1].text, edited[1].text);
+    assert!(t.turns[1].edited);
+    assert_eq!(t.turns[2].speaker, Speaker::Assistant);
+    let (prompt, tokens) = converse::assistant_prompt(
+        Engine::Local(model),
+        sc.conversation.as_ref().unwrap(),
+        &edited,
+    )
+    .unwrap();
+    assert!(
+        prompt.contains("PX-1234? I need it before Friday."),
+        "{prompt}"
+    );
+    assert!(tokens.unwrap() > 0);
+}
+
 fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()

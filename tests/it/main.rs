@@ -41,4 +41,5 @@ mod train;
 mod train_targets;
 mod train_val;
 mod tui;
+mod tui_converse;
 mod tui_e2e;

@@ -228,23 +228,23 @@ pub(crate) fn app(w: u16, h: u16) -> App {
     app
 }
 
-fn key(c: char) -> Action {
+pub(crate) fn key(c: char) -> Action {
     Action::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
 }
 
-fn code(k: KeyCode) -> Action {
+pub(crate) fn code(k: KeyCode) -> Action {
     Action::Key(KeyEvent::new(k, KeyModifiers::NONE))
 }
 
-fn send(app: &mut App, actions: impl IntoIterator<Item = Action>) -> Vec<Effect> {
+pub(crate) fn send(app: &mut App, actions: impl IntoIterator<Item = Action>) -> Vec<Effect> {
     actions.into_iter().flat_map(|a| update(app, a)).collect()
 }
 
-fn typed(s: &str) -> Vec<Action> {
+pub(crate) fn typed(s: &str) -> Vec<Action> {
     s.chars().map(key).collect()
 }
 
-fn render(app: &mut App, w: u16, h: u16) -> String {
+pub(crate) fn render(app: &mut App, w: u16, h: u16) -> String {
     app.size = (w, h);
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
     t.draw(|f| draw(f, app)).unwrap();
@@ -252,7 +252,7 @@ fn render(app: &mut App, w: u16, h: u16) -> String {
 }
 
 /// Snapshots at 80×24 and 120×40.
-fn snap(name: &str, app: &mut App) {
+pub(crate) fn snap(name: &str, app: &mut App) {
     for (w, h) in [(80, 24), (120, 40)] {
         let out = render(app, w, h);
         insta::assert_snapshot!(format!("{name}_{w}x{h}"), out);
@@ -329,7 +329,7 @@ fn done_call(job: u64, name: &str) -> Action {
     }
 }
 
-const STATES: [(&str, &str); 6] = [
+pub(crate) const STATES: [(&str, &str); 6] = [
     ("stance", "strongly disagrees with paying half"),
     ("emotion", "mild irritation at the neighbor"),
     ("belief", "you pay for what you agreed to"),
@@ -339,7 +339,7 @@ const STATES: [(&str, &str); 6] = [
 ];
 
 /// Select the fence scenario and run it to the end, through the messages a worker sends.
-fn finished_run(app: &mut App, n: usize) -> u64 {
+pub(crate) fn finished_run(app: &mut App, n: usize) -> u64 {
     for _ in 1..n {
         send(app, [key('n')]);
     }

@@ -1,7 +1,8 @@
 //! End to end: the release binary, in a real terminal (tmux), on the default checkpoint.
 //!
 //! Opens the workbench at 100×30, filters the scenario list down to one scenario, simulates it
-//! until the reply and the six state cards are filled, opens the help, quits, and checks that
+//! until the reply and the six state cards are filled, holds a two-turn conversation on a chat
+//! scenario and forks it at the user's turn (Converse), opens the help, quits, and checks that
 //! the terminal was given back (the alternate screen left, the shell prompt there again). Every
 //! call's new tokens are capped with `HUMANLM_TUI_MAX_TOKENS` so this takes seconds, not minutes.
 //!
@@ -12,6 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "opinion-gym-etiquette-06";
+/// The chat scenario with a `[conversation]` table, for the Converse part.
+const CONVERSATION: &str = "chat-airline-change-04";
 
 /// A tmux server of our own, killed when dropped (also when an assertion fails).
 struct Tmux {
@@ -267,6 +270,68 @@ fn workbench_end_to_end() {
     t.wait("Simulate again", Duration::from_secs(10), |s| {
         !s.contains("a short LoRA pass")
     });
+    // Converse: a two-turn conversation on the chat scenario with a [conversation] table,
+    // then a fork at the user's turn that goes on from there.
+    t.keys(&["/"]);
+    t.wait("the filter to open", Duration::from_secs(10), |s| {
+        s.contains("/gym-etiquette")
+    });
+    t.keys(&["Escape"]);
+    t.wait("the filter to clear", Duration::from_secs(10), |s| {
+        s.contains("politics (")
+    });
+    t.keys(&["/"]);
+    t.type_text(CONVERSATION);
+    t.wait("the chat scenario", Duration::from_secs(10), |s| {
+        s.contains(&format!("/{CONVERSATION}")) && s.contains("chat (1)")
+    });
+    t.keys(&["Tab"]);
+    t.keys(&["C"]);
+    t.wait("the Converse screen", Duration::from_secs(20), |s| {
+        s.contains(&format!("Enter starts a conversation on {CONVERSATION}"))
+    });
+    // Down to one new turn, then up to two.
+    t.type_text(&"-".repeat(30));
+    t.wait("one new turn", Duration::from_secs(10), |s| {
+        s.contains("max 1 new turns")
+    });
+    t.type_text("+");
+    t.wait("two new turns", Duration::from_secs(10), |s| {
+        s.contains("max 2 new turns")
+    });
+    t.keys(&["Enter"]);
+    let mut saw_conversing = false;
+    let screen = t.wait("the conversation to end", Duration::from_secs(240), |s| {
+        saw_conversing |= s.contains("conversing");
+        s.contains("conversation ended: max-turns") && s.contains("(2 new)")
+    });
+    assert!(
+        saw_conversing,
+        "the status bar never showed the conversation"
+    );
+    assert!(
+        screen.contains("HUMAN") && screen.contains("assistant"),
+        "{screen}"
+    );
+    assert!(screen.contains("1 from the scenario"), "{screen}");
+    // Up to the user's new turn; F forks there and writes it again.
+    t.keys(&["Up"]);
+    t.keys(&["F"]);
+    let screen = t.wait("the fork to end", Duration::from_secs(240), |s| {
+        s.contains("2 fork at turn")
+            && s.contains("Conversation 2/2")
+            && s.contains("conversation ended: max-turns")
+            && !s.contains("conversing")
+    });
+    assert!(
+        screen.contains("└"),
+        "the fork is drawn under its parent:\n{screen}"
+    );
+    t.keys(&["Escape"]);
+    t.wait("Simulate again", Duration::from_secs(10), |s| {
+        s.contains("Scenarios (/ filter)")
+    });
+
     t.keys(&["?"]);
     t.wait("the help again", Duration::from_secs(10), |s| {
         s.contains("Help · keys")

@@ -7,7 +7,7 @@ use crate::prompts::RESPONSE;
 use crate::scenario::Speaker;
 use crate::tui::app::{App, Branch, ConvFocus, TurnStream};
 use crate::tui::text;
-use crate::tui::update::converse::{assistant_name, max_turns};
+use crate::tui::update::converse::max_turns;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -83,20 +83,24 @@ fn draw_config(f: &mut Frame, app: &App, area: Rect) {
         .or_else(|| app.selected_scenario().map(|e| e.scenario.id.clone()))
         .unwrap_or_else(|| "no scenario".into());
     let seed = c.current().map_or(app.sampling.seed, |b| b.seed);
+    // What matters most first: at 80 columns the end is cut.
+    let assistant = if c.assistant.is_empty() {
+        "the same checkpoint".to_string()
+    } else {
+        c.assistant.clone()
+    };
     let line = Line::from(vec![
         Span::styled(
             format!(" {scenario} "),
             Style::default().add_modifier(Modifier::BOLD),
         ),
-        Span::styled("· user ", dim()),
-        Span::styled(app.checkpoint.clone(), Style::default().fg(HUMAN)),
-        Span::styled(format!(" {} {} ", app.set, app.mode.name()), dim()),
-        Span::styled("⇄ assistant ", dim()),
-        Span::styled(assistant_name(app), Style::default().fg(ACCENT)),
         Span::styled(
-            format!(" · max {} new turns · seed {seed}", max_turns(app)),
+            format!("· max {} new turns · seed {seed} · ", max_turns(app)),
             dim(),
         ),
+        Span::styled(app.checkpoint.clone(), Style::default().fg(HUMAN)),
+        Span::styled(format!(" ({} {}) ⇄ ", app.set, app.mode.name()), dim()),
+        Span::styled(assistant, Style::default().fg(ACCENT)),
     ]);
     f.render_widget(Paragraph::new(line), area);
 }
@@ -157,21 +161,23 @@ fn draw_branches(f: &mut Frame, app: &App, area: Rect) {
             };
             let mark = if i == c.branch { "● " } else { "  " };
             let (end, end_st) = end_label(app, i, b);
+            // Two lines: where it came from, then its length and how it ended.
             let head = format!("{mark}{indent}{} {}", i + 1, b.origin);
-            let tail = format!(" · {} · ", b.turns.len());
-            let room = inner_w.saturating_sub(text::width(&tail) + text::width(&end));
-            ListItem::new(Line::from(vec![
-                Span::styled(
-                    text::truncate(&head, room),
+            let pad = " ".repeat(2 + text::width(&indent) + 2);
+            ListItem::new(vec![
+                Line::styled(
+                    text::truncate(&head, inner_w),
                     if i == c.branch {
                         Style::default().add_modifier(Modifier::BOLD)
                     } else {
                         Style::default()
                     },
                 ),
-                Span::styled(tail, dim()),
-                Span::styled(end, end_st),
-            ]))
+                Line::from(vec![
+                    Span::styled(format!("{pad}{} turns · ", b.turns.len()), dim()),
+                    Span::styled(end, end_st),
+                ]),
+            ])
         })
         .collect();
     let list = List::new(items).block(block).highlight_style(
@@ -204,7 +210,14 @@ fn speaker_span(speaker: Speaker) -> Span<'static> {
 
 /// A finished turn: its header (number, speaker, where it came from, its cost) and its text;
 /// a user turn's states as one dim line each.
-fn turn_lines(i: usize, t: &Turn, thread: bool, width: usize, out: &mut Vec<Line<'static>>) {
+fn turn_lines(
+    i: usize,
+    t: &Turn,
+    thread: bool,
+    dims: &[String],
+    width: usize,
+    out: &mut Vec<Line<'static>>,
+) {
     let mut head = vec![
         Span::styled(format!("{} ", i + 1), dim()),
         speaker_span(t.speaker),
@@ -245,7 +258,11 @@ fn turn_lines(i: usize, t: &Turn, thread: bool, width: usize, out: &mut Vec<Line
     }
     out.push(Line::from(head));
     let text_w = width.saturating_sub(2).max(10);
-    for (k, v) in &t.states {
+    // In the prompt set's order, then any other the turn has.
+    let mut keys: Vec<&String> = dims.iter().filter(|d| t.states.contains_key(*d)).collect();
+    keys.extend(t.states.keys().filter(|k| !dims.contains(k)));
+    for k in keys {
+        let v = &t.states[k];
         let l = text::truncate(&format!("{k}: {v}"), text_w);
         out.push(Line::styled(format!("  {l}"), dim()));
     }
@@ -286,7 +303,14 @@ fn stream_lines(app: &App, s: &TurnStream, width: usize, out: &mut Vec<Line<'sta
             out.push(Line::from(spans));
             continue;
         }
-        let wrapped = text::wrap(body, text_w);
+        // The reply as the other side will see it: no thinking, no `<response>` tag.
+        let shown = body
+            .rsplit_once("</think>")
+            .map_or(body.as_str(), |(_, r)| r);
+        let shown = shown.trim();
+        let shown = shown.strip_prefix("<response>").unwrap_or(shown);
+        let shown = shown.split("</response>").next().unwrap_or(shown).trim();
+        let wrapped = text::wrap(shown, text_w);
         let k = wrapped.len();
         for (i, l) in wrapped.into_iter().enumerate() {
             let mut spans = vec![Span::raw(format!("  {l}"))];
@@ -385,7 +409,13 @@ fn draw_transcript(f: &mut Frame, app: &App, area: Rect) {
     let inner = block.inner(area);
     let width = inner.width.saturating_sub(2) as usize;
     let thread = b.thread_turns();
-    let cursor = c.cursor_turn();
+    let dims = app.dimensions();
+    let running_here = c.job.is_some_and(|(_, r)| r == c.branch);
+    // While the conversation grows and the cursor follows it, the turn being written is the
+    // one in view: no finished turn is marked.
+    let cursor = c
+        .cursor_turn()
+        .filter(|_| c.cursor.is_some() || !running_here);
     let mut lines: Vec<Line> = vec![];
     let mut starts = vec![];
     for (i, t) in b.turns.iter().enumerate() {
@@ -394,7 +424,7 @@ fn draw_transcript(f: &mut Frame, app: &App, area: Rect) {
         }
         starts.push(lines.len());
         let mut turn = vec![];
-        turn_lines(i, t, i < thread && !t.edited, width, &mut turn);
+        turn_lines(i, t, i < thread && !t.edited, &dims, width, &mut turn);
         // The turn under the cursor has a bar in the gutter.
         let bar = if cursor == Some(i) && focused {
             Span::styled("▌", Style::default().fg(ACCENT))
@@ -409,7 +439,6 @@ fn draw_transcript(f: &mut Frame, app: &App, area: Rect) {
             lines.push(Line::from(spans));
         }
     }
-    let running_here = c.job.is_some_and(|(_, r)| r == c.branch);
     if let Some(s) = c.stream.as_ref().filter(|_| running_here) {
         lines.push(Line::raw(""));
         let mut turn = vec![];
@@ -462,6 +491,7 @@ fn draw_states(f: &mut Frame, app: &App, area: Rect) {
         (None, Some((_, t))) if t.speaker == Speaker::Assistant => {
             Some("the assistant's turn: no states")
         }
+        (None, Some((_, t))) if t.edited => Some("an edited turn: written by hand, no states"),
         (None, Some((_, t))) if t.states.is_empty() => Some(if t.generated {
             "no states: written in a mode or set without them"
         } else {
@@ -535,11 +565,8 @@ fn draw_prompt(f: &mut Frame, app: &App, body: Rect) {
     let Some(p) = &app.converse.prompt else {
         return;
     };
-    let r = centered(
-        body,
-        body.width.saturating_sub(4),
-        body.height.saturating_sub(2),
-    );
+    // The whole body: the prompt is long and wide.
+    let r = body;
     f.render_widget(Clear, r);
     let side = app
         .converse

@@ -493,7 +493,15 @@ pub(super) fn converse_msg(app: &mut App, job: u64, msg: ConvMsg) {
                 .branches
                 .get(b)
                 .map_or(0, |br| br.turns.iter().filter(|t| t.generated).count());
-            app.info(format!("conversation ended: {end} · {new} new turns"));
+            // A turn limit names the count already.
+            app.info(if end.reason == EndReason::MaxTurns {
+                format!("conversation ended: {end}")
+            } else {
+                format!(
+                    "conversation ended: {end} · {new} new turn{}",
+                    if new == 1 { "" } else { "s" }
+                )
+            });
         }
     }
 }
