@@ -43,6 +43,20 @@ impl Screen {
         Screen::Train,
     ];
 
+    /// The tab's label where the header is short of room.
+    pub fn short_title(self) -> &'static str {
+        match self {
+            Screen::Simulate => "Sim",
+            Screen::PromptView => "View",
+            Screen::Checkpoints => "Ckpt",
+            Screen::Prompts => "Prm",
+            Screen::Compare => "Cmp",
+            Screen::Converse => "Conv",
+            Screen::Eval => "Eval",
+            Screen::Train => "Train",
+        }
+    }
+
     pub fn title(self) -> &'static str {
         match self {
             Screen::Simulate => "Simulate",

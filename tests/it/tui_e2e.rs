@@ -1,9 +1,9 @@
 //! End to end: the release binary, in a real terminal (tmux), on the default checkpoint.
 //!
 //! Opens the workbench at 100×30, filters the scenario list down to one scenario, simulates it
-//! until the reply and the six state cards are filled, holds a two-turn conversation on a chat
-//! scenario and forks it at the user's turn (Converse), opens the help, quits, and checks that
-//! the terminal was given back (the alternate screen left, the shell prompt there again). Every
+//! until the reply and the six state cards are filled, opens the help, quits, and checks that
+//! the terminal was given back (the alternate screen left, the shell prompt there again); and,
+//! in a second test, holds a two-turn conversation and forks it at the user's turn. Every
 //! call's new tokens are capped with `HUMANLM_TUI_MAX_TOKENS` so this takes seconds, not minutes.
 //!
 //! Needs tmux (`apt-get install tmux`); runs on a private tmux socket that is removed afterwards.
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 const SCENARIO: &str = "opinion-gym-etiquette-06";
 /// The chat scenario with a `[conversation]` table, for the Converse part.
 const CONVERSATION: &str = "chat-airline-change-04";
+
+static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A tmux server of our own, killed when dropped (also when an assertion fails).
 struct Tmux {
@@ -31,7 +33,12 @@ impl Tmux {
             ),
         }
         let t = Tmux {
-            socket: format!("humanlm-test-{}", std::process::id()),
+            // Per process and per server: `cargo test` runs both tests in one process.
+            socket: format!(
+                "humanlm-test-{}-{}",
+                std::process::id(),
+                SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
         };
         let out = t.run(&[
             "new-session",
@@ -73,7 +80,7 @@ impl Tmux {
 
     fn type_text(&self, text: &str) {
         assert!(self
-            .run(&["send-keys", "-t", "wb", "-l", text])
+            .run(&["send-keys", "-t", "wb", "-l", "--", text])
             .status
             .success());
     }
@@ -138,13 +145,33 @@ fn filled(screen: &str, dim: &str) -> bool {
     })
 }
 
-#[test]
-fn workbench_end_to_end() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// The workbench in a 100×30 tmux pane on the default checkpoint, once it has loaded.
+fn open_workbench(root: &Path) -> (Tmux, String) {
     assert!(
         root.join("checkpoints/smollm2-135m-instruct").is_dir(),
         "the default checkpoint is missing: run scripts/fetch-checkpoints.sh"
     );
+    let t = Tmux::start(100, 30);
+    t.wait("the shell's prompt", Duration::from_secs(10), |s| {
+        !s.trim().is_empty()
+    });
+    let command = format!(
+        "cd '{}' && HUMANLM_TUI_MAX_TOKENS=16 '{}'; echo \"workbench exited with $?\"",
+        root.display(),
+        env!("CARGO_BIN_EXE_humanlm")
+    );
+    t.type_text(&command);
+    t.keys(&["Enter"]);
+    // The workbench opens on the scenarios and loads the default checkpoint in the background.
+    let screen = t.wait("the checkpoint to load", Duration::from_secs(120), |s| {
+        s.contains("smollm2-135m-instruct · cpu") && s.contains("opinion (")
+    });
+    (t, screen)
+}
+
+#[test]
+fn workbench_end_to_end() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let title = humanlm::scenario::find(SCENARIO, &root.join("scenarios"))
         .expect("the test scenario ships in scenarios/")
         .scenario
@@ -163,22 +190,7 @@ fn workbench_end_to_end() {
             .collect();
     assert!(!dimensions.is_empty());
 
-    let t = Tmux::start(100, 30);
-    t.wait("the shell's prompt", Duration::from_secs(10), |s| {
-        !s.trim().is_empty()
-    });
-    let command = format!(
-        "cd '{}' && HUMANLM_TUI_MAX_TOKENS=16 '{}'; echo \"workbench exited with $?\"",
-        root.display(),
-        env!("CARGO_BIN_EXE_humanlm")
-    );
-    t.type_text(&command);
-    t.keys(&["Enter"]);
-
-    // The workbench opens on the scenarios and loads the default checkpoint in the background.
-    let screen = t.wait("the checkpoint to load", Duration::from_secs(120), |s| {
-        s.contains("smollm2-135m-instruct · cpu") && s.contains("opinion (")
-    });
+    let (t, screen) = open_workbench(root);
     assert_eq!(t.alternate_on(), "1", "full screen while running");
     assert!(screen.contains("Simulate"), "{screen}");
     assert!(screen.contains("Scenarios (/ filter)"), "{screen}");
@@ -270,15 +282,37 @@ fn workbench_end_to_end() {
     t.wait("Simulate again", Duration::from_secs(10), |s| {
         !s.contains("a short LoRA pass")
     });
-    // Converse: a two-turn conversation on the chat scenario with a [conversation] table,
-    // then a fork at the user's turn that goes on from there.
-    t.keys(&["/"]);
-    t.wait("the filter to open", Duration::from_secs(10), |s| {
-        s.contains("/gym-etiquette")
+    t.keys(&["?"]);
+    t.wait("the help again", Duration::from_secs(10), |s| {
+        s.contains("Help · keys")
     });
-    t.keys(&["Escape"]);
-    t.wait("the filter to clear", Duration::from_secs(10), |s| {
-        s.contains("politics (")
+
+    // q quits and gives the terminal back.
+    t.keys(&["q"]);
+    let screen = t.wait("the shell again", Duration::from_secs(10), |s| {
+        s.contains("workbench exited with")
+    });
+    assert!(screen.contains("workbench exited with 0"), "{screen}");
+    assert!(!screen.contains("Help · keys"), "{screen}");
+    assert_eq!(t.alternate_on(), "0", "the alternate screen was left");
+    // The shell takes input again (raw mode is off: the line is echoed and run).
+    t.type_text("echo back-in-the-shell");
+    t.keys(&["Enter"]);
+    t.wait("the shell to answer", Duration::from_secs(10), |s| {
+        s.lines().any(|l| l.trim() == "back-in-the-shell")
+    });
+}
+
+/// Converse in a real terminal: a two-turn conversation on the chat scenario with a
+/// `[conversation]` table, then a fork at the user's turn that goes on from there. The user
+/// writes in response mode (one call per turn) so this takes seconds.
+#[test]
+fn a_conversation_and_a_fork_end_to_end() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (t, _) = open_workbench(root);
+    t.keys(&["M"]);
+    t.wait("response mode", Duration::from_secs(10), |s| {
+        s.contains("· response ·")
     });
     t.keys(&["/"]);
     t.type_text(CONVERSATION);
@@ -327,29 +361,10 @@ fn workbench_end_to_end() {
         screen.contains("└"),
         "the fork is drawn under its parent:\n{screen}"
     );
-    t.keys(&["Escape"]);
-    t.wait("Simulate again", Duration::from_secs(10), |s| {
-        s.contains("Scenarios (/ filter)")
-    });
 
-    t.keys(&["?"]);
-    t.wait("the help again", Duration::from_secs(10), |s| {
-        s.contains("Help · keys")
-    });
-
-    // q quits and gives the terminal back.
     t.keys(&["q"]);
-    let screen = t.wait("the shell again", Duration::from_secs(10), |s| {
-        s.contains("workbench exited with")
-    });
-    assert!(screen.contains("workbench exited with 0"), "{screen}");
-    assert!(!screen.contains("Help · keys"), "{screen}");
-    assert_eq!(t.alternate_on(), "0", "the alternate screen was left");
-    // The shell takes input again (raw mode is off: the line is echoed and run).
-    t.type_text("echo back-in-the-shell");
-    t.keys(&["Enter"]);
-    t.wait("the shell to answer", Duration::from_secs(10), |s| {
-        s.lines().any(|l| l.trim() == "back-in-the-shell")
+    t.wait("the shell again", Duration::from_secs(10), |s| {
+        s.contains("workbench exited with 0")
     });
 }
 

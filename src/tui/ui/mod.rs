@@ -90,6 +90,28 @@ pub fn draw(f: &mut Frame, app: &App) {
 }
 
 fn draw_header(f: &mut Frame, app: &App, area: Rect) {
+    // The tabs in full, or (when the checkpoint would not fit beside them) the other tabs in
+    // short; without room for the checkpoint either way, in full.
+    let right = model_status(app);
+    let rw = right.width() as u16;
+    let full = tab_line(app, false);
+    let short = tab_line(app, true);
+    let (left, right) = if full.width() as u16 + rw < area.width {
+        (full, Some(right))
+    } else if short.width() as u16 + rw < area.width {
+        (short, Some(right))
+    } else {
+        (full, None)
+    };
+    f.render_widget(Paragraph::new(left), area);
+    if let Some(right) = right {
+        let r = Rect::new(area.x + area.width - rw, area.y, rw, 1);
+        f.render_widget(Paragraph::new(right), r);
+    }
+}
+
+/// The name, then a tab per screen (the current one in full and highlighted).
+fn tab_line(app: &App, short: bool) -> Line<'static> {
     let mut spans = vec![Span::styled(
         " humanlm ",
         Style::default()
@@ -105,39 +127,23 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
         if i > 0 {
             spans.push(Span::styled("│", dim()));
         }
-        let label = format!(" {} ", s.title());
         spans.push(if *s == current {
             Span::styled(
-                label,
+                format!(" {} ", s.title()),
                 Style::default()
                     .fg(ACCENT)
                     .add_modifier(Modifier::BOLD | Modifier::REVERSED),
             )
+        } else if short {
+            Span::raw(format!(" {} ", s.short_title()))
         } else {
-            Span::raw(label)
+            Span::raw(format!(" {} ", s.title()))
         });
     }
     if app.screen == Screen::PromptView {
         spans.push(Span::styled(" › prompt view ", Style::default().fg(ACCENT)));
     }
-    let left = Line::from(spans);
-    let right = model_status(app);
-    let rw = right.width() as u16;
-    f.render_widget(Paragraph::new(left), area);
-    if rw + left_width(app) < area.width {
-        let r = Rect::new(area.x + area.width - rw, area.y, rw, 1);
-        f.render_widget(Paragraph::new(right), r);
-    }
-}
-
-fn left_width(app: &App) -> u16 {
-    let tabs: usize = Screen::TABS.iter().map(|s| s.title().len() + 3).sum();
-    (9 + tabs
-        + if app.screen == Screen::PromptView {
-            15
-        } else {
-            0
-        }) as u16
+    Line::from(spans)
 }
 
 /// The checkpoint and device in the header.
