@@ -586,7 +586,7 @@ pub fn converse_from(
         if new >= max_turns {
             break End {
                 reason: EndReason::MaxTurns,
-                detail: Some(format!("{new} new turns")),
+                detail: Some(format!("{new} new turn{}", if new == 1 { "" } else { "s" })),
             };
         }
         if cancelled(cancel) {

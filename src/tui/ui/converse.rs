@@ -5,7 +5,7 @@ use super::{centered, dim, extent, pane, scrollbar, spinner, ACCENT, BAD, GOOD, 
 use crate::converse::{EndReason, Turn};
 use crate::prompts::RESPONSE;
 use crate::scenario::Speaker;
-use crate::tui::app::{App, Branch, ConvFocus, TurnStream};
+use crate::tui::app::{App, Branch, CallPrompt, ConvFocus, TurnStream};
 use crate::tui::text;
 use crate::tui::update::converse::max_turns;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -583,9 +583,10 @@ fn draw_prompt(f: &mut Frame, app: &App, body: Rect) {
             None => " (the next one)",
         }
     );
-    let mut block = pane(title, true)
+    let block = pane(title, true)
         .title_bottom(Line::from(" Tab next call · ↑↓ scroll · Esc closes ").right_aligned());
     let inner_w = r.width.saturating_sub(3) as usize;
+    let mut tabs = None;
     let lines: Vec<Line> = match &p.calls {
         None => vec![Line::styled(
             format!("{} rendering the prompt…", spinner(app)),
@@ -593,30 +594,63 @@ fn draw_prompt(f: &mut Frame, app: &App, body: Rect) {
         )],
         Some(Err(e)) => vec![Line::styled(format!("✗ {e}"), Style::default().fg(BAD))],
         Some(Ok(calls)) => {
-            let mut tabs = vec![];
-            for (i, call) in calls.iter().enumerate() {
-                let label = match call.tokens {
-                    Some(n) => format!(" {} {n} tok ", call.name),
-                    None => format!(" {} ", call.name),
-                };
-                tabs.push(if i == p.call {
-                    Span::styled(label, Style::default().fg(Color::Black).bg(ACCENT))
-                } else {
-                    Span::raw(label)
-                });
-            }
-            block = block.title(Line::from(tabs).right_aligned());
+            tabs = Some(call_tabs(calls, p.call, inner_w));
             match calls.get(p.call) {
                 Some(call) => super::prompt_view::text_lines(&call.text, "", inner_w),
                 None => vec![],
             }
         }
     };
-    let inner = block.inner(r);
+    let mut inner = block.inner(r);
+    f.render_widget(block, r);
+    // The calls on a line of their own above the text, which scrolls under it.
+    if let Some(t) = tabs {
+        f.render_widget(Paragraph::new(t), Rect { height: 1, ..inner });
+        inner.y += 1;
+        inner.height = inner.height.saturating_sub(1);
+    }
     let height = inner.height as usize;
     let pos = extent(app, "turn_prompt", lines.len(), height, p.scroll);
     let visible: Vec<Line> = lines.iter().skip(pos).take(height).cloned().collect();
-    f.render_widget(block, r);
     f.render_widget(Paragraph::new(visible), inner);
     scrollbar(f, r, lines.len(), height, pos);
+}
+
+/// One tab per call with its length in tokens; where they do not fit, without the lengths;
+/// where that does not fit either, only the call shown and its place among them.
+fn call_tabs(calls: &[CallPrompt], shown: usize, width: usize) -> Line<'static> {
+    let tab = |i: usize, label: String| {
+        if i == shown {
+            Span::styled(label, Style::default().fg(Color::Black).bg(ACCENT))
+        } else {
+            Span::raw(label)
+        }
+    };
+    let tokens = |c: &CallPrompt| c.tokens.map(|n| format!(" {n} tok")).unwrap_or_default();
+    let full: Vec<Span> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| tab(i, format!(" {}{} ", c.name, tokens(c))))
+        .collect();
+    if full.iter().map(|s| s.width()).sum::<usize>() <= width {
+        return Line::from(full);
+    }
+    let names: Vec<Span> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| tab(i, format!(" {} ", c.name)))
+        .collect();
+    if names.iter().map(|s| s.width()).sum::<usize>() <= width {
+        return Line::from(names);
+    }
+    let Some(c) = calls.get(shown) else {
+        return Line::default();
+    };
+    Line::from(vec![
+        tab(shown, format!(" {}{} ", c.name, tokens(c))),
+        Span::styled(
+            format!(" call {}/{} · Tab next", shown + 1, calls.len()),
+            dim(),
+        ),
+    ])
 }
