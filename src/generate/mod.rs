@@ -122,11 +122,12 @@ pub fn prefill(
 ) -> Result<Prefilled> {
     let dec = &model.decoder;
     let mut cache = dec.new_cache(1, capacity)?;
-    // The longest cached prefix of whole blocks, short of the last token, whose logits start
-    // sampling and so are always computed.
+    // The longest cached prefix, short of the last token, whose logits start sampling and so
+    // are always computed: whole blocks, then part of one where the prompt parts from it.
     let key = dec.cache_key();
-    let max_blocks = prompt.len().saturating_sub(1) / BLOCK;
-    let cached = model.prefix_cache.lookup(&key, prompt, max_blocks);
+    let cached = model
+        .prefix_cache
+        .lookup(&key, prompt, prompt.len().saturating_sub(1));
     cache.load_blocks(&cached)?;
     let cached_tokens = cache.len();
     on_event(Event::Prefill {
@@ -138,16 +139,20 @@ pub fn prefill(
     // cancel flag is read between groups of steps: Esc during a long prompt waits for one
     // group at most (well under a second for the default model on two cores).
     let mut logits = None;
-    for group in prompt[cached_tokens..].chunks(PREFILL_GROUP) {
+    let mut at = cached_tokens;
+    while at < prompt.len() {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             logits = None;
             break;
         }
-        logits = Some(dec.prefill(group, &mut cache, BLOCK)?);
+        // Groups end at multiples of a block, as the steps inside them do.
+        let end = ((at / BLOCK) * BLOCK + PREFILL_GROUP).min(prompt.len());
+        logits = Some(dec.prefill(&prompt[at..end], &mut cache, BLOCK)?);
+        at = end;
     }
     model
         .prefix_cache
-        .insert(&key, prompt, cached.len(), &cache)?;
+        .insert(&key, prompt, cached_tokens / BLOCK, &cache)?;
     Ok(Prefilled {
         cache,
         logits,

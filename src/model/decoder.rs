@@ -250,6 +250,8 @@ pub struct Prefix {
 /// causal mask.
 struct PrefillStep {
     pos: usize,
+    /// Rows of its aligned step before its first one (a step resuming inside a block).
+    pad: usize,
     x: Tensor,
     cos: Tensor,
     sin: Tensor,
@@ -260,7 +262,12 @@ struct PrefillStep {
 struct Rope<'a> {
     cos: &'a Tensor,
     sin: &'a Tensor,
+    /// For `pad` > 0, the mask of the whole aligned step: (pad + s, pos + s).
     mask: Option<&'a Tensor>,
+    /// Rows of the aligned prefill step before the input's first one: its attention runs with
+    /// the whole step's shapes (those rows' queries zero, their outputs dropped), so each row's
+    /// arithmetic is the one the whole step gives it (see `prefix_cache`).
+    pad: usize,
 }
 
 /// What a layer's attention looks back at besides its own input.
@@ -430,34 +437,49 @@ impl Decoder {
                 ids.len()
             )));
         }
-        let mut steps = ids
-            .chunks(step.max(1))
-            .enumerate()
-            .map(|(j, chunk)| {
-                let (pos, s) = (pos0 + j * step.max(1), chunk.len());
+        // Steps end at multiples of `step` (absolute positions): a call that resumes inside a
+        // block first completes that block, padded to its start.
+        let step = step.max(1);
+        let mut bounds = vec![];
+        let mut at = pos0;
+        while at < pos0 + ids.len() {
+            let end = ((at / step + 1) * step).min(pos0 + ids.len());
+            bounds.push((at, end));
+            at = end;
+        }
+        let mut steps = bounds
+            .into_iter()
+            .map(|(pos, end)| {
+                let s = end - pos;
+                let pad = pos % step;
+                let chunk = &ids[pos - pos0..end - pos0];
                 let ids = Tensor::new(chunk, &self.device)?.unsqueeze(0)?;
                 Ok(PrefillStep {
                     pos,
+                    pad,
                     x: self
                         .embed
                         .lookup(&ids)?
                         .reshape((1, s, self.config.hidden_size))?,
                     cos: self.cos.narrow(0, pos, s)?.to_dtype(self.dtype)?,
                     sin: self.sin.narrow(0, pos, s)?.to_dtype(self.dtype)?,
-                    mask: if s > 1 {
-                        Some(causal_mask(s, pos, &self.device, self.dtype)?)
+                    mask: if pad + s > 1 {
+                        Some(causal_mask(pad + s, pos - pad, &self.device, self.dtype)?)
                     } else {
                         None
                     },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let wide = steps
-            .iter()
-            .any(|st| st.x.dim(1).is_ok_and(|s| s >= super::packed::GEMM_ROWS));
-        // Whole steps run together; a last, shorter step alone (its product has other
-        // shapes, and under GEMM_ROWS rows the packed path's integer kernels).
-        let whole = steps
+        let wide = steps.iter().any(|st| {
+            st.x.dim(1)
+                .is_ok_and(|s| st.pad + s >= super::packed::GEMM_ROWS)
+        });
+        // Whole steps run together; a first step that resumes inside a block and a last,
+        // shorter one alone (their products have other shapes, and under GEMM_ROWS rows the
+        // packed path's integer kernels).
+        let first = usize::from(steps.first().is_some_and(|st| st.pad > 0));
+        let whole = steps[first..]
             .iter()
             .take_while(|st| st.x.dim(1).is_ok_and(|s| s == step))
             .count();
@@ -476,19 +498,29 @@ impl Decoder {
                 Some(d) if s >= super::packed::GEMM_ROWS => d,
                 _ => layer,
             };
-            let (batched, rest) = steps.split_at_mut(whole);
-            if !batched.is_empty() {
-                self.layer_steps(pick(step), li, cache, batched)?;
-            }
-            for st in rest.iter_mut() {
+            // In position order: each step's attention reads what the steps before it stored.
+            let (head, tail) = steps.split_at_mut(first);
+            let (batched, rest) = tail.split_at_mut(whole);
+            let alone = |st: &mut PrefillStep, cache: &mut KvCache| -> Result<()> {
                 let rope = Rope {
                     cos: &st.cos,
                     sin: &st.sin,
                     mask: st.mask.as_ref(),
+                    pad: st.pad,
                 };
                 let past = Past::Cache(cache, st.pos);
-                let l = pick(st.x.dim(1)?);
+                let l = pick(st.pad + st.x.dim(1)?);
                 st.x = self.layer_forward(l, li, &st.x, &rope, past, None, Ops::Fast)?;
+                Ok(())
+            };
+            for st in head.iter_mut() {
+                alone(st, cache)?;
+            }
+            if !batched.is_empty() {
+                self.layer_steps(pick(step), li, cache, batched)?;
+            }
+            for st in rest.iter_mut() {
+                alone(st, cache)?;
             }
         }
         cache.advance(ids.len());
@@ -544,6 +576,7 @@ impl Decoder {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
+            pad: 0,
         };
         for (li, layer) in self.layers.iter().enumerate() {
             let past = match (cache.as_deref_mut(), prefix) {
@@ -621,7 +654,7 @@ impl Decoder {
         record: Option<&mut Vec<(Tensor, Tensor)>>,
         ops: Ops,
     ) -> Result<Tensor> {
-        let (cos, sin, mask) = (rope.cos, rope.sin, rope.mask);
+        let (cos, sin, mask, pad) = (rope.cos, rope.sin, rope.mask, rope.pad);
         let cfg = &self.config;
         let (b, s, _) = q.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -640,6 +673,16 @@ impl Decoder {
         };
         let q = rope(&q)?;
         let k = rope(&k)?;
+        // A step resuming inside a block: zero queries for the rows before it, so the products
+        // below have the whole step's shapes; their outputs are dropped at the end.
+        let q = if pad > 0 {
+            let zeros = Tensor::zeros((b, nh, pad, hd), q.dtype(), q.device())?;
+            Tensor::cat(&[&zeros, &q], 2)?.contiguous()?
+        } else {
+            q
+        };
+        // Query rows: the input's, and the padding's.
+        let sq = s + pad;
         if let Some(r) = record {
             r.push((k.clone(), v.clone()));
         }
@@ -659,7 +702,7 @@ impl Decoder {
             Past::Cache(c, pos) => {
                 c.store(li, pos, &k, &v)?;
                 let upto = pos + s;
-                if s == 1 && ops == Ops::Fast && super::attention::supported(&q, &c.layer(li).0) {
+                if sq == 1 && ops == Ops::Fast && super::attention::supported(&q, &c.layer(li).0) {
                     let (kb, vb) = c.layer(li);
                     let y = super::attention::decode_attention(&q, kb, vb, upto)?;
                     return Ok(y.transpose(1, 2)?.reshape((b, s, nh * hd))?);
@@ -678,20 +721,18 @@ impl Decoder {
         let groups = nh / nkv;
         // Grouped-query attention without copying K/V per head: the query heads that share a
         // KV head are folded into the row dimension.
-        let q = q.reshape((b, nkv, groups * s, hd))?;
+        let q = q.reshape((b, nkv, groups * sq, hd))?;
         let mut att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         if let Some(m) = mask {
             att = att
-                .reshape((b, nkv, groups, s, total))?
+                .reshape((b, nkv, groups, sq, total))?
                 .broadcast_add(m)?
-                .reshape((b, nkv, groups * s, total))?;
+                .reshape((b, nkv, groups * sq, total))?;
         }
         let att = super::grad::softmax_last_dim(&att)?;
-        Ok(att
-            .matmul(&v)?
-            .reshape((b, nh, s, hd))?
-            .transpose(1, 2)?
-            .reshape((b, s, nh * hd))?)
+        let y = att.matmul(&v)?.reshape((b, nh, sq, hd))?;
+        let y = if pad > 0 { y.narrow(2, pad, s)? } else { y };
+        Ok(y.transpose(1, 2)?.reshape((b, s, nh * hd))?)
     }
 
     /// Layer `li` on consecutive whole prefill steps at once: the projections and the MLP run
@@ -722,6 +763,7 @@ impl Decoder {
                 cos: &st.cos,
                 sin: &st.sin,
                 mask: st.mask.as_ref(),
+                pad: st.pad,
             };
             let qkv = (part(&q)?, part(&k)?, part(&v)?);
             let past = Past::Cache(cache, st.pos);

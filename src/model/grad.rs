@@ -85,7 +85,7 @@ fn xwt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// Most rows a dense projection takes by [`small_xwt`]: a decode step's batch.
-const SMALL_ROWS: usize = 8;
+pub(crate) const SMALL_ROWS: usize = 8;
 
 /// x · wᵀ for a few rows of x (a decode step of a dense f32 model on the CPU: GRPO's rollouts,
 /// full fine-tuning's samples, an HF checkpoint loaded without quantizing) as one pass over w's

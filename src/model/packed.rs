@@ -17,7 +17,7 @@ use std::ops::Range;
 const QK: usize = 32;
 
 /// From this many input rows on, `forward` dequantizes and uses a dense GEMM.
-pub(super) const GEMM_ROWS: usize = 32;
+pub(crate) const GEMM_ROWS: usize = 32;
 
 /// Weights of one matrix (n rows of k), blocks of 32 along k.
 #[derive(Debug)]

@@ -9,6 +9,16 @@
 //! same prefill steps on the same inputs as a call that starts from nothing, and its logits are
 //! bit-identical: the cache changes how much is computed, never what.
 //!
+//! A call may also take the first rows of a cached block it shares only in part (the prompts of
+//! a simulation part inside a block, where the closing question starts), when it runs past that
+//! block itself: by causality those rows' keys and values do not depend on the tokens after
+//! them within a whole step, and `Decoder::prefill` computes the rest of the block with the
+//! whole step's shapes (its attention padded to the block's start), so the rows computed are
+//! the ones the whole step gives. Not from a prompt's last, partial block (a shorter step's
+//! attention spans fewer keys, and its rows' arithmetic differs: measured), not for block 0 (a
+//! prompt's first step attends over its exact keys, not the f16 cache), and not under a live
+//! adapter (whose narrow products are not the same row by row for different row counts).
+//!
 //! Memory is bounded: whole blocks are evicted least recently used first (a block's ancestors
 //! are always used at least as recently, so leaves go first), and nothing is kept beyond the
 //! bound. Bound 0 turns the cache off.
@@ -26,6 +36,11 @@ use std::sync::{Arc, Mutex};
 /// `Decoder::prefill`); a call that parts from a cached prompt after ~1,000 tokens recomputes up
 /// to 127 of them.
 pub const BLOCK: usize = 128;
+
+/// Fewest rows a step resuming inside a block computes: fewer would take the dense projections'
+/// few-row path (`grad::small_xwt`), whose arithmetic is not gemm's, so a call takes fewer of a
+/// block's shared rows rather than compute less than this.
+pub const RESUME_MIN_ROWS: usize = super::grad::SMALL_ROWS + 1;
 
 /// The bound of every model loaded from now on, when the user chose one (`--prefix-cache-mb`).
 /// Process-wide like the thread count: one cache per loaded model, whoever loads it.
@@ -157,9 +172,10 @@ impl PrefixCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached blocks that start `prompt`, in order, at most `max_blocks` of them, marked
-    /// as just used.
-    pub fn lookup(&self, weights: &WeightsKey, prompt: &[u32], max_blocks: usize) -> Vec<BlockKv> {
+    /// The cached blocks that start `prompt`, in order, covering at most its first
+    /// `max_tokens` positions, marked as just used: whole blocks, then the first rows of a
+    /// block shared in part (see the module's documentation), narrowed to those rows.
+    pub fn lookup(&self, weights: &WeightsKey, prompt: &[u32], max_tokens: usize) -> Vec<BlockKv> {
         let mut g = self.lock();
         if g.bound == 0 {
             return vec![];
@@ -168,16 +184,62 @@ impl PrefixCache {
         let tick = g.tick;
         let mut found = vec![];
         let mut parent = Parent::Root(weights.clone());
-        for tokens in prompt.chunks_exact(BLOCK).take(max_blocks) {
+        let limit = max_tokens.min(prompt.len());
+        for tokens in prompt[..limit].chunks_exact(BLOCK) {
             let key = Key {
                 parent,
                 tokens: tokens.into(),
             };
-            let Some(&id) = g.ids.get(&key) else { break };
+            let Some(&id) = g.ids.get(&key) else {
+                parent = key.parent;
+                break;
+            };
             let b = g.blocks.get_mut(&id).expect("every id has its block");
             b.last_used = tick;
             found.push(b.kv.clone());
             parent = Parent::Block(id);
+        }
+        let j = found.len();
+        if j == 0 || weights.adapter.is_some() {
+            return found;
+        }
+        // The block after the whole ones, when the prompt runs to its end: the cached block
+        // under the same parent that shares the most of its first tokens, leaving at least
+        // RESUME_MIN_ROWS rows to compute.
+        if prompt.len() < (j + 1) * BLOCK {
+            return found;
+        }
+        let want = &prompt[j * BLOCK..limit.min((j + 1) * BLOCK - RESUME_MIN_ROWS)];
+        let best = g
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.key.parent == parent)
+            .map(|(id, b)| {
+                let shared = b
+                    .key
+                    .tokens
+                    .iter()
+                    .zip(want)
+                    .take_while(|(x, y)| x == y)
+                    .count();
+                (shared, *id)
+            })
+            .max();
+        if let Some((rows, id)) = best.filter(|(rows, _)| *rows > 0) {
+            let b = g.blocks.get_mut(&id).expect("just found");
+            b.last_used = tick;
+            let kv = b.kv.clone();
+            drop(g);
+            let narrowed = kv
+                .iter()
+                .map(|(k, v)| {
+                    let first = |t: &Tensor| t.narrow(2, 0, rows)?.contiguous();
+                    Ok((first(k)?, first(v)?))
+                })
+                .collect::<std::result::Result<Vec<_>, candle_core::Error>>();
+            if let Ok(n) = narrowed {
+                found.push(Arc::new(n));
+            }
         }
         found
     }
@@ -341,28 +403,47 @@ mod tests {
         cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
         assert_eq!(cache.stats().blocks, 3);
         assert_eq!(cache.stats().used_bytes, 3 * BLOCK_BYTES);
-        // Shares two blocks and part of the third.
+        // Shares two blocks and the first 7 tokens of the third, and runs past it: those rows
+        // come too.
         let mut b = a[..2 * BLOCK + 7].to_vec();
         b.extend([999; 200]);
-        let found = cache.lookup(&key(1), &b, 10);
-        assert_eq!(found.len(), 2);
+        let found = cache.lookup(&key(1), &b, usize::MAX);
+        assert_eq!(found.len(), 3);
         let second: Vec<f32> = found[1][0].0.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(
             second[0], BLOCK as f32,
             "block 1 starts at position {BLOCK}"
         );
-        // At most the blocks asked for; another weights key shares nothing.
-        assert_eq!(cache.lookup(&key(1), &b, 1).len(), 1);
-        assert!(cache.lookup(&key(2), &a, 10).is_empty());
+        let third: Vec<f32> = found[2][0].0.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(third.len(), 7 * 2, "the shared rows of block 2 only");
+        assert_eq!(third[0], (2 * BLOCK) as f32);
+        // Not when the prompt ends inside that block (its last step is shorter), nor more
+        // than leaves RESUME_MIN_ROWS to compute.
+        assert_eq!(
+            cache.lookup(&key(1), &b[..3 * BLOCK - 1], usize::MAX).len(),
+            2
+        );
+        let mut c = a[..3 * BLOCK - 2].to_vec();
+        c.extend([999; 10]);
+        let found = cache.lookup(&key(1), &c, usize::MAX);
+        assert_eq!(found[2][0].0.dim(2).unwrap(), BLOCK - RESUME_MIN_ROWS);
+        // At most the positions asked for; another weights key shares nothing.
+        assert_eq!(cache.lookup(&key(1), &b, BLOCK + 3).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &b, BLOCK).len(), 1);
+        assert!(cache.lookup(&key(2), &a, usize::MAX).is_empty());
         let other = WeightsKey {
             weights_id: 1,
             adapter: Some("x".into()),
         };
-        assert!(cache.lookup(&other, &a, 10).is_empty());
+        assert!(cache.lookup(&other, &a, usize::MAX).is_empty());
         // The same block contents after a different first block are a different key.
         let mut c = a.clone();
         c[0] = 77;
-        assert!(cache.lookup(&key(1), &c, 10).is_empty());
+        assert!(cache.lookup(&key(1), &c, usize::MAX).is_empty());
+        // Block 0 is never taken in part (a prompt's first step attends over exact values).
+        let mut d = a[..BLOCK - 1].to_vec();
+        d.push(999);
+        assert!(cache.lookup(&key(1), &d, usize::MAX).is_empty());
     }
 
     #[test]
@@ -377,20 +458,20 @@ mod tests {
         // Five blocks asked for, four kept: a's deepest block (used first, deepest) went.
         assert_eq!(cache.stats().blocks, 4);
         assert!(cache.stats().used_bytes <= 4 * BLOCK_BYTES);
-        assert_eq!(cache.lookup(&key(1), &b, 10).len(), 2);
-        assert_eq!(cache.lookup(&key(1), &a, 10).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &b, usize::MAX).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &a, usize::MAX).len(), 2);
         // a was used last: a new prompt evicts b's deepest block, not a's.
         let c = prompt(5000, BLOCK);
         cache.insert(&key(1), &c, 0, &filled(&c)).unwrap();
-        assert_eq!(cache.lookup(&key(1), &a, 10).len(), 2);
-        assert_eq!(cache.lookup(&key(1), &b, 10).len(), 1);
-        assert_eq!(cache.lookup(&key(1), &c, 10).len(), 1);
+        assert_eq!(cache.lookup(&key(1), &a, usize::MAX).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &b, usize::MAX).len(), 1);
+        assert_eq!(cache.lookup(&key(1), &c, usize::MAX).len(), 1);
         // A smaller bound evicts at once; 0 turns the cache off.
         cache.set_bound_mb(0);
         assert_eq!(cache.stats().blocks, 0);
         assert!(!cache.is_on());
         cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
-        assert!(cache.lookup(&key(1), &a, 10).is_empty());
+        assert!(cache.lookup(&key(1), &a, usize::MAX).is_empty());
     }
 
     #[test]
@@ -399,7 +480,7 @@ mod tests {
         cache.lock().bound = 2 * BLOCK_BYTES;
         let a = prompt(0, 5 * BLOCK);
         cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
-        assert_eq!(cache.lookup(&key(1), &a, 10).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &a, usize::MAX).len(), 2);
         assert_eq!(cache.stats().used_bytes, 2 * BLOCK_BYTES);
     }
 }

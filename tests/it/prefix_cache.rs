@@ -8,17 +8,34 @@ use crate::common;
 use candle_core::{DType, Device, Tensor};
 use humanlm::generate::{generate, prefill, SamplingParams};
 use humanlm::model::lora::Adapter;
-use humanlm::model::prefix_cache::BLOCK;
+use humanlm::model::prefix_cache::{BLOCK, RESUME_MIN_ROWS};
 use humanlm::model::Model;
 use humanlm::prompts::PromptSet;
 use humanlm::scenario::find;
 use humanlm::sim::{plan, Mode, Options};
 
 /// What a prefill leaves: the last position's logits and every cached key and value, as bits.
-#[derive(Debug, PartialEq)]
+#[derive(PartialEq)]
 struct Bits {
     logits: Vec<u32>,
     kv: Vec<u16>,
+}
+
+/// Sizes and a checksum: an assertion's message stays a line, not a vocabulary of numbers.
+impl std::fmt::Debug for Bits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sum = |xs: &mut dyn Iterator<Item = u64>| {
+            xs.fold(0u64, |h, x| h.wrapping_mul(31).wrapping_add(x))
+        };
+        write!(
+            f,
+            "Bits {{ {} logits (hash {:x}), {} kv (hash {:x}) }}",
+            self.logits.len(),
+            sum(&mut self.logits.iter().map(|&x| x as u64)),
+            self.kv.len(),
+            sum(&mut self.kv.iter().map(|&x| x as u64))
+        )
+    }
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
@@ -122,15 +139,14 @@ fn calls_are_identical_with_the_cache_on_and_off() {
     for &i in &order {
         let (got, cached) = prefilled(model, &prompts[i]);
         assert_eq!(got, reference[i], "call {i} differs with the cache on");
-        assert_eq!(cached % BLOCK, 0);
         assert!(cached < prompts[i].len());
         reused += cached;
     }
-    // The instruct calls share the system prompt and the thread: after the first, each reuses
-    // all but its last block or two.
+    // A repeated call reuses all of its whole blocks.
     let (_, cached) = prefilled(model, &prompts[K - 1]);
-    assert!(
-        cached + 2 * BLOCK > prompts[K - 1].len(),
+    assert_eq!(
+        cached,
+        (prompts[K - 1].len() - 1) / BLOCK * BLOCK,
         "a repeated call reused {cached} of {} tokens",
         prompts[K - 1].len()
     );
@@ -151,6 +167,81 @@ fn calls_are_identical_with_the_cache_on_and_off() {
         assert!(st.used_bytes <= st.bound_bytes, "{st:?}");
         assert!(st.blocks > 0, "something is kept: {st:?}");
     }
+}
+
+/// The tokens two prompts share from their start.
+fn shared(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// What the cache serves `p` after `earlier` were prefilled: the whole blocks they share
+/// (short of `p`'s last token), then the shared rows of the next block where both run past it,
+/// leaving RESUME_MIN_ROWS to compute (not inside block 0).
+fn servable(p: &[u32], earlier: &[Vec<u32>]) -> usize {
+    earlier
+        .iter()
+        .map(|x| {
+            let shared = shared(p, x).min(p.len() - 1);
+            let j = shared / BLOCK;
+            let whole = j * BLOCK;
+            let both_past = p.len() >= whole + BLOCK && x.len() >= whole + BLOCK;
+            if j >= 1 && shared > whole && both_past {
+                shared.min(whole + BLOCK - RESUME_MIN_ROWS)
+            } else {
+                whole
+            }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A call that parts from a cached prompt inside a block takes the block's shared rows and
+/// computes the rest of it with the whole step's shapes: the same bits as from nothing, whether
+/// it parts early in the block, a few rows before its end (taking fewer, so that the step keeps
+/// RESUME_MIN_ROWS), or ends inside that block (taking none of it).
+#[test]
+fn a_call_resumes_inside_a_block_with_the_same_bits() {
+    let model = common::default_model();
+    // Two calls' prompts end to end: five whole blocks and some.
+    let mut base = calls(model, "instruct", "chat-monstera-05").remove(0);
+    let other = calls(model, "humanlm", "chat-monstera-05").remove(1);
+    base.extend(&other);
+    assert!(base.len() > 5 * BLOCK, "{} tokens", base.len());
+    let with = |keep: usize, add: usize| -> Vec<u32> {
+        let mut p = base[..keep].to_vec();
+        p.extend(other.iter().rev().take(add));
+        p
+    };
+    let prompts = [
+        base.clone(),
+        // Parts 40 rows into block 2, then runs on through blocks 3 and 4.
+        with(2 * BLOCK + 40, 2 * BLOCK + 30),
+        // Parts 3 rows before the end of block 2: takes 119 of its rows, computes 9.
+        with(3 * BLOCK - 3, 50),
+        // Parts inside block 2 and ends there: takes block 0 and 1 only.
+        with(2 * BLOCK + 40, 20),
+        // The base again: its last block is partial, so whole blocks only.
+        base.clone(),
+        // Shares only part of block 0: nothing is reused.
+        with(BLOCK - 8, 60),
+    ];
+    model.prefix_cache.set_bound_mb(0);
+    let reference: Vec<Bits> = prompts.iter().map(|p| prefilled(model, p).0).collect();
+    model.prefix_cache.clear();
+    model.prefix_cache.set_bound_mb(512);
+    let mut inside = 0;
+    for (i, p) in prompts.iter().enumerate() {
+        let (got, cached) = prefilled(model, p);
+        assert_eq!(got, reference[i], "prompt {i} differs with the cache on");
+        assert_eq!(
+            cached,
+            servable(p, &prompts[..i]),
+            "prompt {i}'s cached tokens"
+        );
+        inside += usize::from(cached % BLOCK != 0);
+    }
+    assert_eq!(inside, 2, "two prompts resumed inside a block");
+    model.prefix_cache.clear();
 }
 
 /// The live adapter is part of the key: a call under an adapter never starts from the base's
