@@ -125,9 +125,12 @@ pub fn prefill(
     // The longest cached prefix, short of the last token, whose logits start sampling and so
     // are always computed: whole blocks, then part of one where the prompt parts from it.
     let key = dec.cache_key();
-    let cached = model
-        .prefix_cache
-        .lookup(&key, prompt, prompt.len().saturating_sub(1));
+    let cached = model.prefix_cache.lookup(
+        &key,
+        prompt,
+        prompt.len().saturating_sub(1),
+        dec.device.is_cpu(),
+    );
     cache.load_blocks(&cached)?;
     let cached_tokens = cache.len();
     on_event(Event::Prefill {

@@ -173,9 +173,17 @@ impl PrefixCache {
     }
 
     /// The cached blocks that start `prompt`, in order, covering at most its first
-    /// `max_tokens` positions, marked as just used: whole blocks, then the first rows of a
-    /// block shared in part (see the module's documentation), narrowed to those rows.
-    pub fn lookup(&self, weights: &WeightsKey, prompt: &[u32], max_tokens: usize) -> Vec<BlockKv> {
+    /// `max_tokens` positions, marked as just used: whole blocks, then (with `in_part`) the
+    /// first rows of a block shared in part (see the module's documentation), narrowed to those
+    /// rows. Only the CPU takes blocks in part: there gemm's rows do not depend on how many rows
+    /// a product has, while a GPU's BLAS picks its kernels by shape.
+    pub fn lookup(
+        &self,
+        weights: &WeightsKey,
+        prompt: &[u32],
+        max_tokens: usize,
+        in_part: bool,
+    ) -> Vec<BlockKv> {
         let mut g = self.lock();
         if g.bound == 0 {
             return vec![];
@@ -200,7 +208,7 @@ impl PrefixCache {
             parent = Parent::Block(id);
         }
         let j = found.len();
-        if j == 0 || weights.adapter.is_some() {
+        if j == 0 || weights.adapter.is_some() || !in_part {
             return found;
         }
         // The block after the whole ones, when the prompt runs to its end: the cached block
@@ -407,8 +415,10 @@ mod tests {
         // come too.
         let mut b = a[..2 * BLOCK + 7].to_vec();
         b.extend([999; 200]);
-        let found = cache.lookup(&key(1), &b, usize::MAX);
+        let found = cache.lookup(&key(1), &b, usize::MAX, true);
         assert_eq!(found.len(), 3);
+        // Whole blocks only where blocks are not taken in part (a GPU).
+        assert_eq!(cache.lookup(&key(1), &b, usize::MAX, false).len(), 2);
         let second: Vec<f32> = found[1][0].0.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(
             second[0], BLOCK as f32,
@@ -420,30 +430,32 @@ mod tests {
         // Not when the prompt ends inside that block (its last step is shorter), nor more
         // than leaves RESUME_MIN_ROWS to compute.
         assert_eq!(
-            cache.lookup(&key(1), &b[..3 * BLOCK - 1], usize::MAX).len(),
+            cache
+                .lookup(&key(1), &b[..3 * BLOCK - 1], usize::MAX, true)
+                .len(),
             2
         );
         let mut c = a[..3 * BLOCK - 2].to_vec();
         c.extend([999; 10]);
-        let found = cache.lookup(&key(1), &c, usize::MAX);
+        let found = cache.lookup(&key(1), &c, usize::MAX, true);
         assert_eq!(found[2][0].0.dim(2).unwrap(), BLOCK - RESUME_MIN_ROWS);
         // At most the positions asked for; another weights key shares nothing.
-        assert_eq!(cache.lookup(&key(1), &b, BLOCK + 3).len(), 2);
-        assert_eq!(cache.lookup(&key(1), &b, BLOCK).len(), 1);
-        assert!(cache.lookup(&key(2), &a, usize::MAX).is_empty());
+        assert_eq!(cache.lookup(&key(1), &b, BLOCK + 3, true).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &b, BLOCK, true).len(), 1);
+        assert!(cache.lookup(&key(2), &a, usize::MAX, true).is_empty());
         let other = WeightsKey {
             weights_id: 1,
             adapter: Some("x".into()),
         };
-        assert!(cache.lookup(&other, &a, usize::MAX).is_empty());
+        assert!(cache.lookup(&other, &a, usize::MAX, true).is_empty());
         // The same block contents after a different first block are a different key.
         let mut c = a.clone();
         c[0] = 77;
-        assert!(cache.lookup(&key(1), &c, usize::MAX).is_empty());
+        assert!(cache.lookup(&key(1), &c, usize::MAX, true).is_empty());
         // Block 0 is never taken in part (a prompt's first step attends over exact values).
         let mut d = a[..BLOCK - 1].to_vec();
         d.push(999);
-        assert!(cache.lookup(&key(1), &d, usize::MAX).is_empty());
+        assert!(cache.lookup(&key(1), &d, usize::MAX, true).is_empty());
     }
 
     #[test]
@@ -458,20 +470,20 @@ mod tests {
         // Five blocks asked for, four kept: a's deepest block (used first, deepest) went.
         assert_eq!(cache.stats().blocks, 4);
         assert!(cache.stats().used_bytes <= 4 * BLOCK_BYTES);
-        assert_eq!(cache.lookup(&key(1), &b, usize::MAX).len(), 2);
-        assert_eq!(cache.lookup(&key(1), &a, usize::MAX).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &b, usize::MAX, true).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &a, usize::MAX, true).len(), 2);
         // a was used last: a new prompt evicts b's deepest block, not a's.
         let c = prompt(5000, BLOCK);
         cache.insert(&key(1), &c, 0, &filled(&c)).unwrap();
-        assert_eq!(cache.lookup(&key(1), &a, usize::MAX).len(), 2);
-        assert_eq!(cache.lookup(&key(1), &b, usize::MAX).len(), 1);
-        assert_eq!(cache.lookup(&key(1), &c, usize::MAX).len(), 1);
+        assert_eq!(cache.lookup(&key(1), &a, usize::MAX, true).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &b, usize::MAX, true).len(), 1);
+        assert_eq!(cache.lookup(&key(1), &c, usize::MAX, true).len(), 1);
         // A smaller bound evicts at once; 0 turns the cache off.
         cache.set_bound_mb(0);
         assert_eq!(cache.stats().blocks, 0);
         assert!(!cache.is_on());
         cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
-        assert!(cache.lookup(&key(1), &a, usize::MAX).is_empty());
+        assert!(cache.lookup(&key(1), &a, usize::MAX, true).is_empty());
     }
 
     #[test]
@@ -480,7 +492,7 @@ mod tests {
         cache.lock().bound = 2 * BLOCK_BYTES;
         let a = prompt(0, 5 * BLOCK);
         cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
-        assert_eq!(cache.lookup(&key(1), &a, usize::MAX).len(), 2);
+        assert_eq!(cache.lookup(&key(1), &a, usize::MAX, true).len(), 2);
         assert_eq!(cache.stats().used_bytes, 2 * BLOCK_BYTES);
     }
 }
