@@ -898,7 +898,7 @@ pub struct TrainScreen {
 
 /// One conversation of the Converse screen: started from a scenario, or forked from another
 /// branch at one of its turns (the turns before the fork point kept, an edited turn after them).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Branch {
     pub scenario: String,
     /// The branch it was forked from and how many of that branch's turns it kept.
@@ -961,12 +961,16 @@ impl Branch {
     }
 }
 
+/// The name the workbench gives the assistant's one call of a turn (beside the simulated user's
+/// `stance` ... `response`).
+pub const ASSISTANT_CALL: &str = "assistant";
+
 /// The turn being written: who writes it and its text so far (the simulated user's per call).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TurnStream {
     pub index: usize,
     pub speaker: Option<crate::scenario::Speaker>,
-    /// Per call (`stance` ... `response`; the assistant's one call is `assistant`), in order.
+    /// Per call (`stance` ... `response`; the assistant's one call is [`ASSISTANT_CALL`]), in order.
     pub calls: Vec<(String, String)>,
     pub stats: Stats,
     /// Ticks at the turn's start.
@@ -1038,6 +1042,11 @@ impl ConverseScreen {
 
     pub fn running(&self) -> bool {
         self.job.is_some()
+    }
+
+    /// The branch the running conversation writes into.
+    pub fn running_branch(&self) -> Option<usize> {
+        self.job.map(|(_, b)| b)
     }
 
     /// The branches in tree order: each followed by its forks, depth first.

@@ -472,7 +472,7 @@ pub fn turn_prompt(
             let (text, tokens) =
                 crate::converse::assistant_prompt(assistant.engine(), &table, &req.turns)?;
             Ok(vec![crate::tui::app::CallPrompt {
-                name: "assistant".to_string(),
+                name: crate::tui::app::ASSISTANT_CALL.to_string(),
                 tokens,
                 text,
             }])

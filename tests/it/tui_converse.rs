@@ -42,6 +42,17 @@ fn conv(job: u64, msg: ConvMsg) -> Action {
     Action::Conv { job, msg }
 }
 
+/// The worker's last message: the conversation ended, for `reason`.
+fn ended(job: u64, reason: EndReason, detail: Option<&str>) -> Action {
+    conv(
+        job,
+        ConvMsg::Ended(End {
+            reason,
+            detail: detail.map(str::to_string),
+        }),
+    )
+}
+
 /// A user turn as the worker streams it: the six states, then the reply.
 fn stream_user_turn(a: &mut App, job: u64, index: usize, reply: &str) {
     send(
@@ -131,13 +142,7 @@ fn user_then_assistant(a: &mut App, job: u64, seed: u64) {
                 job,
                 ConvMsg::TurnFinished(Box::new(assistant_turn(ASSISTANT_REPLY, seed))),
             ),
-            conv(
-                job,
-                ConvMsg::Ended(End {
-                    reason: EndReason::MaxTurns,
-                    detail: Some("2 new turns".into()),
-                }),
-            ),
+            ended(job, EndReason::MaxTurns, Some("2 new turns")),
         ],
     );
 }
@@ -217,16 +222,7 @@ fn a_conversation_streams_ends_and_forks() {
     send(&mut a, [code(KeyCode::Esc)]);
     assert!(req.cancel.load(Ordering::Relaxed));
     assert_eq!(a.screen, Screen::Converse);
-    send(
-        &mut a,
-        [conv(
-            job,
-            ConvMsg::Ended(End {
-                reason: EndReason::Cancelled,
-                detail: None,
-            }),
-        )],
-    );
+    send(&mut a, [ended(job, EndReason::Cancelled, None)]);
     assert_eq!(a.converse.current().unwrap().turns.len(), 2);
     assert!(!a.converse.running());
 
@@ -274,13 +270,7 @@ fn a_conversation_streams_ends_and_forks() {
                 job,
                 ConvMsg::TurnFinished(Box::new(user_turn("museums are fine actually", 7))),
             ),
-            conv(
-                job,
-                ConvMsg::Ended(End {
-                    reason: EndReason::UserEnded,
-                    detail: Some("<|endconversation|>".into()),
-                }),
-            ),
+            ended(job, EndReason::UserEnded, Some("<|endconversation|>")),
         ],
     );
     snap("converse_fork", &mut a);
@@ -339,16 +329,7 @@ fn editing_a_turn_makes_a_branch_that_goes_on_from_the_edit() {
     assert_eq!(req.turns.len(), 3);
     assert!(req.turns[2].edited);
     assert_eq!(req.next, Speaker::Assistant);
-    send(
-        &mut a,
-        [conv(
-            req.job,
-            ConvMsg::Ended(End {
-                reason: EndReason::Cancelled,
-                detail: None,
-            }),
-        )],
-    );
+    send(&mut a, [ended(req.job, EndReason::Cancelled, None)]);
 
     // E: the turn goes to $EDITOR; what comes back (its last newline dropped) is a branch.
     send(&mut a, [code(KeyCode::Up)]);
@@ -494,16 +475,7 @@ fn conversations_are_saved_with_the_session() {
     two_turns(&mut a);
     send(&mut a, [code(KeyCode::Up), key('F')]);
     let job = a.converse.job.unwrap().0;
-    send(
-        &mut a,
-        [conv(
-            job,
-            ConvMsg::Ended(End {
-                reason: EndReason::Cancelled,
-                detail: None,
-            }),
-        )],
-    );
+    send(&mut a, [ended(job, EndReason::Cancelled, None)]);
     // No simulation ran: the session holds the conversations alone.
     let fx = send(&mut a, [key('s')]);
     let [Effect::SaveSession(s)] = &fx[..] else {

@@ -5,7 +5,7 @@ use super::{centered, dim, extent, pane, scrollbar, spinner, ACCENT, BAD, GOOD, 
 use crate::converse::{EndReason, Turn};
 use crate::prompts::RESPONSE;
 use crate::scenario::Speaker;
-use crate::tui::app::{App, Branch, CallPrompt, ConvFocus, TurnStream};
+use crate::tui::app::{App, Branch, CallPrompt, ConvFocus, TurnStream, ASSISTANT_CALL};
 use crate::tui::text;
 use crate::tui::update::converse::max_turns;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -107,7 +107,7 @@ fn draw_config(f: &mut Frame, app: &App, area: Rect) {
 
 /// How a branch ended, in a word or two (running, or able to go on, when it has not).
 fn end_label(app: &App, i: usize, b: &Branch) -> (String, Style) {
-    if app.converse.job.is_some_and(|(_, r)| r == i) {
+    if app.converse.running_branch() == Some(i) {
         return (
             format!("{} running", spinner(app)),
             Style::default().fg(GOOD),
@@ -292,7 +292,7 @@ fn stream_lines(app: &App, s: &TurnStream, width: usize, out: &mut Vec<Line<'sta
     let n = s.calls.len();
     for (j, (name, body)) in s.calls.iter().enumerate() {
         let last = j + 1 == n;
-        let is_reply = name == RESPONSE || name == "assistant";
+        let is_reply = name == RESPONSE || name == ASSISTANT_CALL;
         if !is_reply {
             let v = text::state_from_raw(name, "", body);
             let l = text::truncate(&format!("{name}: {v}"), text_w);
@@ -334,17 +334,10 @@ fn stream_lines(app: &App, s: &TurnStream, width: usize, out: &mut Vec<Line<'sta
 /// The line under the last turn: who writes next, or how the conversation ended.
 fn end_line(app: &App, b: &Branch, width: usize) -> Line<'static> {
     let (label, style) = match &b.end {
-        _ if app.converse.running()
-            && app
-                .converse
-                .job
-                .is_some_and(|(_, r)| r == app.converse.branch) =>
-        {
-            (
-                "Esc stops the conversation".to_string(),
-                Style::default().fg(GOOD),
-            )
-        }
+        _ if app.converse.running_branch() == Some(app.converse.branch) => (
+            "Esc stops the conversation".to_string(),
+            Style::default().fg(GOOD),
+        ),
         Some(e) => {
             let hint = match e.reason {
                 EndReason::MaxTurns => "+ and Enter go on",
@@ -410,7 +403,7 @@ fn draw_transcript(f: &mut Frame, app: &App, area: Rect) {
     let width = inner.width.saturating_sub(2) as usize;
     let thread = b.thread_turns();
     let dims = app.dimensions();
-    let running_here = c.job.is_some_and(|(_, r)| r == c.branch);
+    let running_here = c.running_branch() == Some(c.branch);
     // While the conversation grows and the cursor follows it, the turn being written is the
     // one in view: no finished turn is marked.
     let cursor = c
@@ -468,7 +461,7 @@ fn draw_transcript(f: &mut Frame, app: &App, area: Rect) {
 fn draw_states(f: &mut Frame, app: &App, area: Rect) {
     let c = &app.converse;
     let dims = app.dimensions();
-    let running_here = c.job.is_some_and(|(_, r)| r == c.branch);
+    let running_here = c.running_branch() == Some(c.branch);
     let stream = c
         .stream
         .as_ref()

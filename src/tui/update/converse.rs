@@ -104,14 +104,14 @@ pub(super) fn converse_cmd(app: &mut App, cmd: Cmd, fx: &mut Vec<Effect>) {
 }
 
 /// Keys while editing a turn inline: text goes in, Enter keeps it as a new branch, Esc drops it.
-pub(super) fn turn_edit_key(app: &mut App, key: KeyEvent, fx: &mut Vec<Effect>) {
+pub(super) fn turn_edit_key(app: &mut App, key: KeyEvent) {
     match app.keys.lookup(&[Ctx::TurnEdit], &key) {
         Some(Cmd::Quit) => app.quit = true,
         Some(Cmd::Back) => app.converse.edit = None,
         Some(Cmd::Enter) => {
             if let Some(e) = app.converse.edit.take() {
                 let b = app.converse.branch;
-                commit_edit(app, b, e.turn, e.text, fx);
+                commit_edit(app, b, e.turn, e.text);
             }
         }
         Some(_) => {}
@@ -136,13 +136,12 @@ pub(super) fn turn_edited(
     branch: usize,
     turn: usize,
     result: Result<String, String>,
-    fx: &mut Vec<Effect>,
 ) {
     match result {
         Ok(t) => {
             // Editors end a file with a newline the turn never had.
             let t = t.trim_end_matches(['\n', '\r']).to_string();
-            commit_edit(app, branch, turn, t, fx)
+            commit_edit(app, branch, turn, t)
         }
         Err(e) => app.fail(format!("editor: {e}")),
     }
@@ -245,16 +244,10 @@ fn new_conversation(app: &mut App, fx: &mut Vec<Effect>) {
     }
     let branch = Branch {
         scenario: entry.scenario.id.clone(),
-        parent: None,
         origin: "from the scenario".into(),
         seed: fresh_seed(app),
         turns: crate::converse::thread_turns(&entry.scenario),
-        next: None,
-        end: None,
-        user: String::new(),
-        set: String::new(),
-        mode: String::new(),
-        assistant: String::new(),
+        ..Default::default()
     };
     add_branch(app, branch, fx);
 }
@@ -280,19 +273,14 @@ fn fork(app: &mut App, fx: &mut Vec<Effect>) {
         seed: fresh_seed(app),
         turns: parent.turns[..i].to_vec(),
         next: Some(speaker),
-        end: None,
-        user: String::new(),
-        set: String::new(),
-        mode: String::new(),
-        assistant: String::new(),
+        ..Default::default()
     };
     add_branch(app, branch, fx);
 }
 
 /// An edited turn: a new branch with the turns before it and the edit, shown and ready to go
 /// on (Enter); the branch it came from stays as it was.
-fn commit_edit(app: &mut App, b: usize, i: usize, text: String, fx: &mut Vec<Effect>) {
-    let _ = fx;
+fn commit_edit(app: &mut App, b: usize, i: usize, text: String) {
     let Some(parent) = app.converse.branches.get(b) else {
         return;
     };
@@ -323,12 +311,11 @@ fn commit_edit(app: &mut App, b: usize, i: usize, text: String, fx: &mut Vec<Eff
         origin: format!("edit of turn {}", i + 1),
         seed: fresh_seed(app),
         turns,
-        next: None,
-        end: None,
         user: parent.user.clone(),
         set: parent.set.clone(),
         mode: parent.mode.clone(),
         assistant: parent.assistant.clone(),
+        ..Default::default()
     };
     app.converse.branches.push(branch);
     let n = app.converse.branches.len();
@@ -447,7 +434,7 @@ pub(super) fn converse_msg(app: &mut App, job: u64, msg: ConvMsg) {
                 index,
                 speaker: Some(speaker),
                 calls: if speaker == Speaker::Assistant {
-                    vec![("assistant".into(), String::new())]
+                    vec![(ASSISTANT_CALL.into(), String::new())]
                 } else {
                     vec![]
                 },
@@ -564,16 +551,13 @@ pub(super) fn fork_simulation(app: &mut App, fx: &mut Vec<Effect>) {
     };
     let branch = Branch {
         scenario: run.scenario.clone(),
-        parent: None,
         origin,
         seed: fresh_seed(app),
         turns,
-        next: None,
-        end: None,
         user: run.checkpoint.clone(),
         set: run.set.clone(),
         mode: run.mode.name().to_string(),
-        assistant: String::new(),
+        ..Default::default()
     };
     if !can_start(app) {
         return;

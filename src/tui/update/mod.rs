@@ -174,7 +174,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             branch,
             turn,
             result,
-        } => turn_edited(app, branch, turn, result, &mut fx),
+        } => turn_edited(app, branch, turn, result),
         Action::Cmp { job, side, msg } => {
             let finished = matches!(msg, SimMsg::Done { .. } | SimMsg::Failed(_));
             if app.compare.job == Some(job) {
@@ -314,7 +314,7 @@ fn on_key(app: &mut App, key: KeyEvent, fx: &mut Vec<Effect>) {
         return;
     }
     if app.screen == Screen::Converse && app.converse.edit.is_some() {
-        turn_edit_key(app, key, fx);
+        turn_edit_key(app, key);
         return;
     }
     if app.screen == Screen::Converse && app.converse.prompt.is_some() {
