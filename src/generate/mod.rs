@@ -125,12 +125,11 @@ pub fn prefill(
     // The longest cached prefix, short of the last token, whose logits start sampling and so
     // are always computed: whole blocks, then part of one where the prompt parts from it.
     let key = dec.cache_key();
-    let cached = model.prefix_cache.lookup(
-        &key,
-        prompt,
-        prompt.len().saturating_sub(1),
-        dec.device.is_cpu(),
-    );
+    // Blocks are taken and kept in part on the CPU only (see `PrefixCache::lookup`).
+    let in_part = dec.device.is_cpu();
+    let cached = model
+        .prefix_cache
+        .lookup(&key, prompt, prompt.len().saturating_sub(1), in_part);
     cache.load_blocks(&cached)?;
     let cached_tokens = cache.len();
     on_event(Event::Prefill {
@@ -155,7 +154,7 @@ pub fn prefill(
     }
     model
         .prefix_cache
-        .insert(&key, prompt, cached_tokens / BLOCK, &cache)?;
+        .insert(&key, prompt, cached_tokens / BLOCK, &cache, in_part)?;
     Ok(Prefilled {
         cache,
         logits,

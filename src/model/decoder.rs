@@ -252,6 +252,8 @@ struct PrefillStep {
     pos: usize,
     /// Rows of its aligned step before its first one (a step resuming inside a block).
     pad: usize,
+    /// Rows of its aligned step after its last one (a prompt ending inside a block).
+    tail: usize,
     x: Tensor,
     cos: Tensor,
     sin: Tensor,
@@ -262,12 +264,14 @@ struct PrefillStep {
 struct Rope<'a> {
     cos: &'a Tensor,
     sin: &'a Tensor,
-    /// For `pad` > 0, the mask of the whole aligned step: (pad + s, pos + s).
+    /// The causal mask of the whole aligned step: (pad + s + tail, pos − pad + s + tail).
     mask: Option<&'a Tensor>,
-    /// Rows of the aligned prefill step before the input's first one: its attention runs with
-    /// the whole step's shapes (those rows' queries zero, their outputs dropped), so each row's
-    /// arithmetic is the one the whole step gives it (see `prefix_cache`).
+    /// Rows of the aligned prefill step before the input's first one, and after its last: its
+    /// attention runs with the whole step's shapes (those rows' queries zero, their outputs
+    /// dropped; keys past the input's last masked), so each row's arithmetic is the one the
+    /// whole step gives it, wherever a call starts or ends (see `prefix_cache`).
     pad: usize,
+    tail: usize,
 }
 
 /// What a layer's attention looks back at besides its own input.
@@ -438,7 +442,9 @@ impl Decoder {
             )));
         }
         // Steps end at multiples of `step` (absolute positions): a call that resumes inside a
-        // block first completes that block, padded to its start.
+        // block first completes that block, padded to its start, and a call that ends inside
+        // one pads its last step to the block's end (the cache's buffers are whole blocks;
+        // a step other than a block pads only where they have room).
         let step = step.max(1);
         let mut bounds = vec![];
         let mut at = pos0;
@@ -452,19 +458,30 @@ impl Decoder {
             .map(|(pos, end)| {
                 let s = end - pos;
                 let pad = pos % step;
+                let tail = match end % step {
+                    0 => 0,
+                    r if end - r + step <= cache.room() => step - r,
+                    _ => 0,
+                };
                 let chunk = &ids[pos - pos0..end - pos0];
                 let ids = Tensor::new(chunk, &self.device)?.unsqueeze(0)?;
                 Ok(PrefillStep {
                     pos,
                     pad,
+                    tail,
                     x: self
                         .embed
                         .lookup(&ids)?
                         .reshape((1, s, self.config.hidden_size))?,
                     cos: self.cos.narrow(0, pos, s)?.to_dtype(self.dtype)?,
                     sin: self.sin.narrow(0, pos, s)?.to_dtype(self.dtype)?,
-                    mask: if pad + s > 1 {
-                        Some(causal_mask(pad + s, pos - pad, &self.device, self.dtype)?)
+                    mask: if pad + s + tail > 1 {
+                        Some(causal_mask(
+                            pad + s + tail,
+                            pos - pad,
+                            &self.device,
+                            self.dtype,
+                        )?)
                     } else {
                         None
                     },
@@ -507,6 +524,7 @@ impl Decoder {
                     sin: &st.sin,
                     mask: st.mask.as_ref(),
                     pad: st.pad,
+                    tail: st.tail,
                 };
                 let past = Past::Cache(cache, st.pos);
                 let l = pick(st.pad + st.x.dim(1)?);
@@ -577,6 +595,7 @@ impl Decoder {
             sin: &sin,
             mask: mask.as_ref(),
             pad: 0,
+            tail: 0,
         };
         for (li, layer) in self.layers.iter().enumerate() {
             let past = match (cache.as_deref_mut(), prefix) {
@@ -654,7 +673,7 @@ impl Decoder {
         record: Option<&mut Vec<(Tensor, Tensor)>>,
         ops: Ops,
     ) -> Result<Tensor> {
-        let (cos, sin, mask, pad) = (rope.cos, rope.sin, rope.mask, rope.pad);
+        let (cos, sin, mask, pad, tail) = (rope.cos, rope.sin, rope.mask, rope.pad, rope.tail);
         let cfg = &self.config;
         let (b, s, _) = q.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -673,16 +692,28 @@ impl Decoder {
         };
         let q = rope(&q)?;
         let k = rope(&k)?;
-        // A step resuming inside a block: zero queries for the rows before it, so the products
-        // below have the whole step's shapes; their outputs are dropped at the end.
-        let q = if pad > 0 {
-            let zeros = Tensor::zeros((b, nh, pad, hd), q.dtype(), q.device())?;
-            Tensor::cat(&[&zeros, &q], 2)?.contiguous()?
+        // A step resuming or ending inside a block: zero queries for the rows before and after
+        // it, so the products below have the whole step's shapes; their outputs are dropped at
+        // the end.
+        let zeros = |rows: usize, t: &Tensor, heads: usize| {
+            Tensor::zeros((b, heads, rows, hd), t.dtype(), t.device())
+        };
+        let q = if pad + tail > 0 {
+            let mut parts = vec![];
+            if pad > 0 {
+                parts.push(zeros(pad, &q, nh)?);
+            }
+            let last = zeros(tail, &q, nh)?;
+            parts.push(q);
+            if tail > 0 {
+                parts.push(last);
+            }
+            Tensor::cat(&parts, 2)?.contiguous()?
         } else {
             q
         };
         // Query rows: the input's, and the padding's.
-        let sq = s + pad;
+        let sq = pad + s + tail;
         if let Some(r) = record {
             r.push((k.clone(), v.clone()));
         }
@@ -707,12 +738,18 @@ impl Decoder {
                     let y = super::attention::decode_attention(&q, kb, vb, upto)?;
                     return Ok(y.transpose(1, 2)?.reshape((b, s, nh * hd))?);
                 }
-                if pos == 0 {
+                if pos == 0 && tail == 0 {
                     // First step: attend over the exact values just computed (the cache may
                     // hold them rounded to f16).
                     (k, v)
+                } else if pos == 0 {
+                    // The same, padded to the block's end: masked keys, zero values.
+                    let pad = |t: &Tensor| -> Result<Tensor> {
+                        Ok(Tensor::cat(&[t, &zeros(tail, t, nkv)?], 2)?.contiguous()?)
+                    };
+                    (pad(&k)?, pad(&v)?)
                 } else {
-                    c.view(li, upto, k.dtype())?
+                    c.view(li, upto + tail, k.dtype())?
                 }
             }
             Past::None => (k, v),
@@ -731,7 +768,11 @@ impl Decoder {
         }
         let att = super::grad::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?.reshape((b, nh, sq, hd))?;
-        let y = if pad > 0 { y.narrow(2, pad, s)? } else { y };
+        let y = if pad + tail > 0 {
+            y.narrow(2, pad, s)?
+        } else {
+            y
+        };
         Ok(y.transpose(1, 2)?.reshape((b, s, nh * hd))?)
     }
 
@@ -764,6 +805,7 @@ impl Decoder {
                 sin: &st.sin,
                 mask: st.mask.as_ref(),
                 pad: st.pad,
+                tail: st.tail,
             };
             let qkv = (part(&q)?, part(&k)?, part(&v)?);
             let past = Past::Cache(cache, st.pos);

@@ -5,7 +5,10 @@ use super::Result;
 use candle_core::{DType, Device, Tensor};
 
 /// Keys and values of every layer, preallocated to `capacity` positions so decoding writes in
-/// place instead of concatenating a growing tensor each step.
+/// place instead of concatenating a growing tensor each step. The buffers are rounded up to
+/// whole prefix-cache blocks: a prefill step ending inside a block attends over keys up to the
+/// block's end (masked beyond its own), as the whole block's step does (see
+/// `Decoder::prefill`). Positions past `capacity` are never filled; they stay zero.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
@@ -21,7 +24,8 @@ impl KvCache {
         device: &Device,
         dtype: DType,
     ) -> Result<KvCache> {
-        let shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim);
+        let room = capacity.next_multiple_of(super::prefix_cache::BLOCK);
+        let shape = (batch, cfg.num_kv_heads, room, cfg.head_dim);
         let layers = (0..cfg.num_layers)
             .map(|_| {
                 Ok((
@@ -46,6 +50,10 @@ impl KvCache {
     }
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+    /// Positions the buffers hold: `capacity` rounded up to a whole block.
+    pub(super) fn room(&self) -> usize {
+        self.layers.first().map(|(k, _)| k.dims()[2]).unwrap_or(0)
     }
     pub fn batch(&self) -> usize {
         self.layers.first().map(|(k, _)| k.dims()[0]).unwrap_or(0)
@@ -115,7 +123,7 @@ impl KvCache {
         Ok(())
     }
 
-    /// Keys and values of every position up to `upto`, in `dtype`.
+    /// Keys and values of every position up to `upto` (at most `room`), in `dtype`.
     pub(super) fn view(&self, layer: usize, upto: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
         let (kb, vb) = &self.layers[layer];
         Ok((

@@ -2,22 +2,26 @@
 //! and shared by every call in the process, so no call pays twice for a prefix.
 //!
 //! Prompts are prefilled in blocks of [`BLOCK`] tokens aligned to absolute positions (block `j`
-//! covers positions `j·BLOCK .. (j+1)·BLOCK`), and only whole blocks computed by prefill are
-//! kept. Block `j` is keyed by its own tokens and by the block before it (block 0 by the
+//! covers positions `j·BLOCK .. (j+1)·BLOCK`), and the blocks computed by prefill are kept:
+//! whole ones, and on the CPU a prompt's last, partial block (below). Block `j` is keyed by its own tokens and by the block before it (block 0 by the
 //! weights it was computed with), so a key names every token before the block exactly — no
 //! hashing of long prefixes, no collisions. A call starting from a cached prefix then runs the
 //! same prefill steps on the same inputs as a call that starts from nothing, and its logits are
 //! bit-identical: the cache changes how much is computed, never what.
 //!
 //! A call may also take the first rows of a cached block it shares only in part (the prompts of
-//! a simulation part inside a block, where the closing question starts), when it runs past that
-//! block itself: by causality those rows' keys and values do not depend on the tokens after
-//! them within a whole step, and `Decoder::prefill` computes the rest of the block with the
-//! whole step's shapes (its attention padded to the block's start), so the rows computed are
-//! the ones the whole step gives. Not from a prompt's last, partial block (a shorter step's
-//! attention spans fewer keys, and its rows' arithmetic differs: measured), not for block 0 (a
-//! prompt's first step attends over its exact keys, not the f16 cache), and not under a live
-//! adapter (whose narrow products are not the same row by row for different row counts).
+//! a simulation part inside a block, where the closing question starts; a conversation's next
+//! turn parts at the end of the previous prompt, inside its last block). By causality those
+//! rows' keys and values do not depend on the tokens after them, provided each row's arithmetic
+//! does not either: every prefill step runs its attention with its whole aligned block's shapes
+//! (queries padded with zeros to the block's start and end, keys spanning to the block's end and
+//! masked past the step's last row; `Decoder::prefill`), and its projections take the same path
+//! for any step of at least [`PART_MIN_ROWS`] rows. So a partial block of at least that many
+//! rows is kept, and a call reaching that far into a block takes its shared rows and computes
+//! the rest, short of [`RESUME_MIN_ROWS`]. Not for block 0 (a prompt's first step attends over
+//! its exact keys, not the f16 cache), not under a live adapter (whose narrow products are not
+//! the same row by row for different row counts), and not on a GPU (whose BLAS picks its
+//! kernels by shape).
 //!
 //! Memory is bounded: whole blocks are evicted least recently used first (a block's ancestors
 //! are always used at least as recently, so leaves go first), and nothing is kept beyond the
@@ -41,6 +45,16 @@ pub const BLOCK: usize = 128;
 /// few-row path (`grad::small_xwt`), whose arithmetic is not gemm's, so a call takes fewer of a
 /// block's shared rows rather than compute less than this.
 pub const RESUME_MIN_ROWS: usize = super::grad::SMALL_ROWS + 1;
+
+/// Fewest rows of a block a prompt must reach for that block to be kept in part (its last,
+/// partial block) or taken in part: a step of fewer rows runs the packed projections' integer
+/// kernels (under `packed::GEMM_ROWS`), whose arithmetic differs from the dequantized product
+/// the longer step a later call resumes with runs, so the rows would not match.
+pub const PART_MIN_ROWS: usize = if super::packed::GEMM_ROWS > RESUME_MIN_ROWS {
+    super::packed::GEMM_ROWS
+} else {
+    RESUME_MIN_ROWS
+};
 
 /// The bound of every model loaded from now on, when the user chose one (`--prefix-cache-mb`).
 /// Process-wide like the thread count: one cache per loaded model, whoever loads it.
@@ -211,13 +225,14 @@ impl PrefixCache {
         if j == 0 || weights.adapter.is_some() || !in_part {
             return found;
         }
-        // The block after the whole ones, when the prompt runs to its end: the cached block
-        // under the same parent that shares the most of its first tokens, leaving at least
-        // RESUME_MIN_ROWS rows to compute.
-        if prompt.len() < (j + 1) * BLOCK {
+        // The block after the whole ones, when the prompt reaches PART_MIN_ROWS into it: the
+        // cached block (whole or partial) under the same parent that shares the most of its
+        // first tokens, leaving at least RESUME_MIN_ROWS rows to compute.
+        let reach = prompt.len().min((j + 1) * BLOCK);
+        if reach < j * BLOCK + PART_MIN_ROWS {
             return found;
         }
-        let want = &prompt[j * BLOCK..limit.min((j + 1) * BLOCK - RESUME_MIN_ROWS)];
+        let want = &prompt[j * BLOCK..limit.min(reach - RESUME_MIN_ROWS).max(j * BLOCK)];
         let best = g
             .blocks
             .iter()
@@ -253,22 +268,32 @@ impl PrefixCache {
     }
 
     /// Keep the whole blocks of `prompt` that `cache` (batch 1, filled by prefill from position
-    /// 0) holds beyond the first `known` ones, which are cached already.
+    /// 0) holds beyond the first `known` ones, which are cached already; with `in_part` (as for
+    /// `lookup`), also its last, partial block when the whole prompt is in `cache` and reaches
+    /// PART_MIN_ROWS into that block (not block 0, not under an adapter).
     pub fn insert(
         &self,
         weights: &WeightsKey,
         prompt: &[u32],
         known: usize,
         cache: &KvCache,
+        in_part: bool,
     ) -> Result<()> {
-        let whole = cache.len().min(prompt.len()) / BLOCK;
-        if whole <= known || !self.is_on() {
+        let filled = cache.len().min(prompt.len());
+        let whole = filled / BLOCK;
+        let part = filled == prompt.len()
+            && in_part
+            && whole > 0
+            && weights.adapter.is_none()
+            && filled % BLOCK >= PART_MIN_ROWS;
+        let blocks = whole + usize::from(part);
+        if blocks <= known || !self.is_on() {
             return Ok(());
         }
         // Copy outside the lock: other calls keep running meanwhile.
-        let mut new = Vec::with_capacity(whole - known);
-        for j in known..whole {
-            let kv = cache.block(j * BLOCK, BLOCK)?;
+        let mut new = Vec::with_capacity(blocks - known);
+        for j in known..blocks {
+            let kv = cache.block(j * BLOCK, BLOCK.min(filled - j * BLOCK))?;
             let bytes = kv
                 .iter()
                 .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
@@ -282,7 +307,7 @@ impl PrefixCache {
         let mut parent = Parent::Root(weights.clone());
         let mut chain: Vec<u64> = vec![];
         let mut new = new.into_iter().peekable();
-        for (j, tokens) in prompt.chunks_exact(BLOCK).take(whole).enumerate() {
+        for (j, tokens) in prompt[..filled].chunks(BLOCK).take(blocks).enumerate() {
             let key = Key {
                 parent: parent.clone(),
                 tokens: tokens.into(),
@@ -408,7 +433,7 @@ mod tests {
     fn a_prompt_finds_the_whole_blocks_it_shares_and_their_values() {
         let cache = PrefixCache::new(1);
         let a = prompt(0, 3 * BLOCK + 5);
-        cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
+        cache.insert(&key(1), &a, 0, &filled(&a), true).unwrap();
         assert_eq!(cache.stats().blocks, 3);
         assert_eq!(cache.stats().used_bytes, 3 * BLOCK_BYTES);
         // Shares two blocks and the first 7 tokens of the third, and runs past it: those rows
@@ -427,13 +452,18 @@ mod tests {
         let third: Vec<f32> = found[2][0].0.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(third.len(), 7 * 2, "the shared rows of block 2 only");
         assert_eq!(third[0], (2 * BLOCK) as f32);
-        // Not when the prompt ends inside that block (its last step is shorter), nor more
-        // than leaves RESUME_MIN_ROWS to compute.
+        // Also when the prompt ends inside that block, if it reaches PART_MIN_ROWS into it;
+        // never more than leaves RESUME_MIN_ROWS to compute.
+        let found = cache.lookup(&key(1), &b[..2 * BLOCK + PART_MIN_ROWS], usize::MAX, true);
+        assert_eq!(found[2][0].0.dim(2).unwrap(), 7);
+        let short = &b[..2 * BLOCK + PART_MIN_ROWS - 1];
+        assert_eq!(cache.lookup(&key(1), short, usize::MAX, true).len(), 2);
+        let mut near = a[..2 * BLOCK + PART_MIN_ROWS - 2].to_vec();
+        near.extend([999; 2]);
+        let found = cache.lookup(&key(1), &near, usize::MAX, true);
         assert_eq!(
-            cache
-                .lookup(&key(1), &b[..3 * BLOCK - 1], usize::MAX, true)
-                .len(),
-            2
+            found[2][0].0.dim(2).unwrap(),
+            PART_MIN_ROWS - RESUME_MIN_ROWS
         );
         let mut c = a[..3 * BLOCK - 2].to_vec();
         c.extend([999; 10]);
@@ -459,14 +489,69 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_s_last_partial_block_is_kept_when_it_reaches_far_enough() {
+        let cache = PrefixCache::new(1);
+        // 40 rows into block 3: kept with the whole blocks.
+        let a = prompt(0, 3 * BLOCK + 40);
+        cache.insert(&key(1), &a, 0, &filled(&a), true).unwrap();
+        assert_eq!(cache.stats().blocks, 4);
+        assert_eq!(cache.stats().used_bytes, 3 * BLOCK_BYTES + 40 * 2 * 2 * 4);
+        // The next turn of a conversation: the whole prompt and more.
+        let mut b = a.clone();
+        b.extend([999; 300]);
+        let found = cache.lookup(&key(1), &b, usize::MAX, true);
+        assert_eq!(found.len(), 4);
+        let last: Vec<f32> = found[3][0].0.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(last.len(), 40 * 2);
+        assert_eq!(last[0], (3 * BLOCK) as f32);
+        // Prefilling b keeps its whole blocks 3 and 4 and its own partial block 5 (84 rows):
+        // b again takes them all, the last short of RESUME_MIN_ROWS.
+        cache.insert(&key(1), &b, 3, &filled(&b), true).unwrap();
+        assert_eq!(cache.stats().blocks, 7);
+        let found = cache.lookup(&key(1), &b, usize::MAX, true);
+        assert_eq!(found.len(), 6);
+        assert_eq!(found[5][0].0.dim(2).unwrap(), 84 - RESUME_MIN_ROWS);
+        // Not kept: fewer than PART_MIN_ROWS rows, block 0, under an adapter, without in_part,
+        // or a prefill that stopped short of the prompt's end.
+        let fresh = PrefixCache::new(1);
+        let few = prompt(5000, 2 * BLOCK + PART_MIN_ROWS - 1);
+        fresh.insert(&key(1), &few, 0, &filled(&few), true).unwrap();
+        assert_eq!(fresh.stats().blocks, 2);
+        let first = prompt(6000, 100);
+        fresh
+            .insert(&key(1), &first, 0, &filled(&first), true)
+            .unwrap();
+        assert_eq!(fresh.stats().blocks, 2);
+        let c = prompt(7000, BLOCK + 60);
+        fresh.insert(&key(1), &c, 0, &filled(&c), false).unwrap();
+        assert_eq!(fresh.stats().blocks, 3);
+        let adapter = WeightsKey {
+            weights_id: 1,
+            adapter: Some("x".into()),
+        };
+        fresh.insert(&adapter, &c, 0, &filled(&c), true).unwrap();
+        assert_eq!(fresh.stats().blocks, 4);
+        let mut longer = c.clone();
+        longer.extend([1; 10]);
+        fresh
+            .insert(&key(2), &longer, 0, &filled(&c), true)
+            .unwrap();
+        assert_eq!(
+            fresh.stats().blocks,
+            5,
+            "only block 0 of the unfinished prefill"
+        );
+    }
+
+    #[test]
     fn the_bound_holds_and_the_least_recently_used_leaves_go_first() {
         // Room for four blocks (a MiB is 512 of them here; shrink it by hand).
         let cache = PrefixCache::new(1);
         cache.lock().bound = 4 * BLOCK_BYTES;
         let a = prompt(0, 3 * BLOCK);
         let b = prompt(1000, 2 * BLOCK);
-        cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
-        cache.insert(&key(1), &b, 0, &filled(&b)).unwrap();
+        cache.insert(&key(1), &a, 0, &filled(&a), true).unwrap();
+        cache.insert(&key(1), &b, 0, &filled(&b), true).unwrap();
         // Five blocks asked for, four kept: a's deepest block (used first, deepest) went.
         assert_eq!(cache.stats().blocks, 4);
         assert!(cache.stats().used_bytes <= 4 * BLOCK_BYTES);
@@ -474,7 +559,7 @@ mod tests {
         assert_eq!(cache.lookup(&key(1), &a, usize::MAX, true).len(), 2);
         // a was used last: a new prompt evicts b's deepest block, not a's.
         let c = prompt(5000, BLOCK);
-        cache.insert(&key(1), &c, 0, &filled(&c)).unwrap();
+        cache.insert(&key(1), &c, 0, &filled(&c), true).unwrap();
         assert_eq!(cache.lookup(&key(1), &a, usize::MAX, true).len(), 2);
         assert_eq!(cache.lookup(&key(1), &b, usize::MAX, true).len(), 1);
         assert_eq!(cache.lookup(&key(1), &c, usize::MAX, true).len(), 1);
@@ -482,7 +567,7 @@ mod tests {
         cache.set_bound_mb(0);
         assert_eq!(cache.stats().blocks, 0);
         assert!(!cache.is_on());
-        cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
+        cache.insert(&key(1), &a, 0, &filled(&a), true).unwrap();
         assert!(cache.lookup(&key(1), &a, usize::MAX, true).is_empty());
     }
 
@@ -491,7 +576,7 @@ mod tests {
         let cache = PrefixCache::new(1);
         cache.lock().bound = 2 * BLOCK_BYTES;
         let a = prompt(0, 5 * BLOCK);
-        cache.insert(&key(1), &a, 0, &filled(&a)).unwrap();
+        cache.insert(&key(1), &a, 0, &filled(&a), true).unwrap();
         assert_eq!(cache.lookup(&key(1), &a, usize::MAX, true).len(), 2);
         assert_eq!(cache.stats().used_bytes, 2 * BLOCK_BYTES);
     }

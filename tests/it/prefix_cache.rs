@@ -8,7 +8,7 @@ use crate::common;
 use candle_core::{DType, Device, Tensor};
 use humanlm::generate::{generate, prefill, SamplingParams};
 use humanlm::model::lora::Adapter;
-use humanlm::model::prefix_cache::{BLOCK, RESUME_MIN_ROWS};
+use humanlm::model::prefix_cache::{BLOCK, PART_MIN_ROWS, RESUME_MIN_ROWS};
 use humanlm::model::Model;
 use humanlm::prompts::PromptSet;
 use humanlm::scenario::find;
@@ -142,13 +142,14 @@ fn calls_are_identical_with_the_cache_on_and_off() {
         assert!(cached < prompts[i].len());
         reused += cached;
     }
-    // A repeated call reuses all of its whole blocks.
-    let (_, cached) = prefilled(model, &prompts[K - 1]);
+    // A repeated call reuses all of its blocks, its last one short of RESUME_MIN_ROWS.
+    let again = &prompts[K - 1];
+    let (_, cached) = prefilled(model, again);
     assert_eq!(
         cached,
-        (prompts[K - 1].len() - 1) / BLOCK * BLOCK,
+        servable(again, std::slice::from_ref(again)),
         "a repeated call reused {cached} of {} tokens",
-        prompts[K - 1].len()
+        again.len()
     );
     assert!(reused > 0);
     for (&i, want) in sampled.iter().zip(&ref_tokens) {
@@ -175,8 +176,8 @@ fn shared(a: &[u32], b: &[u32]) -> usize {
 }
 
 /// What the cache serves `p` after `earlier` were prefilled: the whole blocks they share
-/// (short of `p`'s last token), then the shared rows of the next block where both run past it,
-/// leaving RESUME_MIN_ROWS to compute (not inside block 0).
+/// (short of `p`'s last token), then the shared rows of the next block where both reach
+/// PART_MIN_ROWS into it, leaving RESUME_MIN_ROWS to compute (not inside block 0).
 fn servable(p: &[u32], earlier: &[Vec<u32>]) -> usize {
     earlier
         .iter()
@@ -184,9 +185,10 @@ fn servable(p: &[u32], earlier: &[Vec<u32>]) -> usize {
             let shared = shared(p, x).min(p.len() - 1);
             let j = shared / BLOCK;
             let whole = j * BLOCK;
-            let both_past = p.len() >= whole + BLOCK && x.len() >= whole + BLOCK;
-            if j >= 1 && shared > whole && both_past {
-                shared.min(whole + BLOCK - RESUME_MIN_ROWS)
+            let reach = |t: &[u32]| t.len().min(whole + BLOCK) - whole;
+            let both = reach(p) >= PART_MIN_ROWS && reach(x) >= PART_MIN_ROWS;
+            if j >= 1 && shared > whole && both {
+                shared.min(whole + reach(p) - RESUME_MIN_ROWS)
             } else {
                 whole
             }
@@ -196,9 +198,10 @@ fn servable(p: &[u32], earlier: &[Vec<u32>]) -> usize {
 }
 
 /// A call that parts from a cached prompt inside a block takes the block's shared rows and
-/// computes the rest of it with the whole step's shapes: the same bits as from nothing, whether
+/// computes the rest of it with the whole block's shapes: the same bits as from nothing, whether
 /// it parts early in the block, a few rows before its end (taking fewer, so that the step keeps
-/// RESUME_MIN_ROWS), or ends inside that block (taking none of it).
+/// RESUME_MIN_ROWS), ends inside that block, or goes on from a prompt that ended inside it (a
+/// conversation's next turn: that prompt's partial last block was kept).
 #[test]
 fn a_call_resumes_inside_a_block_with_the_same_bits() {
     let model = common::default_model();
@@ -218,18 +221,23 @@ fn a_call_resumes_inside_a_block_with_the_same_bits() {
         with(2 * BLOCK + 40, 2 * BLOCK + 30),
         // Parts 3 rows before the end of block 2: takes 119 of its rows, computes 9.
         with(3 * BLOCK - 3, 50),
-        // Parts inside block 2 and ends there: takes block 0 and 1 only.
+        // Ends inside block 2, the start of the one before: takes all but RESUME_MIN_ROWS.
         with(2 * BLOCK + 40, 20),
-        // The base again: its last block is partial, so whole blocks only.
+        // The base again: all of it short of RESUME_MIN_ROWS.
         base.clone(),
         // Shares only part of block 0: nothing is reused.
         with(BLOCK - 8, 60),
+        // A turn ending 20 rows into block 3 (fewer than PART_MIN_ROWS: not kept) …
+        with(2 * BLOCK + 100, BLOCK - 80),
     ];
+    // … and the next turns: the whole of the one ending inside block 4, and of the last.
+    let next = |p: &[u32]| -> Vec<u32> { p.iter().chain(&other[..40]).copied().collect() };
+    let prompts = [prompts.to_vec(), vec![next(&prompts[1]), next(&prompts[6])]].concat();
     model.prefix_cache.set_bound_mb(0);
     let reference: Vec<Bits> = prompts.iter().map(|p| prefilled(model, p).0).collect();
     model.prefix_cache.clear();
     model.prefix_cache.set_bound_mb(512);
-    let mut inside = 0;
+    let mut cached_of = vec![];
     for (i, p) in prompts.iter().enumerate() {
         let (got, cached) = prefilled(model, p);
         assert_eq!(got, reference[i], "prompt {i} differs with the cache on");
@@ -238,9 +246,24 @@ fn a_call_resumes_inside_a_block_with_the_same_bits() {
             servable(p, &prompts[..i]),
             "prompt {i}'s cached tokens"
         );
-        inside += usize::from(cached % BLOCK != 0);
+        cached_of.push(cached);
     }
-    assert_eq!(inside, 2, "two prompts resumed inside a block");
+    // Prompt 3 is the start of prompt 1, ending 60 rows into block 2.
+    assert_eq!(
+        cached_of[3],
+        prompts[3].len() - RESUME_MIN_ROWS,
+        "a call ending inside a cached block"
+    );
+    assert_eq!(
+        cached_of[7],
+        prompts[1].len(),
+        "the next turn of a turn ending in a block"
+    );
+    assert_eq!(
+        cached_of[8],
+        3 * BLOCK,
+        "the next turn of a turn ending 20 rows in"
+    );
     model.prefix_cache.clear();
 }
 
