@@ -252,8 +252,10 @@ struct PrefillStep {
     pos: usize,
     /// Rows of its aligned step before its first one (a step resuming inside a block).
     pad: usize,
-    /// Rows of its aligned step after its last one (a prompt ending inside a block).
+    /// Positions of its aligned step after its last one (a prompt ending inside a block).
     tail: usize,
+    /// Its attention's query rows (see [`Rope`]).
+    rows: usize,
     x: Tensor,
     cos: Tensor,
     sin: Tensor,
@@ -264,14 +266,18 @@ struct PrefillStep {
 struct Rope<'a> {
     cos: &'a Tensor,
     sin: &'a Tensor,
-    /// The causal mask of the whole aligned step: (pad + s + tail, pos − pad + s + tail).
+    /// The causal mask: (rows, pos + s + tail).
     mask: Option<&'a Tensor>,
-    /// Rows of the aligned prefill step before the input's first one, and after its last: its
-    /// attention runs with the whole step's shapes (those rows' queries zero, their outputs
-    /// dropped; keys past the input's last masked), so each row's arithmetic is the one the
-    /// whole step gives it, wherever a call starts or ends (see `prefix_cache`).
-    pad: usize,
+    /// Keys past the input's last that its attention spans, masked: a prefill step ending
+    /// inside a block attends over keys up to the block's end, as the whole block's step does.
     tail: usize,
+    /// Query rows: the input's `s`, or more (zero queries, their outputs dropped) where the
+    /// whole block's step would take gemm's other path. With these two, each row's arithmetic
+    /// is the one the whole block's step gives it, wherever a call starts or ends (see
+    /// `prefix_cache`): gemm's rows depend on the product's inner length and on whether it
+    /// has more than 64 rows or columns (gemm-common 0.19's small-size `kc`), never otherwise
+    /// on its number of rows.
+    rows: usize,
 }
 
 /// What a layer's attention looks back at besides its own input.
@@ -442,9 +448,9 @@ impl Decoder {
             )));
         }
         // Steps end at multiples of `step` (absolute positions): a call that resumes inside a
-        // block first completes that block, padded to its start, and a call that ends inside
-        // one pads its last step to the block's end (the cache's buffers are whole blocks;
-        // a step other than a block pads only where they have room).
+        // block first completes that block, and the attention of a step that ends inside one
+        // spans keys to the block's end (the cache's buffers are whole blocks; a step other
+        // than a block spans them only where they have room).
         let step = step.max(1);
         let mut bounds = vec![];
         let mut at = pos0;
@@ -453,6 +459,10 @@ impl Decoder {
             bounds.push((at, end));
             at = end;
         }
+        // Query rows of a step shorter than a block: at least enough that the score-by-value
+        // product (head_dim columns, at most 64) has more than 64 rows, as a whole block's has.
+        let groups = self.config.num_heads / self.config.num_kv_heads;
+        let min_rows = (64 / groups.max(1) + 1).min(step);
         let mut steps = bounds
             .into_iter()
             .map(|(pos, end)| {
@@ -463,25 +473,22 @@ impl Decoder {
                     r if end - r + step <= cache.room() => step - r,
                     _ => 0,
                 };
+                let rows = if s == step { s } else { s.max(min_rows) };
                 let chunk = &ids[pos - pos0..end - pos0];
                 let ids = Tensor::new(chunk, &self.device)?.unsqueeze(0)?;
                 Ok(PrefillStep {
                     pos,
                     pad,
                     tail,
+                    rows,
                     x: self
                         .embed
                         .lookup(&ids)?
                         .reshape((1, s, self.config.hidden_size))?,
                     cos: self.cos.narrow(0, pos, s)?.to_dtype(self.dtype)?,
                     sin: self.sin.narrow(0, pos, s)?.to_dtype(self.dtype)?,
-                    mask: if pad + s + tail > 1 {
-                        Some(causal_mask(
-                            pad + s + tail,
-                            pos - pad,
-                            &self.device,
-                            self.dtype,
-                        )?)
+                    mask: if rows + tail > 1 {
+                        Some(causal_mask(rows, pos, s + tail, &self.device, self.dtype)?)
                     } else {
                         None
                     },
@@ -523,8 +530,8 @@ impl Decoder {
                     cos: &st.cos,
                     sin: &st.sin,
                     mask: st.mask.as_ref(),
-                    pad: st.pad,
                     tail: st.tail,
+                    rows: st.rows,
                 };
                 let past = Past::Cache(cache, st.pos);
                 let l = pick(st.pad + st.x.dim(1)?);
@@ -584,7 +591,7 @@ impl Decoder {
             .lookup(ids)?
             .reshape((b, s, self.config.hidden_size))?;
         let mask = if s > 1 {
-            Some(causal_mask(s, pos, &self.device, self.dtype)?)
+            Some(causal_mask(s, pos, s, &self.device, self.dtype)?)
         } else {
             None
         };
@@ -594,8 +601,8 @@ impl Decoder {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
-            pad: 0,
             tail: 0,
+            rows: s,
         };
         for (li, layer) in self.layers.iter().enumerate() {
             let past = match (cache.as_deref_mut(), prefix) {
@@ -673,7 +680,7 @@ impl Decoder {
         record: Option<&mut Vec<(Tensor, Tensor)>>,
         ops: Ops,
     ) -> Result<Tensor> {
-        let (cos, sin, mask, pad, tail) = (rope.cos, rope.sin, rope.mask, rope.pad, rope.tail);
+        let (cos, sin, mask, tail, rows) = (rope.cos, rope.sin, rope.mask, rope.tail, rope.rows);
         let cfg = &self.config;
         let (b, s, _) = q.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -692,28 +699,17 @@ impl Decoder {
         };
         let q = rope(&q)?;
         let k = rope(&k)?;
-        // A step resuming or ending inside a block: zero queries for the rows before and after
-        // it, so the products below have the whole step's shapes; their outputs are dropped at
-        // the end.
+        // Zero queries after the input's, so the products below take a whole block's path;
+        // their outputs are dropped at the end.
         let zeros = |rows: usize, t: &Tensor, heads: usize| {
             Tensor::zeros((b, heads, rows, hd), t.dtype(), t.device())
         };
-        let q = if pad + tail > 0 {
-            let mut parts = vec![];
-            if pad > 0 {
-                parts.push(zeros(pad, &q, nh)?);
-            }
-            let last = zeros(tail, &q, nh)?;
-            parts.push(q);
-            if tail > 0 {
-                parts.push(last);
-            }
-            Tensor::cat(&parts, 2)?.contiguous()?
+        let q = if rows > s {
+            Tensor::cat(&[&q, &zeros(rows - s, &q, nh)?], 2)?.contiguous()?
         } else {
             q
         };
-        // Query rows: the input's, and the padding's.
-        let sq = pad + s + tail;
+        let sq = rows;
         if let Some(r) = record {
             r.push((k.clone(), v.clone()));
         }
@@ -768,11 +764,7 @@ impl Decoder {
         }
         let att = super::grad::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?.reshape((b, nh, sq, hd))?;
-        let y = if pad + tail > 0 {
-            y.narrow(2, pad, s)?
-        } else {
-            y
-        };
+        let y = if rows > s { y.narrow(2, 0, s)? } else { y };
         Ok(y.transpose(1, 2)?.reshape((b, s, nh * hd))?)
     }
 
@@ -804,8 +796,8 @@ impl Decoder {
                 cos: &st.cos,
                 sin: &st.sin,
                 mask: st.mask.as_ref(),
-                pad: st.pad,
                 tail: st.tail,
+                rows: st.rows,
             };
             let qkv = (part(&q)?, part(&k)?, part(&v)?);
             let past = Past::Cache(cache, st.pos);
@@ -1076,9 +1068,10 @@ fn check_lora_shape(file: &std::path::Path, lin: &Linear, l: &LoraWeights) -> Re
     Ok(())
 }
 
-/// (s, pos + s) additive mask: query i (at absolute position pos + i) sees keys ≤ pos + i.
-fn causal_mask(s: usize, pos: usize, device: &Device, dtype: DType) -> Result<Tensor> {
-    let total = pos + s;
+/// (s, pos + keys) additive mask: query i (at absolute position pos + i) sees keys ≤ pos + i.
+/// `keys` is the input's length, or more where its attention spans masked keys past it.
+fn causal_mask(s: usize, pos: usize, keys: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    let total = pos + keys;
     let mask: Vec<f32> = (0..s)
         .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();

@@ -13,9 +13,9 @@
 //! a simulation part inside a block, where the closing question starts; a conversation's next
 //! turn parts at the end of the previous prompt, inside its last block). By causality those
 //! rows' keys and values do not depend on the tokens after them, provided each row's arithmetic
-//! does not either: every prefill step runs its attention with its whole aligned block's shapes
-//! (queries padded with zeros to the block's start and end, keys spanning to the block's end and
-//! masked past the step's last row; `Decoder::prefill`), and its projections take the same path
+//! does not either: every prefill step's attention spans keys to its block's end (masked past
+//! the step's last row) with enough query rows that gemm takes a whole block's path (zero
+//! queries added to a short step; `Decoder::prefill`), and its projections take the same path
 //! for any step of at least [`PART_MIN_ROWS`] rows. So a partial block of at least that many
 //! rows is kept, and a call reaching that far into a block takes its shared rows and computes
 //! the rest, short of [`RESUME_MIN_ROWS`]. Not for block 0 (a prompt's first step attends over
