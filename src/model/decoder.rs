@@ -734,10 +734,19 @@ impl Decoder {
                     let y = super::attention::decode_attention(&q, kb, vb, upto)?;
                     return Ok(y.transpose(1, 2)?.reshape((b, s, nh * hd))?);
                 }
-                // Every step attends over the cache's values (rounded to f16 where the cache
-                // is f16), the first one too: a call resuming inside block 0 then sees what a
-                // call from nothing saw.
-                c.view(li, upto + tail, k.dtype())?
+                if pos == 0 && tail == 0 {
+                    // First step: attend over the exact values just computed (the cache may
+                    // hold them rounded to f16).
+                    (k, v)
+                } else if pos == 0 {
+                    // The same, padded to the block's end: masked keys, zero values.
+                    let pad = |t: &Tensor| -> Result<Tensor> {
+                        Ok(Tensor::cat(&[t, &zeros(tail, t, nkv)?], 2)?.contiguous()?)
+                    };
+                    (pad(&k)?, pad(&v)?)
+                } else {
+                    c.view(li, upto + tail, k.dtype())?
+                }
             }
             Past::None => (k, v),
         };

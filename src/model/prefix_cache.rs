@@ -3,8 +3,8 @@
 //!
 //! Prompts are prefilled in blocks of [`BLOCK`] tokens aligned to absolute positions (block `j`
 //! covers positions `j·BLOCK .. (j+1)·BLOCK`), and the blocks computed by prefill are kept:
-//! whole ones, and on the CPU a prompt's last, partial block (below). Block `j` is keyed by its
-//! own tokens and by the block before it (block 0 by the weights it was computed with), so a key names every token before the block exactly — no
+//! whole ones, and on the CPU a prompt's last, partial block (below). Block `j` is keyed by its own tokens and by the block before it (block 0 by the
+//! weights it was computed with), so a key names every token before the block exactly — no
 //! hashing of long prefixes, no collisions. A call starting from a cached prefix then runs the
 //! same prefill steps on the same inputs as a call that starts from nothing, and its logits are
 //! bit-identical: the cache changes how much is computed, never what.
@@ -18,10 +18,10 @@
 //! queries added to a short step; `Decoder::prefill`), and its projections take the same path
 //! for any step of at least [`PART_MIN_ROWS`] rows. So a partial block of at least that many
 //! rows is kept, and a call reaching that far into a block takes its shared rows and computes
-//! the rest, short of [`RESUME_MIN_ROWS`] (block 0 too: a prompt's first step attends over the
-//! cache's values as every later step does). Not under a live adapter (whose narrow products
-//! are not the same row by row for different row counts), and not on a GPU (whose BLAS picks
-//! its kernels by shape).
+//! the rest, short of [`RESUME_MIN_ROWS`]. Not for block 0 (a prompt's first step attends over
+//! its exact keys, not the f16 cache), not under a live adapter (whose narrow products are not
+//! the same row by row for different row counts), and not on a GPU (whose BLAS picks its
+//! kernels by shape).
 //!
 //! Memory is bounded: whole blocks are evicted least recently used first (a block's ancestors
 //! are always used at least as recently, so leaves go first), and nothing is kept beyond the
@@ -222,7 +222,7 @@ impl PrefixCache {
             parent = Parent::Block(id);
         }
         let j = found.len();
-        if weights.adapter.is_some() || !in_part {
+        if j == 0 || weights.adapter.is_some() || !in_part {
             return found;
         }
         // The block after the whole ones, when the prompt reaches PART_MIN_ROWS into it: the
@@ -270,7 +270,7 @@ impl PrefixCache {
     /// Keep the whole blocks of `prompt` that `cache` (batch 1, filled by prefill from position
     /// 0) holds beyond the first `known` ones, which are cached already; with `in_part` (as for
     /// `lookup`), also its last, partial block when the whole prompt is in `cache` and reaches
-    /// PART_MIN_ROWS into that block (not under an adapter).
+    /// PART_MIN_ROWS into that block (not block 0, not under an adapter).
     pub fn insert(
         &self,
         weights: &WeightsKey,
@@ -283,6 +283,7 @@ impl PrefixCache {
         let whole = filled / BLOCK;
         let part = filled == prompt.len()
             && in_part
+            && whole > 0
             && weights.adapter.is_none()
             && filled % BLOCK >= PART_MIN_ROWS;
         let blocks = whole + usize::from(part);
@@ -481,12 +482,10 @@ mod tests {
         let mut c = a.clone();
         c[0] = 77;
         assert!(cache.lookup(&key(1), &c, usize::MAX, true).is_empty());
-        // Block 0 is taken in part like any other.
-        let mut d = a[..40].to_vec();
-        d.extend([999; 60]);
-        let found = cache.lookup(&key(1), &d, usize::MAX, true);
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0][0].0.dim(2).unwrap(), 40);
+        // Block 0 is never taken in part (a prompt's first step attends over exact values).
+        let mut d = a[..BLOCK - 1].to_vec();
+        d.push(999);
+        assert!(cache.lookup(&key(1), &d, usize::MAX, true).is_empty());
     }
 
     #[test]
@@ -512,8 +511,8 @@ mod tests {
         let found = cache.lookup(&key(1), &b, usize::MAX, true);
         assert_eq!(found.len(), 6);
         assert_eq!(found[5][0].0.dim(2).unwrap(), 84 - RESUME_MIN_ROWS);
-        // Not kept: fewer than PART_MIN_ROWS rows, under an adapter, without in_part, or a
-        // prefill that stopped short of the prompt's end; a short first block is.
+        // Not kept: fewer than PART_MIN_ROWS rows, block 0, under an adapter, without in_part,
+        // or a prefill that stopped short of the prompt's end.
         let fresh = PrefixCache::new(1);
         let few = prompt(5000, 2 * BLOCK + PART_MIN_ROWS - 1);
         fresh.insert(&key(1), &few, 0, &filled(&few), true).unwrap();
@@ -522,16 +521,16 @@ mod tests {
         fresh
             .insert(&key(1), &first, 0, &filled(&first), true)
             .unwrap();
-        assert_eq!(fresh.stats().blocks, 3);
+        assert_eq!(fresh.stats().blocks, 2);
         let c = prompt(7000, BLOCK + 60);
         fresh.insert(&key(1), &c, 0, &filled(&c), false).unwrap();
-        assert_eq!(fresh.stats().blocks, 4);
+        assert_eq!(fresh.stats().blocks, 3);
         let adapter = WeightsKey {
             weights_id: 1,
             adapter: Some("x".into()),
         };
         fresh.insert(&adapter, &c, 0, &filled(&c), true).unwrap();
-        assert_eq!(fresh.stats().blocks, 5);
+        assert_eq!(fresh.stats().blocks, 4);
         let mut longer = c.clone();
         longer.extend([1; 10]);
         fresh
@@ -539,7 +538,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             fresh.stats().blocks,
-            6,
+            5,
             "only block 0 of the unfinished prefill"
         );
     }

@@ -177,7 +177,7 @@ fn shared(a: &[u32], b: &[u32]) -> usize {
 
 /// What the cache serves `p` after `earlier` were prefilled: the whole blocks they share
 /// (short of `p`'s last token), then the shared rows of the next block where both reach
-/// PART_MIN_ROWS into it, leaving RESUME_MIN_ROWS to compute.
+/// PART_MIN_ROWS into it, leaving RESUME_MIN_ROWS to compute (not inside block 0).
 fn servable(p: &[u32], earlier: &[Vec<u32>]) -> usize {
     earlier
         .iter()
@@ -187,7 +187,7 @@ fn servable(p: &[u32], earlier: &[Vec<u32>]) -> usize {
             let whole = j * BLOCK;
             let reach = |t: &[u32]| t.len().min(whole + BLOCK) - whole;
             let both = reach(p) >= PART_MIN_ROWS && reach(x) >= PART_MIN_ROWS;
-            if shared > whole && both {
+            if j >= 1 && shared > whole && both {
                 shared.min(whole + reach(p) - RESUME_MIN_ROWS)
             } else {
                 whole
@@ -225,7 +225,7 @@ fn a_call_resumes_inside_a_block_with_the_same_bits() {
         with(2 * BLOCK + 40, 20),
         // The base again: all of it short of RESUME_MIN_ROWS.
         base.clone(),
-        // Shares only part of block 0: takes those rows.
+        // Shares only part of block 0: nothing is reused.
         with(BLOCK - 8, 60),
         // A turn ending 20 rows into block 3 (fewer than PART_MIN_ROWS: not kept) …
         with(2 * BLOCK + 100, BLOCK - 80),
