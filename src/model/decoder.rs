@@ -192,7 +192,7 @@ impl Layer {
     }
 
     /// This layer with every packed matrix dequantized to f32 (a fused one once for all its
-    /// parts), or None when it has none. What the packed path computes for ≥ `GEMM_ROWS`
+    /// parts), or None when it has none. What the packed path computes for ≥ `EXACT_ROWS`
     /// input rows anyway, paid once for all of a prefill's steps instead of once per step.
     fn densified(&self) -> Result<Option<Layer>> {
         if !self
@@ -495,13 +495,14 @@ impl Decoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let wide = steps.iter().any(|st| {
-            st.x.dim(1)
-                .is_ok_and(|s| st.pad + s >= super::packed::GEMM_ROWS)
-        });
+        // Where the packed path cannot run prefill's products on the packed weights, it would
+        // dequantize a layer for every step: then each layer is dequantized once for the call.
+        let wide = !super::packed::prefill_on_packed()
+            && steps
+                .iter()
+                .any(|st| st.x.dim(1).is_ok_and(|s| s >= super::packed::EXACT_ROWS));
         // Whole steps run together; a first step that resumes inside a block and a last,
-        // shorter one alone (their products have other shapes, and under GEMM_ROWS rows the
-        // packed path's integer kernels).
+        // shorter one alone (their products have other shapes).
         let first = usize::from(steps.first().is_some_and(|st| st.pad > 0));
         let whole = steps[first..]
             .iter()
@@ -516,10 +517,10 @@ impl Decoder {
                 whole
             };
             let dense = if wide { layer.densified()? } else { None };
-            // The packed path itself dequantizes from GEMM_ROWS rows on, so each step runs
-            // the arithmetic a forward of that step alone would.
+            // From EXACT_ROWS rows on, the packed path computes the dense product's bits, so
+            // each step runs the arithmetic a forward of that step alone would.
             let pick = |s: usize| match &dense {
-                Some(d) if s >= super::packed::GEMM_ROWS => d,
+                Some(d) if s >= super::packed::EXACT_ROWS => d,
                 _ => layer,
             };
             // In position order: each step's attention reads what the steps before it stored.
@@ -534,7 +535,7 @@ impl Decoder {
                     rows: st.rows,
                 };
                 let past = Past::Cache(cache, st.pos);
-                let l = pick(st.pad + st.x.dim(1)?);
+                let l = pick(st.x.dim(1)?);
                 st.x = self.layer_forward(l, li, &st.x, &rope, past, None, Ops::Fast)?;
                 Ok(())
             };

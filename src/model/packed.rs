@@ -14,10 +14,23 @@ use half::f16;
 use rayon::prelude::*;
 use std::ops::Range;
 
+mod gemm_order;
+
+/// Whether `forward` runs prefill's products on the packed weights themselves (the gemm-order
+/// kernel); where not, it dequantizes on every call, and a prefill had better dequantize each
+/// layer once for all of its steps.
+pub(crate) fn prefill_on_packed() -> bool {
+    gemm_order::available()
+}
+
 const QK: usize = 32;
 
-/// From this many input rows on, `forward` dequantizes and uses a dense GEMM.
-pub(crate) const GEMM_ROWS: usize = 32;
+/// From this many input rows on, `forward` gives the bits of gemm's dense f32 product on the
+/// dequantized weights (by the gemm-order kernel, or by dequantizing and calling gemm where that
+/// declines), so a row's result does not depend on how many rows share the product; below it,
+/// integer dot products, faster for a decode step's few rows. The same limit as a dense model's
+/// few-row path (`grad::SMALL_ROWS`), so that one bound covers both kinds of weights.
+pub(crate) const EXACT_ROWS: usize = super::grad::SMALL_ROWS + 1;
 
 /// Weights of one matrix (n rows of k), blocks of 32 along k.
 #[derive(Debug)]
@@ -226,15 +239,18 @@ impl Packed {
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x = x.to_dtype(DType::F32)?.contiguous()?;
-        if rows >= GEMM_ROWS {
-            // Long inputs (prefill): dequantizing the rows once and running a dense GEMM beats
-            // integer dot products, whose weight decoding is repeated for every few inputs.
+        let mut shape = dims;
+        *shape.last_mut().expect("non-empty dims") = n;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        if rows >= EXACT_ROWS {
+            // Prefill: the dense product's bits, without materializing the f32 weights where
+            // the gemm-order kernel applies.
+            if let Some(out) = self.forward_gemm_order(&xs, rows, wrows.clone()) {
+                return Tensor::from_vec(out, shape, x.device());
+            }
             let w = self.dequantize_rows(wrows, x.device())?;
-            let mut shape = dims;
-            *shape.last_mut().expect("non-empty dims") = n;
             return x.reshape((rows, self.k))?.matmul(&w.t()?)?.reshape(shape);
         }
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let act = Activations::quantize(&xs, rows, self.k, self.sum_mode());
         let mut out = vec![0f32; rows * n];
         // Each task owns a range of weight rows; all activation rows are processed against a
@@ -261,8 +277,6 @@ impl Packed {
                 }
             }
         });
-        let mut shape = dims;
-        *shape.last_mut().expect("non-empty dims") = n;
         Tensor::from_vec(out, shape, x.device())
     }
 

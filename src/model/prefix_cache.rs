@@ -48,10 +48,10 @@ pub const RESUME_MIN_ROWS: usize = super::grad::SMALL_ROWS + 1;
 
 /// Fewest rows of a block a prompt must reach for that block to be kept in part (its last,
 /// partial block) or taken in part: a step of fewer rows runs the packed projections' integer
-/// kernels (under `packed::GEMM_ROWS`), whose arithmetic differs from the dequantized product
-/// the longer step a later call resumes with runs, so the rows would not match.
-pub const PART_MIN_ROWS: usize = if super::packed::GEMM_ROWS > RESUME_MIN_ROWS {
-    super::packed::GEMM_ROWS
+/// kernels (under `packed::EXACT_ROWS`), whose arithmetic differs from the dense product the
+/// longer step a later call resumes with runs, so the rows would not match.
+pub const PART_MIN_ROWS: usize = if super::packed::EXACT_ROWS > RESUME_MIN_ROWS {
+    super::packed::EXACT_ROWS
 } else {
     RESUME_MIN_ROWS
 };
@@ -454,16 +454,17 @@ mod tests {
         assert_eq!(third[0], (2 * BLOCK) as f32);
         // Also when the prompt ends inside that block, if it reaches PART_MIN_ROWS into it;
         // never more than leaves RESUME_MIN_ROWS to compute.
-        let found = cache.lookup(&key(1), &b[..2 * BLOCK + PART_MIN_ROWS], usize::MAX, true);
+        let reach = (7 + RESUME_MIN_ROWS).max(PART_MIN_ROWS);
+        let found = cache.lookup(&key(1), &b[..2 * BLOCK + reach], usize::MAX, true);
         assert_eq!(found[2][0].0.dim(2).unwrap(), 7);
         let short = &b[..2 * BLOCK + PART_MIN_ROWS - 1];
         assert_eq!(cache.lookup(&key(1), short, usize::MAX, true).len(), 2);
-        let mut near = a[..2 * BLOCK + PART_MIN_ROWS - 2].to_vec();
+        let mut near = a[..2 * BLOCK + PART_MIN_ROWS + 5].to_vec();
         near.extend([999; 2]);
         let found = cache.lookup(&key(1), &near, usize::MAX, true);
         assert_eq!(
             found[2][0].0.dim(2).unwrap(),
-            PART_MIN_ROWS - RESUME_MIN_ROWS
+            PART_MIN_ROWS + 7 - RESUME_MIN_ROWS
         );
         let mut c = a[..3 * BLOCK - 2].to_vec();
         c.extend([999; 10]);

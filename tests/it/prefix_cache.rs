@@ -227,8 +227,8 @@ fn a_call_resumes_inside_a_block_with_the_same_bits() {
         base.clone(),
         // Shares only part of block 0: nothing is reused.
         with(BLOCK - 8, 60),
-        // A turn ending 20 rows into block 3 (fewer than PART_MIN_ROWS: not kept) …
-        with(2 * BLOCK + 100, BLOCK - 80),
+        // A turn ending short of PART_MIN_ROWS rows into block 3 (not kept) …
+        with(2 * BLOCK + 100, BLOCK - 100 + PART_MIN_ROWS - 1),
     ];
     // … and the next turns: the whole of the one ending inside block 4, and of the last.
     let next = |p: &[u32]| -> Vec<u32> { p.iter().chain(&other[..40]).copied().collect() };
@@ -262,7 +262,7 @@ fn a_call_resumes_inside_a_block_with_the_same_bits() {
     assert_eq!(
         cached_of[8],
         3 * BLOCK,
-        "the next turn of a turn ending 20 rows in"
+        "the next turn of a turn ending too few rows in"
     );
     model.prefix_cache.clear();
 }
