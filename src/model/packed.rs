@@ -241,16 +241,19 @@ impl Packed {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let mut shape = dims;
         *shape.last_mut().expect("non-empty dims") = n;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
         if rows >= EXACT_ROWS {
             // Prefill: the dense product's bits, without materializing the f32 weights where
-            // the gemm-order kernel applies.
-            if let Some(out) = self.forward_gemm_order(&xs, rows, wrows.clone()) {
-                return Tensor::from_vec(out, shape, x.device());
+            // the gemm-order kernel applies (the input is copied out only then).
+            if gemm_order::takes(rows, n) {
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                if let Some(out) = self.forward_gemm_order(&xs, rows, wrows.clone()) {
+                    return Tensor::from_vec(out, shape, x.device());
+                }
             }
             let w = self.dequantize_rows(wrows, x.device())?;
             return x.reshape((rows, self.k))?.matmul(&w.t()?)?.reshape(shape);
         }
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let act = Activations::quantize(&xs, rows, self.k, self.sum_mode());
         let mut out = vec![0f32; rows * n];
         // Each task owns a range of weight rows; all activation rows are processed against a

@@ -55,6 +55,12 @@ pub(super) fn available() -> bool {
     false
 }
 
+/// Whether the kernel takes a product of `rows` input rows and `n` outputs (see the module's
+/// note), so that a caller copies its input out only when it will.
+pub(super) fn takes(rows: usize, n: usize) -> bool {
+    available() && rows > 1 && rows <= MAX_ROWS && n > 1 && rows * n > 256
+}
+
 /// The inner-dimension chunks gemm sums separately for an (m × k) · (k × n) product.
 fn chunks(m: usize, n: usize, k: usize) -> Vec<Range<usize>> {
     let kc = if m <= 64 && n <= 64 {
@@ -79,20 +85,13 @@ impl Packed {
         rows: usize,
         wrows: Range<usize>,
     ) -> Option<Vec<f32>> {
-        let n = wrows.len();
         #[cfg(target_arch = "x86_64")]
-        if available()
-            && rows > 1
-            && rows <= MAX_ROWS
-            && n > 1
-            && rows * n > 256
-            && xs.len() == rows * self.k
-        {
+        if takes(rows, wrows.len()) && xs.len() == rows * self.k {
             // SAFETY: AVX-512F, AVX2, FMA and F16C are present (checked at run time); xs holds
             // rows × k values and wrows lies within the matrix (checked by the callers' slicing).
             return Some(unsafe { self.gemm_order_avx512(xs, rows, wrows) });
         }
-        let _ = (xs, rows, n);
+        let _ = (xs, rows);
         None
     }
 
