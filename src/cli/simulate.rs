@@ -165,6 +165,7 @@ pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::R
     }
     // Prompt tokens the prefix cache served, per call (local checkpoints).
     let mut cached: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut order = InOrder::default();
     let (plan, samples) = simulate_with(sim.engine(), &set, &scenario, &opts, None, &mut |e| {
         if let SimEvent::Prefill { call, cached: c } = e {
             cached.insert(call.to_string(), c);
@@ -172,23 +173,27 @@ pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::R
         if !stream || io_err.is_some() {
             return;
         }
-        let r = match e {
-            SimEvent::CallStarted { call } if a.show_prompt => {
-                write!(
-                    stdout,
+        let out = match e {
+            SimEvent::CallStarted { call } if a.show_prompt => order.start(
+                &call.name,
+                format!(
                     "\n\x1b[2m── prompt: {} ({} tokens) ──\n{}\x1b[0m",
                     call.name, call.prompt_tokens, call.prompt
-                )
-            }
-            SimEvent::CallStarted { call } => {
-                write!(stdout, "\n\x1b[1m{}\x1b[0m: {}", call.name, call.prefill)
-            }
+                ),
+            ),
+            SimEvent::CallStarted { call } => order.start(
+                &call.name,
+                format!("\n\x1b[1m{}\x1b[0m: {}", call.name, call.prefill),
+            ),
             SimEvent::Text {
-                sample: 0, delta, ..
-            } => write!(stdout, "{delta}"),
-            SimEvent::CallFinished { .. } => writeln!(stdout),
-            _ => Ok(()),
+                call,
+                sample: 0,
+                delta,
+            } => order.text(call, delta),
+            SimEvent::CallFinished { call } => order.finish(call),
+            _ => String::new(),
         };
+        let r = write!(stdout, "{out}");
         if let Err(e) = r.and_then(|_| stdout.flush()) {
             io_err = Some(e);
         }
@@ -260,4 +265,75 @@ pub(super) fn simulate_cmd(root: &std::path::Path, a: SimulateArgs) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// A simulation's streamed text, call after call in plan order, although its calls decode
+/// together: the first unfinished call streams live, the others' text waits until it is their
+/// turn.
+#[derive(Default)]
+struct InOrder {
+    /// Started calls in order: name, heading and text not yet shown, finished.
+    calls: Vec<(String, String, bool)>,
+    /// The call that streams live.
+    live: usize,
+}
+
+impl InOrder {
+    /// A call starts: what to write now.
+    fn start(&mut self, name: &str, heading: String) -> String {
+        self.calls.push((name.to_string(), heading, false));
+        self.flush()
+    }
+
+    fn text(&mut self, name: &str, delta: &str) -> String {
+        match self.calls.iter().position(|c| c.0 == name) {
+            Some(i) if i == self.live => delta.to_string(),
+            Some(i) => {
+                self.calls[i].1.push_str(delta);
+                String::new()
+            }
+            None => String::new(),
+        }
+    }
+
+    fn finish(&mut self, name: &str) -> String {
+        if let Some(c) = self.calls.iter_mut().find(|c| c.0 == name) {
+            c.2 = true;
+        }
+        self.flush()
+    }
+
+    /// Shows the live call's waiting text, and every call after it that has finished.
+    fn flush(&mut self) -> String {
+        let mut out = String::new();
+        while let Some((_, pending, done)) = self.calls.get_mut(self.live) {
+            out.push_str(&std::mem::take(pending));
+            if !*done {
+                break;
+            }
+            out.push('\n');
+            self.live += 1;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InOrder;
+
+    #[test]
+    fn calls_stream_in_plan_order_though_they_decode_together() {
+        let mut o = InOrder::default();
+        let mut shown = o.start("a", "A:".into());
+        shown += &o.start("b", "B:".into());
+        shown += &o.text("b", "b1");
+        shown += &o.text("a", "a1");
+        shown += &o.finish("b");
+        assert_eq!(shown, "A:a1", "b waits for a");
+        shown += &o.text("a", "a2");
+        shown += &o.finish("a");
+        assert_eq!(shown, "A:a1a2\nB:b1\n");
+        assert_eq!(o.flush(), "");
+    }
 }

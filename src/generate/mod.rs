@@ -171,172 +171,297 @@ pub fn generate(
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Generation> {
+    let mut g = generate_many(model, &[Job { prompt, params }], cancel, &mut |_, e| {
+        on_event(e)
+    })?;
+    Ok(g.pop().expect("one job, one generation"))
+}
+
+/// One prompt of [`generate_many`] and how to continue it.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub prompt: &'a [u32],
+    pub params: &'a SamplingParams,
+}
+
+/// A job's state while it decodes.
+struct Running<'a> {
+    job: Job<'a>,
+    cache: KvCache,
+    rows: Vec<Row>,
+    /// The logits each active row samples from next (one per `active` entry).
+    logits: Vec<Vec<f32>>,
+    /// Indices into `rows` of the samples still decoding, in cache row order.
+    active: Vec<usize>,
+    capacity: usize,
+    started: Instant,
+    prefill_s: f64,
+    cached_tokens: usize,
+    ttft: Option<f64>,
+    first_token_at: Option<Instant>,
+    finished_at: Option<Instant>,
+    generated: usize,
+}
+
+/// Generate continuations of several independent prompts, decoded together: each prompt is
+/// prefilled in turn (later ones reuse what earlier ones left in the prefix cache), then every
+/// prompt's samples decode in one batch, a step at a time, until each ends by its own
+/// parameters. Each generation is bit for bit the one [`generate`] gives its prompt alone (see
+/// [`crate::model::Decoder::decode_rows`]), while the weights stream once per step for all.
+/// Events carry the job's index.
+pub fn generate_many(
+    model: &Model,
+    jobs: &[Job],
+    cancel: Option<&AtomicBool>,
+    on_event: &mut dyn FnMut(usize, Event),
+) -> Result<Vec<Generation>> {
     let dec = &model.decoder;
-    let tok = &model.tokenizer;
-    params.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::Msg("empty prompt".into()));
-    }
     let ctx = dec.max_positions();
-    if prompt.len() >= ctx {
-        return Err(Error::Msg(format!(
-            "prompt of {} tokens does not fit the context of {ctx} tokens (it needs room for at least one new token)",
-            prompt.len()
-        )));
+    for job in jobs {
+        job.params.validate()?;
+        let prompt = job.prompt;
+        if prompt.is_empty() {
+            return Err(Error::Msg("empty prompt".into()));
+        }
+        if prompt.len() >= ctx {
+            return Err(Error::Msg(format!(
+                "prompt of {} tokens does not fit the context of {ctx} tokens (it needs room for at least one new token)",
+                prompt.len()
+            )));
+        }
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= dec.vocab_rows()) {
+            return Err(Error::Msg(format!(
+                "token id {bad} is outside the vocabulary of {} ids",
+                dec.vocab_rows()
+            )));
+        }
     }
-    if let Some(bad) = prompt.iter().find(|&&t| t as usize >= dec.vocab_rows()) {
-        return Err(Error::Msg(format!(
-            "token id {bad} is outside the vocabulary of {} ids",
-            dec.vocab_rows()
-        )));
-    }
-    let n = params.n.max(1);
-    let capacity = (prompt.len() + params.max_new_tokens).min(ctx);
-    let start = Instant::now();
-    let Prefilled {
-        mut cache,
-        logits,
-        cached_tokens,
-    } = prefill(model, prompt, capacity, cancel, on_event)?;
-    let Some(logits) = logits else {
-        return Ok(cancelled_during_prefill(
-            n,
-            prompt.len(),
+    let mut running: Vec<Running> = Vec::with_capacity(jobs.len());
+    for (j, &job) in jobs.iter().enumerate() {
+        let (prompt, params) = (job.prompt, job.params);
+        let n = params.n.max(1);
+        let capacity = (prompt.len() + params.max_new_tokens).min(ctx);
+        let started = Instant::now();
+        let Prefilled {
+            mut cache,
+            logits,
             cached_tokens,
-            on_event,
-        ));
-    };
-    let prefill_s = start.elapsed().as_secs_f64();
-    let computed = prompt.len() - cached_tokens;
-    let first: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-    if n > 1 {
-        cache = cache.repeat_batch(n)?;
+        } = prefill(model, prompt, capacity, cancel, &mut |e| on_event(j, e))?;
+        let Some(logits) = logits else {
+            // Cancelled: this job and every one after it end before their first token.
+            let mut out: Vec<Generation> = running
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    cancelled_during_prefill(
+                        r.rows.len(),
+                        r.job.prompt.len(),
+                        r.cached_tokens,
+                        &mut |e| on_event(i, e),
+                    )
+                })
+                .collect();
+            out.push(cancelled_during_prefill(
+                n,
+                prompt.len(),
+                cached_tokens,
+                &mut |e| on_event(j, e),
+            ));
+            for (i, later) in jobs.iter().enumerate().skip(j + 1) {
+                out.push(cancelled_during_prefill(
+                    later.params.n.max(1),
+                    later.prompt.len(),
+                    0,
+                    &mut |e| on_event(i, e),
+                ));
+            }
+            return Ok(out);
+        };
+        let prefill_s = started.elapsed().as_secs_f64();
+        let first: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        if n > 1 {
+            cache = cache.repeat_batch(n)?;
+        }
+        running.push(Running {
+            job,
+            cache,
+            rows: (0..n)
+                .map(|i| Row {
+                    ids: vec![],
+                    stop: StopMatcher::new(&params.stop, params.keep_stop),
+                    sampler: Sampler::new(params, params.seed.wrapping_add(i as u64)),
+                    done: None,
+                    eos: None,
+                    text: String::new(),
+                })
+                .collect(),
+            logits: vec![first; n],
+            active: (0..n).collect(),
+            capacity,
+            started,
+            prefill_s,
+            cached_tokens,
+            ttft: None,
+            first_token_at: None,
+            finished_at: None,
+            generated: 0,
+        });
     }
-    let mut rows: Vec<Row> = (0..n)
-        .map(|i| Row {
-            ids: vec![],
-            stop: StopMatcher::new(&params.stop, params.keep_stop),
-            sampler: Sampler::new(params, params.seed.wrapping_add(i as u64)),
-            done: None,
-            eos: None,
-            text: String::new(),
-        })
-        .collect();
-    let mut row_logits: Vec<Vec<f32>> = vec![first; n];
-    let mut active: Vec<usize> = (0..n).collect();
-    let mut ttft = None;
-    let mut first_token_at = None;
-    let mut generated = 0usize;
     loop {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            for &i in &active {
-                rows[i].done = Some((StopReason::Cancelled, None));
-                on_event(Event::Finished {
+            for (j, r) in running.iter_mut().enumerate() {
+                for &i in &r.active {
+                    r.rows[i].done = Some((StopReason::Cancelled, None));
+                    on_event(
+                        j,
+                        Event::Finished {
+                            sample: i,
+                            reason: StopReason::Cancelled,
+                        },
+                    );
+                }
+                r.active.clear();
+            }
+            break;
+        }
+        let mut next_tokens = Vec::new();
+        for (j, r) in running.iter_mut().enumerate() {
+            if r.active.is_empty() {
+                continue;
+            }
+            let still = sample_step(model, r, &mut |e| on_event(j, e))?;
+            if still.len() != r.active.len() {
+                if still.is_empty() {
+                    r.finished_at = Some(Instant::now());
+                } else {
+                    let keep: Vec<u32> = still.iter().map(|&(s, _)| s as u32).collect();
+                    r.cache.keep_rows(&keep)?;
+                }
+                r.active = still.iter().map(|&(s, _)| r.active[s]).collect();
+            }
+            next_tokens.extend(still.iter().map(|&(_, t)| t));
+        }
+        if next_tokens.is_empty() {
+            break;
+        }
+        let mut live: Vec<&mut Running> = running
+            .iter_mut()
+            .filter(|r| !r.active.is_empty())
+            .collect();
+        let logits: Vec<Vec<f32>> = {
+            let mut caches: Vec<&mut KvCache> = live.iter_mut().map(|r| &mut r.cache).collect();
+            dec.decode_rows(&next_tokens, &mut caches)?.to_vec2()?
+        };
+        let mut logits = logits.into_iter();
+        for r in live.iter_mut() {
+            r.logits = logits.by_ref().take(r.active.len()).collect();
+        }
+    }
+    Ok(running.into_iter().map(finish).collect())
+}
+
+/// Sample one token for each active row of `r`, stream its text and end the rows that stop.
+/// Returns the rows that go on: (slot in `r.active`, the token just sampled).
+fn sample_step(
+    model: &Model,
+    r: &mut Running,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Vec<(usize, u32)>> {
+    let tok = &model.tokenizer;
+    let (prompt, params) = (r.job.prompt, r.job.params);
+    let mut still = Vec::with_capacity(r.active.len());
+    for (slot, &i) in r.active.iter().enumerate() {
+        let row = &mut r.rows[i];
+        let token = row.sampler.sample(&mut r.logits[slot], prompt, &row.ids);
+        r.generated += 1;
+        if r.ttft.is_none() {
+            r.ttft = Some(r.started.elapsed().as_secs_f64());
+            r.first_token_at = Some(Instant::now());
+        }
+        if !params.ignore_eos && tok.eos_ids.contains(&token) {
+            row.done = Some((StopReason::Eos, None));
+            row.eos = Some(token);
+        } else {
+            row.ids.push(token);
+            let full = tok.decode(&row.ids)?;
+            let (delta, hit) = row.stop.push(&full);
+            if !delta.is_empty() {
+                row.text.push_str(&delta);
+                on_event(Event::Text {
                     sample: i,
-                    reason: StopReason::Cancelled,
+                    delta: &delta,
                 });
             }
-            break;
-        }
-        let mut next_tokens = Vec::with_capacity(active.len());
-        let mut still = Vec::with_capacity(active.len());
-        for (slot, &i) in active.iter().enumerate() {
-            let row = &mut rows[i];
-            let token = row.sampler.sample(&mut row_logits[slot], prompt, &row.ids);
-            generated += 1;
-            if ttft.is_none() {
-                ttft = Some(start.elapsed().as_secs_f64());
-                first_token_at = Some(Instant::now());
+            if let Some(s) = hit {
+                row.done = Some((StopReason::Stop, Some(s)));
+            } else if row.ids.len() >= params.max_new_tokens {
+                row.done = Some((StopReason::Length, None));
+            } else if prompt.len() + row.ids.len() >= r.capacity {
+                row.done = Some((StopReason::Context, None));
             }
-            if !params.ignore_eos && tok.eos_ids.contains(&token) {
-                row.done = Some((StopReason::Eos, None));
-                row.eos = Some(token);
-            } else {
-                row.ids.push(token);
-                let full = tok.decode(&row.ids)?;
-                let (delta, hit) = row.stop.push(&full);
-                if !delta.is_empty() {
-                    row.text.push_str(&delta);
+        }
+        match &row.done {
+            Some((reason, _)) => {
+                // Text held back as a possible stop-string prefix is released at the end.
+                let rest = row.stop.finish();
+                if !rest.is_empty() {
+                    row.text.push_str(&rest);
                     on_event(Event::Text {
                         sample: i,
-                        delta: &delta,
+                        delta: &rest,
                     });
                 }
-                if let Some(s) = hit {
-                    row.done = Some((StopReason::Stop, Some(s)));
-                } else if row.ids.len() >= params.max_new_tokens {
-                    row.done = Some((StopReason::Length, None));
-                } else if prompt.len() + row.ids.len() >= capacity {
-                    row.done = Some((StopReason::Context, None));
-                }
+                on_event(Event::Finished {
+                    sample: i,
+                    reason: reason.clone(),
+                });
             }
-            match &row.done {
-                Some((reason, _)) => {
-                    // Text held back as a possible stop-string prefix is released at the end.
-                    let rest = row.stop.finish();
-                    if !rest.is_empty() {
-                        row.text.push_str(&rest);
-                        on_event(Event::Text {
-                            sample: i,
-                            delta: &rest,
-                        });
-                    }
-                    on_event(Event::Finished {
-                        sample: i,
-                        reason: reason.clone(),
-                    });
-                }
-                None => {
-                    still.push(slot);
-                    next_tokens.push(token);
-                }
-            }
+            None => still.push((slot, token)),
         }
-        if still.is_empty() {
-            break;
-        }
-        if still.len() != active.len() {
-            let keep: Vec<u32> = still.iter().map(|&s| s as u32).collect();
-            cache.keep_rows(&keep)?;
-            active = still.iter().map(|&s| active[s]).collect();
-        }
-        let input = Tensor::new(next_tokens.as_slice(), &dec.device)?.unsqueeze(1)?;
-        let logits = dec.forward(&input, Some(&mut cache), crate::model::Ops::Fast, false)?;
-        row_logits = logits.to_vec2()?;
     }
-    let decode_s = first_token_at
-        .map(|t| t.elapsed().as_secs_f64())
-        .unwrap_or(0.0);
-    let samples = rows
+    Ok(still)
+}
+
+/// A finished job's generation and its timings.
+fn finish(r: Running) -> Generation {
+    let n = r.rows.len();
+    let decode_s = match (r.first_token_at, r.finished_at) {
+        (Some(t0), Some(t1)) => t1.duration_since(t0).as_secs_f64(),
+        (Some(t0), None) => t0.elapsed().as_secs_f64(),
+        _ => 0.0,
+    };
+    let computed = r.job.prompt.len() - r.cached_tokens;
+    let samples = r
+        .rows
         .into_iter()
-        .map(|r| {
-            let (stop_reason, stop_string) = r.done.unwrap_or((StopReason::Cancelled, None));
+        .map(|row| {
+            let (stop_reason, stop_string) = row.done.unwrap_or((StopReason::Cancelled, None));
             Sample {
-                text: r.text,
-                tokens: r.ids.len(),
-                token_ids: r.ids,
+                text: row.text,
+                tokens: row.ids.len(),
+                token_ids: row.ids,
                 stop_reason,
                 stop_string,
-                eos_token: r.eos,
+                eos_token: row.eos,
             }
         })
         .collect();
-    Ok(Generation {
+    Generation {
         samples,
-        prompt_tokens: prompt.len(),
-        cached_prompt_tokens: cached_tokens,
-        ttft_ms: ttft.unwrap_or(0.0) * 1000.0,
+        prompt_tokens: r.job.prompt.len(),
+        cached_prompt_tokens: r.cached_tokens,
+        ttft_ms: r.ttft.unwrap_or(0.0) * 1000.0,
         tokens_per_s: if decode_s > 0.0 {
-            generated.saturating_sub(n) as f64 / decode_s
+            r.generated.saturating_sub(n) as f64 / decode_s
         } else {
             0.0
         },
-        prefill_tokens_per_s: if prefill_s > 0.0 {
-            computed as f64 / prefill_s
+        prefill_tokens_per_s: if r.prefill_s > 0.0 {
+            computed as f64 / r.prefill_s
         } else {
             0.0
         },
-    })
+    }
 }
 
 /// What a call cancelled before its first token returns: every sample empty, `Cancelled`.

@@ -552,8 +552,7 @@ impl Decoder {
         cache.advance(ids.len());
         let last = steps.pop().expect("non-empty ids").x;
         let s = last.dim(1)?;
-        let x = self.norm.forward(&last.narrow(1, s - 1, 1)?)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?.squeeze(1)?)
+        Ok(self.logits(&last.narrow(1, s - 1, 1)?)?.squeeze(1)?)
     }
 
     fn forward_impl(
@@ -621,7 +620,12 @@ impl Decoder {
         } else {
             x
         };
-        let x = self.norm.forward(&x)?;
+        self.logits(&x)
+    }
+
+    /// The final norm and the output projection.
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.norm.forward(x)?;
         // Logits leave in f32 (half-precision models are upcast); float64 stays float64, so
         // gradient checks against finite differences keep their precision.
         let logits = self.lm_head.forward(&x)?;
@@ -645,27 +649,121 @@ impl Decoder {
         record: Option<&mut Vec<(Tensor, Tensor)>>,
         ops: Ops,
     ) -> Result<Tensor> {
+        Self::layer_with(layer, x, |qkv| {
+            self.attend(layer, li, qkv, rope, past, record, ops)
+        })
+    }
+
+    /// One decoder layer on `x`, with `attend` turning the projected queries, keys and values
+    /// into the heads' outputs: the one definition of a layer's residual structure, for a
+    /// single sequence ([`Decoder::layer_forward`]) and for several decoding together
+    /// ([`Decoder::decode_rows`]).
+    fn layer_with(
+        layer: &Layer,
+        x: &Tensor,
+        attend: impl FnOnce((Tensor, Tensor, Tensor)) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let h = layer.attn_norm.forward(x)?;
-        let a = self.attention(layer, li, &h, rope, past, record, ops)?;
-        let x = (x + a)?;
+        let y = attend(layer.qkv(&h)?)?;
+        let x = (x + layer.o.forward(&y)?)?;
         let h = layer.mlp_norm.forward(&x)?;
         Ok((&x + layer.mlp(&h)?)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        layer: &Layer,
-        li: usize,
-        x: &Tensor,
-        rope: &Rope,
-        past: Past,
-        record: Option<&mut Vec<(Tensor, Tensor)>>,
-        ops: Ops,
-    ) -> Result<Tensor> {
-        let qkv = layer.qkv(x)?;
-        let y = self.attend(layer, li, qkv, rope, past, record, ops)?;
-        layer.o.forward(&y)
+    /// One decode step of several independent sequences, each with its own cache (of any batch
+    /// and length): `ids` holds the next token of every cache's rows, in order. Returns logits
+    /// (rows, vocab). Each row's logits are bit for bit those of [`Decoder::forward`] on its
+    /// cache alone: caches are stepped together — their projections one product over all
+    /// their rows, attention cache by cache — only where that holds (on the CPU, no live
+    /// adapter, groups of at most `SMALL_ROWS` rows, where the packed integer kernels and the
+    /// dense few-row path compute each row on its own); otherwise one after another. Stepping
+    /// together streams the weights once for all the rows, which is what decode pays for.
+    pub fn decode_rows(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let rows: usize = caches.iter().map(|c| c.batch()).sum();
+        if rows != ids.len() {
+            return Err(Error::Msg(format!(
+                "{} next tokens for caches of {rows} rows",
+                ids.len()
+            )));
+        }
+        let together = self.device.is_cpu() && self.active_adapter.is_none();
+        let most = super::grad::SMALL_ROWS;
+        let mut outs = Vec::new();
+        let (mut g, mut at) = (0, 0);
+        while g < caches.len() {
+            let mut end = g + 1;
+            let mut take = caches[g].batch();
+            while together && end < caches.len() && take + caches[end].batch() <= most {
+                take += caches[end].batch();
+                end += 1;
+            }
+            let next = &ids[at..at + take];
+            outs.push(if end == g + 1 {
+                let input = Tensor::new(next, &self.device)?.unsqueeze(1)?;
+                self.forward(&input, Some(&mut *caches[g]), Ops::Fast, false)?
+            } else {
+                self.step_together(next, &mut caches[g..end])?
+            });
+            (g, at) = (end, at + take);
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
+    /// [`Decoder::decode_rows`]'s joint step: one token per row of every cache.
+    fn step_together(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let r = ids.len();
+        let mut tables = Vec::with_capacity(caches.len());
+        for c in caches.iter() {
+            let limit = c.capacity().min(self.max_positions());
+            if c.len() + 1 > limit {
+                return Err(Error::Msg(format!(
+                    "sequence of {} tokens exceeds the context of {limit} tokens",
+                    c.len() + 1
+                )));
+            }
+            tables.push((
+                self.cos.narrow(0, c.len(), 1)?.to_dtype(self.dtype)?,
+                self.sin.narrow(0, c.len(), 1)?.to_dtype(self.dtype)?,
+            ));
+        }
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(1)?;
+        let mut x = self
+            .embed
+            .lookup(&input)?
+            .reshape((r, 1, self.config.hidden_size))?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            x = Self::layer_with(layer, &x, |(q, k, v)| {
+                let mut ys = Vec::with_capacity(caches.len());
+                let mut off = 0;
+                for (c, (cos, sin)) in caches.iter_mut().zip(&tables) {
+                    let (b, pos) = (c.batch(), c.len());
+                    let rope = Rope {
+                        cos,
+                        sin,
+                        mask: None,
+                        tail: 0,
+                        rows: 1,
+                    };
+                    let part = |t: &Tensor| t.narrow(0, off, b);
+                    let qkv = (part(&q)?, part(&k)?, part(&v)?);
+                    ys.push(self.attend(
+                        layer,
+                        li,
+                        qkv,
+                        &rope,
+                        Past::Cache(c, pos),
+                        None,
+                        Ops::Fast,
+                    )?);
+                    off += b;
+                }
+                Ok(Tensor::cat(&ys, 0)?)
+            })?;
+        }
+        for c in caches.iter_mut() {
+            c.advance(1);
+        }
+        Ok(self.logits(&x)?.squeeze(1)?)
     }
 
     /// Attention from the projected queries, keys and values (batch, seq, heads · head_dim)

@@ -653,88 +653,136 @@ pub fn simulate_with(
             outputs: BTreeMap::new(),
         })
         .collect();
-    for call in &plan.calls {
-        // Once cancelled, the remaining calls are skipped rather than each prefilling its prompt
-        // only to stop before its first token.
-        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-            for s in samples.iter_mut() {
-                s.valid = false;
-                s.stop_reasons
-                    .insert(call.name.clone(), StopReason::Cancelled);
-            }
-            continue;
-        }
-        on_event(SimEvent::CallStarted { call });
-        let p = SamplingParams {
-            max_new_tokens: call.budget,
-            stop: vec![call.stop.clone()],
-            keep_stop: false,
-            ..opts.params.clone()
-        };
-        let started = std::time::Instant::now();
-        let g: Vec<(String, usize, StopReason, Option<String>)> = match engine {
-            Engine::Local(model) => {
-                generate::generate(model, &call.ids, &p, cancel, &mut |e| match e {
+    let params = |call: &Call| SamplingParams {
+        max_new_tokens: call.budget,
+        stop: vec![call.stop.clone()],
+        keep_stop: false,
+        ..opts.params.clone()
+    };
+    match engine {
+        Engine::Local(model) => {
+            // The calls' prompts are all known: they decode together (each call's tokens are
+            // the ones it would get alone), so the weights stream once per step for all of
+            // them rather than once per call.
+            let ps: Vec<SamplingParams> = plan.calls.iter().map(params).collect();
+            let jobs: Vec<generate::Job> = plan
+                .calls
+                .iter()
+                .zip(&ps)
+                .map(|(c, p)| generate::Job {
+                    prompt: &c.ids,
+                    params: p,
+                })
+                .collect();
+            let began = std::time::Instant::now();
+            let mut started = vec![false; plan.calls.len()];
+            let mut open = vec![n; plan.calls.len()];
+            let gens = generate::generate_many(model, &jobs, cancel, &mut |j, e| {
+                let call = &plan.calls[j];
+                match e {
+                    Event::Prefill { cached, .. } => {
+                        started[j] = true;
+                        on_event(SimEvent::CallStarted { call });
+                        on_event(SimEvent::Prefill {
+                            call: &call.name,
+                            cached,
+                        });
+                    }
                     Event::Text { sample, delta } => on_event(SimEvent::Text {
                         call: &call.name,
                         sample,
                         delta,
                     }),
-                    Event::Prefill { cached, .. } => on_event(SimEvent::Prefill {
-                        call: &call.name,
-                        cached,
-                    }),
-                    Event::Finished { .. } => {}
-                })?
-                .samples
-                .into_iter()
-                .map(|s| {
+                    Event::Finished { .. } => {
+                        open[j] -= 1;
+                        // A call cancelled before it started never shows.
+                        if open[j] == 0 && started[j] {
+                            on_event(SimEvent::CallFinished { call: &call.name });
+                        }
+                    }
+                }
+            })?;
+            for (call, g) in plan.calls.iter().zip(gens) {
+                let outs = g.samples.into_iter().map(|s| {
                     let eos = s.eos_token.and_then(|t| model.tokenizer.id_to_token(t));
                     (s.text, s.tokens, s.stop_reason, eos)
-                })
-                .collect()
+                });
+                record(&mut samples, set, call, outs, 0);
             }
-            Engine::Remote(endpoint) => remote_call(endpoint, call, &p, &mut |sample, delta| {
-                on_event(SimEvent::Text {
-                    call: &call.name,
-                    sample,
-                    delta,
-                })
-            })?
-            .into_iter()
-            .map(|(text, tokens, stop)| (text, tokens, stop, None))
-            .collect(),
-        };
-        let ms = started.elapsed().as_millis() as u64;
-        on_event(SimEvent::CallFinished { call: &call.name });
-        for (s, (text, tokens, stop_reason, eos_token)) in samples.iter_mut().zip(g) {
-            // The pre-filled opening tag and a stripped stop string are put back before strict
-            // parsing.
-            let stop = if stop_reason == StopReason::Stop {
-                call.stop.as_str()
-            } else {
-                ""
-            };
-            let full = format!("{}{}{stop}", call.prefill, text);
-            let valid = absorb(s, set, call, &full);
-            s.valid &= valid;
-            s.tokens += tokens;
-            s.ms += ms;
-            s.stop_reasons
-                .insert(call.name.clone(), stop_reason.clone());
-            s.outputs.insert(
-                call.name.clone(),
-                Output {
-                    raw: text,
-                    tokens,
-                    stop_reason,
-                    eos_token,
-                    valid,
-                },
-            );
+            // The calls overlap: a sample's time is the simulation's.
+            let ms = began.elapsed().as_millis() as u64;
+            for s in samples.iter_mut() {
+                s.ms = ms;
+            }
+        }
+        Engine::Remote(endpoint) => {
+            for call in &plan.calls {
+                // Once cancelled, the remaining calls are skipped rather than each prefilling
+                // its prompt only to stop before its first token.
+                if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+                    for s in samples.iter_mut() {
+                        s.valid = false;
+                        s.stop_reasons
+                            .insert(call.name.clone(), StopReason::Cancelled);
+                    }
+                    continue;
+                }
+                on_event(SimEvent::CallStarted { call });
+                let started = std::time::Instant::now();
+                let g = remote_call(endpoint, call, &params(call), &mut |sample, delta| {
+                    on_event(SimEvent::Text {
+                        call: &call.name,
+                        sample,
+                        delta,
+                    })
+                })?;
+                let ms = started.elapsed().as_millis() as u64;
+                on_event(SimEvent::CallFinished { call: &call.name });
+                let outs = g
+                    .into_iter()
+                    .map(|(text, tokens, stop)| (text, tokens, stop, None));
+                record(&mut samples, set, call, outs, ms);
+            }
         }
     }
     Ok((plan, samples))
+}
+
+/// A finished call's outputs, (text, tokens, stop reason, end-of-sequence token) per sample,
+/// parsed into the samples.
+fn record(
+    samples: &mut [SimSample],
+    set: &PromptSet,
+    call: &Call,
+    outs: impl Iterator<Item = (String, usize, StopReason, Option<String>)>,
+    ms: u64,
+) {
+    for (s, (text, tokens, stop_reason, eos_token)) in samples.iter_mut().zip(outs) {
+        // The pre-filled opening tag and a stripped stop string are put back before strict
+        // parsing.
+        let stop = if stop_reason == StopReason::Stop {
+            call.stop.as_str()
+        } else {
+            ""
+        };
+        let full = format!("{}{}{stop}", call.prefill, text);
+        let valid = absorb(s, set, call, &full);
+        s.valid &= valid;
+        s.tokens += tokens;
+        s.ms += ms;
+        s.stop_reasons
+            .insert(call.name.clone(), stop_reason.clone());
+        s.outputs.insert(
+            call.name.clone(),
+            Output {
+                raw: text,
+                tokens,
+                stop_reason,
+                eos_token,
+                valid,
+            },
+        );
+    }
 }
 
 /// One call on an endpoint: the rendered prompt through the completions API, or the messages

@@ -379,3 +379,73 @@ fn adapters_listed_under_their_base() {
     assert_eq!(qwen2["architecture"], "qwen2");
     assert!(qwen2["parameters"].as_u64().unwrap() > 0);
 }
+
+/// Prompts decoded together (`generate_many`, what a simulation's calls do) give each prompt
+/// exactly the tokens it gets alone: different lengths, seeds, budgets and stop strings, one
+/// and two samples each, nine rows, more than one joint step takes (so steps split into groups), rows
+/// leaving as they finish; on the packed default model and on its dequantized, dense twin.
+#[test]
+fn prompts_decoded_together_give_what_each_gives_alone() {
+    use humanlm::generate::{generate_many, Job};
+    let dense = common::load(
+        &common::default_gguf().display().to_string(),
+        humanlm::model::weights::LoadOptions {
+            dequantize: true,
+            ..Default::default()
+        },
+    );
+    let questions = [
+        "Name three fruits.",
+        "What should I cook tonight? I have rice, eggs and spinach, and twenty minutes.",
+        "Say hi.",
+        "Write one sentence about the sea.",
+        "Why is the sky blue? Explain it to a child in two sentences.",
+        "List two colours.",
+    ];
+    let prompts: Vec<Vec<u32>> = questions.iter().map(|q| chat_ids(q)).collect();
+    let params: Vec<SamplingParams> = (0..questions.len())
+        .map(|i| SamplingParams {
+            temperature: if i == 2 { 0.0 } else { 0.9 },
+            max_new_tokens: 6 + 5 * i,
+            seed: 40 + i as u64,
+            n: 1 + i % 2,
+            stop: if i == 3 { vec![".".into()] } else { vec![] },
+            ..Default::default()
+        })
+        .collect();
+    for model in [common::default_model(), &dense] {
+        let jobs: Vec<Job> = prompts
+            .iter()
+            .zip(&params)
+            .map(|(prompt, params)| Job { prompt, params })
+            .collect();
+        let mut texts = vec![String::new(); jobs.len()];
+        let together = generate_many(model, &jobs, None, &mut |j, e| {
+            if let Event::Text { sample: 0, delta } = e {
+                texts[j].push_str(delta);
+            }
+        })
+        .unwrap();
+        assert_eq!(together.len(), jobs.len());
+        let mut lengths = std::collections::BTreeSet::new();
+        for (j, (job, g)) in jobs.iter().zip(&together).enumerate() {
+            let alone = generate(model, job.prompt, job.params, None, &mut |_| {}).unwrap();
+            assert_eq!(g.samples.len(), job.params.n);
+            for (a, b) in g.samples.iter().zip(&alone.samples) {
+                assert_eq!(a.token_ids, b.token_ids, "job {j}: tokens differ");
+                assert_eq!(a.stop_reason, b.stop_reason, "job {j}");
+                assert_eq!(a.text, b.text, "job {j}");
+                lengths.insert(a.tokens);
+            }
+            assert_eq!(
+                texts[j], g.samples[0].text,
+                "job {j}'s events stream its text"
+            );
+            assert_eq!(g.prompt_tokens, job.prompt.len());
+        }
+        assert!(
+            lengths.len() >= 3,
+            "rows should finish at different steps: {lengths:?}"
+        );
+    }
+}

@@ -252,7 +252,10 @@ pub(super) fn apply(run: &mut SimRun, msg: SimMsg, tick: u64) -> Option<String> 
                     c.done = true;
                 }
             }
-            run.current = None;
+            // Calls decode together: another may still be running.
+            if run.current.as_deref() == Some(call.as_str()) {
+                run.current = None;
+            }
             return Some(call);
         }
         SimMsg::Done {
