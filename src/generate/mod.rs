@@ -1,4 +1,5 @@
-//! Text generation: sampling, stop conditions, streaming, n samples decoded as one batch.
+//! Text generation: sampling, stop conditions, streaming, n samples of one prompt — or the
+//! samples of several prompts ([`generate_many`]) — decoded as one batch.
 //!
 //! Knows tokens and text, nothing about states or scenarios. Output streams through a callback
 //! (a channel sender fits), and a shared flag cancels between tokens and between prefill steps.

@@ -618,7 +618,8 @@ pub enum SimEvent<'a> {
     },
 }
 
-/// Run a simulation: every call of the plan, `n` samples each (decoded as one batch).
+/// Run a simulation: every call of the plan, `n` samples each; on a local model every call's
+/// samples decode as one batch (see [`generate::generate_many`]).
 pub fn simulate(
     model: &Model,
     set: &PromptSet,
