@@ -674,10 +674,13 @@ impl Decoder {
     /// and length): `ids` holds the next token of every cache's rows, in order. Returns logits
     /// (rows, vocab). Each row's logits are bit for bit those of [`Decoder::forward`] on its
     /// cache alone: caches are stepped together — their projections one product over all
-    /// their rows, attention cache by cache — only where that holds (on the CPU, no live
-    /// adapter, groups of at most `SMALL_ROWS` rows, where the packed integer kernels and the
-    /// dense few-row path compute each row on its own); otherwise one after another. Stepping
-    /// together streams the weights once for all the rows, which is what decode pays for.
+    /// their rows, attention cache by cache — only where that holds: on the CPU, in groups of at
+    /// most `SMALL_ROWS` rows, where the packed integer kernels and the dense few-row path
+    /// compute each row on its own, and so do a live adapter's rank-r products (gemm with at
+    /// most 64 rows and columns sums each output in one fixed order, and B's inner length is
+    /// the rank); elsewhere (a GPU's BLAS picks kernels by shape) one cache after another.
+    /// Stepping together streams the weights once for all the rows, which is what decode pays
+    /// for.
     pub fn decode_rows(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let rows: usize = caches.iter().map(|c| c.batch()).sum();
         if rows != ids.len() {
@@ -686,7 +689,7 @@ impl Decoder {
                 ids.len()
             )));
         }
-        let together = self.device.is_cpu() && self.active_adapter.is_none();
+        let together = self.device.is_cpu();
         let most = super::grad::SMALL_ROWS;
         let mut outs = Vec::new();
         let (mut g, mut at) = (0, 0);

@@ -287,27 +287,45 @@ pub(super) fn train(
         let mut by_state: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut shown = vec![];
         let (mut rollout_s, mut judge_s) = (0.0, 0.0);
-        for (j, &e) in streams.step(t.cfg.seed, step, batch).iter().enumerate() {
-            let k = step * batch + j;
-            let ex = &examples[e];
-            let params = SamplingParams {
-                max_new_tokens: ex.budget,
-                temperature: g.temperature,
-                top_p: 1.0,
-                seed: t
-                    .cfg
-                    .seed
-                    .wrapping_mul(0x9E37_79B9)
-                    .wrapping_add(k as u64 * 1000),
-                stop: vec![ex.stop.clone()],
-                keep_stop: false,
-                n: g.n,
-                ..Default::default()
-            };
-            let t_gen = std::time::Instant::now();
-            let gen = generate::generate(&t.model, &ex.prompt, &params, cancel, &mut |_| {})?;
-            rollout_s += t_gen.elapsed().as_secs_f64();
-            t.check_cancel(cancel, step)?;
+        // Every prompt's rollouts decode together (the tokens each would get alone, with the
+        // weights streamed once per step for all of them).
+        let picked: Vec<(&GrpoExample, SamplingParams)> = streams
+            .step(t.cfg.seed, step, batch)
+            .iter()
+            .enumerate()
+            .map(|(j, &e)| {
+                let k = step * batch + j;
+                let ex = &examples[e];
+                let params = SamplingParams {
+                    max_new_tokens: ex.budget,
+                    temperature: g.temperature,
+                    top_p: 1.0,
+                    seed: t
+                        .cfg
+                        .seed
+                        .wrapping_mul(0x9E37_79B9)
+                        .wrapping_add(k as u64 * 1000),
+                    stop: vec![ex.stop.clone()],
+                    keep_stop: false,
+                    n: g.n,
+                    ..Default::default()
+                };
+                (ex, params)
+            })
+            .collect();
+        let jobs: Vec<generate::Job> = picked
+            .iter()
+            .map(|(ex, params)| generate::Job {
+                prompt: &ex.prompt,
+                params,
+            })
+            .collect();
+        let t_gen = std::time::Instant::now();
+        let gens = generate::generate_many(&t.model, &jobs, cancel, &mut |_, _| {})?;
+        rollout_s += t_gen.elapsed().as_secs_f64();
+        t.check_cancel(cancel, step)?;
+        for ((ex, _), gen) in picked.iter().zip(gens) {
+            let ex: &GrpoExample = ex;
             let mut rollouts = vec![];
             let mut ids = vec![];
             for s in gen.samples {

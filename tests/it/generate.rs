@@ -382,18 +382,43 @@ fn adapters_listed_under_their_base() {
 
 /// Prompts decoded together (`generate_many`, what a simulation's calls do) give each prompt
 /// exactly the tokens it gets alone: different lengths, seeds, budgets and stop strings, one
-/// and two samples each, nine rows, more than one joint step takes (so steps split into groups), rows
-/// leaving as they finish; on the packed default model and on its dequantized, dense twin.
+/// and two samples each, nine rows, more than one joint step takes (so steps split into groups),
+/// rows leaving as they finish; on the packed default model and on its dequantized, dense twin.
 #[test]
 fn prompts_decoded_together_give_what_each_gives_alone() {
+    let dense = common::load(&common::default_gguf().display().to_string(), dense_opts());
+    together_equals_alone(&[common::default_model(), &dense]);
+}
+
+/// The same with a live adapter (GRPO's rollouts decode together under the policy's adapter).
+#[test]
+fn prompts_decoded_together_under_a_live_adapter_give_what_each_gives_alone() {
+    let mut packed = common::load("smollm2-135m-instruct", Default::default());
+    let mut dense = common::load(&common::default_gguf().display().to_string(), dense_opts());
+    for m in [&mut packed, &mut dense] {
+        let dir = common::fixture("peft/theirs");
+        let a = humanlm::model::lora::Adapter::load(
+            &dir,
+            "theirs",
+            &candle_core::Device::Cpu,
+            candle_core::DType::F32,
+        )
+        .unwrap();
+        m.decoder.attach_adapter(&a).unwrap();
+        m.decoder.set_active_adapter(Some("theirs")).unwrap();
+    }
+    together_equals_alone(&[&packed, &dense]);
+}
+
+fn dense_opts() -> humanlm::model::weights::LoadOptions {
+    humanlm::model::weights::LoadOptions {
+        dequantize: true,
+        ..Default::default()
+    }
+}
+
+fn together_equals_alone(models: &[&humanlm::model::Model]) {
     use humanlm::generate::{generate_many, Job};
-    let dense = common::load(
-        &common::default_gguf().display().to_string(),
-        humanlm::model::weights::LoadOptions {
-            dequantize: true,
-            ..Default::default()
-        },
-    );
     let questions = [
         "Name three fruits.",
         "What should I cook tonight? I have rice, eggs and spinach, and twenty minutes.",
@@ -413,7 +438,7 @@ fn prompts_decoded_together_give_what_each_gives_alone() {
             ..Default::default()
         })
         .collect();
-    for model in [common::default_model(), &dense] {
+    for &model in models {
         let jobs: Vec<Job> = prompts
             .iter()
             .zip(&params)
