@@ -751,30 +751,39 @@ fn execute(
             params,
             truncate: spec.truncate,
         };
-        for sc in todo {
+        // Scenarios are simulated a few at a time, their calls decoding together (each sample
+        // the one it gets alone): as many as fill one joint decode step, so the KV caches held
+        // at once stay a step's worth.
+        let rows = spec.mode.calls(set) * n.max(1);
+        let at_once = (crate::model::DECODE_ROWS_TOGETHER / rows).max(1);
+        for chunk in todo.chunks(at_once) {
             if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 return Err(Error::Msg(
                     "cancelled; run the same command again to resume".into(),
                 ));
             }
-            progress(Progress::Scenario {
-                checkpoint: name.clone(),
-                scenario: sc.id.clone(),
-            });
-            let (_, samples) = sim::simulate_with(engine, set, sc, &opts, cancel, &mut |_| {})?;
-            let records = judge_samples(name, set, sc, &samples, &judges)?;
-            let mut lines = String::new();
-            for r in &records {
-                lines.push_str(&serde_json::to_string(r)?);
-                lines.push('\n');
+            for sc in chunk {
+                progress(Progress::Scenario {
+                    checkpoint: name.clone(),
+                    scenario: sc.id.clone(),
+                });
             }
-            file.write_all(lines.as_bytes())
-                .and_then(|_| file.flush())
-                .map_err(|e| Error::file(&samples_path, format!("cannot write: {e}")))?;
-            progress(Progress::Done {
-                checkpoint: name.clone(),
-                scenario: sc.id.clone(),
-            });
+            let simulated = sim::simulate_many(engine, set, chunk, &opts, cancel)?;
+            for (sc, (_, samples)) in chunk.iter().zip(simulated) {
+                let records = judge_samples(name, set, sc, &samples, &judges)?;
+                let mut lines = String::new();
+                for r in &records {
+                    lines.push_str(&serde_json::to_string(r)?);
+                    lines.push('\n');
+                }
+                file.write_all(lines.as_bytes())
+                    .and_then(|_| file.flush())
+                    .map_err(|e| Error::file(&samples_path, format!("cannot write: {e}")))?;
+                progress(Progress::Done {
+                    checkpoint: name.clone(),
+                    scenario: sc.id.clone(),
+                });
+            }
         }
     }
     let records = read_samples(&samples_path);

@@ -17,6 +17,10 @@ use super::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use std::sync::Arc;
 
+/// The most rows [`Decoder::decode_rows`] steps as one product: the packed integer kernels'
+/// and the dense few-row path's limit, below which each row is computed on its own.
+pub const DECODE_ROWS_TOGETHER: usize = super::grad::SMALL_ROWS;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ops {
     /// Fused, gradient-free kernels; KV cache.
@@ -675,7 +679,7 @@ impl Decoder {
     /// (rows, vocab). Each row's logits are bit for bit those of [`Decoder::forward`] on its
     /// cache alone: caches are stepped together — their projections one product over all
     /// their rows, attention cache by cache — only where that holds: on the CPU, in groups of at
-    /// most `SMALL_ROWS` rows, where the packed integer kernels and the dense few-row path
+    /// most [`DECODE_ROWS_TOGETHER`] rows, where the packed integer kernels and the dense few-row path
     /// compute each row on its own, and so do a live adapter's rank-r products (gemm with at
     /// most 64 rows and columns sums each output in one fixed order, and B's inner length is
     /// the rank); elsewhere (a GPU's BLAS picks kernels by shape) one cache after another.
@@ -690,7 +694,7 @@ impl Decoder {
             )));
         }
         let together = self.device.is_cpu();
-        let most = super::grad::SMALL_ROWS;
+        let most = DECODE_ROWS_TOGETHER;
         let mut outs = Vec::new();
         let (mut g, mut at) = (0, 0);
         while g < caches.len() {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use checkpoint::{Checkpoint, CheckpointInfo, CheckpointKind, Model};
 pub use config::{Arch, ModelConfig};
-pub use decoder::{Decoder, Ops};
+pub use decoder::{Decoder, Ops, DECODE_ROWS_TOGETHER};
 pub use kv_cache::KvCache;
 pub use prefix_cache::PrefixCache;
 pub use tokenizer::Tokenizer;

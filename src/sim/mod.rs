@@ -102,6 +102,14 @@ impl Mode {
             Mode::Joint => "joint",
         }
     }
+
+    /// How many calls a simulation makes under `set`: one per state and the reply, or one.
+    pub fn calls(self, set: &PromptSet) -> usize {
+        match self {
+            Mode::Humanlm => set.dimensions().count() + 1,
+            Mode::Response | Mode::Joint => 1,
+        }
+    }
 }
 
 impl std::fmt::Display for Mode {
@@ -641,8 +649,47 @@ pub fn simulate_with(
     on_event: &mut dyn FnMut(SimEvent),
 ) -> Result<(Plan, Vec<SimSample>)> {
     let plan = plan_with(set, scenario, opts, engine)?;
-    let n = opts.params.n.max(1);
-    let mut samples: Vec<SimSample> = (0..n)
+    let samples = match engine {
+        Engine::Local(model) => {
+            run_local(model, set, &[&plan], opts, cancel, &mut |_, e| on_event(e))?
+                .pop()
+                .expect("one plan, one set of samples")
+        }
+        Engine::Remote(endpoint) => run_remote(endpoint, set, &plan, opts, cancel, on_event)?,
+    };
+    Ok((plan, samples))
+}
+
+/// Several scenarios' simulations at once (an eval's), without events: on a local model every
+/// call of every scenario decodes together, each with exactly the tokens it gets alone; an
+/// endpoint gets them one after another.
+pub fn simulate_many(
+    engine: Engine,
+    set: &PromptSet,
+    scenarios: &[&Scenario],
+    opts: &Options,
+    cancel: Option<&AtomicBool>,
+) -> Result<Vec<(Plan, Vec<SimSample>)>> {
+    let plans = scenarios
+        .iter()
+        .map(|sc| plan_with(set, sc, opts, engine))
+        .collect::<Result<Vec<_>>>()?;
+    let samples = match engine {
+        Engine::Local(model) => {
+            let refs: Vec<&Plan> = plans.iter().collect();
+            run_local(model, set, &refs, opts, cancel, &mut |_, _| {})?
+        }
+        Engine::Remote(endpoint) => plans
+            .iter()
+            .map(|p| run_remote(endpoint, set, p, opts, cancel, &mut |_| {}))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    Ok(plans.into_iter().zip(samples).collect())
+}
+
+/// `n` empty samples, to be filled call by call.
+fn new_samples(opts: &Options) -> Vec<SimSample> {
+    (0..opts.params.n.max(1))
         .map(|_| SimSample {
             states: BTreeMap::new(),
             response: String::new(),
@@ -653,100 +700,138 @@ pub fn simulate_with(
             ms: 0,
             outputs: BTreeMap::new(),
         })
-        .collect();
-    let params = |call: &Call| SamplingParams {
+        .collect()
+}
+
+/// The sampling parameters of one call.
+fn call_params(opts: &Options, call: &Call) -> SamplingParams {
+    SamplingParams {
         max_new_tokens: call.budget,
         stop: vec![call.stop.clone()],
         keep_stop: false,
         ..opts.params.clone()
-    };
-    match engine {
-        Engine::Local(model) => {
-            // The calls' prompts are all known: they decode together (each call's tokens are
-            // the ones it would get alone), so the weights stream once per step for all of
-            // them rather than once per call.
-            let ps: Vec<SamplingParams> = plan.calls.iter().map(params).collect();
-            let jobs: Vec<generate::Job> = plan
-                .calls
-                .iter()
-                .zip(&ps)
-                .map(|(c, p)| generate::Job {
-                    prompt: &c.ids,
-                    params: p,
-                })
-                .collect();
-            let began = std::time::Instant::now();
-            let mut started = vec![false; plan.calls.len()];
-            let mut open = vec![n; plan.calls.len()];
-            let gens = generate::generate_many(model, &jobs, cancel, &mut |j, e| {
-                let call = &plan.calls[j];
-                match e {
-                    Event::Prefill { cached, .. } => {
-                        started[j] = true;
-                        on_event(SimEvent::CallStarted { call });
-                        on_event(SimEvent::Prefill {
-                            call: &call.name,
-                            cached,
-                        });
-                    }
-                    Event::Text { sample, delta } => on_event(SimEvent::Text {
-                        call: &call.name,
-                        sample,
-                        delta,
-                    }),
-                    Event::Finished { .. } => {
-                        open[j] -= 1;
-                        // A call cancelled before it started never shows.
-                        if open[j] == 0 && started[j] {
-                            on_event(SimEvent::CallFinished { call: &call.name });
-                        }
-                    }
-                }
-            })?;
-            for (call, g) in plan.calls.iter().zip(gens) {
-                let outs = g.samples.into_iter().map(|s| {
-                    let eos = s.eos_token.and_then(|t| model.tokenizer.id_to_token(t));
-                    (s.text, s.tokens, s.stop_reason, eos)
-                });
-                record(&mut samples, set, call, outs, 0);
-            }
-            // The calls overlap: a sample's time is the simulation's.
-            let ms = began.elapsed().as_millis() as u64;
-            for s in samples.iter_mut() {
-                s.ms = ms;
-            }
-        }
-        Engine::Remote(endpoint) => {
-            for call in &plan.calls {
-                // Once cancelled, the remaining calls are skipped rather than each prefilling
-                // its prompt only to stop before its first token.
-                if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-                    for s in samples.iter_mut() {
-                        s.valid = false;
-                        s.stop_reasons
-                            .insert(call.name.clone(), StopReason::Cancelled);
-                    }
-                    continue;
-                }
-                on_event(SimEvent::CallStarted { call });
-                let started = std::time::Instant::now();
-                let g = remote_call(endpoint, call, &params(call), &mut |sample, delta| {
-                    on_event(SimEvent::Text {
-                        call: &call.name,
-                        sample,
-                        delta,
-                    })
-                })?;
-                let ms = started.elapsed().as_millis() as u64;
-                on_event(SimEvent::CallFinished { call: &call.name });
-                let outs = g
-                    .into_iter()
-                    .map(|(text, tokens, stop)| (text, tokens, stop, None));
-                record(&mut samples, set, call, outs, ms);
-            }
-        }
     }
-    Ok((plan, samples))
+}
+
+/// Every call of `plans` on a local model. The calls' prompts are all known, so they decode
+/// together (each call's tokens are the ones it would get alone): the weights stream once per
+/// step for all of them rather than once per call. Events carry the plan's index.
+fn run_local(
+    model: &Model,
+    set: &PromptSet,
+    plans: &[&Plan],
+    opts: &Options,
+    cancel: Option<&AtomicBool>,
+    on_event: &mut dyn FnMut(usize, SimEvent),
+) -> Result<Vec<Vec<SimSample>>> {
+    let n = opts.params.n.max(1);
+    let calls: Vec<(usize, &Call)> = plans
+        .iter()
+        .enumerate()
+        .flat_map(|(p, plan)| plan.calls.iter().map(move |c| (p, c)))
+        .collect();
+    let ps: Vec<SamplingParams> = calls.iter().map(|(_, c)| call_params(opts, c)).collect();
+    let jobs: Vec<generate::Job> = calls
+        .iter()
+        .zip(&ps)
+        .map(|((_, c), p)| generate::Job {
+            prompt: &c.ids,
+            params: p,
+        })
+        .collect();
+    let began = std::time::Instant::now();
+    let mut started = vec![false; calls.len()];
+    let mut open = vec![n; calls.len()];
+    let gens = generate::generate_many(model, &jobs, cancel, &mut |j, e| {
+        let (p, call) = calls[j];
+        match e {
+            Event::Prefill { cached, .. } => {
+                started[j] = true;
+                on_event(p, SimEvent::CallStarted { call });
+                on_event(
+                    p,
+                    SimEvent::Prefill {
+                        call: &call.name,
+                        cached,
+                    },
+                );
+            }
+            Event::Text { sample, delta } => on_event(
+                p,
+                SimEvent::Text {
+                    call: &call.name,
+                    sample,
+                    delta,
+                },
+            ),
+            Event::Finished { .. } => {
+                open[j] -= 1;
+                // A call cancelled before it started never shows.
+                if open[j] == 0 && started[j] {
+                    on_event(p, SimEvent::CallFinished { call: &call.name });
+                }
+            }
+        }
+    })?;
+    let mut samples: Vec<Vec<SimSample>> = plans.iter().map(|_| new_samples(opts)).collect();
+    for (&(p, call), g) in calls.iter().zip(gens) {
+        let outs = g.samples.into_iter().map(|s| {
+            let eos = s.eos_token.and_then(|t| model.tokenizer.id_to_token(t));
+            (s.text, s.tokens, s.stop_reason, eos)
+        });
+        record(&mut samples[p], set, call, outs, 0);
+    }
+    // The calls overlap: a sample's time is the whole batch's.
+    let ms = began.elapsed().as_millis() as u64;
+    for s in samples.iter_mut().flatten() {
+        s.ms = ms;
+    }
+    Ok(samples)
+}
+
+/// Every call of `plan` on an endpoint, one after another.
+fn run_remote(
+    endpoint: &crate::remote::Endpoint,
+    set: &PromptSet,
+    plan: &Plan,
+    opts: &Options,
+    cancel: Option<&AtomicBool>,
+    on_event: &mut dyn FnMut(SimEvent),
+) -> Result<Vec<SimSample>> {
+    let mut samples = new_samples(opts);
+    for call in &plan.calls {
+        // Once cancelled, the remaining calls are skipped rather than each prefilling its prompt
+        // only to stop before its first token.
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            for s in samples.iter_mut() {
+                s.valid = false;
+                s.stop_reasons
+                    .insert(call.name.clone(), StopReason::Cancelled);
+            }
+            continue;
+        }
+        on_event(SimEvent::CallStarted { call });
+        let started = std::time::Instant::now();
+        let g = remote_call(
+            endpoint,
+            call,
+            &call_params(opts, call),
+            &mut |sample, delta| {
+                on_event(SimEvent::Text {
+                    call: &call.name,
+                    sample,
+                    delta,
+                })
+            },
+        )?;
+        let ms = started.elapsed().as_millis() as u64;
+        on_event(SimEvent::CallFinished { call: &call.name });
+        let outs = g
+            .into_iter()
+            .map(|(text, tokens, stop)| (text, tokens, stop, None));
+        record(&mut samples, set, call, outs, ms);
+    }
+    Ok(samples)
 }
 
 /// A finished call's outputs, (text, tokens, stop reason, end-of-sequence token) per sample,

@@ -9,7 +9,7 @@ use crate::model::weights::LoadOptions;
 use crate::model::{Checkpoint, CheckpointKind, Model};
 use crate::prompts::PromptSet;
 use crate::remote::{Endpoint, EndpointConfig};
-use crate::sim::{self, Mode, Options, SimEvent, Simulator, Truncate};
+use crate::sim::{self, Options, SimEvent, Simulator, Truncate};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -222,10 +222,7 @@ pub fn simulate(model: &Simulator, req: &SimRequest, prompts: &Path, send: &dyn 
             return;
         }
     };
-    let calls = match req.mode {
-        Mode::Humanlm => set.dimensions().count() + 1,
-        _ => 1,
-    };
+    let calls = req.mode.calls(&set);
     send(SimMsg::Started {
         checkpoint: model.name(),
         set: set.name.clone(),
