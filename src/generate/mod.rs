@@ -198,7 +198,6 @@ struct Running<'a> {
     started: Instant,
     prefill_s: f64,
     cached_tokens: usize,
-    ttft: Option<f64>,
     first_token_at: Option<Instant>,
     finished_at: Option<Instant>,
     generated: usize,
@@ -249,34 +248,25 @@ pub fn generate_many(
             cached_tokens,
         } = prefill(model, prompt, capacity, cancel, &mut |e| on_event(j, e))?;
         let Some(logits) = logits else {
-            // Cancelled: this job and every one after it end before their first token.
-            let mut out: Vec<Generation> = running
+            // Cancelled: every job ends before its first token, with what it took from the
+            // prefix cache (nothing for those not reached).
+            let took = |i: usize| match i.cmp(&j) {
+                std::cmp::Ordering::Less => running[i].cached_tokens,
+                std::cmp::Ordering::Equal => cached_tokens,
+                std::cmp::Ordering::Greater => 0,
+            };
+            return Ok(jobs
                 .iter()
                 .enumerate()
-                .map(|(i, r)| {
+                .map(|(i, job)| {
                     cancelled_during_prefill(
-                        r.rows.len(),
-                        r.job.prompt.len(),
-                        r.cached_tokens,
+                        job.params.n.max(1),
+                        job.prompt.len(),
+                        took(i),
                         &mut |e| on_event(i, e),
                     )
                 })
-                .collect();
-            out.push(cancelled_during_prefill(
-                n,
-                prompt.len(),
-                cached_tokens,
-                &mut |e| on_event(j, e),
-            ));
-            for (i, later) in jobs.iter().enumerate().skip(j + 1) {
-                out.push(cancelled_during_prefill(
-                    later.params.n.max(1),
-                    later.prompt.len(),
-                    0,
-                    &mut |e| on_event(i, e),
-                ));
-            }
-            return Ok(out);
+                .collect());
         };
         let prefill_s = started.elapsed().as_secs_f64();
         let first: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
@@ -302,7 +292,6 @@ pub fn generate_many(
             started,
             prefill_s,
             cached_tokens,
-            ttft: None,
             first_token_at: None,
             finished_at: None,
             generated: 0,
@@ -375,10 +364,7 @@ fn sample_step(
         let row = &mut r.rows[i];
         let token = row.sampler.sample(&mut r.logits[slot], prompt, &row.ids);
         r.generated += 1;
-        if r.ttft.is_none() {
-            r.ttft = Some(r.started.elapsed().as_secs_f64());
-            r.first_token_at = Some(Instant::now());
-        }
+        r.first_token_at.get_or_insert_with(Instant::now);
         if !params.ignore_eos && tok.eos_ids.contains(&token) {
             row.done = Some((StopReason::Eos, None));
             row.eos = Some(token);
@@ -451,7 +437,9 @@ fn finish(r: Running) -> Generation {
         samples,
         prompt_tokens: r.job.prompt.len(),
         cached_prompt_tokens: r.cached_tokens,
-        ttft_ms: r.ttft.unwrap_or(0.0) * 1000.0,
+        ttft_ms: r
+            .first_token_at
+            .map_or(0.0, |t| t.duration_since(r.started).as_secs_f64() * 1000.0),
         tokens_per_s: if decode_s > 0.0 {
             r.generated.saturating_sub(n) as f64 / decode_s
         } else {

@@ -679,10 +679,11 @@ impl Decoder {
     /// (rows, vocab). Each row's logits are bit for bit those of [`Decoder::forward`] on its
     /// cache alone: caches are stepped together — their projections one product over all
     /// their rows, attention cache by cache — only where that holds: on the CPU, in groups of at
-    /// most [`DECODE_ROWS_TOGETHER`] rows, where the packed integer kernels and the dense few-row path
-    /// compute each row on its own, and so do a live adapter's rank-r products (gemm with at
-    /// most 64 rows and columns sums each output in one fixed order, and B's inner length is
-    /// the rank); elsewhere (a GPU's BLAS picks kernels by shape) one cache after another.
+    /// most [`DECODE_ROWS_TOGETHER`] rows, where the packed integer kernels and the dense
+    /// few-row path compute each row on its own, and so do a live adapter's rank-r products
+    /// (gemm with at most 64 rows and columns sums each output in one fixed order, and B's
+    /// inner length is the rank); elsewhere (a GPU's BLAS picks kernels by shape) one cache
+    /// after another.
     /// Stepping together streams the weights once for all the rows, which is what decode pays
     /// for.
     pub fn decode_rows(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
@@ -694,13 +695,15 @@ impl Decoder {
             )));
         }
         let together = self.device.is_cpu();
-        let most = DECODE_ROWS_TOGETHER;
         let mut outs = Vec::new();
         let (mut g, mut at) = (0, 0);
         while g < caches.len() {
             let mut end = g + 1;
             let mut take = caches[g].batch();
-            while together && end < caches.len() && take + caches[end].batch() <= most {
+            while together
+                && end < caches.len()
+                && take + caches[end].batch() <= DECODE_ROWS_TOGETHER
+            {
                 take += caches[end].batch();
                 end += 1;
             }
@@ -713,7 +716,11 @@ impl Decoder {
             });
             (g, at) = (end, at + take);
         }
-        Ok(Tensor::cat(&outs, 0)?)
+        // One group (a single prompt's decode, every step of it) needs no copy.
+        Ok(match outs.len() {
+            1 => outs.pop().expect("one group"),
+            _ => Tensor::cat(&outs, 0)?,
+        })
     }
 
     /// [`Decoder::decode_rows`]'s joint step: one token per row of every cache.

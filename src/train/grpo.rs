@@ -324,8 +324,7 @@ pub(super) fn train(
         let gens = generate::generate_many(&t.model, &jobs, cancel, &mut |_, _| {})?;
         rollout_s += t_gen.elapsed().as_secs_f64();
         t.check_cancel(cancel, step)?;
-        for ((ex, _), gen) in picked.iter().zip(gens) {
-            let ex: &GrpoExample = ex;
+        for (&(ex, _), gen) in picked.iter().zip(gens) {
             let mut rollouts = vec![];
             let mut ids = vec![];
             for s in gen.samples {
